@@ -1,0 +1,56 @@
+//! The records `moat-grant rules` prints for the proxy, the SSH filter and the launcher
+//! to read on a pipe. These are the only records that carry secret values; they cross
+//! host-side pipes only, never a file, argv or the container.
+
+use serde::{Deserialize, Serialize};
+
+/// `{"v":1,"type":"inject",...}`: for requests to `hosts`, set `header: value` (replacing
+/// whatever the client sent, placeholder or not) and add `extra_headers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectRule {
+    /// The credential's name, as in `moat grant list` (recorded in traces, never the value).
+    pub grant: String,
+    /// Host patterns (exact or `*.suffix`, optional `:port`), see [`crate::host::HostPattern`].
+    pub hosts: Vec<String>,
+    pub header: String,
+    pub value: String,
+    /// Non-secret headers sent along with the credential (e.g. `anthropic-beta`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_headers: Vec<Header>,
+    /// The stand-in the container holds for this credential, if it holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+/// `{"v":1,"type":"env",...}`: an environment variable the container gets in place of a
+/// credential: a format-valid placeholder, never the real value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvPlaceholder {
+    pub grant: String,
+    pub name: String,
+    pub value: String,
+}
+
+/// `{"v":1,"type":"ssh",...}`: the SSH filter may let the key with `fingerprint`
+/// (`SHA256:...`, OpenSSH form) sign for `host`, whose pinned host keys are `host_keys`
+/// (OpenSSH public-key lines, `ssh-ed25519 AAAA...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshRule {
+    pub grant: String,
+    pub host: String,
+    pub fingerprint: String,
+    pub host_keys: Vec<String>,
+    /// SSHSIG namespaces (e.g. `git`) this key may sign for; empty refuses all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sshsig_namespaces: Vec<String>,
+}
+
+pub const TYPE_INJECT: &str = "inject";
+pub const TYPE_ENV: &str = "env";
+pub const TYPE_SSH: &str = "ssh";
