@@ -1,0 +1,1 @@
+//! Cross-tool tests live in tests/; this crate has no library code.
