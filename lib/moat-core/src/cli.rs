@@ -51,7 +51,7 @@ pub fn write_stdout(bytes: &[u8]) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)
         .and_then(|_| out.flush())
-        .map_err(|e| stdout_error(e))
+        .map_err(stdout_error)
 }
 
 /// Map a stdout write failure: a broken pipe ends the tool quietly with exit 0.
