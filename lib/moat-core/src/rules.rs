@@ -54,3 +54,19 @@ pub struct SshRule {
 pub const TYPE_INJECT: &str = "inject";
 pub const TYPE_ENV: &str = "env";
 pub const TYPE_SSH: &str = "ssh";
+
+/// `{"v":1,"type":"aws_role",...}`: the run assumes `role_arn` with the host's AWS
+/// credentials (STS AssumeRole in `region`, sessions of `session_duration_secs`, with
+/// `external_id` when the role requires one). No secret: the host's credentials never
+/// pass through moat-grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsRole {
+    pub grant: String,
+    pub role_arn: String,
+    pub region: String,
+    pub session_duration_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+pub const TYPE_AWS_ROLE: &str = "aws_role";

@@ -1,21 +1,30 @@
-//! moat-grant (skeleton: the tool's own issue fills it in).
+//! moat-grant: the encrypted credential store and its providers. `main` only wires: parse
+//! the command line, run the command, and let `moat_core::cli` turn errors into exit codes.
 #![forbid(unsafe_code)]
 
-use moat_core::{Result, cli};
+mod args;
+mod commands;
+mod input;
+mod key;
+mod list;
+mod providers;
+mod rules;
+mod store;
 
-const USAGE: &str = "usage: moat-grant [--help] [--version] COMMAND [ARGS...]";
+use args::Command;
+use moat_core::{Result, cli};
 
 fn main() {
     cli::run_main("moat-grant", run)
 }
 
 fn run() -> Result<()> {
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_env();
-    match p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
-        Some(Short('h') | Long("help")) => cli::write_stdout(format!("{USAGE}\n\nOptions:\n    -h, --help     show this help\n    -V, --version  show the version\n").as_bytes()),
-        Some(Short('V') | Long("version")) => cli::print_version("moat-grant"),
-        Some(a) => Err(cli::usage_error(a.unexpected().to_string(), USAGE)),
-        None => Err(cli::usage_error("a command is required", USAGE)),
+    match args::parse_from_env()? {
+        Command::Help => cli::write_stdout(format!("{}\n\n{}", args::USAGE, args::HELP).as_bytes()),
+        Command::Version => cli::print_version("moat-grant"),
+        Command::Grant(g) => commands::grant(&g),
+        Command::List { json } => list::list(json),
+        Command::Revoke(names) => commands::revoke(&names),
+        Command::Rules(names) => commands::rules(&names),
     }
 }

@@ -1,0 +1,142 @@
+//! `list`: what is stored, for people (a table) or programs (`--json`, one `grant` record
+//! per credential, `unreadable` for files that do not decrypt). Never a secret value: the
+//! record is built from the credential's non-secret fields only.
+
+use crate::store::{Credential, Store};
+use crate::{key, rules};
+use moat_core::{Error, MoatHome, Result, cli, jsonl};
+use serde_json::{Value, json};
+
+/// The `grant` record: name, provider, kind, hosts, source, times, scopes and the
+/// provider's non-secret settings. `secret` is never read here.
+pub fn record(c: &Credential) -> Value {
+    let mut v = json!({
+        "name": c.name,
+        "provider": c.provider,
+        "kind": c.kind,
+        "hosts": rules::hosts(c),
+        "source": c.source,
+        "created_at": c.created_at,
+    });
+    if let Some(e) = &c.expires_at {
+        v["expires_at"] = e.clone().into();
+    }
+    if !c.scopes.is_empty() {
+        v["scopes"] = c.scopes.clone().into();
+    }
+    v["config"] = Value::Object(c.config.clone());
+    v
+}
+
+fn day(ts: &str) -> String {
+    ts.get(..16)
+        .map(|s| s.replace('T', " "))
+        .unwrap_or_else(|| ts.to_string())
+}
+
+pub fn list(json_out: bool) -> Result<()> {
+    let store = Store::new(MoatHome::from_env()?);
+    let names = store.names()?;
+    if names.is_empty() {
+        if !json_out {
+            eprintln!(
+                "moat-grant: no credentials stored; add one with `moat grant github` (or another provider)"
+            );
+        }
+        return Ok(());
+    }
+    let key = key::obtain(store.home(), &names, false)?
+        .ok_or_else(|| Error::software("no key although credentials exist"))?;
+    let mut out = String::new();
+    let mut rows = Vec::new();
+    let mut errors: Vec<Error> = Vec::new();
+    for n in &names {
+        match store.load(n, &key) {
+            Ok(c) => {
+                if json_out {
+                    out.push_str(&jsonl::line("grant", &record(&c))?);
+                } else {
+                    let hosts = rules::hosts(&c);
+                    rows.push([
+                        c.name.clone(),
+                        format!("{}/{}", c.provider, c.kind),
+                        if hosts.is_empty() {
+                            "-".into()
+                        } else {
+                            hosts.join(",")
+                        },
+                        short_source(&c.source),
+                        day(&c.created_at),
+                        c.expires_at
+                            .as_deref()
+                            .map(day)
+                            .unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+            }
+            Err(e) => {
+                if json_out {
+                    out.push_str(&jsonl::line(
+                        "unreadable",
+                        &json!({"name": n, "error": e.msg}),
+                    )?);
+                }
+                errors.push(e);
+            }
+        }
+    }
+    if !json_out && !rows.is_empty() {
+        let head = ["NAME", "PROVIDER", "HOSTS", "SOURCE", "CREATED", "EXPIRES"];
+        let mut w = [0usize; 6];
+        for r in rows
+            .iter()
+            .map(|r| r.each_ref().map(String::as_str))
+            .chain([head])
+        {
+            for (i, c) in r.iter().enumerate() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        let fmt = |r: [&str; 6]| {
+            let mut l = String::new();
+            for (i, c) in r.iter().enumerate() {
+                if i == 5 {
+                    l.push_str(c);
+                } else {
+                    l.push_str(&format!("{c:<width$}  ", width = w[i]));
+                }
+            }
+            l.trim_end().to_string() + "\n"
+        };
+        out.push_str(&fmt(head));
+        for r in &rows {
+            out.push_str(&fmt(r.each_ref().map(String::as_str)));
+        }
+    }
+    cli::write_stdout(out.as_bytes())?;
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in &errors {
+        eprintln!("moat-grant: {}", e.msg);
+    }
+    let code = errors[0].code;
+    Err(Error::new(
+        code,
+        format!(
+            "{} of {} credentials could not be read; `moat-grant revoke NAME` removes one so it can be granted again",
+            errors.len(),
+            names.len()
+        ),
+    ))
+}
+
+fn short_source(s: &str) -> String {
+    if let (Some(p), Ok(h)) = (s.strip_prefix("file:"), std::env::var("HOME"))
+        && !h.is_empty()
+        && let Some(rest) = p.strip_prefix(&h)
+    {
+        return format!("file:~{rest}");
+    }
+    s.to_string()
+}
