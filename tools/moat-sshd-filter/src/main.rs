@@ -1,21 +1,45 @@
-//! moat-sshd-filter (skeleton: the tool's own issue fills it in).
+//! moat-sshd-filter: an SSH agent that exposes only granted keys and signs only for the
+//! hosts they are granted for, proven by the server's own signature over the session
+//! (OpenSSH's `session-bind@openssh.com`). Private keys stay in the user's real agent.
 #![forbid(unsafe_code)]
 
-use moat_core::{Result, cli};
+mod args;
+mod bind;
+mod events;
+mod policy;
+mod protocol;
+mod server;
 
-const USAGE: &str = "usage: moat-sshd-filter [--help] [--version] COMMAND [ARGS...]";
+use moat_core::{Error, Result, cli};
+
+const TOOL: &str = "moat-sshd-filter";
 
 fn main() {
-    cli::run_main("moat-sshd-filter", run)
+    cli::run_main(TOOL, run)
 }
 
 fn run() -> Result<()> {
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_env();
-    match p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
-        Some(Short('h') | Long("help")) => cli::write_stdout(format!("{USAGE}\n\nOptions:\n    -h, --help     show this help\n    -V, --version  show the version\n").as_bytes()),
-        Some(Short('V') | Long("version")) => cli::print_version("moat-sshd-filter"),
-        Some(a) => Err(cli::usage_error(a.unexpected().to_string(), USAGE)),
-        None => Err(cli::usage_error("a command is required", USAGE)),
+    let cmd = args::parse(
+        std::env::args_os().skip(1),
+        std::env::var_os("SSH_AUTH_SOCK"),
+    )?;
+    match cmd {
+        args::Command::Help => cli::write_stdout(args::help().as_bytes()),
+        args::Command::Version => cli::print_version(TOOL),
+        args::Command::Serve(s) => {
+            let policy = match &s.rules {
+                None => policy::Policy::load(std::io::stdin().lock(), "-")?,
+                Some(p) => {
+                    let f = std::fs::File::open(p)
+                        .map_err(|e| Error::io(format!("opening rules {}", p.display()), e))?;
+                    policy::Policy::load(std::io::BufReader::new(f), &p.display().to_string())?
+                }
+            };
+            server::serve(server::Config {
+                socket: s.socket,
+                upstream: s.upstream,
+                policy,
+            })
+        }
     }
 }
