@@ -1,21 +1,124 @@
-//! moat-audit (skeleton: the tool's own issue fills it in).
+//! moat-audit: wires the command line to the library.
 #![forbid(unsafe_code)]
 
-use moat_core::{Result, cli};
+mod args;
 
-const USAGE: &str = "usage: moat-audit [--help] [--version] COMMAND [ARGS...]";
+use args::Command;
+use moat_audit::{append, bundle, note, report, store, verify};
+use moat_core::{Error, MoatHome, Result, cli};
 
 fn main() {
     cli::run_main("moat-audit", run)
 }
 
 fn run() -> Result<()> {
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_env();
-    match p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
-        Some(Short('h') | Long("help")) => cli::write_stdout(format!("{USAGE}\n\nOptions:\n    -h, --help     show this help\n    -V, --version  show the version\n").as_bytes()),
-        Some(Short('V') | Long("version")) => cli::print_version("moat-audit"),
-        Some(a) => Err(cli::usage_error(a.unexpected().to_string(), USAGE)),
-        None => Err(cli::usage_error("a command is required", USAGE)),
+    match args::parse(std::env::args_os().skip(1))? {
+        Command::Help => cli::write_stdout(format!("{}\n\n{}", args::USAGE, args::HELP).as_bytes()),
+        Command::Version => cli::print_version("moat-audit"),
+        Command::Key => {
+            let home = MoatHome::from_env()?;
+            let s = store::load_or_create_signer(&home)?;
+            cli::write_stdout(format!("{}\n", s.verifier()).as_bytes())
+        }
+        Command::Append {
+            run,
+            interval,
+            every,
+        } => {
+            let home = MoatHome::from_env()?;
+            let opts = append::Options {
+                run,
+                interval,
+                every,
+            };
+            append::run(&home, &opts, std::io::stdin())?;
+            Ok(())
+        }
+        Command::Verify { run, json } => verify_run(run.as_deref(), json),
+        Command::Export { run, out, entries } => {
+            let home = MoatHome::from_env()?;
+            let run = store::resolve_run(&home, Some(&run))?;
+            let b = bundle::export(&home, &run, entries.as_deref())?;
+            let mut text = serde_json::to_vec(&b)?;
+            text.push(b'\n');
+            if out == "-" {
+                cli::write_stdout(&text)
+            } else {
+                moat_core::fsutil::write_atomic(std::path::Path::new(&out), &text, 0o644)?;
+                eprintln!(
+                    "moat-audit: wrote {out}: {} entr{}, {} checkpoint{}",
+                    b.entries.len(),
+                    if b.entries.len() == 1 { "y" } else { "ies" },
+                    b.checkpoints.len(),
+                    if b.checkpoints.len() == 1 { "" } else { "s" }
+                );
+                Ok(())
+            }
+        }
+        Command::VerifyBundle {
+            file,
+            key,
+            trust_bundle_key,
+            json,
+        } => {
+            let b = bundle::read(&file)?;
+            let key = if let Some(k) = key {
+                store::key_arg(&k)?
+            } else if trust_bundle_key {
+                eprintln!(
+                    "moat-audit: trusting the key inside the bundle: this shows the bundle is self-consistent, not who signed it"
+                );
+                b.verifier_key
+                    .parse::<note::VerifierKey>()
+                    .map_err(|e| Error::data(format!("{file}: the bundle's verifier key: {e}")))?
+            } else {
+                let home = MoatHome::from_env()?;
+                store::pinned_key(&home)?.ok_or_else(bundle::no_key_error)?
+            };
+            let r = bundle::verify(&b, &key);
+            finish(&file, "bundle", &r, json)
+        }
+    }
+}
+
+fn verify_run(run: Option<&str>, json: bool) -> Result<()> {
+    let home = MoatHome::from_env()?;
+    let run = store::resolve_run(&home, run)?;
+    let key = store::pinned_key(&home)?.ok_or_else(|| {
+        Error::no(format!(
+            "no pinned key at {}",
+            store::signing_pub_path(&home).display()
+        ))
+        .with_hint("the key is created by the first `moat-audit append`; copy the signer's signing.pub there to pin it")
+    })?;
+    let log_path = store::log_path(&home, &run);
+    let f = std::fs::File::open(&log_path)
+        .map_err(|e| Error::io(format!("reading {}", log_path.display()), e))?;
+    let cp_path = store::checkpoints_path(&home, &run);
+    let cps = match std::fs::read_to_string(&cp_path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(format!("reading {}", cp_path.display()), e)),
+    };
+    let (notes, torn_cp) = note::split_checkpoints_file(&cps);
+    let origin = store::origin(&run);
+    let mut v = verify::Verifier::new(&origin, &notes, &key);
+    let torn = verify::feed_reader(&mut v, &mut std::io::BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| Error::io(format!("reading {}", log_path.display()), e))?;
+    let (r, _) = v.finish(torn, torn_cp.is_some());
+    finish(&run, "run", &r, json)
+}
+
+fn finish(subject: &str, label: &str, r: &verify::Report, json: bool) -> Result<()> {
+    if json {
+        let mut line = serde_json::to_string(&report::record(subject, label, r))?;
+        line.push('\n');
+        cli::write_stdout(line.as_bytes())?;
+    } else {
+        cli::write_stdout(report::text(label, subject, r).as_bytes())?;
+    }
+    match &r.fault {
+        None => Ok(()),
+        Some(f) => Err(Error::no(format!("{subject}: {f}"))),
     }
 }

@@ -1,0 +1,143 @@
+//! An entry of the log: `{"event":{...},"prev":HEX,"seq":N,"ts":RFC3339,"v":1}`, written as
+//! one line of canonical JSON (RFC 8785). `seq` counts from 0 and is the entry's leaf index
+//! in the Merkle tree; `prev` is the leaf hash of the entry before it (64 zeros for the
+//! first), so the log is also a hash chain; `event` is the producer's record unchanged.
+
+use crate::jcs;
+use crate::merkle::{Hash, leaf_hash};
+use serde_json::Value;
+
+pub const ZERO: Hash = [0u8; 32];
+
+/// What the verifier needs from one line of the log.
+#[derive(Clone, Debug)]
+pub struct LineInfo {
+    /// A well-formed entry (all five fields, the right types, a v:1 event).
+    pub valid: bool,
+    pub seq: Option<u64>,
+    pub prev: Option<Hash>,
+    /// Leaf hash of the canonical form (of the raw bytes for a line that is not JSON).
+    pub leaf: Hash,
+    pub ts: Option<String>,
+}
+
+/// Build the canonical bytes of a new entry into `out` (cleared first).
+pub fn build(out: &mut Vec<u8>, seq: u64, ts: &str, prev: &Hash, event: &Value) {
+    out.clear();
+    out.extend_from_slice(b"{\"event\":");
+    jcs::write(out, event);
+    out.extend_from_slice(b",\"prev\":\"");
+    out.extend_from_slice(moat_core::hex(prev).as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"ts\":");
+    jcs::write_string(out, ts);
+    out.extend_from_slice(b",\"v\":1}");
+}
+
+/// Is this a record producers may send: a JSON object with `"v":1` and a string `type`?
+pub fn check_event(v: &Value) -> Result<(), &'static str> {
+    let Value::Object(m) = v else {
+        return Err("not a JSON object");
+    };
+    if m.get("v").and_then(Value::as_u64) != Some(1) {
+        return Err("no \"v\":1");
+    }
+    match m.get("type").and_then(Value::as_str) {
+        Some(t) if !t.is_empty() => Ok(()),
+        _ => Err("no string \"type\""),
+    }
+}
+
+/// Inspect one line of the log (without its newline).
+pub fn parse_line(line: &[u8]) -> LineInfo {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(v) => info_from_value(&v),
+        Err(_) => LineInfo {
+            valid: false,
+            seq: None,
+            prev: None,
+            leaf: leaf_hash(line),
+            ts: None,
+        },
+    }
+}
+
+/// Inspect a parsed entry: its canonical leaf hash and its chain fields.
+pub fn info_from_value(v: &Value) -> LineInfo {
+    let leaf = leaf_hash(&jcs::to_vec(v));
+    let mut info = LineInfo {
+        valid: false,
+        seq: None,
+        prev: None,
+        leaf,
+        ts: None,
+    };
+    let Value::Object(m) = v else {
+        return info;
+    };
+    info.seq = m.get("seq").and_then(Value::as_u64);
+    info.prev = m.get("prev").and_then(Value::as_str).and_then(parse_hex32);
+    info.ts = m.get("ts").and_then(Value::as_str).map(str::to_string);
+    info.valid = m.len() == 5
+        && info.seq.is_some()
+        && info.prev.is_some()
+        && info.ts.is_some()
+        && m.get("v").and_then(Value::as_u64) == Some(1)
+        && m.get("event").is_some_and(|e| check_event(e).is_ok());
+    info
+}
+
+pub fn parse_hex32(s: &str) -> Option<Hash> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        let hi = hexval(b[2 * i])?;
+        let lo = hexval(b[2 * i + 1])?;
+        *o = hi << 4 | lo;
+    }
+    Some(out)
+}
+
+fn hexval(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn built_entries_are_canonical_and_parse_back() {
+        let mut buf = Vec::new();
+        let ev = json!({"v":1,"type":"credential_used","host":"api.github.com","grant":"github"});
+        build(&mut buf, 7, "2026-11-22T03:00:00.000Z", &[0xab; 32], &ev);
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(jcs::to_vec(&v), buf, "written in canonical form");
+        let info = parse_line(&buf);
+        assert!(info.valid);
+        assert_eq!(info.seq, Some(7));
+        assert_eq!(info.prev, Some([0xab; 32]));
+        assert_eq!(info.leaf, leaf_hash(&buf));
+        // Re-serialising (pretty, other key order) does not change the hash.
+        let pretty = serde_json::to_vec_pretty(&v).unwrap();
+        assert_eq!(parse_line(&pretty).leaf, info.leaf);
+    }
+
+    #[test]
+    fn events_need_v1_and_a_type() {
+        assert!(check_event(&json!({"v":1,"type":"x"})).is_ok());
+        assert!(check_event(&json!({"v":2,"type":"x"})).is_err());
+        assert!(check_event(&json!({"v":1})).is_err());
+        assert!(check_event(&json!([1])).is_err());
+        assert!(!parse_line(b"{not json").valid);
+    }
+}
