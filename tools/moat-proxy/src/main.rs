@@ -1,21 +1,135 @@
-//! moat-proxy (skeleton: the tool's own issue fills it in).
+//! moat-proxy: the TLS-intercepting forward proxy that injects credentials, enforces
+//! network policy and traces every request. `main` only wires: arguments become a
+//! `Config`, the CA is loaded or created, and the accept loop runs until SIGTERM/SIGINT,
+//! then drains in-flight requests.
 #![forbid(unsafe_code)]
 
-use moat_core::{Result, cli};
+mod args;
+mod ca;
+mod config;
+mod inject;
+mod policy;
+mod proxy;
+mod trace;
+mod upstream;
 
-const USAGE: &str = "usage: moat-proxy [--help] [--version] COMMAND [ARGS...]";
+use args::Command;
+use config::Config;
+use moat_core::{Error, Result, cli};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
 
 fn main() {
     cli::run_main("moat-proxy", run)
 }
 
 fn run() -> Result<()> {
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_env();
-    match p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
-        Some(Short('h') | Long("help")) => cli::write_stdout(format!("{USAGE}\n\nOptions:\n    -h, --help     show this help\n    -V, --version  show the version\n").as_bytes()),
-        Some(Short('V') | Long("version")) => cli::print_version("moat-proxy"),
-        Some(a) => Err(cli::usage_error(a.unexpected().to_string(), USAGE)),
-        None => Err(cli::usage_error("a command is required", USAGE)),
+    match args::parse()? {
+        Command::Done => Ok(()),
+        Command::CaPath { ca_dir } => {
+            let dir = config::ca_dir(ca_dir)?;
+            let (_, _, crt) = ca::ensure(&dir)?;
+            cli::write_stdout(format!("{}\n", crt.display()).as_bytes())
+        }
+        Command::Serve(a) => {
+            let cfg = Config::from_args(*a)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::io("starting the runtime", e))?;
+            rt.block_on(serve(cfg))
+        }
     }
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    let ca = ca::Ca::load_or_create(&cfg.ca_dir)?;
+    let sinks = Arc::new(trace::Sinks::new(cfg.trace.as_deref())?);
+    let allow_policy = Arc::new(cfg.policy);
+    let p2 = allow_policy.clone();
+    let dial = Arc::new(upstream::DialPolicy {
+        connect_to: cfg.connect_to.clone(),
+        private_ok: Box::new(move |h, p| p2.explicitly_allows_port(h, p)),
+    });
+    let tls_h2 = Arc::new(upstream::client_tls(&cfg.extra_ca, true)?);
+    let tls_h1 = Arc::new(upstream::client_tls(&cfg.extra_ca, false)?);
+    let mk = |tls| {
+        Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(upstream::Connector::new(dial.clone(), tls))
+    };
+    let client = mk(tls_h2);
+    let client_h1 = mk(tls_h1);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| {
+            Error::unavailable(format!(
+                "listening on {}: {}",
+                cfg.listen,
+                moat_core::error::io_msg(&e)
+            ))
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("listening", e))?;
+    let (sd_tx, sd_rx) = watch::channel(false);
+    let st = Arc::new(proxy::State {
+        token: cfg.token,
+        injector: cfg.injector,
+        policy: allow_policy,
+        ca,
+        sinks: sinks.clone(),
+        client,
+        client_h1,
+        header_timeout: cfg.header_timeout,
+        shutdown: sd_rx,
+    });
+    sinks.event(
+        "listening",
+        &serde_json::json!({"addr": addr.to_string(), "ca": st.ca.cert_path.display().to_string()}),
+    );
+
+    let max = cfg.max_connections;
+    let sem = Arc::new(Semaphore::new(max));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::io("installing signal handlers", e))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::io("installing signal handlers", e))?;
+    loop {
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                tokio::spawn(proxy::serve_client(st.clone(), tcp, permit));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of ending the accept loop.
+                eprintln!(
+                    "moat-proxy: accepting a connection: {}",
+                    moat_core::error::io_msg(&e)
+                );
+                drop(permit);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    let _ = sd_tx.send(true);
+    // Drain: every connection task holds a permit until it is done.
+    let _ = tokio::time::timeout(Duration::from_secs(30), sem.acquire_many(max as u32)).await;
+    Ok(())
 }

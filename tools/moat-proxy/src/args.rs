@@ -1,0 +1,138 @@
+//! Command-line arguments: the usage text and the lexopt loop. Validation happens in
+//! `config`, which also reads the `MOAT_PROXY_*` environment.
+
+use moat_core::{Result, cli};
+use std::ffi::OsString;
+
+pub const USAGE: &str =
+    "usage: moat-proxy serve --listen ADDR:PORT [--rules FILE|-] [--token-file FILE | --no-auth]
+                        [--policy permissive|strict] [--allow HOST]... [--trace FILE]
+                        [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]... [--ca-dir DIR]
+       moat-proxy ca-path
+       moat-proxy [--help] [--version]";
+
+pub const HELP: &str = "moat-proxy: the TLS-intercepting proxy that injects credentials, enforces network policy and traces requests
+
+Commands:
+    serve      read injection rules, then serve as an HTTP(S) forward proxy
+    ca-path    create the interception CA if needed and print the path of its certificate
+
+Options for serve:
+    -l, --listen ADDR:PORT   address to listen on (port 0 picks a free port)
+    -r, --rules FILE         read inject and net_rule records from FILE (- for stdin) until EOF
+    --token-file FILE        clients must send this token as proxy credentials (file mode 0600)
+    --no-auth                accept clients without a token (loopback --listen only)
+    --policy MODE            permissive (default) or strict
+    --allow HOST             allow HOST (exact, *.suffix, optional :port); repeatable
+    --trace FILE             append one JSON record per request to FILE
+    --connect-to H:P:A:P2    dial A:P2 for requests to H:P (as curl's); repeatable
+    --extra-ca FILE          also trust the CA certificates in FILE upstream; repeatable
+    --ca-dir DIR             interception CA directory (default MOAT_HOME/proxy/ca)
+    --header-timeout SECS    time a client has to send request headers (default 30)
+    --max-connections N      client connections served at once (default 1024)
+
+Other options:
+    -h, --help               show this help
+    -V, --version            show the version
+
+Environment: MOAT_HOME, MOAT_PROXY_POLICY, MOAT_PROXY_ALLOW, MOAT_PROXY_CONNECT_TO,
+MOAT_PROXY_EXTRA_CA, MOAT_PROXY_TRACE, MOAT_PROXY_TOKEN_FILE, SSL_CERT_FILE.
+";
+
+#[derive(Debug, Default)]
+pub struct ServeArgs {
+    pub listen: Option<String>,
+    pub rules: Option<String>,
+    pub token_file: Option<OsString>,
+    pub no_auth: bool,
+    pub policy: Option<String>,
+    pub allow: Vec<String>,
+    pub trace: Option<OsString>,
+    pub connect_to: Vec<String>,
+    pub extra_ca: Vec<OsString>,
+    pub ca_dir: Option<OsString>,
+    pub header_timeout: Option<u64>,
+    pub max_connections: Option<usize>,
+}
+
+pub enum Command {
+    Serve(Box<ServeArgs>),
+    CaPath { ca_dir: Option<OsString> },
+    Done,
+}
+
+fn string(v: OsString, what: &str) -> Result<String> {
+    v.into_string()
+        .map_err(|_| cli::usage_error(format!("{what}: not valid UTF-8"), USAGE))
+}
+
+pub fn parse() -> Result<Command> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_env();
+    let le = |e: lexopt::Error| cli::lexopt_error(e, USAGE);
+    match p.next().map_err(le)? {
+        Some(Short('h') | Long("help")) => {
+            cli::write_stdout(HELP.as_bytes())?;
+            Ok(Command::Done)
+        }
+        Some(Short('V') | Long("version")) => {
+            cli::print_version("moat-proxy")?;
+            Ok(Command::Done)
+        }
+        Some(Value(v)) if v == "serve" => parse_serve(&mut p).map(|a| Command::Serve(Box::new(a))),
+        Some(Value(v)) if v == "ca-path" => {
+            let mut ca_dir = None;
+            while let Some(a) = p.next().map_err(le)? {
+                match a {
+                    Long("ca-dir") => ca_dir = Some(p.value().map_err(le)?),
+                    _ => return Err(cli::usage_error(a.unexpected().to_string(), USAGE)),
+                }
+            }
+            Ok(Command::CaPath { ca_dir })
+        }
+        Some(Value(v)) => Err(cli::usage_error(
+            format!("unknown command {:?}", v.to_string_lossy()),
+            USAGE,
+        )),
+        Some(a) => Err(cli::usage_error(a.unexpected().to_string(), USAGE)),
+        None => Err(cli::usage_error("a command is required", USAGE)),
+    }
+}
+
+fn parse_serve(p: &mut lexopt::Parser) -> Result<ServeArgs> {
+    use lexopt::prelude::*;
+    let le = |e: lexopt::Error| cli::lexopt_error(e, USAGE);
+    let mut a = ServeArgs::default();
+    while let Some(arg) = p.next().map_err(le)? {
+        match arg {
+            Short('l') | Long("listen") => {
+                a.listen = Some(string(p.value().map_err(le)?, "--listen")?)
+            }
+            Short('r') | Long("rules") => {
+                a.rules = Some(string(p.value().map_err(le)?, "--rules")?)
+            }
+            Long("token-file") => a.token_file = Some(p.value().map_err(le)?),
+            Long("no-auth") => a.no_auth = true,
+            Long("policy") => a.policy = Some(string(p.value().map_err(le)?, "--policy")?),
+            Long("allow") => a.allow.push(string(p.value().map_err(le)?, "--allow")?),
+            Long("trace") => a.trace = Some(p.value().map_err(le)?),
+            Long("connect-to") => a
+                .connect_to
+                .push(string(p.value().map_err(le)?, "--connect-to")?),
+            Long("extra-ca") => a.extra_ca.push(p.value().map_err(le)?),
+            Long("ca-dir") => a.ca_dir = Some(p.value().map_err(le)?),
+            Long("header-timeout") => {
+                a.header_timeout = Some(p.value().map_err(le)?.parse().map_err(le)?)
+            }
+            Long("max-connections") => {
+                a.max_connections = Some(p.value().map_err(le)?.parse().map_err(le)?)
+            }
+            Short('h') | Long("help") => {
+                cli::write_stdout(HELP.as_bytes())?;
+                std::process::exit(0);
+            }
+            _ => return Err(cli::usage_error(arg.unexpected().to_string(), USAGE)),
+        }
+    }
+    Ok(a)
+}

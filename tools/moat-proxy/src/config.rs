@@ -1,0 +1,306 @@
+//! Arguments plus `MOAT_PROXY_*` environment become one validated [`Config`]. Rules are read
+//! here, to EOF, before the proxy listens; an error names the line and the grant, never a value.
+
+use crate::args::{ServeArgs, USAGE};
+use crate::inject::Injector;
+use crate::policy::{Mode, NetRule, Policy};
+use moat_core::host::{HostPattern, canonical_authority, canonical_host, split_host_port};
+use moat_core::rules::{InjectRule, TYPE_INJECT};
+use moat_core::{Error, MoatHome, Result, cli, fsutil, jsonl};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const TYPE_NET_RULE: &str = "net_rule";
+
+/// `--connect-to HOST:PORT:ADDR:PORT2`: requests for HOST:PORT dial ADDR:PORT2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTo {
+    pub host: String,
+    pub port: u16,
+    pub addr: String,
+    pub addr_port: u16,
+}
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+    pub injector: Injector,
+    pub policy: Policy,
+    pub trace: Option<PathBuf>,
+    pub connect_to: Vec<ConnectTo>,
+    pub extra_ca: Vec<PathBuf>,
+    pub ca_dir: PathBuf,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+fn env_list(name: &str) -> Vec<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+pub fn ca_dir(arg: Option<std::ffi::OsString>) -> Result<PathBuf> {
+    match arg {
+        Some(d) => Ok(PathBuf::from(d)),
+        None => Ok(MoatHome::from_env()?.ca_dir()),
+    }
+}
+
+impl Config {
+    pub fn from_args(a: ServeArgs) -> Result<Config> {
+        let listen_s = a
+            .listen
+            .ok_or_else(|| cli::usage_error("serve needs --listen ADDR:PORT", USAGE))?;
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            cli::usage_error(
+                format!("--listen {listen_s:?}: expected IP:PORT, e.g. 127.0.0.1:0"),
+                USAGE,
+            )
+        })?;
+        let token_file = a
+            .token_file
+            .map(PathBuf::from)
+            .or_else(|| env_nonempty("MOAT_PROXY_TOKEN_FILE").map(PathBuf::from));
+        let token = match (token_file, a.no_auth) {
+            (Some(_), true) => {
+                return Err(cli::usage_error(
+                    "--token-file and --no-auth exclude each other",
+                    USAGE,
+                ));
+            }
+            (Some(f), false) => {
+                let raw = fsutil::read_secret(&f)?;
+                let t = String::from_utf8(raw)
+                    .map_err(|_| Error::data(format!("{}: token is not UTF-8", f.display())))?;
+                let t = t.trim().to_string();
+                if t.len() < 16 || t.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return Err(Error::data(format!(
+                        "{}: the token must be at least 16 printable characters",
+                        f.display()
+                    )));
+                }
+                Some(t)
+            }
+            (None, true) => {
+                if !listen.ip().is_loopback() {
+                    return Err(cli::usage_error(
+                        format!("--no-auth needs a loopback --listen address, not {listen}"),
+                        USAGE,
+                    ));
+                }
+                None
+            }
+            (None, false) => {
+                return Err(cli::usage_error(
+                    "clients must authenticate: give --token-file FILE (or --no-auth with a loopback --listen)",
+                    USAGE,
+                ));
+            }
+        };
+        let mode = match a.policy.or_else(|| env_nonempty("MOAT_PROXY_POLICY")) {
+            None => Mode::Permissive,
+            Some(p) => match p.trim() {
+                "permissive" => Mode::Permissive,
+                "strict" => Mode::Strict,
+                other => {
+                    return Err(cli::usage_error(
+                        format!("--policy {other:?}: expected permissive or strict"),
+                        USAGE,
+                    ));
+                }
+            },
+        };
+        let mut allow = Vec::new();
+        for s in env_list("MOAT_PROXY_ALLOW").into_iter().chain(a.allow) {
+            allow.push(
+                HostPattern::parse(&s)
+                    .map_err(|e| cli::usage_error(format!("--allow {s:?}: {e}"), USAGE))?,
+            );
+        }
+        let mut connect_to = Vec::new();
+        for s in env_list("MOAT_PROXY_CONNECT_TO")
+            .into_iter()
+            .chain(a.connect_to)
+        {
+            connect_to.push(
+                parse_connect_to(&s)
+                    .map_err(|e| cli::usage_error(format!("--connect-to {s:?}: {e}"), USAGE))?,
+            );
+        }
+        let mut extra_ca: Vec<PathBuf> = env_list("MOAT_PROXY_EXTRA_CA")
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        extra_ca.extend(a.extra_ca.into_iter().map(PathBuf::from));
+        let trace = a
+            .trace
+            .map(PathBuf::from)
+            .or_else(|| env_nonempty("MOAT_PROXY_TRACE").map(PathBuf::from));
+
+        let (inject, net_rules) = match a.rules.as_deref() {
+            None => (Vec::new(), Vec::new()),
+            Some("-") => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| Error::io("reading rules from stdin", e))?;
+                parse_rules(&s, "stdin")?
+            }
+            Some(f) => {
+                let data = std::fs::read(f).map_err(|e| Error::io(format!("reading {f}"), e))?;
+                let s = String::from_utf8(data)
+                    .map_err(|_| Error::data(format!("{f}: rules are not UTF-8")))?;
+                parse_rules(&s, f)?
+            }
+        };
+        let injector = Injector::new(inject).map_err(Error::data)?;
+        let policy = Policy::new(mode, allow, injector.patterns(), net_rules);
+        Ok(Config {
+            listen,
+            token,
+            injector,
+            policy,
+            trace,
+            connect_to,
+            extra_ca,
+            ca_dir: ca_dir(a.ca_dir)?,
+            header_timeout: Duration::from_secs(a.header_timeout.unwrap_or(30).max(1)),
+            max_connections: a.max_connections.unwrap_or(1024).max(1),
+        })
+    }
+}
+
+/// Parse the rules pipe: `inject` and `net_rule` records; every other type is skipped.
+/// Errors name the line (and grant), never the line's content: it carries secrets.
+pub fn parse_rules(text: &str, src: &str) -> Result<(Vec<InjectRule>, Vec<NetRule>)> {
+    let mut inject = Vec::new();
+    let mut net = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let rec = match jsonl::parse(line) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(_) => {
+                return Err(Error::data(format!(
+                    "rules {src} line {n}: not a moat JSON record"
+                )));
+            }
+        };
+        if rec.kind == TYPE_INJECT {
+            let r: InjectRule = rec
+                .decode()
+                .map_err(|_| Error::data(format!("rules {src} line {n}: bad inject record")))?;
+            inject.push(r);
+        } else if rec.kind == TYPE_NET_RULE {
+            let host = rec.str("host").unwrap_or_default().to_string();
+            let rules: Vec<String> = rec
+                .get("rules")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .ok_or_else(|| {
+                    Error::data(format!("rules {src} line {n}: net_rule needs \"rules\""))
+                })?;
+            net.push(
+                NetRule::parse(&host, &rules)
+                    .map_err(|e| Error::data(format!("rules {src} line {n}: {e}")))?,
+            );
+        }
+    }
+    Ok((inject, net))
+}
+
+pub fn parse_connect_to(s: &str) -> std::result::Result<ConnectTo, String> {
+    // HOST:PORT:ADDR:PORT2; HOST and ADDR may be bracketed IPv6 literals.
+    let (host, rest) = take_host(s)?;
+    let (port, rest) = rest
+        .split_once(':')
+        .ok_or("expected HOST:PORT:ADDR:PORT2")?;
+    let (addr, rest) = take_host(rest)?;
+    let addr_port = rest;
+    let (host, port) = canonical_authority(&format!("{}:{port}", bracket(host)), 443)
+        .map_err(|e| e.to_string())?;
+    let (_, ap) =
+        split_host_port(&format!("{}:{addr_port}", bracket(addr))).map_err(|e| e.to_string())?;
+    let addr = canonical_host(addr).map_err(|e| e.to_string())?;
+    Ok(ConnectTo {
+        host,
+        port,
+        addr,
+        addr_port: ap.ok_or("missing PORT2")?,
+    })
+}
+
+fn bracket(h: &str) -> String {
+    if h.contains(':') {
+        format!("[{h}]")
+    } else {
+        h.to_string()
+    }
+}
+
+fn take_host(s: &str) -> std::result::Result<(&str, &str), String> {
+    if let Some(r) = s.strip_prefix('[') {
+        let end = r.find(']').ok_or("unclosed [")?;
+        let rest = r[end + 1..].strip_prefix(':').ok_or("expected : after ]")?;
+        Ok((&r[..end], rest))
+    } else {
+        s.split_once(':')
+            .ok_or_else(|| "expected HOST:PORT:ADDR:PORT2".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_to_forms() {
+        let c = parse_connect_to("API.github.com:443:127.0.0.1:8443").unwrap();
+        assert_eq!(
+            c,
+            ConnectTo {
+                host: "api.github.com".into(),
+                port: 443,
+                addr: "127.0.0.1".into(),
+                addr_port: 8443
+            }
+        );
+        let c = parse_connect_to("a.example:80:[::1]:9000").unwrap();
+        assert_eq!(c.addr, "::1");
+        assert!(parse_connect_to("a.example:443:127.0.0.1").is_err());
+        assert!(parse_connect_to("a.example:0:127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn rule_errors_never_echo_values() {
+        let e = parse_rules(
+            "{\"v\":1,\"type\":\"inject\",\"grant\":\"g\",\"value\":\"SECRET\"}\n",
+            "stdin",
+        )
+        .unwrap_err();
+        assert!(!e.msg.contains("SECRET"), "{}", e.msg);
+        let e = parse_rules("SECRET-not-json\n", "stdin").unwrap_err();
+        assert!(!e.msg.contains("SECRET"), "{}", e.msg);
+        let (i, n) = parse_rules(
+            "{\"v\":1,\"type\":\"env\",\"grant\":\"g\",\"name\":\"X\",\"value\":\"y\"}\n\
+             {\"v\":1,\"type\":\"net_rule\",\"host\":\"api.github.com\",\"rules\":[\"allow GET /**\"]}\n",
+            "stdin",
+        )
+        .unwrap();
+        assert!(i.is_empty());
+        assert_eq!(n.len(), 1);
+    }
+}

@@ -1,0 +1,196 @@
+//! Credential injection. For a request whose canonical host and port match a rule's host
+//! pattern, the rule's header is set (every client copy of it removed first, placeholder or
+//! not) and its extra headers are added. Nothing else is touched: bodies, paths and query
+//! strings pass as the client sent them, so a placeholder echoed through a granted host can
+//! never be turned into the real value. A pattern without a port injects on 443 (HTTPS)
+//! only; a plain-HTTP request gets a credential only if the pattern names its port.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use moat_core::host::HostPattern;
+use moat_core::rules::InjectRule;
+
+struct Compiled {
+    grant: String,
+    patterns: Vec<HostPattern>,
+    header: HeaderName,
+    value: HeaderValue,
+    extra: Vec<(HeaderName, HeaderValue)>,
+}
+
+pub struct Injector {
+    rules: Vec<Compiled>,
+}
+
+impl Injector {
+    /// Compile rules; an error names the grant, never a value.
+    pub fn new(rules: Vec<InjectRule>) -> Result<Injector, String> {
+        let mut out = Vec::new();
+        for r in rules {
+            let g = &r.grant;
+            if r.hosts.is_empty() {
+                return Err(format!("grant {g}: inject rule has no hosts"));
+            }
+            let mut patterns = Vec::new();
+            for h in &r.hosts {
+                patterns.push(
+                    HostPattern::parse(h).map_err(|e| format!("grant {g}: host {h:?}: {e}"))?,
+                );
+            }
+            let header = HeaderName::from_bytes(r.header.as_bytes())
+                .map_err(|_| format!("grant {g}: bad header name {:?}", r.header))?;
+            if header.as_str().starts_with("proxy-") || is_hop_by_hop(&header) {
+                return Err(format!(
+                    "grant {g}: header {header} cannot carry a credential"
+                ));
+            }
+            let mut value = HeaderValue::from_str(&r.value).map_err(|_| {
+                format!("grant {g}: the credential value has characters a header cannot carry")
+            })?;
+            value.set_sensitive(true);
+            let mut extra = Vec::new();
+            for h in &r.extra_headers {
+                let n = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| format!("grant {g}: bad extra header name {:?}", h.name))?;
+                let v = HeaderValue::from_str(&h.value)
+                    .map_err(|_| format!("grant {g}: bad value for extra header {n}"))?;
+                extra.push((n, v));
+            }
+            out.push(Compiled {
+                grant: r.grant,
+                patterns,
+                header,
+                value,
+                extra,
+            });
+        }
+        Ok(Injector { rules: out })
+    }
+
+    /// All host patterns of all rules (strict policy allows them).
+    pub fn patterns(&self) -> Vec<HostPattern> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.patterns.iter().cloned())
+            .collect()
+    }
+
+    /// Inject into `headers` for a request to `host:port`; returns the grants used.
+    /// When two rules set the same header, the first one (in rules order) wins.
+    pub fn apply(&self, headers: &mut HeaderMap, host: &str, port: u16, tls: bool) -> Vec<String> {
+        let mut set: Vec<HeaderName> = Vec::new();
+        let mut grants = Vec::new();
+        for r in &self.rules {
+            if !rule_matches(&r.patterns, host, port, tls) || set.contains(&r.header) {
+                continue;
+            }
+            headers.remove(&r.header);
+            headers.insert(r.header.clone(), r.value.clone());
+            set.push(r.header.clone());
+            for (n, v) in &r.extra {
+                if !set.contains(n) {
+                    headers.insert(n.clone(), v.clone());
+                }
+            }
+            if !grants.contains(&r.grant) {
+                grants.push(r.grant.clone());
+            }
+        }
+        grants
+    }
+}
+
+fn rule_matches(patterns: &[HostPattern], host: &str, port: u16, tls: bool) -> bool {
+    patterns.iter().any(|p| match p.port() {
+        Some(_) => p.matches(host, port),
+        None => tls && port == 443 && p.matches(host, port),
+    })
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones proxies must not forward.
+pub fn is_hop_by_hop(n: &HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_core::rules::Header;
+
+    fn rule(grant: &str, hosts: &[&str], header: &str, value: &str) -> InjectRule {
+        InjectRule {
+            grant: grant.into(),
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            header: header.into(),
+            value: value.into(),
+            extra_headers: vec![],
+            placeholder: None,
+        }
+    }
+
+    #[test]
+    fn replaces_client_copies_and_matches_only_granted_hosts() {
+        let mut r = rule(
+            "github",
+            &["api.github.com"],
+            "Authorization",
+            "Bearer CANARY",
+        );
+        r.extra_headers.push(Header {
+            name: "x-extra".into(),
+            value: "1".into(),
+        });
+        let inj = Injector::new(vec![r]).unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "authorization",
+            HeaderValue::from_static("Bearer ghp_placeholder"),
+        );
+        h.append("Authorization", HeaderValue::from_static("Basic other"));
+        assert_eq!(
+            inj.apply(&mut h, "api.github.com", 443, true),
+            vec!["github"]
+        );
+        let all: Vec<_> = h.get_all("authorization").iter().collect();
+        assert_eq!(all, vec!["Bearer CANARY"]);
+        assert_eq!(h["x-extra"], "1");
+        for (host, port, tls) in [
+            ("api.github.com", 8443, true),
+            ("api.github.com", 443, false),
+            ("api.github.com", 80, false),
+            ("github.com", 443, true),
+            ("api.github.com.evil.com", 443, true),
+        ] {
+            let mut h = HeaderMap::new();
+            assert!(
+                inj.apply(&mut h, host, port, tls).is_empty(),
+                "{host}:{port}"
+            );
+            assert!(h.is_empty());
+        }
+    }
+
+    #[test]
+    fn explicit_ports_and_bad_values() {
+        let inj = Injector::new(vec![rule("ws", &["ws.example:80"], "x-api-key", "K")]).unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(inj.apply(&mut h, "ws.example", 80, false), vec!["ws"]);
+        let e = Injector::new(vec![rule("g", &["a.example"], "x", "bad\r\nSECRET")])
+            .err()
+            .unwrap();
+        assert!(!e.contains("SECRET"));
+        assert!(
+            Injector::new(vec![rule("g", &["a.example"], "Proxy-Authorization", "v")]).is_err()
+        );
+    }
+}

@@ -1,0 +1,802 @@
+//! The proxy itself: the accept loop, proxy authentication, CONNECT interception (TLS with
+//! a leaf for the CONNECT host, HTTP/1.1 or HTTP/2 by ALPN), the authority checks (CONNECT
+//! authority, SNI and every inner Host/:authority name one host, else 421), policy,
+//! injection and forwarding. Errors are labelled by the side that failed: the client (400),
+//! the upstream (502) or the proxy (500); denials are readable 403s.
+
+use crate::ca::Ca;
+use crate::inject::{Injector, is_hop_by_hop};
+use crate::policy::{Decision, Policy, display_host};
+use crate::trace::{ReqCtx, Sinks, trace_url};
+use crate::upstream::{Connector, DialError};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use moat_core::host::{canonical_authority, canonical_host};
+use serde_json::json;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+pub struct State {
+    pub token: Option<String>,
+    pub injector: Injector,
+    pub policy: Arc<Policy>,
+    pub ca: Ca,
+    pub sinks: Arc<Sinks>,
+    pub client: Client<Connector, Body>,
+    pub client_h1: Client<Connector, Body>,
+    pub header_timeout: Duration,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(full(msg.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub fn server_builder(st: &State, http1_only: bool) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(st.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(128);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_pending_accept_reset_streams(32)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if http1_only { b.http1_only() } else { b }
+}
+
+/// Serve one accepted client connection.
+pub async fn serve_client(
+    st: Arc<State>,
+    tcp: tokio::net::TcpStream,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let permit = Arc::new(permit);
+    let b = server_builder(&st, true);
+    let st2 = st.clone();
+    let svc = service_fn(move |req| {
+        let st = st2.clone();
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(outer(req, st, permit).await) }
+    });
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown_signal(st.shutdown.clone()) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.is_ok();
+}
+
+fn proxy_token(h: &HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine;
+    for v in h.get_all(header::PROXY_AUTHORIZATION) {
+        let s = v.to_str().ok()?.trim();
+        let (scheme, rest) = s.split_once(' ')?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let dec = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?;
+            let i = dec.iter().position(|b| *b == b':')?;
+            return Some(dec[i + 1..].to_vec());
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(rest.as_bytes().to_vec());
+        }
+    }
+    None
+}
+
+fn authorized(st: &State, h: &HeaderMap) -> bool {
+    let Some(want) = &st.token else { return true };
+    match proxy_token(h) {
+        // Length is not secret (tokens have a fixed format); the bytes are compared in constant time.
+        Some(got) => got.len() == want.len() && bool::from(got.ct_eq(want.as_bytes())),
+        None => false,
+    }
+}
+
+async fn outer(
+    req: Request<Incoming>,
+    st: Arc<State>,
+    permit: Arc<OwnedSemaphorePermit>,
+) -> Response<Body> {
+    if !authorized(&st, req.headers()) {
+        let ctx = ReqCtx::new(
+            st.sinks.clone(),
+            req.method().as_str(),
+            target_for_trace(&req),
+        );
+        ctx.set_status(407);
+        ctx.set_error("client", "missing or wrong proxy credentials".into());
+        let mut r = text(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "moat-proxy: proxy authentication required\n",
+        );
+        r.headers_mut().insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"moat\""),
+        );
+        return r;
+    }
+    if req.method() == Method::CONNECT {
+        return connect(req, st, permit);
+    }
+    match req.uri().scheme_str() {
+        Some("http") => {}
+        Some(_) => {
+            return client_error(
+                &st,
+                &req,
+                StatusCode::BAD_REQUEST,
+                "moat-proxy: use CONNECT for https:// URLs\n",
+            );
+        }
+        None => {
+            return client_error(
+                &st,
+                &req,
+                StatusCode::BAD_REQUEST,
+                "moat-proxy: this is a proxy; send absolute-form requests (http://host/path) or CONNECT\n",
+            );
+        }
+    }
+    let Some(auth) = req.uri().authority().map(|a| a.as_str().to_string()) else {
+        return client_error(
+            &st,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "moat-proxy: request target has no host\n",
+        );
+    };
+    let Ok((host, port)) = canonical_authority(&auth, 80) else {
+        return client_error(
+            &st,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "moat-proxy: bad host in request target\n",
+        );
+    };
+    // The request target wins (RFC 9112); a Host naming anything else is refused, not ignored.
+    if let Err(r) = check_host_headers(&st, &req, &host, port, 80) {
+        return r;
+    }
+    forward(
+        req,
+        st,
+        Target {
+            tls: false,
+            host,
+            port,
+        },
+    )
+    .await
+}
+
+fn target_for_trace(req: &Request<Incoming>) -> String {
+    let a = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
+    match canonical_authority(
+        a,
+        if req.method() == Method::CONNECT {
+            443
+        } else {
+            80
+        },
+    ) {
+        Ok((h, p)) if req.method() == Method::CONNECT => display_host(&h, p),
+        Ok((h, p)) => trace_url(
+            "http",
+            &h,
+            p,
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        ),
+        Err(_) => "-".into(),
+    }
+}
+
+fn client_error(
+    st: &State,
+    req: &Request<Incoming>,
+    status: StatusCode,
+    msg: &str,
+) -> Response<Body> {
+    let ctx = ReqCtx::new(
+        st.sinks.clone(),
+        req.method().as_str(),
+        target_for_trace(req),
+    );
+    ctx.set_status(status.as_u16());
+    ctx.set_error(
+        "client",
+        msg.trim().trim_start_matches("moat-proxy: ").to_string(),
+    );
+    text(status, msg)
+}
+
+#[allow(clippy::result_large_err)]
+fn check_host_headers(
+    st: &State,
+    req: &Request<Incoming>,
+    host: &str,
+    port: u16,
+    default_port: u16,
+) -> Result<(), Response<Body>> {
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err(client_error(
+            st,
+            req,
+            StatusCode::BAD_REQUEST,
+            "moat-proxy: more than one Host header\n",
+        ));
+    }
+    for h in hosts {
+        let ok = h
+            .to_str()
+            .ok()
+            .and_then(|s| canonical_authority(s, default_port).ok())
+            .is_some_and(|(h2, p2)| h2 == host && p2 == port);
+        if !ok {
+            return Err(misdirected(st, req));
+        }
+    }
+    Ok(())
+}
+
+fn misdirected(st: &State, req: &Request<Incoming>) -> Response<Body> {
+    client_error(
+        st,
+        req,
+        StatusCode::MISDIRECTED_REQUEST,
+        "moat-proxy: the request names a different host than the connection (CONNECT authority, TLS server name and Host must agree)\n",
+    )
+}
+
+fn connect(
+    req: Request<Incoming>,
+    st: Arc<State>,
+    permit: Arc<OwnedSemaphorePermit>,
+) -> Response<Body> {
+    let Some(auth) = req.uri().authority().map(|a| a.as_str().to_string()) else {
+        return client_error(
+            &st,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "moat-proxy: CONNECT needs host:port\n",
+        );
+    };
+    let Ok((host, port)) = canonical_authority(&auth, 443) else {
+        return client_error(
+            &st,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "moat-proxy: bad host in CONNECT\n",
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Ok(up) = on_upgrade.await {
+            intercept(up, host, port, st).await;
+        }
+    });
+    Response::new(full(Bytes::new()))
+}
+
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Arc<State>) {
+    let fail = |msg: String| {
+        let ctx = ReqCtx::new(st.sinks.clone(), "CONNECT", display_host(&host, port));
+        ctx.set_error("client", msg);
+    };
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        TokioIo::new(up),
+    );
+    let start = match tokio::time::timeout(st.header_timeout, acceptor).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return fail(format!(
+                "TLS from the client failed: {}",
+                moat_core::error::io_msg(&e)
+            ));
+        }
+        Err(_) => return fail("the client sent no TLS ClientHello in time".into()),
+    };
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let sni_mismatch =
+        sni.is_some_and(|s| canonical_host(&s).ok().as_deref() != Some(host.as_str()));
+    let cfg = match st.ca.server_config(&host) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("minting a certificate: {}", e.msg)),
+    };
+    let tls = match tokio::time::timeout(st.header_timeout, start.into_stream(cfg)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return fail(format!(
+                "TLS from the client failed: {}",
+                moat_core::error::io_msg(&e)
+            ));
+        }
+        Err(_) => return fail("TLS handshake with the client timed out".into()),
+    };
+    let tunnel = Arc::new(Tunnel {
+        host,
+        port,
+        sni_mismatch,
+    });
+    let b = server_builder(&st, false);
+    let st2 = st.clone();
+    let svc = service_fn(move |req| {
+        let st = st2.clone();
+        let t = tunnel.clone();
+        async move { Ok::<_, Infallible>(inner(req, st, t).await) }
+    });
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown_signal(st.shutdown.clone()) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+struct Tunnel {
+    host: String,
+    port: u16,
+    sni_mismatch: bool,
+}
+
+async fn inner(req: Request<Incoming>, st: Arc<State>, t: Arc<Tunnel>) -> Response<Body> {
+    if t.sni_mismatch {
+        return misdirected(&st, &req);
+    }
+    if let Some(s) = req.uri().scheme_str()
+        && s != "https"
+    {
+        return misdirected(&st, &req);
+    }
+    let mut names = 0;
+    if let Some(a) = req.uri().authority() {
+        names += 1;
+        match canonical_authority(a.as_str(), 443) {
+            Ok((h, p)) if h == t.host && p == t.port => {}
+            _ => return misdirected(&st, &req),
+        }
+    }
+    if let Err(r) = check_host_headers(&st, &req, &t.host, t.port, 443) {
+        return r;
+    }
+    names += req.headers().get_all(header::HOST).iter().count();
+    if names == 0 {
+        return client_error(
+            &st,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "moat-proxy: request has no Host\n",
+        );
+    }
+    forward(
+        req,
+        st,
+        Target {
+            tls: true,
+            host: t.host.clone(),
+            port: t.port,
+        },
+    )
+    .await
+}
+
+fn connection_tokens(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Remove hop-by-hop headers, everything `Connection` names and every `Proxy-*` header.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    for t in connection_tokens(h) {
+        if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+            h.remove(n);
+        }
+    }
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| is_hop_by_hop(n) || n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
+async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Response<Body> {
+    let scheme = if t.tls { "https" } else { "http" };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let method = req.method().clone();
+    let ctx = ReqCtx::new(
+        st.sinks.clone(),
+        method.as_str(),
+        trace_url(scheme, &t.host, t.port, &pq),
+    );
+    let path = pq.split('?').next().unwrap_or("/").to_string();
+
+    if let Decision::Deny {
+        rule,
+        kind,
+        message,
+    } = st.policy.check(&t.host, t.port, method.as_str(), &pq)
+    {
+        return deny(&st, ctx, &t, &method, &path, rule, kind, message);
+    }
+
+    // Upgrades: WebSocket only (h2c and anything else would turn the request into a tunnel
+    // the proxy cannot see into).
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .map(|v| v.as_bytes().to_ascii_lowercase());
+    let is_ws = match upgrade.as_deref() {
+        None => false,
+        Some(b"websocket")
+            if connection_tokens(req.headers())
+                .iter()
+                .any(|t| t == "upgrade") =>
+        {
+            true
+        }
+        Some(_) => {
+            return finish(
+                ctx.clone(),
+                client_error_ctx(
+                    &ctx,
+                    StatusCode::BAD_REQUEST,
+                    "moat-proxy: only WebSocket upgrades are supported\n",
+                ),
+            );
+        }
+    };
+    let client_upgrade = if is_ws {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|s| {
+            s.split(',')
+                .any(|x| x.trim().eq_ignore_ascii_case("trailers"))
+        });
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if is_ws {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    let grants = st.injector.apply(&mut headers, &t.host, t.port, t.tls);
+    if !grants.is_empty() {
+        ctx.set_grant(grants.join(","));
+        for g in &grants {
+            st.sinks.event(
+                "credential_used",
+                &json!({"grant": g, "host": display_host(&t.host, t.port), "method": method.as_str(), "request_id": ctx.id}),
+            );
+        }
+    }
+    let host_part = if t.host.contains(':') {
+        format!("[{}]", t.host)
+    } else {
+        t.host.clone()
+    };
+    let default = if t.tls { 443 } else { 80 };
+    let authority = if t.port == default {
+        host_part
+    } else {
+        format!("{host_part}:{}", t.port)
+    };
+    let uri = match format!("{scheme}://{authority}{pq}").parse::<http::Uri>() {
+        Ok(u) => u,
+        Err(_) => {
+            return finish(
+                ctx.clone(),
+                client_error_ctx(
+                    &ctx,
+                    StatusCode::BAD_REQUEST,
+                    "moat-proxy: bad request target\n",
+                ),
+            );
+        }
+    };
+    let body = Counted {
+        inner: body,
+        ctx: Some(ctx.clone()),
+        outbound: false,
+    }
+    .boxed_unsync();
+    let mut out = Request::new(body);
+    *out.method_mut() = method.clone();
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+
+    let client = if is_ws { &st.client_h1 } else { &st.client };
+    let res = match tokio::time::timeout(RESPONSE_HEADER_TIMEOUT, client.request(out)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return upstream_error(&st, ctx, &t, &method, &path, &e),
+        Err(_) => {
+            ctx.set_error("upstream", "no response headers in time".into());
+            return finish(
+                ctx,
+                text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "moat-proxy: the upstream sent no response in time\n",
+                ),
+            );
+        }
+    };
+    let mut res = res;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_up) = client_upgrade else {
+            ctx.set_error("upstream", "unexpected 101 response".into());
+            return finish(
+                ctx,
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    "moat-proxy: the upstream switched protocols unasked\n",
+                ),
+            );
+        };
+        let upstream_up = hyper::upgrade::on(&mut res);
+        let (mut parts, _) = res.into_parts();
+        let keep_upgrade = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = keep_upgrade {
+            parts.headers.insert(header::UPGRADE, u);
+        }
+        ctx.set_status(101);
+        let c2 = ctx.clone();
+        tokio::spawn(async move {
+            let (Ok(a), Ok(b)) = (client_up.await, upstream_up.await) else {
+                return;
+            };
+            let mut a = TokioIo::new(a);
+            let mut b = TokioIo::new(b);
+            if let Ok((i, o)) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                c2.add_in(i);
+                c2.add_out(o);
+            }
+        });
+        let mut r = Response::from_parts(parts, full(Bytes::new()));
+        r.headers_mut().insert(
+            "x-moat-request-id",
+            HeaderValue::from_str(&ctx.id).unwrap_or(HeaderValue::from_static("-")),
+        );
+        return r;
+    }
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = Counted {
+        inner: body,
+        ctx: Some(ctx.clone()),
+        outbound: true,
+    }
+    .boxed_unsync();
+    finish(ctx, Response::from_parts(parts, body))
+}
+
+fn client_error_ctx(ctx: &Arc<ReqCtx>, status: StatusCode, msg: &str) -> Response<Body> {
+    ctx.set_error(
+        "client",
+        msg.trim().trim_start_matches("moat-proxy: ").to_string(),
+    );
+    text(status, msg)
+}
+
+fn finish(ctx: Arc<ReqCtx>, mut r: Response<Body>) -> Response<Body> {
+    ctx.set_status(r.status().as_u16());
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        r.headers_mut().insert("x-moat-request-id", v);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deny(
+    st: &State,
+    ctx: Arc<ReqCtx>,
+    t: &Target,
+    method: &Method,
+    path: &str,
+    rule: String,
+    kind: &'static str,
+    message: String,
+) -> Response<Body> {
+    st.sinks.event(
+        "policy_denied",
+        &json!({"host": display_host(&t.host, t.port), "method": method.as_str(), "path": path, "rule": rule, "request_id": ctx.id}),
+    );
+    ctx.set_policy(rule);
+    let mut r = text(StatusCode::FORBIDDEN, message);
+    r.headers_mut()
+        .insert("x-moat-blocked", HeaderValue::from_static(kind));
+    finish(ctx, r)
+}
+
+fn upstream_error(
+    st: &State,
+    ctx: Arc<ReqCtx>,
+    t: &Target,
+    method: &Method,
+    path: &str,
+    e: &hyper_util::client::legacy::Error,
+) -> Response<Body> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(d) = s.downcast_ref::<DialError>() {
+            if let DialError::Forbidden { .. } = d {
+                let msg = format!("Moat: request blocked by network policy.\n{d}.\n");
+                return deny(
+                    st,
+                    ctx,
+                    t,
+                    method,
+                    path,
+                    "private-address".into(),
+                    "private-address",
+                    msg,
+                );
+            }
+            ctx.set_error("upstream", d.to_string());
+            return finish(
+                ctx,
+                text(StatusCode::BAD_GATEWAY, format!("moat-proxy: {d}\n")),
+            );
+        }
+        src = s.source();
+    }
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    ctx.set_error("upstream", msg.clone());
+    finish(
+        ctx,
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("moat-proxy: upstream request failed: {msg}\n"),
+        ),
+    )
+}
+
+/// A body that counts bytes into its request's trace record and lets go of the record
+/// when it ends, so the record is written once both bodies are done.
+struct Counted<B> {
+    inner: B,
+    ctx: Option<Arc<ReqCtx>>,
+    outbound: bool,
+}
+
+impl<B> HttpBody for Counted<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(c)) = (f.data_ref(), &this.ctx) {
+                    if this.outbound {
+                        c.add_out(d.len() as u64)
+                    } else {
+                        c.add_in(d.len() as u64)
+                    }
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                if let Some(c) = this.ctx.take() {
+                    let side = if this.outbound { "upstream" } else { "client" };
+                    c.set_error(side, format!("body: {e}"));
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.ctx.take();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
