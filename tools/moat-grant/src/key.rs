@@ -166,6 +166,10 @@ fn keyring_msg(e: &keyring::Error) -> String {
 }
 
 fn entry() -> std::result::Result<keyring::Entry, String> {
+    // Why the platform store failed to start says more than "no default store".
+    if let Err(e) = keyring::Entry::store_status() {
+        return Err(keyring_msg(e));
+    }
     keyring::Entry::new(KEYRING_SERVICE, KEYRING_ACCOUNT).map_err(|e| keyring_msg(&e))
 }
 
