@@ -1,21 +1,66 @@
-//! moat-launch (skeleton: the tool's own issue fills it in).
+//! moat-launch: runs. Config, image build, the container's lifecycle through the Docker Engine
+//! API, and the wiring of moat-grant, moat-proxy and moat-audit for one run; plus list, logs,
+//! trace, stop, destroy, clean and status.
 #![forbid(unsafe_code)]
 
-use moat_core::{Result, cli};
+mod args;
+mod attach;
+mod commands;
+mod config;
+mod docker;
+mod image;
+mod run;
+mod store;
 
-const USAGE: &str = "usage: moat-launch [--help] [--version] COMMAND [ARGS...]";
+use args::Command;
+use moat_core::{Error, Result, cli};
 
 fn main() {
-    cli::run_main("moat-launch", run)
+    cli::run_main("moat-launch", real_main)
 }
 
-fn run() -> Result<()> {
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_env();
-    match p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
-        Some(Short('h') | Long("help")) => cli::write_stdout(format!("{USAGE}\n\nOptions:\n    -h, --help     show this help\n    -V, --version  show the version\n").as_bytes()),
-        Some(Short('V') | Long("version")) => cli::print_version("moat-launch"),
-        Some(a) => Err(cli::usage_error(a.unexpected().to_string(), USAGE)),
-        None => Err(cli::usage_error("a command is required", USAGE)),
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the runtime", e))
+}
+
+fn exit_with(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
+fn real_main() -> Result<()> {
+    match args::parse_from(std::env::args_os().skip(1))? {
+        Command::Help => cli::write_stdout(format!("{}\n\n{}", args::USAGE, args::HELP).as_bytes()),
+        Command::Version => cli::print_version("moat-launch"),
+        Command::Run(r) => exit_with(run::start(r)?),
+        Command::Supervise(id) => runtime()?.block_on(run::supervise(&id)),
+        Command::Attach(run) => {
+            let store = commands::store()?;
+            commands::reconcile_all(&store)?;
+            let m = store.resolve(run.as_deref())?;
+            if m.state.is_terminal() {
+                return Err(Error::no(format!(
+                    "{} ({}) has ended ({}); see `moat logs {}`",
+                    m.name,
+                    m.id,
+                    m.state.as_str(),
+                    m.id
+                )));
+            }
+            exit_with(attach::follow(&store, &m.id, false)?)
+        }
+        Command::List { json } => commands::list(json),
+        Command::Status { json } => commands::status(json),
+        Command::Logs { run, lines, follow } => commands::logs(run.as_deref(), lines, follow),
+        Command::Trace { run, verbose, json } => commands::trace(run.as_deref(), verbose, json),
+        Command::Stop(run) => commands::stop(run.as_deref()),
+        Command::Destroy(run) => commands::destroy(run.as_deref()),
+        Command::Clean { force } => commands::clean(force),
+        Command::Bootstrap { force } => runtime()?.block_on(image::bootstrap(force)),
     }
 }

@@ -1,0 +1,364 @@
+//! Command line: USAGE, HELP and the lexopt loop. Each subcommand hands the parser to its
+//! own function; the result is a `Command` that `main` dispatches. Nothing here touches the
+//! filesystem or Docker.
+
+use lexopt::prelude::*;
+use moat_core::{Error, Result, cli};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
+       moat-launch attach|logs|trace|stop|destroy [OPTIONS] [RUN]
+       moat-launch list|status|clean [OPTIONS]
+       moat-launch image bootstrap [--force]";
+
+pub const HELP: &str =
+    "Run a command or agent in a container whose only network path is moat's proxy.
+
+Commands:
+    run [PATH] [-- CMD...]   start a run in workspace PATH (default: .)
+    attach [RUN]             follow a run's output (Ctrl+C detaches, twice stops)
+    list                     list runs
+    status                   show runs, images, Docker and CA health
+    logs [RUN]               print a run's output
+    trace [RUN]              print a run's network requests
+    stop [RUN]               stop a run
+    destroy [RUN]            stop a run and delete its directory
+    clean                    delete stopped runs and unused moat images
+    image bootstrap          build debian:bookworm-slim from Debian packages
+
+RUN is a run id, an id prefix or a name; it defaults to the latest run.
+
+Run options:
+    -g, --grant NAME         grant a stored credential (repeatable, adds to the file's)
+    -e, --env KEY=VALUE      set an environment variable (repeatable)
+    -m, --mount SRC:DST[:ro] bind-mount a host path (repeatable)
+    -n, --name NAME          name the run
+    -d, --detach             start the run and return
+    -i, --interactive        attach stdin (the command reads the terminal)
+    --rebuild                rebuild the image even if it is current
+    --no-sandbox             do not use gVisor
+    --policy POLICY          network policy: permissive or strict
+    --allow-host HOST        allow HOST under the strict policy (repeatable)
+    --runtime RUNTIME        container runtime: docker
+
+Other options:
+    -n, --lines N            logs: print the last N lines
+    -f, --follow             logs: keep printing until the run ends
+    --network                trace: show network requests (the default)
+    -v, --verbose            trace: show grant, policy and errors
+    --json                   list, trace, status: print JSON lines
+    --force                  clean: do not ask; image bootstrap: rebuild
+    -h, --help               show this help
+    -V, --version            show the version
+";
+
+#[derive(Debug, Default, Clone)]
+pub struct RunArgs {
+    pub path: Option<PathBuf>,
+    pub command: Option<Vec<String>>,
+    pub grants: Vec<String>,
+    pub env: Vec<String>,
+    pub mounts: Vec<String>,
+    pub name: Option<String>,
+    pub detach: bool,
+    pub interactive: bool,
+    pub rebuild: bool,
+    pub no_sandbox: bool,
+    pub policy: Option<String>,
+    pub allow_hosts: Vec<String>,
+    pub runtime: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Help,
+    Version,
+    Run(RunArgs),
+    Supervise(String),
+    Attach(Option<String>),
+    List {
+        json: bool,
+    },
+    Status {
+        json: bool,
+    },
+    Logs {
+        run: Option<String>,
+        lines: Option<usize>,
+        follow: bool,
+    },
+    Trace {
+        run: Option<String>,
+        verbose: bool,
+        json: bool,
+    },
+    Stop(Option<String>),
+    Destroy(Option<String>),
+    Clean {
+        force: bool,
+    },
+    Bootstrap {
+        force: bool,
+    },
+}
+
+fn usage(msg: impl Into<String>) -> Error {
+    cli::usage_error(msg, USAGE)
+}
+
+fn lex(e: lexopt::Error) -> Error {
+    cli::lexopt_error(e, USAGE)
+}
+
+fn string(v: OsString, what: &str) -> Result<String> {
+    v.into_string()
+        .map_err(|_| usage(format!("{what} is not valid UTF-8")))
+}
+
+pub fn parse_from<I>(args: I) -> Result<Command>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    let mut p = lexopt::Parser::from_args(args);
+    match p.next().map_err(lex)? {
+        Some(Short('h') | Long("help")) => Ok(Command::Help),
+        Some(Short('V') | Long("version")) => Ok(Command::Version),
+        Some(Value(v)) => {
+            let sub = string(v, "command")?;
+            match sub.as_str() {
+                "run" => parse_run(&mut p).map(Command::Run),
+                "claude" | "codex" | "gemini" => Err(Error::unavailable(format!(
+                    "`moat {sub}` is not built yet; use `moat run -- {sub}` with an image that carries it"
+                ))),
+                "__supervise" => {
+                    let id = one_run(&mut p)?.ok_or_else(|| usage("__supervise needs a run id"))?;
+                    Ok(Command::Supervise(id))
+                }
+                "attach" => parse_attach(&mut p).map(Command::Attach),
+                "list" | "ls" => Ok(Command::List {
+                    json: json_only(&mut p)?,
+                }),
+                "status" => Ok(Command::Status {
+                    json: json_only(&mut p)?,
+                }),
+                "logs" => parse_logs(&mut p),
+                "trace" => parse_trace(&mut p),
+                "stop" => one_run(&mut p).map(Command::Stop),
+                "destroy" | "rm" => one_run(&mut p).map(Command::Destroy),
+                "clean" => {
+                    let mut force = false;
+                    while let Some(a) = p.next().map_err(lex)? {
+                        match a {
+                            Short('f') | Long("force") => force = true,
+                            Short('h') | Long("help") => return Ok(Command::Help),
+                            _ => return Err(usage(a.unexpected().to_string())),
+                        }
+                    }
+                    Ok(Command::Clean { force })
+                }
+                "image" => parse_image(&mut p),
+                other => Err(usage(format!("unknown command {other:?}"))),
+            }
+        }
+        Some(a) => Err(usage(a.unexpected().to_string())),
+        None => Err(usage("a command is required")),
+    }
+}
+
+fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
+    let mut r = RunArgs::default();
+    loop {
+        // `--` ends the options; everything after it is the command, verbatim.
+        if let Ok(mut raw) = p.raw_args()
+            && raw.peek() == Some("--".as_ref())
+        {
+            raw.next();
+            let cmd: Vec<String> = raw.map(|s| string(s, "command")).collect::<Result<_>>()?;
+            if cmd.is_empty() {
+                return Err(usage("no command after --"));
+            }
+            r.command = Some(cmd);
+            break;
+        }
+        let Some(a) = p.next().map_err(lex)? else {
+            break;
+        };
+        match a {
+            Short('g') | Long("grant") => r.grants.push(string(p.value().map_err(lex)?, "grant")?),
+            Short('e') | Long("env") => r.env.push(string(p.value().map_err(lex)?, "-e")?),
+            Short('m') | Long("mount") => {
+                r.mounts.push(string(p.value().map_err(lex)?, "--mount")?)
+            }
+            Short('n') | Long("name") => r.name = Some(string(p.value().map_err(lex)?, "--name")?),
+            Short('d') | Long("detach") => r.detach = true,
+            Short('i') | Long("interactive") => r.interactive = true,
+            Long("rebuild") => r.rebuild = true,
+            Long("no-sandbox") => r.no_sandbox = true,
+            Long("policy") => r.policy = Some(string(p.value().map_err(lex)?, "--policy")?),
+            Long("allow-host") | Long("allow") => r
+                .allow_hosts
+                .push(string(p.value().map_err(lex)?, "--allow-host")?),
+            Long("runtime") => r.runtime = Some(string(p.value().map_err(lex)?, "--runtime")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            Value(v) if r.path.is_none() => r.path = Some(PathBuf::from(v)),
+            Value(v) => {
+                return Err(usage(format!(
+                    "unexpected argument {:?}; put the command after --",
+                    v.to_string_lossy()
+                )));
+            }
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    Ok(r)
+}
+
+fn help_exit() -> Error {
+    let _ = cli::write_stdout(format!("{USAGE}\n\n{HELP}").as_bytes());
+    Error::new(0, "")
+}
+
+fn one_run(p: &mut lexopt::Parser) -> Result<Option<String>> {
+    let mut run = None;
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Value(v) if run.is_none() => run = Some(string(v, "run")?),
+            Short('f') | Long("force") => {}
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    Ok(run)
+}
+
+fn parse_attach(p: &mut lexopt::Parser) -> Result<Option<String>> {
+    let mut run = None;
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Value(v) if run.is_none() => run = Some(string(v, "run")?),
+            Short('i') | Long("interactive") => {
+                if let Some(v) = p.optional_value() {
+                    let v = string(v, "-i")?;
+                    if v != "false" {
+                        return Err(Error::unavailable(
+                            "interactive attach is not built yet; use -i=false",
+                        ));
+                    }
+                }
+            }
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    Ok(run)
+}
+
+fn json_only(p: &mut lexopt::Parser) -> Result<bool> {
+    let mut json = false;
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Long("json") => json = true,
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    Ok(json)
+}
+
+fn parse_logs(p: &mut lexopt::Parser) -> Result<Command> {
+    let (mut run, mut lines, mut follow) = (None, None, false);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Short('n') | Long("lines") => {
+                let v = string(p.value().map_err(lex)?, "-n")?;
+                lines = Some(
+                    v.parse()
+                        .map_err(|_| usage(format!("-n wants a number of lines, not {v:?}")))?,
+                );
+            }
+            Short('f') | Long("follow") => follow = true,
+            Value(v) if run.is_none() => run = Some(string(v, "run")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    Ok(Command::Logs { run, lines, follow })
+}
+
+fn parse_trace(p: &mut lexopt::Parser) -> Result<Command> {
+    let (mut run, mut verbose, mut json) = (None, false, false);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Long("network") => {}
+            Short('v') | Long("verbose") => verbose = true,
+            Long("json") => json = true,
+            Value(v) if run.is_none() => run = Some(string(v, "run")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    Ok(Command::Trace { run, verbose, json })
+}
+
+fn parse_image(p: &mut lexopt::Parser) -> Result<Command> {
+    match p.next().map_err(lex)? {
+        Some(Value(v)) if v == "bootstrap" => {
+            let mut force = false;
+            while let Some(a) = p.next().map_err(lex)? {
+                match a {
+                    Long("force") => force = true,
+                    Short('h') | Long("help") => return Err(help_exit()),
+                    _ => return Err(usage(a.unexpected().to_string())),
+                }
+            }
+            Ok(Command::Bootstrap { force })
+        }
+        Some(a) => Err(usage(format!("image: {}", a.unexpected()))),
+        None => Err(usage("image: a subcommand is required (bootstrap)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> RunArgs {
+        match parse_from(args.iter().copied()).unwrap() {
+            Command::Run(r) => r,
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn run_takes_path_flags_and_command() {
+        let r = run(&[
+            "run", "-g", "github", "--grant", "npm", "-e", "A=1", "ws", "-d", "--", "curl", "-s",
+            "x",
+        ]);
+        assert_eq!(r.grants, ["github", "npm"]);
+        assert_eq!(r.env, ["A=1"]);
+        assert_eq!(r.path, Some(PathBuf::from("ws")));
+        assert!(r.detach);
+        assert_eq!(r.command.unwrap(), ["curl", "-s", "x"]);
+    }
+
+    #[test]
+    fn run_command_may_carry_dashes() {
+        let r = run(&["run", "--", "sh", "-c", "echo --x"]);
+        assert_eq!(r.command.unwrap(), ["sh", "-c", "echo --x"]);
+    }
+
+    #[test]
+    fn logs_count_must_be_a_number() {
+        assert!(parse_from(["logs", "-n", "x"]).is_err());
+        match parse_from(["logs", "-n", "3", "abc"]).unwrap() {
+            Command::Logs { run, lines, .. } => {
+                assert_eq!(run.as_deref(), Some("abc"));
+                assert_eq!(lines, Some(3));
+            }
+            c => panic!("{c:?}"),
+        }
+    }
+}

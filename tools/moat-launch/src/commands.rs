@@ -1,0 +1,549 @@
+//! The lifecycle commands around runs: list, status, logs, trace, stop, destroy, clean; and
+//! reconciliation, which every one of them does first: a run whose supervisor died is
+//! reconciled with Docker (container and network removed, proxy ended, state recorded), so
+//! nothing is left orphaned.
+
+use crate::docker::{self, LABEL_IMAGE};
+use crate::store::{Metadata, State, Store, supervisor_alive};
+use bollard::Docker;
+use moat_core::{Error, MoatHome, Result, cli};
+use std::io::{BufRead, Write};
+use std::time::{Duration, SystemTime};
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the runtime", e))
+}
+
+pub fn store() -> Result<Store> {
+    Ok(Store::new(MoatHome::from_env()?))
+}
+
+fn is_orphan(m: &Metadata) -> bool {
+    if m.state.is_terminal() {
+        return false;
+    }
+    match m.supervisor_pid {
+        Some(pid) => !supervisor_alive(pid, &m.id),
+        // A run that never got a supervisor: give the starting CLI a moment.
+        None => moat_core::timefmt::parse_rfc3339(&m.created_at)
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > Duration::from_secs(30)),
+    }
+}
+
+pub fn reconcile_all(store: &Store) -> Result<()> {
+    for m in store.all()? {
+        if is_orphan(&m) {
+            reconcile_one(store, &m.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Bring a supervisor-less run's record in line with Docker and release what it held.
+pub fn reconcile_one(store: &Store, id: &str) -> Result<()> {
+    let m = store.load(id)?;
+    if m.state.is_terminal() {
+        return Ok(());
+    }
+    let exit = rt()?.block_on(async {
+        let Ok(d) = docker::connect().await else {
+            return None;
+        };
+        let mut exit = None;
+        if let Some(c) = &m.container_id {
+            if let Ok(i) = d
+                .inspect_container(
+                    c,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            {
+                let st = i.state.unwrap_or_default();
+                if st.running != Some(true) {
+                    exit = st.exit_code;
+                }
+            }
+            let opts = bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            let _ = d.remove_container(c, Some(opts)).await;
+        }
+        crate::run::remove_network(&d, &format!("moat-{id}")).await;
+        exit
+    });
+    if let Some(pid) = m.proxy_pid
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("moat-proxy"))
+            .unwrap_or(false)
+    {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    let stopping = m.state == State::Stopping;
+    store.update(id, |m| {
+        if m.state.is_terminal() {
+            return;
+        }
+        m.exit_code = exit.or(m.exit_code);
+        if stopping || exit == Some(0) {
+            m.state = State::Stopped;
+            m.reason = Some("stopped".into());
+        } else {
+            m.state = State::Failed;
+            m.reason = Some(
+                "its moat-launch supervisor exited unexpectedly; reconciled with Docker".into(),
+            );
+        }
+        m.stopped_at = Some(moat_core::timefmt::now_rfc3339());
+    })?;
+    Ok(())
+}
+
+fn age(m: &Metadata) -> String {
+    moat_core::timefmt::parse_rfc3339(&m.created_at)
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(moat_core::timefmt::short_age)
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn list(json: bool) -> Result<()> {
+    let store = store()?;
+    reconcile_all(&store)?;
+    let runs = store.all()?;
+    let mut out = String::new();
+    if json {
+        for m in &runs {
+            out.push_str(&moat_core::jsonl::line(
+                "run",
+                &serde_json::json!({
+                    "id": m.id, "name": m.name, "state": m.state.as_str(), "services": m.services,
+                    "created_at": m.created_at, "image": m.image, "exit_code": m.exit_code,
+                    "reason": m.reason, "workspace": m.workspace,
+                }),
+            )?);
+        }
+    } else {
+        if runs.is_empty() {
+            eprintln!("no runs; start one with `moat run`");
+            return Ok(());
+        }
+        let w = runs.iter().map(|m| m.name.len()).max().unwrap_or(4).max(4);
+        out.push_str(&format!(
+            "{:<w$}  {:<16}  {:<8}  {:<8}  AGE\n",
+            "NAME", "RUN ID", "STATE", "SERVICES"
+        ));
+        for m in &runs {
+            let svc = if m.services.is_empty() {
+                "-".to_string()
+            } else {
+                m.services.join(",")
+            };
+            out.push_str(&format!(
+                "{:<w$}  {:<16}  {:<8}  {:<8}  {}\n",
+                m.name,
+                m.id,
+                m.state.as_str(),
+                svc,
+                age(m)
+            ));
+        }
+    }
+    cli::write_stdout(out.as_bytes())
+}
+
+pub fn logs(run: Option<&str>, lines: Option<usize>, follow: bool) -> Result<()> {
+    let store = store()?;
+    reconcile_all(&store)?;
+    let m = store.resolve(run)?;
+    let path = store.dir(&m.id).join("logs.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let start = lines.map(|n| all.len().saturating_sub(n)).unwrap_or(0);
+    let mut out = String::new();
+    for l in &all[start..] {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+            out.push_str(v["line"].as_str().unwrap_or_default());
+            out.push('\n');
+        }
+    }
+    cli::write_stdout(out.as_bytes())?;
+    if follow && !m.state.is_terminal() {
+        let mut offset = text.len() as u64;
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(_) => continue,
+            };
+            use std::io::{Read, Seek, SeekFrom};
+            let _ = f.seek(SeekFrom::Start(offset));
+            let mut buf = String::new();
+            let _ = f.read_to_string(&mut buf);
+            let upto = buf.rfind('\n').map(|i| i + 1).unwrap_or(0);
+            offset += upto as u64;
+            let mut out = String::new();
+            for l in buf[..upto].lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                    out.push_str(v["line"].as_str().unwrap_or_default());
+                    out.push('\n');
+                }
+            }
+            cli::write_stdout(out.as_bytes())?;
+            let m = store.load(&m.id)?;
+            if m.state.is_terminal() {
+                break;
+            }
+            if m.supervisor_pid
+                .is_some_and(|p| !supervisor_alive(p, &m.id))
+            {
+                reconcile_one(&store, &m.id)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn trace(run: Option<&str>, verbose: bool, json: bool) -> Result<()> {
+    let store = store()?;
+    let m = store.resolve(run)?;
+    let path = store.dir(&m.id).join("network.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut out = String::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        if json {
+            let mut v = v;
+            if let Some(o) = v.as_object_mut() {
+                o.entry("v").or_insert(1.into());
+                o.entry("type").or_insert("request".into());
+            }
+            out.push_str(&serde_json::to_string(&v)?);
+            out.push('\n');
+            continue;
+        }
+        out.push_str(&trace_line(&v, verbose));
+    }
+    if !json && out.is_empty() {
+        eprintln!("no network requests recorded for {} ({})", m.name, m.id);
+    }
+    cli::write_stdout(out.as_bytes())
+}
+
+/// `[HH:MM:SS.mmm] METHOD URL STATUS (Nms)`
+pub fn trace_line(v: &serde_json::Value, verbose: bool) -> String {
+    let ts = v["ts"].as_str().unwrap_or_default();
+    let clock = ts
+        .split_once('T')
+        .map(|(_, t)| t.get(..12).unwrap_or(t))
+        .unwrap_or(ts);
+    let status = v
+        .get("status")
+        .or_else(|| v.get("status_code"))
+        .and_then(|s| s.as_i64());
+    let status = status.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    let dur = v["duration_ms"]
+        .as_f64()
+        .map(|d| format!("{}ms", d.round() as i64))
+        .unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        "[{clock}] {} {} {status} ({dur})\n",
+        v["method"].as_str().unwrap_or("-"),
+        v["url"].as_str().unwrap_or("-")
+    );
+    if verbose {
+        for k in ["grant", "policy", "error"] {
+            if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
+                let x = x
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| x.to_string());
+                s.push_str(&format!("    {k}: {x}\n"));
+            }
+        }
+    }
+    s
+}
+
+/// Ask Docker to stop the run's container; the supervisor finishes the rest.
+pub fn stop_run(store: &Store, id: &str) -> Result<()> {
+    let m = store.load(id)?;
+    if m.state.is_terminal() {
+        return Ok(());
+    }
+    store.set_state(id, State::Stopping, None)?;
+    if let Some(c) = &m.container_id {
+        rt()?.block_on(async {
+            let d = docker::connect().await?;
+            let opts = bollard::query_parameters::StopContainerOptions {
+                t: Some(10),
+                ..Default::default()
+            };
+            match d.stop_container(c, Some(opts)).await {
+                Ok(()) => Ok(()),
+                Err(e) if docker::is_not_found(&e) => Ok(()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 304, ..
+                }) => Ok(()),
+                Err(e) => Err(docker::err("stopping the container", e)),
+            }
+        })?;
+    }
+    // The supervisor records the end; wait for it (bounded), or reconcile if it is gone.
+    for _ in 0..300 {
+        let m = store.load(id)?;
+        if m.state.is_terminal() {
+            return Ok(());
+        }
+        if m.supervisor_pid.is_none_or(|p| !supervisor_alive(p, id)) {
+            return reconcile_one(store, id);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reconcile_one(store, id)
+}
+
+pub fn stop(run: Option<&str>) -> Result<()> {
+    let store = store()?;
+    reconcile_all(&store)?;
+    let m = store.resolve(run)?;
+    if m.state.is_terminal() {
+        eprintln!(
+            "moat: {} ({}) is already {}",
+            m.name,
+            m.id,
+            m.state.as_str()
+        );
+        return Ok(());
+    }
+    stop_run(&store, &m.id)?;
+    eprintln!("moat: stopped {} ({})", m.name, m.id);
+    Ok(())
+}
+
+pub fn destroy(run: Option<&str>) -> Result<()> {
+    let store = store()?;
+    reconcile_all(&store)?;
+    let m = store.resolve(run)?;
+    if !m.state.is_terminal() {
+        stop_run(&store, &m.id)?;
+    }
+    store.remove_dir(&m.id)?;
+    eprintln!("moat: destroyed {} ({})", m.name, m.id);
+    Ok(())
+}
+
+async fn unused_images(d: &Docker) -> Result<Vec<String>> {
+    let filters =
+        std::collections::HashMap::from([("label".to_string(), vec![format!("{LABEL_IMAGE}=1")])]);
+    let opts = bollard::query_parameters::ListImagesOptions {
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let images = d
+        .list_images(Some(opts))
+        .await
+        .map_err(|e| docker::err("listing images", e))?;
+    let copts = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        ..Default::default()
+    };
+    let used: Vec<String> = d
+        .list_containers(Some(copts))
+        .await
+        .map_err(|e| docker::err("listing containers", e))?
+        .into_iter()
+        .filter_map(|c| c.image_id)
+        .collect();
+    Ok(images
+        .into_iter()
+        .filter(|i| !used.contains(&i.id))
+        .map(|i| i.id)
+        .collect())
+}
+
+pub fn clean(force: bool) -> Result<()> {
+    let store = store()?;
+    reconcile_all(&store)?;
+    let runs: Vec<Metadata> = store
+        .all()?
+        .into_iter()
+        .filter(|m| m.state.is_terminal())
+        .collect();
+    let rt = rt()?;
+    let images = rt.block_on(async {
+        match docker::connect().await {
+            Ok(d) => unused_images(&d).await.map(|i| (Some(d), i)),
+            Err(_) => Ok((None, vec![])),
+        }
+    })?;
+    let (d, images) = images;
+    if runs.is_empty() && images.is_empty() {
+        eprintln!("moat: nothing to clean");
+        return Ok(());
+    }
+    if !force {
+        eprint!(
+            "Remove {} stopped run(s) and {} unused moat image(s)? [y/N] ",
+            runs.len(),
+            images.len()
+        );
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|e| Error::io("reading the answer", e))?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Err(Error::no("nothing removed"));
+        }
+    }
+    for m in &runs {
+        store.remove_dir(&m.id)?;
+    }
+    let mut removed = 0;
+    if let Some(d) = d {
+        rt.block_on(async {
+            for i in &images {
+                let opts = bollard::query_parameters::RemoveImageOptions {
+                    force: false,
+                    noprune: false,
+                    ..Default::default()
+                };
+                if d.remove_image(i, Some(opts), None).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        });
+    }
+    eprintln!(
+        "moat: removed {} run(s) and {removed} image(s); volumes are kept",
+        runs.len()
+    );
+    Ok(())
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub fn status(json: bool) -> Result<()> {
+    let store = store()?;
+    reconcile_all(&store)?;
+    let runs = store.all()?;
+    let active: Vec<&Metadata> = runs.iter().filter(|m| !m.state.is_terminal()).collect();
+    let stopped = runs.len() - active.len();
+    let (docker_ok, docker_msg, images, runsc) = rt()?.block_on(async {
+        match docker::connect().await {
+            Ok(d) => {
+                let v = d
+                    .version()
+                    .await
+                    .ok()
+                    .and_then(|v| v.version)
+                    .unwrap_or_default();
+                let filters = std::collections::HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("{LABEL_IMAGE}=1")],
+                )]);
+                let opts = bollard::query_parameters::ListImagesOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                };
+                let n = d
+                    .list_images(Some(opts))
+                    .await
+                    .map(|i| i.len())
+                    .unwrap_or(0);
+                let runsc = docker::has_runsc(&d).await.unwrap_or(false);
+                (true, format!("ok (engine {v})"), n, runsc)
+            }
+            Err(e) => (false, e.msg, 0, false),
+        }
+    });
+    let ca = store.home.ca_dir().join("ca.crt");
+    let ca_ok = ca.exists();
+    let disk = dir_size(&store.home.runs_dir());
+    if json {
+        let l = moat_core::jsonl::line(
+            "status",
+            &serde_json::json!({
+                "active_runs": active.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name, "state": m.state.as_str()})).collect::<Vec<_>>(),
+                "stopped_runs": stopped, "images": images, "docker": {"ok": docker_ok, "message": docker_msg},
+                "gvisor": runsc, "ca": {"ok": ca_ok, "path": ca}, "runs_disk_bytes": disk,
+            }),
+        )?;
+        return cli::write_stdout(l.as_bytes());
+    }
+    let mut s = String::new();
+    s.push_str(&format!("Docker:   {docker_msg}\n"));
+    s.push_str(&format!(
+        "gVisor:   {}\n",
+        if runsc {
+            "runsc registered"
+        } else {
+            "not registered (runs use runc)"
+        }
+    ));
+    s.push_str(&format!(
+        "CA:       {}\n",
+        if ca_ok {
+            ca.display().to_string()
+        } else {
+            "not created yet (the first run creates it)".into()
+        }
+    ));
+    s.push_str(&format!(
+        "Runs:     {} active, {stopped} stopped, {:.1} MB on disk\n",
+        active.len(),
+        disk as f64 / 1e6
+    ));
+    for m in &active {
+        s.push_str(&format!(
+            "  {} ({}) {} {}\n",
+            m.name,
+            m.id,
+            m.state.as_str(),
+            age(m)
+        ));
+    }
+    s.push_str(&format!("Images:   {images} moat image(s)\n"));
+    cli::write_stdout(s.as_bytes())?;
+    if !docker_ok {
+        return Err(Error::unavailable("Docker is not reachable"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_lines_have_the_documented_shape() {
+        let v = serde_json::json!({"ts":"2026-11-22T03:04:05.678Z","method":"GET","url":"https://api.github.com/user","status":200,"duration_ms":12.4,"grant":"github"});
+        assert_eq!(
+            trace_line(&v, false),
+            "[03:04:05.678] GET https://api.github.com/user 200 (12ms)\n"
+        );
+        assert!(trace_line(&v, true).contains("grant: github"));
+    }
+}

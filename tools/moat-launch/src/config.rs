@@ -1,0 +1,790 @@
+//! agent.yaml / moat.yaml → a validated `Config`, then CLI flags over file over defaults →
+//! the `RunSpec` a run is started from. Every field of the reference is accepted; unknown
+//! fields are warned about with a suggestion; invalid values are errors naming the file, the
+//! line and the field. Nothing here talks to Docker or reads credentials.
+
+use crate::args::RunArgs;
+use moat_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub name: Option<String>,
+    pub agent: Option<String>,
+    pub version: Option<String>,
+    pub runtime: Option<String>,
+    pub dependencies: Vec<String>,
+    pub grants: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub mounts: Vec<String>,
+    pub volumes: Vec<Volume>,
+    pub ports: BTreeMap<String, u16>,
+    pub network: Network,
+    pub command: Option<Vec<String>>,
+    pub interactive: bool,
+    pub hooks: Hooks,
+    pub sandbox: Option<String>,
+    pub container: Container,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Volume {
+    pub name: String,
+    pub target: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Network {
+    pub policy: Option<String>,
+    pub allow: Vec<String>,
+    pub rules: Vec<Value>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Hooks {
+    pub post_build_root: Option<String>,
+    pub post_build: Option<String>,
+    pub pre_run: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Container {
+    pub memory: Option<u64>,
+    pub cpus: Option<u32>,
+    pub dns: Option<Vec<String>>,
+}
+
+/// The resolved description of one run, written to the run directory (`spec.json`) by the
+/// CLI and read by the supervisor. It holds no secret: grants are names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub name: String,
+    pub agent: String,
+    pub workspace: PathBuf,
+    pub grants: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub binds: Vec<Bind>,
+    pub command: Option<Vec<String>>,
+    pub interactive: bool,
+    pub dependencies: Vec<String>,
+    pub hooks: Hooks,
+    pub policy: String,
+    pub allow: Vec<String>,
+    /// `network.rules` as `net_rule` records for the proxy.
+    pub net_rules: Vec<Value>,
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<u32>,
+    pub dns: Vec<String>,
+    pub sandbox: bool,
+    pub rebuild: bool,
+    pub detach: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub target: String,
+    pub readonly: bool,
+}
+
+/// Env names moat owns inside the container; `env:`/`-e` may not set them.
+const MOAT_OWNED: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "CURL_ALL_PROXY",
+    "MOAT_PROXY_ADDR",
+    "MOAT_PRE_RUN",
+];
+
+const TOP: &[&str] = &[
+    "name",
+    "agent",
+    "version",
+    "runtime",
+    "dependencies",
+    "services",
+    "grants",
+    "env",
+    "secrets",
+    "mounts",
+    "volumes",
+    "ports",
+    "network",
+    "command",
+    "interactive",
+    "hooks",
+    "sandbox",
+    "container",
+    "claude",
+    "codex",
+    "gemini",
+    "language_servers",
+    "mcp",
+    "snapshots",
+    "tracing",
+];
+
+/// Known keys below a path (`*` = any key of a user map, `[]` = list items).
+fn known_keys(path: &str) -> Option<&'static [&'static str]> {
+    Some(match path {
+        "" => TOP,
+        "network" => &["policy", "allow", "rules", "host", "keep_policy"],
+        "hooks" => &["post_build_root", "post_build", "pre_run"],
+        "container" => &["memory", "cpus", "dns"],
+        "volumes[]" => &["name", "target", "readonly", "type"],
+        "services.*" => &["env", "image", "wait"],
+        "claude" => &["base_url", "sync_logs", "plugins", "marketplaces", "mcp"],
+        "claude.marketplaces.*" => &["source", "repo", "ref"],
+        "claude.mcp.*" | "gemini.mcp.*" | "codex.mcp.*" => {
+            &["command", "args", "env", "grant", "cwd"]
+        }
+        "codex" => &["sync_logs", "mcp"],
+        "gemini" => &["sync_logs", "mcp"],
+        "mcp[]" => &["name", "url", "auth"],
+        "mcp[].auth" => &["grant", "header"],
+        "snapshots" => &["disabled", "triggers", "exclude", "retention"],
+        "snapshots.triggers" => &[
+            "disable_pre_run",
+            "disable_git_commits",
+            "disable_builds",
+            "disable_idle",
+            "idle_threshold_seconds",
+        ],
+        "snapshots.exclude" => &["ignore_gitignore", "additional"],
+        "snapshots.retention" => &["max_count", "delete_initial"],
+        "tracing" => &["disable_exec"],
+        _ => return None,
+    })
+}
+
+/// Paths whose keys are the user's own (env names, service names, plugin names...).
+fn is_user_map(path: &str) -> bool {
+    matches!(
+        path,
+        "env"
+            | "secrets"
+            | "ports"
+            | "services"
+            | "services.*.env"
+            | "claude.plugins"
+            | "claude.marketplaces"
+            | "claude.mcp"
+            | "gemini.mcp"
+            | "codex.mcp"
+            | "claude.mcp.*.env"
+            | "gemini.mcp.*.env"
+            | "codex.mcp.*.env"
+    )
+}
+
+pub struct Loaded {
+    pub config: Config,
+    #[allow(dead_code)] // kept for messages that name the file
+    pub file: Option<PathBuf>,
+    pub warnings: Vec<String>,
+}
+
+/// Find and load moat.yaml or agent.yaml in `workspace`; none is an empty config.
+pub fn load(workspace: &Path) -> Result<Loaded> {
+    for name in ["moat.yaml", "agent.yaml"] {
+        let p = workspace.join(name);
+        match std::fs::read_to_string(&p) {
+            Ok(text) => {
+                let (config, warnings) = parse(&text, &p.display().to_string())?;
+                return Ok(Loaded {
+                    config,
+                    file: Some(p),
+                    warnings,
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
+        }
+    }
+    Ok(Loaded {
+        config: Config::default(),
+        file: None,
+        warnings: vec![],
+    })
+}
+
+/// Parse and validate one file's text; `file` names it in messages.
+pub fn parse(text: &str, file: &str) -> Result<(Config, Vec<String>)> {
+    let mut warnings = vec![];
+    if text.trim().is_empty() {
+        return Ok((Config::default(), warnings));
+    }
+    let raw: Value = serde_saphyr::from_str(text)
+        .map_err(|e| Error::config(format!("{file}: {}", one_line(&e.to_string()))))?;
+    if !raw.is_object() && !raw.is_null() {
+        return Err(Error::config(format!(
+            "{file}: expected a mapping of settings at the top"
+        )));
+    }
+    walk(&raw, "", text, file, &mut warnings);
+    let config: Config = serde_saphyr::from_str(text)
+        .map_err(|e| Error::config(format!("{file}: {}", one_line(&e.to_string()))))?;
+    validate(&config, text, file)?;
+    Ok((config, warnings))
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn walk(v: &Value, path: &str, text: &str, file: &str, warnings: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            let keys = known_keys(path);
+            for (k, child) in m {
+                if let Some(keys) = keys
+                    && !keys.contains(&k.as_str())
+                {
+                    let at = line_of(text, k)
+                        .map(|l| format!(":{l}"))
+                        .unwrap_or_default();
+                    let field = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let mut w = format!("{file}{at}: unknown field {field:?} (ignored)");
+                    if let Some(s) = suggest(k, keys) {
+                        w.push_str(&format!("; did you mean {s:?}?"));
+                    }
+                    warnings.push(w);
+                    continue;
+                }
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else if is_user_map(path) {
+                    format!("{path}.*")
+                } else {
+                    format!("{path}.{k}")
+                };
+                walk(child, &sub, text, file, warnings);
+            }
+        }
+        Value::Array(items) => {
+            for i in items {
+                walk(i, &format!("{path}[]"), text, file, warnings);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The 1-based line where `key:` first appears (good enough to point a person at it).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.strip_prefix(key)
+                .map(|r| r.trim_start().starts_with(':'))
+                .unwrap_or(false)
+                || t.starts_with(&format!("\"{key}\":"))
+        })
+        .map(|i| i + 1)
+}
+
+fn suggest<'a>(k: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|c| (edit_distance(k, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn bad(file: &str, text: &str, key: &str, field: &str, msg: impl std::fmt::Display) -> Error {
+    let at = line_of(text, key)
+        .map(|l| format!(":{l}"))
+        .unwrap_or_default();
+    Error::config(format!("{file}{at}: {field}: {msg}"))
+}
+
+fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
+    if let Some(r) = &c.runtime {
+        check_runtime(r).map_err(|m| bad(file, text, "runtime", "runtime", m))?;
+    }
+    if let Some(s) = &c.sandbox
+        && !s.is_empty()
+        && s != "none"
+    {
+        return Err(bad(
+            file,
+            text,
+            "sandbox",
+            "sandbox",
+            format!("must be empty or \"none\", not {s:?}"),
+        ));
+    }
+    if let Some(p) = &c.network.policy {
+        check_policy(p).map_err(|m| bad(file, text, "policy", "network.policy", m))?;
+    }
+    for h in &c.network.allow {
+        check_host_pattern(h).map_err(|m| bad(file, text, "allow", "network.allow", m))?;
+    }
+    net_rules(&c.network.rules).map_err(|m| bad(file, text, "rules", "network.rules", m))?;
+    for d in &c.dependencies {
+        check_dependency(d).map_err(|m| bad(file, text, "dependencies", "dependencies", m))?;
+    }
+    for g in &c.grants {
+        if g.trim().is_empty() {
+            return Err(bad(file, text, "grants", "grants", "a grant name is empty"));
+        }
+    }
+    for k in c.env.keys() {
+        check_env_name(k).map_err(|m| bad(file, text, k, &format!("env.{k}"), m))?;
+    }
+    for m in &c.mounts {
+        parse_mount(m, Path::new("/")).map_err(|e| bad(file, text, "mounts", "mounts", e))?;
+    }
+    if !c.volumes.is_empty() && c.name.is_none() && c.agent.is_none() {
+        return Err(bad(
+            file,
+            text,
+            "volumes",
+            "volumes",
+            "needs `name` to be set (volumes are kept per agent name)",
+        ));
+    }
+    for v in &c.volumes {
+        check_volume(v).map_err(|m| bad(file, text, "volumes", "volumes", m))?;
+    }
+    if let Some(cmd) = &c.command
+        && cmd.is_empty()
+    {
+        return Err(bad(
+            file,
+            text,
+            "command",
+            "command",
+            "must not be an empty list",
+        ));
+    }
+    if c.container.memory == Some(0) {
+        return Err(bad(
+            file,
+            text,
+            "memory",
+            "container.memory",
+            "must be a positive number of megabytes",
+        ));
+    }
+    if c.container.cpus == Some(0) {
+        return Err(bad(
+            file,
+            text,
+            "cpus",
+            "container.cpus",
+            "must be a positive number of CPUs",
+        ));
+    }
+    for d in c.container.dns.iter().flatten() {
+        if d.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad(
+                file,
+                text,
+                "dns",
+                "container.dns",
+                format!("{d:?} is not an IP address"),
+            ));
+        }
+    }
+    for name in [&c.name, &c.agent].into_iter().flatten() {
+        check_name(name).map_err(|m| bad(file, text, "name", "name", m))?;
+    }
+    Ok(())
+}
+
+fn check_runtime(r: &str) -> std::result::Result<(), String> {
+    match r {
+        "docker" => Ok(()),
+        "apple" => Err("apple containers need macOS; this host runs Linux (use docker)".into()),
+        _ => Err(format!("must be docker or apple, not {r:?}")),
+    }
+}
+
+fn check_policy(p: &str) -> std::result::Result<(), String> {
+    match p {
+        "permissive" | "strict" => Ok(()),
+        _ => Err(format!("must be permissive or strict, not {p:?}")),
+    }
+}
+
+fn check_host_pattern(h: &str) -> std::result::Result<(), String> {
+    moat_core::host::HostPattern::parse(h)
+        .map(|_| ())
+        .map_err(|e| format!("{h:?}: {}", e.0))
+}
+
+fn check_name(n: &str) -> std::result::Result<(), String> {
+    if n.is_empty()
+        || n.len() > 63
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{n:?} must be 1-63 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_env_name(k: &str) -> std::result::Result<(), String> {
+    let ok = !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(format!("{k:?} is not a valid environment variable name"));
+    }
+    if MOAT_OWNED.contains(&k) {
+        return Err(format!(
+            "{k} is set by moat to reach the run's proxy and cannot be overridden"
+        ));
+    }
+    Ok(())
+}
+
+/// Runtime dependencies the reference lists, plus the ones Debian provides directly.
+pub fn check_dependency(d: &str) -> std::result::Result<(), String> {
+    let (name, ver) = d.split_once('@').unwrap_or((d, ""));
+    let ok = match name {
+        "node" | "python" | "go" | "postgres" | "mysql" | "redis" => !ver.is_empty(),
+        "git" | "docker:host" | "docker:dind" => ver.is_empty(),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{d:?} is not a supported dependency (e.g. node@20, python@3.11, go@1.22, git)"
+        ))
+    }
+}
+
+fn check_volume(v: &Volume) -> std::result::Result<(), String> {
+    let n = &v.name;
+    let ok = n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        return Err(format!("volume name {n:?} must match [a-z0-9][a-z0-9_-]*"));
+    }
+    if !v.target.starts_with('/') {
+        return Err(format!(
+            "volume {n:?}: target {:?} must be an absolute path",
+            v.target
+        ));
+    }
+    Ok(())
+}
+
+/// `host:container[:ro|rw]`, host relative to `base`.
+pub fn parse_mount(m: &str, base: &Path) -> std::result::Result<Bind, String> {
+    let parts: Vec<&str> = m.split(':').collect();
+    let (src, dst, mode) = match parts.as_slice() {
+        [s, d] => (*s, *d, "rw"),
+        [s, d, mode] => (*s, *d, *mode),
+        _ => return Err(format!("{m:?} is not HOST:CONTAINER[:ro|rw]")),
+    };
+    if src.is_empty() || !dst.starts_with('/') {
+        return Err(format!("{m:?}: the container path must be absolute"));
+    }
+    let readonly = match mode {
+        "ro" => true,
+        "rw" => false,
+        _ => return Err(format!("{m:?}: mode must be ro or rw, not {mode:?}")),
+    };
+    let source = if Path::new(src).is_absolute() {
+        PathBuf::from(src)
+    } else {
+        base.join(src)
+    };
+    Ok(Bind {
+        source,
+        target: dst.to_string(),
+        readonly,
+    })
+}
+
+/// `network.rules`: `"host"` or `{host: ["allow GET /x/**", ...]}` → `net_rule` records.
+pub fn net_rules(rules: &[Value]) -> std::result::Result<Vec<Value>, String> {
+    let mut out = vec![];
+    for r in rules {
+        match r {
+            Value::String(h) => {
+                check_host_pattern(h)?;
+                out.push(serde_json::json!({"v":1,"type":"net_rule","host":h,"rules":[]}));
+            }
+            Value::Object(m) => {
+                for (h, list) in m {
+                    check_host_pattern(h)?;
+                    let list: Vec<String> = serde_json::from_value(list.clone()).map_err(|_| {
+                        format!("{h}: expected a list of \"allow|deny METHOD /path\" strings")
+                    })?;
+                    for rule in &list {
+                        let w: Vec<&str> = rule.split_whitespace().collect();
+                        if w.len() != 3
+                            || !matches!(w[0], "allow" | "deny")
+                            || !w[2].starts_with('/')
+                        {
+                            return Err(format!(
+                                "{h}: {rule:?} is not \"allow|deny METHOD /path\""
+                            ));
+                        }
+                    }
+                    out.push(serde_json::json!({"v":1,"type":"net_rule","host":h,"rules":list}));
+                }
+            }
+            _ => return Err("each rule is a host or a {host: [rules]} mapping".into()),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_env_flag(e: &str) -> Result<(String, String)> {
+    let (k, v) = match e.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        // `-e NAME` passes the host's value through, as docker does.
+        None => (e.to_string(), std::env::var(e).unwrap_or_default()),
+    };
+    check_env_name(&k).map_err(|m| Error::usage(format!("-e {e}: {m}")))?;
+    Ok((k, v))
+}
+
+/// CLI flags over file over defaults.
+pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunSpec> {
+    let c = &loaded.config;
+    let rt = args.runtime.as_deref().or(c.runtime.as_deref());
+    if let Some(r) = rt {
+        check_runtime(r).map_err(|m| Error::config(format!("runtime: {m}")))?;
+    }
+    let dir_name = workspace
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "workspace".into());
+    let name = args
+        .name
+        .clone()
+        .or(c.name.clone())
+        .unwrap_or_else(|| sanitize_name(&dir_name));
+    check_name(&name).map_err(|m| Error::usage(format!("--name: {m}")))?;
+    let agent = c
+        .agent
+        .clone()
+        .or(c.name.clone())
+        .unwrap_or_else(|| name.clone());
+
+    let mut grants = c.grants.clone();
+    for g in &args.grants {
+        if !grants.contains(g) {
+            grants.push(g.clone());
+        }
+    }
+    let mut env = c.env.clone();
+    for e in &args.env {
+        let (k, v) = parse_env_flag(e)?;
+        env.insert(k, v);
+    }
+    if !c.secrets.is_empty() {
+        return Err(Error::unavailable(
+            "secrets: resolving op:// and ssm:// references is not built yet; remove `secrets:` or set the values with -e",
+        ));
+    }
+    let mut binds = vec![];
+    for m in c.mounts.iter() {
+        binds.push(parse_mount(m, workspace).map_err(|e| Error::config(format!("mounts: {e}")))?);
+    }
+    let cwd = std::env::current_dir().map_err(|e| Error::io("reading the current directory", e))?;
+    for m in &args.mounts {
+        binds.push(parse_mount(m, &cwd).map_err(|e| Error::usage(format!("--mount: {e}")))?);
+    }
+    for b in &binds {
+        if !b.source.exists() {
+            return Err(Error::config(format!(
+                "mount source {} does not exist",
+                b.source.display()
+            )));
+        }
+    }
+    let policy = args
+        .policy
+        .clone()
+        .or(c.network.policy.clone())
+        .unwrap_or_else(|| "permissive".into());
+    check_policy(&policy).map_err(|m| Error::usage(format!("--policy: {m}")))?;
+    let mut allow = c.network.allow.clone();
+    for h in &args.allow_hosts {
+        check_host_pattern(h).map_err(|m| Error::usage(format!("--allow-host: {m}")))?;
+        allow.push(h.clone());
+    }
+    let net_rules =
+        net_rules(&c.network.rules).map_err(|m| Error::config(format!("network.rules: {m}")))?;
+    let sandbox = !(args.no_sandbox || c.sandbox.as_deref() == Some("none"));
+    Ok(RunSpec {
+        name,
+        agent,
+        workspace: workspace.to_path_buf(),
+        grants,
+        env,
+        binds,
+        command: args.command.clone().or(c.command.clone()),
+        interactive: args.interactive || c.interactive,
+        dependencies: c.dependencies.clone(),
+        hooks: c.hooks.clone(),
+        policy,
+        allow,
+        net_rules,
+        memory_mb: c.container.memory,
+        cpus: c.container.cpus,
+        dns: c.container.dns.clone().unwrap_or_default(),
+        sandbox,
+        rebuild: args.rebuild,
+        detach: args.detach,
+    })
+}
+
+/// Volumes need the agent name; resolved here so the spec carries host paths.
+pub fn volume_binds(c: &Config, agent: &str, volumes_dir: &Path) -> Vec<Bind> {
+    c.volumes
+        .iter()
+        .map(|v| Bind {
+            source: volumes_dir.join(agent).join(&v.name),
+            target: v.target.clone(),
+            readonly: v.readonly,
+        })
+        .collect()
+}
+
+fn sanitize_name(s: &str) -> String {
+    let n: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    if n.is_empty() { "run".into() } else { n }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_example_parses() {
+        let text = include_str!("../tests/fixtures/reference.yaml");
+        let (c, w) = parse(text, "agent.yaml").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.name.as_deref(), Some("my-agent"));
+        assert_eq!(c.network.policy.as_deref(), Some("strict"));
+        assert_eq!(c.volumes[0].target, "/home/moatuser/.myapp");
+        assert_eq!(c.hooks.pre_run.as_deref(), Some("npm install"));
+        assert_eq!(c.container.memory, Some(8192));
+    }
+
+    #[test]
+    fn unknown_fields_are_warned_with_a_suggestion() {
+        let (_, w) = parse(
+            "name: x\ngrnats: [github]\nnetwork:\n  polcy: strict\n",
+            "moat.yaml",
+        )
+        .unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("moat.yaml:2") && w[0].contains("\"grants\""),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].contains("network.polcy") && w[1].contains("\"policy\""),
+            "{}",
+            w[1]
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_file_line_and_field() {
+        let e = parse("name: x\nnetwork:\n  policy: lax\n", "moat.yaml").unwrap_err();
+        assert_eq!(
+            e.msg,
+            "moat.yaml:3: network.policy: must be permissive or strict, not \"lax\""
+        );
+        let e = parse("env:\n  A: [1]\n", "moat.yaml").unwrap_err();
+        assert!(e.msg.starts_with("moat.yaml:"), "{}", e.msg);
+        let e = parse(
+            "volumes:\n  - name: Bad\n    target: /x\nname: a\n",
+            "m.yaml",
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("[a-z0-9]"), "{}", e.msg);
+        let e = parse("env:\n  HTTP_PROXY: x\n", "m.yaml").unwrap_err();
+        assert!(e.msg.contains("m.yaml:2: env.HTTP_PROXY"), "{}", e.msg);
+    }
+
+    #[test]
+    fn mounts_parse() {
+        let b = parse_mount("./data:/data:ro", Path::new("/ws")).unwrap();
+        assert_eq!(
+            b,
+            Bind {
+                source: "/ws/./data".into(),
+                target: "/data".into(),
+                readonly: true
+            }
+        );
+        assert!(parse_mount("a:b", Path::new("/")).is_err());
+        assert!(parse_mount("a:/b:rx", Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn rules_become_records() {
+        let v: Vec<Value> =
+            serde_json::from_str(r#"["a.com", {"b.com": ["allow GET /x/**"]}]"#).unwrap();
+        let r = net_rules(&v).unwrap();
+        assert_eq!(r[1]["rules"][0], "allow GET /x/**");
+        let v: Vec<Value> = serde_json::from_str(r#"[{"b.com": ["permit /x"]}]"#).unwrap();
+        assert!(net_rules(&v).is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! The Docker Engine API connection (bollard): `DOCKER_HOST` honoured, API version negotiated,
+//! errors turned into one-line messages with the engine's own words.
+
+use bollard::Docker;
+use moat_core::{Error, Result};
+
+pub const LABEL_RUN: &str = "moat.run";
+pub const LABEL_IMAGE: &str = "moat.image";
+
+pub async fn connect() -> Result<Docker> {
+    let d = Docker::connect_with_defaults()
+        .map_err(|e| Error::unavailable(format!("connecting to Docker: {e}")))?;
+    d.negotiate_version().await.map_err(|e| {
+        Error::unavailable(format!("connecting to Docker: {}", short(&e)))
+            .with_hint("is the Docker daemon running? (DOCKER_HOST selects a remote engine)")
+    })
+}
+
+/// The engine's message without bollard's wrapping.
+pub fn short(e: &bollard::errors::Error) -> String {
+    use bollard::errors::Error as B;
+    match e {
+        B::DockerResponseServerError {
+            message,
+            status_code,
+        } => {
+            format!("{} (HTTP {status_code})", message.trim())
+        }
+        B::DockerStreamError { error } => error.trim().to_string(),
+        other => other.to_string(),
+    }
+}
+
+pub fn err(what: impl std::fmt::Display, e: bollard::errors::Error) -> Error {
+    Error::unavailable(format!("{what}: {}", short(&e)))
+}
+
+pub fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+pub async fn image_id(d: &Docker, name: &str) -> Result<Option<String>> {
+    match d.inspect_image(name).await {
+        Ok(i) => Ok(Some(i.id.unwrap_or_default())),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(err(format!("inspecting image {name}"), e)),
+    }
+}
+
+/// Does Docker have gVisor's `runsc` registered?
+pub async fn has_runsc(d: &Docker) -> Result<bool> {
+    let info = d.info().await.map_err(|e| err("reading Docker info", e))?;
+    Ok(info
+        .runtimes
+        .map(|r| r.contains_key("runsc"))
+        .unwrap_or(false))
+}

@@ -1,0 +1,808 @@
+//! One run, end to end. The CLI validates the config, allocates the run and writes
+//! `spec.json`, then starts a supervisor (`moat-launch __supervise RUN`, in its own session)
+//! that owns everything with a lifetime: the grant rules, the proxy, the audit writer, the
+//! per-run network, the image build, the container and its log capture. The CLI then follows
+//! the run (or returns, with -d); the run does not depend on it.
+//!
+//! Secrets: injection rules go from `moat-grant rules`' stdout pipe straight into the proxy's
+//! stdin pipe; this process holds them only in memory and never logs them.
+
+use crate::config::{self, Bind, RunSpec};
+use crate::docker::{self, LABEL_RUN};
+use crate::image;
+use crate::store::{Metadata, State, Store};
+use bollard::Docker;
+use futures_util::StreamExt;
+use moat_core::timefmt::now_rfc3339;
+use moat_core::{Error, MoatHome, Result};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Find a sibling tool: next to this binary first, then on PATH.
+pub fn tool(name: &str) -> PathBuf {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+// ---------------------------------------------------------------- the CLI side
+
+pub fn start(args: crate::args::RunArgs) -> Result<i32> {
+    let home = MoatHome::from_env()?;
+    let store = Store::new(home.clone());
+    let path = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
+    let workspace = std::fs::canonicalize(&path)
+        .map_err(|e| Error::io(format!("workspace {}", path.display()), e))?;
+    if !workspace.is_dir() {
+        return Err(Error::usage(format!(
+            "workspace {} is not a directory",
+            workspace.display()
+        )));
+    }
+    let loaded = config::load(&workspace)?;
+    for w in &loaded.warnings {
+        eprintln!("moat-launch: warning: {w}");
+    }
+    let mut spec = config::resolve(&args, &loaded, &workspace)?;
+    spec.binds.extend(config::volume_binds(
+        &loaded.config,
+        &spec.agent,
+        &home.volumes_dir(),
+    ));
+    if spec.interactive {
+        return Err(
+            Error::unavailable("interactive runs (-i) are not built yet")
+                .with_hint("run without -i, or with a command that does not read the terminal"),
+        );
+    }
+
+    let id = moat_core::new_run_id();
+    let meta = Metadata {
+        v: 1,
+        id: id.clone(),
+        name: spec.name.clone(),
+        agent: spec.agent.clone(),
+        workspace: workspace.clone(),
+        grants: spec.grants.clone(),
+        state: State::Created,
+        reason: None,
+        exit_code: None,
+        error_code: None,
+        image: None,
+        container_id: None,
+        network: None,
+        proxy_addr: None,
+        supervisor_pid: None,
+        proxy_pid: None,
+        runtime: "docker".into(),
+        sandbox: spec.sandbox,
+        interactive: spec.interactive,
+        detached: spec.detach,
+        services: vec![],
+        created_at: now_rfc3339(),
+        started_at: None,
+        stopped_at: None,
+    };
+    store.create(&meta)?;
+    let dir = store.dir(&id);
+    let mut s = serde_json::to_vec_pretty(&spec)?;
+    s.push(b'\n');
+    moat_core::fsutil::write_atomic(&dir.join("spec.json"), &s, 0o600)?;
+
+    let pid = spawn_supervisor(&dir, &id)?;
+    store.update(&id, |m| m.supervisor_pid = Some(pid))?;
+    if spec.detach {
+        crate::attach::wait_started(&store, &id)
+    } else {
+        crate::attach::follow(&store, &id, true)
+    }
+}
+
+fn spawn_supervisor(dir: &Path, id: &str) -> Result<u32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding moat-launch", e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join("launch.log"))
+        .map_err(|e| Error::io("creating launch.log", e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io("creating launch.log", e))?;
+    // A new session: the terminal's Ctrl+C and hangup never reach the run.
+    let mut c = if Path::new("/usr/bin/setsid").exists() || Path::new("/bin/setsid").exists() {
+        let mut c = std::process::Command::new("setsid");
+        c.arg(exe);
+        c
+    } else {
+        use std::os::unix::process::CommandExt;
+        let mut c = std::process::Command::new(exe);
+        c.process_group(0);
+        c
+    };
+    c.arg("__supervise")
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    let child = c
+        .spawn()
+        .map_err(|e| Error::io("starting the run supervisor", e))?;
+    Ok(child.id())
+}
+
+// ---------------------------------------------------------------- the supervisor
+
+/// Owned resources, released in reverse order whatever happened.
+struct Resources {
+    docker: Option<Docker>,
+    network: Option<String>,
+    container: Option<String>,
+    proxy: Option<Child>,
+    proxy_pump: Option<tokio::task::JoinHandle<()>>,
+    audit: Option<Audit>,
+}
+
+struct Audit {
+    tx: mpsc::UnboundedSender<String>,
+    writer: tokio::task::JoinHandle<()>,
+    child: Child,
+}
+
+impl Audit {
+    fn start(run_id: &str) -> Option<Audit> {
+        let bin = tool("moat-audit");
+        let mut child = match Command::new(&bin)
+            .args(["append", "--run", run_id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "moat: warning: cannot start moat-audit ({}); this run has no audit log",
+                    moat_core::error::io_msg(&e)
+                );
+                return None;
+            }
+        };
+        let mut stdin = child.stdin.take().expect("piped");
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let writer = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if stdin.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            let _ = stdin.shutdown().await;
+        });
+        Some(Audit { tx, writer, child })
+    }
+
+    fn event(&self, kind: &str, body: serde_json::Value) {
+        if let Ok(l) = moat_core::jsonl::line(kind, &body) {
+            let _ = self.tx.send(l);
+        }
+    }
+
+    async fn finish(self) {
+        let Audit {
+            tx,
+            writer,
+            mut child,
+        } = self;
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(Ok(s)) if !s.success() => eprintln!("moat: warning: moat-audit exited with {s}"),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill().await;
+                eprintln!("moat: warning: moat-audit did not finish in time");
+            }
+        }
+    }
+}
+
+pub async fn supervise(id: &str) -> Result<()> {
+    let home = MoatHome::from_env()?;
+    let store = Store::new(home.clone());
+    let dir = store.dir(id);
+    let spec: RunSpec = serde_json::from_slice(
+        &std::fs::read(dir.join("spec.json")).map_err(|e| Error::io("reading spec.json", e))?,
+    )?;
+    store.update(id, |m| {
+        m.supervisor_pid = Some(std::process::id());
+        if m.state == State::Created {
+            m.state = State::Starting;
+        }
+    })?;
+    let mut res = Resources {
+        docker: None,
+        network: None,
+        container: None,
+        proxy: None,
+        proxy_pump: None,
+        audit: None,
+    };
+    let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
+    let (state, reason, exit_code, error_code) = match &outcome {
+        Ok(code) => {
+            let stopping = store
+                .load(id)
+                .map(|m| m.state == State::Stopping)
+                .unwrap_or(false);
+            if *code == 0 {
+                (State::Stopped, None, Some(*code), None)
+            } else if stopping {
+                (
+                    State::Stopped,
+                    Some("stopped".to_string()),
+                    Some(*code),
+                    None,
+                )
+            } else {
+                (
+                    State::Failed,
+                    Some(format!("the command exited with code {code}")),
+                    Some(*code),
+                    None,
+                )
+            }
+        }
+        Err(e) => {
+            let mut msg = e.msg.clone();
+            if let Some(h) = &e.hint {
+                msg.push('\n');
+                msg.push_str(h);
+            }
+            eprintln!("moat: run failed: {}", e.msg);
+            (State::Failed, Some(msg), None, Some(e.code))
+        }
+    };
+    release(&mut res).await;
+    if let Some(a) = res.audit.take() {
+        a.event(
+            "run_ended",
+            serde_json::json!({"run": id, "state": state.as_str(), "exit_code": exit_code, "reason": reason}),
+        );
+        a.finish().await;
+    }
+    store.update(id, |m| {
+        m.exit_code = exit_code;
+        m.error_code = error_code;
+        if !m.state.is_terminal() {
+            m.state = state;
+            m.reason = reason.clone();
+            m.stopped_at = Some(now_rfc3339());
+        }
+    })?;
+    Ok(())
+}
+
+async fn release(r: &mut Resources) {
+    if let Some(d) = &r.docker {
+        if let Some(c) = r.container.take() {
+            let opts = bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            if let Err(e) = d.remove_container(&c, Some(opts)).await
+                && !docker::is_not_found(&e)
+            {
+                eprintln!("moat: warning: removing container: {}", docker::short(&e));
+            }
+        }
+        if let Some(n) = r.network.take() {
+            remove_network(d, &n).await;
+        }
+    }
+    if let Some(mut p) = r.proxy.take() {
+        terminate(&mut p).await;
+    }
+    if let Some(pump) = r.proxy_pump.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+    }
+}
+
+pub async fn remove_network(d: &Docker, n: &str) {
+    for _ in 0..5 {
+        match d.remove_network(n).await {
+            Ok(()) => return,
+            Err(e) if docker::is_not_found(&e) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    eprintln!("moat: warning: could not remove network {n}");
+}
+
+async fn terminate(p: &mut Child) {
+    if let Some(pid) = p.id() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(3), p.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = p.kill().await;
+}
+
+struct GrantRules {
+    inject: Vec<String>,
+    inject_hosts: Vec<String>,
+    env: Vec<(String, String)>,
+    ssh: Vec<String>,
+}
+
+/// `moat-grant rules NAME...`: the lines stay in memory, bound for the proxy's stdin.
+async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
+    let mut out = GrantRules {
+        inject: vec![],
+        inject_hosts: vec![],
+        env: vec![],
+        ssh: vec![],
+    };
+    if grants.is_empty() {
+        return Ok(out);
+    }
+    let child = Command::new(tool("moat-grant"))
+        .arg("rules")
+        .args(grants)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::io("running moat-grant", e))?;
+    let o = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| Error::unavailable("moat-grant rules did not answer in time"))?
+        .map_err(|e| Error::io("running moat-grant", e))?;
+    if !o.status.success() {
+        return Err(Error::new(
+            o.status.code().unwrap_or(moat_core::exit::SOFTWARE),
+            format!("could not load grants {}", grants.join(", ")),
+        )
+        .with_hint("store them first with `moat grant NAME`"));
+    }
+    let text =
+        String::from_utf8(o.stdout).map_err(|_| Error::data("moat-grant printed invalid UTF-8"))?;
+    for l in text.lines() {
+        // Never echo a line: inject records carry secret values.
+        let Some(r) = moat_core::jsonl::parse(l)
+            .map_err(|_| Error::data("moat-grant printed an invalid record"))?
+        else {
+            continue;
+        };
+        match r.kind.as_str() {
+            moat_core::rules::TYPE_INJECT => {
+                if let Some(h) = r.get("hosts").and_then(|h| h.as_array()) {
+                    out.inject_hosts
+                        .extend(h.iter().filter_map(|x| x.as_str().map(String::from)));
+                }
+                out.inject.push(format!("{}\n", l.trim()));
+            }
+            moat_core::rules::TYPE_ENV => {
+                let p: moat_core::rules::EnvPlaceholder = r.decode()?;
+                out.env.push((p.name, p.value));
+            }
+            moat_core::rules::TYPE_SSH => out.ssh.push(format!("{}\n", l.trim())),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A free port on `ip` (the proxy binds it right after; the window is tiny and per-run).
+fn free_port(ip: &str) -> Result<u16> {
+    let l =
+        std::net::TcpListener::bind((ip, 0)).map_err(|e| Error::io(format!("binding {ip}"), e))?;
+    Ok(l.local_addr().map_err(|e| Error::io("binding", e))?.port())
+}
+
+async fn lifecycle(
+    home: &MoatHome,
+    store: &Store,
+    id: &str,
+    spec: &RunSpec,
+    res: &mut Resources,
+) -> Result<i64> {
+    let dir = store.dir(id);
+    res.audit = Audit::start(id);
+    let rules = grant_rules(&spec.grants).await?;
+    if !rules.ssh.is_empty() {
+        eprintln!(
+            "moat: warning: ssh grants are not wired into runs yet; no SSH agent in this run"
+        );
+    }
+    if let Some(a) = &res.audit {
+        for g in &spec.grants {
+            a.event("grant_used", serde_json::json!({"run": id, "grant": g}));
+        }
+    }
+
+    let d = docker::connect().await?;
+    res.docker = Some(d.clone());
+    let runtime = if spec.sandbox {
+        if docker::has_runsc(&d).await? {
+            Some("runsc".to_string())
+        } else {
+            eprintln!(
+                "moat: gVisor (runsc) is not registered with Docker; this run uses runc (--no-sandbox or `sandbox: none` makes that explicit)"
+            );
+            None
+        }
+    } else {
+        None
+    };
+
+    // The run's own network: internal (no route out), and the container's firewall admits
+    // only the proxy's address on it.
+    let net_name = format!("moat-{id}");
+    let labels = HashMap::from([(LABEL_RUN.to_string(), id.to_string())]);
+    let req = bollard::models::NetworkCreateRequest {
+        name: net_name.clone(),
+        driver: Some("bridge".into()),
+        internal: Some(true),
+        labels: Some(labels.clone()),
+        ..Default::default()
+    };
+    d.create_network(req)
+        .await
+        .map_err(|e| docker::err("creating the run's network", e))?;
+    res.network = Some(net_name.clone());
+    store.update(id, |m| m.network = Some(net_name.clone()))?;
+    let info = d
+        .inspect_network(
+            &net_name,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .map_err(|e| docker::err("inspecting the run's network", e))?;
+    let gateway = info
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+        .ok_or_else(|| Error::unavailable("the run's network has no gateway address"))?;
+    let gateway = gateway.split('/').next().unwrap_or(&gateway).to_string();
+
+    // The image: worked out first, so the proxy knows whether this run builds.
+    let ca_path = home.ca_dir().join("ca.crt");
+    let bake_ca = spec.hooks.post_build_root.is_some() || spec.hooks.post_build.is_some();
+    if bake_ca && !ca_path.exists() {
+        let _ = Command::new(tool("moat-proxy"))
+            .arg("ca-path")
+            .stdout(Stdio::null())
+            .status()
+            .await;
+    }
+    let ca_pem = std::fs::read(&ca_path).ok();
+    let mut err = std::io::stderr();
+    let ctx = image::prepare(&d, spec, ca_pem.as_deref(), &mut err).await?;
+    moat_core::fsutil::write_atomic(&dir.join("Dockerfile"), ctx.dockerfile.as_bytes(), 0o644)?;
+    let needs_build = spec.rebuild || docker::image_id(&d, &ctx.tag).await?.is_none();
+
+    // The proxy, listening on the gateway: reachable from this network only.
+    let token = moat_core::hex(&moat_core::random_bytes::<32>());
+    let token_file = dir.join("proxy.token");
+    moat_core::fsutil::write_secret(&token_file, token.as_bytes())?;
+    let port = free_port(&gateway)?;
+    let mut cmd = Command::new(tool("moat-proxy"));
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(format!("{gateway}:{port}"))
+        .args(["--rules", "-"])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--policy")
+        .arg(&spec.policy)
+        .arg("--trace")
+        .arg(dir.join("network.jsonl"));
+    let mut allow = spec.allow.clone();
+    if spec.policy == "strict" {
+        allow.extend(rules.inject_hosts.iter().cloned());
+    }
+    if needs_build {
+        // The build fetches packages from the host's apt mirrors through this proxy; an
+        // allowance with an explicit port also lets the proxy dial a mirror on a private
+        // address (as local mirrors often are).
+        allow.extend(
+            image::apt_mirror_hosts()
+                .into_iter()
+                .map(|h| format!("{h}:80")),
+        );
+    }
+    for h in &allow {
+        cmd.arg("--allow").arg(h);
+    }
+    let mut proxy = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::io("starting moat-proxy", e))?;
+    {
+        let mut stdin = proxy.stdin.take().expect("piped");
+        for l in &rules.inject {
+            stdin
+                .write_all(l.as_bytes())
+                .await
+                .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
+        }
+        for r in &spec.net_rules {
+            let l = format!("{}\n", serde_json::to_string(r)?);
+            stdin
+                .write_all(l.as_bytes())
+                .await
+                .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
+        }
+        stdin
+            .shutdown()
+            .await
+            .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
+    }
+    drop(rules.inject);
+    let stdout = proxy.stdout.take().expect("piped");
+    let proxy_pid = proxy.id();
+    res.proxy = Some(proxy);
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| Error::unavailable("moat-proxy did not start listening in time"))?
+        .map_err(|e| Error::io("reading moat-proxy", e))?
+        .ok_or_else(|| Error::unavailable("moat-proxy exited before listening"))?;
+    let rec = moat_core::jsonl::parse(&first)?
+        .filter(|r| r.kind == "listening")
+        .ok_or_else(|| Error::unavailable("moat-proxy's first record was not `listening`"))?;
+    let addr = rec.str("addr").unwrap_or_default().to_string();
+    let ca = rec
+        .str("ca")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.ca_dir().join("ca.crt"));
+    let (pip, pport) = addr
+        .rsplit_once(':')
+        .map(|(a, p)| (a.trim_matches(['[', ']']).to_string(), p.to_string()))
+        .ok_or_else(|| {
+            Error::unavailable(format!("moat-proxy reported an odd address {addr:?}"))
+        })?;
+    let proxy_url = format!("http://moat:{token}@{pip}:{pport}");
+    store.update(id, |m| {
+        m.proxy_addr = Some(addr.clone());
+        m.proxy_pid = proxy_pid;
+    })?;
+    // The proxy's events go to the audit log as they happen.
+    let tx = res.audit.as_ref().map(|a| a.tx.clone());
+    res.proxy_pump = Some(tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(tx) = &tx
+                && moat_core::jsonl::parse(&l).ok().flatten().is_some()
+            {
+                let _ = tx.send(format!("{l}\n"));
+            }
+        }
+    }));
+
+    let built = if needs_build {
+        image::ensure(&d, &ctx, spec.rebuild, &proxy_url, &mut err).await?
+    } else {
+        false
+    };
+    store.update(id, |m| m.image = Some(ctx.tag.clone()))?;
+    if built && let Some(a) = &res.audit {
+        a.event(
+            "image_built",
+            serde_json::json!({"run": id, "image": ctx.tag}),
+        );
+    }
+
+    // The container.
+    let mut env: Vec<String> = vec![];
+    for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        env.push(format!("{k}={proxy_url}"));
+    }
+    let no_proxy = format!("localhost,127.0.0.1,::1,{pip}");
+    env.push(format!("NO_PROXY={no_proxy}"));
+    env.push(format!("no_proxy={no_proxy}"));
+    env.push(format!("MOAT_PROXY_ADDR={pip}:{pport}"));
+    env.push(format!("MOAT_RUN_ID={id}"));
+    env.push(format!("MOAT_RUN_NAME={}", spec.name));
+    env.push("GIT_CONFIG_COUNT=1".into());
+    env.push("GIT_CONFIG_KEY_0=http.proxyAuthMethod".into());
+    env.push("GIT_CONFIG_VALUE_0=basic".into());
+    for (k, v) in &rules.env {
+        env.push(format!("{k}={v}"));
+    }
+    if spec.grants.iter().any(|g| g == "github") {
+        env.push("GIT_TERMINAL_PROMPT=0".into());
+    }
+    for (k, v) in &spec.env {
+        env.push(format!("{k}={v}"));
+    }
+    if let Some(h) = &spec.hooks.pre_run {
+        env.push(format!("MOAT_PRE_RUN={h}"));
+    }
+    let mut binds = vec![format!("{}:/workspace", spec.workspace.display())];
+    for Bind {
+        source,
+        target,
+        readonly,
+    } in &spec.binds
+    {
+        if source.starts_with(home.volumes_dir()) {
+            moat_core::fsutil::create_private_dir(source)?;
+        }
+        binds.push(format!(
+            "{}:{}{}",
+            source.display(),
+            target,
+            if *readonly { ":ro" } else { "" }
+        ));
+    }
+    if ca.exists() {
+        binds.push(format!("{}:/run/moat/ca.crt:ro", ca.display()));
+    }
+    let host = bollard::models::HostConfig {
+        binds: Some(binds),
+        network_mode: Some(net_name.clone()),
+        cap_add: Some(vec!["NET_ADMIN".into()]),
+        dns: if spec.dns.is_empty() {
+            None
+        } else {
+            Some(spec.dns.clone())
+        },
+        memory: spec.memory_mb.map(|m| (m * 1024 * 1024) as i64),
+        nano_cpus: spec.cpus.map(|c| i64::from(c) * 1_000_000_000),
+        runtime: runtime.clone(),
+        init: Some(false),
+        ..Default::default()
+    };
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(ctx.tag.clone()),
+        cmd: spec.command.clone(),
+        env: Some(env),
+        user: Some("root".into()),
+        working_dir: Some("/workspace".into()),
+        labels: Some(labels),
+        host_config: Some(host),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let cname = format!("moat-{id}");
+    let opts = bollard::query_parameters::CreateContainerOptions {
+        name: Some(cname.clone()),
+        ..Default::default()
+    };
+    let created = d
+        .create_container(Some(opts), body)
+        .await
+        .map_err(|e| docker::err("creating the container", e))?;
+    res.container = Some(created.id.clone());
+    store.update(id, |m| m.container_id = Some(created.id.clone()))?;
+    if store.load(id)?.state == State::Stopping {
+        return Err(Error::new(moat_core::exit::OK, "stopped before it started"));
+    }
+    d.start_container(
+        &created.id,
+        None::<bollard::query_parameters::StartContainerOptions>,
+    )
+    .await
+    .map_err(|e| docker::err("starting the container", e))?;
+    store.update(id, |m| {
+        if m.state == State::Starting {
+            m.state = State::Running;
+        }
+        m.started_at = Some(now_rfc3339());
+    })?;
+    if let Some(a) = &res.audit {
+        a.event(
+            "run_started",
+            serde_json::json!({"run": id, "name": spec.name, "image": ctx.tag, "grants": spec.grants, "container_id": created.id, "policy": spec.policy}),
+        );
+    }
+
+    let logs = tokio::spawn(capture_logs(
+        d.clone(),
+        created.id.clone(),
+        dir.join("logs.jsonl"),
+    ));
+    let code = wait_exit(&d, &created.id).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
+    Ok(code)
+}
+
+async fn wait_exit(d: &Docker, id: &str) -> Result<i64> {
+    let mut s = d.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>);
+    match s.next().await {
+        Some(Ok(r)) => Ok(r.status_code),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => {
+            // The wait stream broke; ask for the exit code.
+            let i = d
+                .inspect_container(
+                    id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await;
+            match i.ok().and_then(|i| i.state).and_then(|s| s.exit_code) {
+                Some(c) => Ok(c),
+                None => Err(docker::err("waiting for the container", e)),
+            }
+        }
+        None => Err(Error::unavailable("waiting for the container: no answer")),
+    }
+}
+
+/// Container output → logs.jsonl, one record per line, as it is printed.
+async fn capture_logs(d: Docker, id: String, path: PathBuf) {
+    let opts = bollard::query_parameters::LogsOptions {
+        follow: true,
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let mut s = d.logs(&id, Some(opts));
+    let mut file = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "moat: warning: cannot write {}: {}",
+                path.display(),
+                moat_core::error::io_msg(&e)
+            );
+            return;
+        }
+    };
+    let mut partial: HashMap<&'static str, Vec<u8>> = HashMap::new();
+    let write = |stream: &'static str, bytes: &[u8], file: &mut std::fs::File| {
+        let line = String::from_utf8_lossy(bytes);
+        let line = line.strip_suffix('\r').unwrap_or(&line);
+        let rec = serde_json::json!({"ts": now_rfc3339(), "stream": stream, "line": line});
+        let _ = writeln!(file, "{rec}");
+    };
+    while let Some(Ok(out)) = s.next().await {
+        let (stream, msg) = match out {
+            bollard::container::LogOutput::StdOut { message }
+            | bollard::container::LogOutput::Console { message } => ("stdout", message),
+            bollard::container::LogOutput::StdErr { message } => ("stderr", message),
+            bollard::container::LogOutput::StdIn { .. } => continue,
+        };
+        let buf = partial.entry(stream).or_default();
+        buf.extend_from_slice(&msg);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            write(stream, &line[..line.len() - 1], &mut file);
+        }
+    }
+    for (stream, buf) in partial {
+        if !buf.is_empty() {
+            write(stream, &buf, &mut file);
+        }
+    }
+}
