@@ -74,9 +74,10 @@ impl NoteSigner {
             .trim()
             .strip_prefix("PRIVATE+KEY+")
             .ok_or("not a signer key (no PRIVATE+KEY+ prefix)")?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (b64, idhex, name) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(b), Some(i), Some(n)) => (b, i, n),
+        // Names never contain '+', base64 may: split from the left.
+        let mut parts = rest.splitn(3, '+');
+        let (name, idhex, b64) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(n), Some(i), Some(b)) => (n, i, b),
             _ => return Err("malformed signer key".into()),
         };
         let raw = B64.decode(b64).map_err(|_| "malformed signer key")?;
@@ -127,9 +128,10 @@ impl std::str::FromStr for VerifierKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let mut parts = s.rsplitn(3, '+');
-        let (b64, idhex, name) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(b), Some(i), Some(n)) => (b, i, n),
+        // Names never contain '+', base64 may: split from the left.
+        let mut parts = s.splitn(3, '+');
+        let (name, idhex, b64) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(n), Some(i), Some(b)) => (n, i, b),
             _ => return Err("a verifier key looks like NAME+KEYID+BASE64".into()),
         };
         if !valid_key_name(name) {
@@ -355,6 +357,19 @@ mod tests {
             open_checkpoint("x\n", &v),
             Err(NoteError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn keys_round_trip_whatever_their_base64() {
+        for i in 0..200u8 {
+            let s = NoteSigner::new("moat-audit", [i; 32]);
+            let v = s.verifier();
+            assert_eq!(v.to_string().parse::<VerifierKey>().unwrap(), v);
+            let back = NoteSigner::from_private_string(&s.to_private_string()).unwrap();
+            assert_eq!(back.verifier(), v);
+        }
+        assert!("moat-audit+00000000+AAAA".parse::<VerifierKey>().is_err());
+        assert!("no-plus".parse::<VerifierKey>().is_err());
     }
 
     #[test]
