@@ -156,9 +156,8 @@ fn git_clone_over_ssh_through_the_filter() {
     let bare = d.join("repo.git");
     let work = d.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    for args in [&["init", "-q", "--bare", bare.to_str().unwrap()][..]] {
-        assert_eq!(run_limited(&mut git(args, d), LIMIT).0, 0);
-    }
+    let init = ["init", "-q", "--bare", bare.to_str().unwrap()];
+    assert_eq!(run_limited(&mut git(&init, d), LIMIT).0, 0);
     std::fs::write(work.join("README"), "granted content\n").unwrap();
     for args in [
         &["init", "-q", "-b", "main"][..],
