@@ -27,6 +27,20 @@ struct World {
 
 /// `grant_rsa`: whether the RSA key is granted for A too (the ed25519 key always is).
 fn world(a_host_key: &str, grant_rsa: bool) -> World {
+    world_with(a_host_key, |_, ed, rsa, a, _| {
+        let mut rules = rule("a.test", ed, &[&a.host_key], &[]);
+        if grant_rsa {
+            rules += &rule("a.test", rsa, &[&a.host_key], &[]);
+        }
+        rules
+    })
+}
+
+/// A world whose rules come from `make_rules(env, ed25519 key, RSA key, sshd A, agent)`.
+fn world_with(
+    a_host_key: &str,
+    make_rules: impl Fn(&TestEnv, &Key, &Key, &Sshd, &Agent) -> String,
+) -> World {
     let env = TestEnv::new();
     let d = env.path().to_path_buf();
     let ed = Key::generate(&d, "id_ed25519", "ed25519");
@@ -41,10 +55,7 @@ fn world(a_host_key: &str, grant_rsa: bool) -> World {
         format!("{}\n{}\n", a.known_hosts_line(), b.known_hosts_line()),
     )
     .unwrap();
-    let mut rules = rule("a.test", &ed, &[&a.host_key], &[]);
-    if grant_rsa {
-        rules += &rule("a.test", &rsa, &[&a.host_key], &[]);
-    }
+    let rules = make_rules(&env, &ed, &rsa, &a, &agent);
     let filter = Filter::start(&env, &rules, &agent.sock);
     World {
         env,
@@ -315,4 +326,54 @@ fn sigterm_stops_the_filter_and_removes_its_socket() {
     assert_eq!(status.code(), Some(0), "{}", w.filter.stderr());
     assert!(!sock.exists(), "the socket is removed");
     let _ = (&w.rsa, &w.b);
+}
+
+#[test]
+fn moat_grant_rules_feed_the_filter() {
+    // The real pipeline: `moat-grant ssh` pins A's host key for the ed25519 key, and
+    // `moat-grant rules ssh:127.0.0.1 | moat-sshd-filter serve --rules -`.
+    if !moat_testkit::bin_dir().join("moat-grant").exists() {
+        eprintln!("skipped: moat-grant is not built (run the workspace's tests)");
+        return;
+    }
+    let w = world_with("ed25519", |env, ed, _, a, agent| {
+        let grant = env
+            .cmd("moat-grant")
+            .args([
+                "ssh",
+                "--host",
+                "127.0.0.1",
+                "--key",
+                &ed.fingerprint,
+                "--host-key",
+            ])
+            .arg(&a.host_key.pub_path)
+            .env("SSH_AUTH_SOCK", &agent.sock)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("moat-grant");
+        assert!(
+            grant.status.success(),
+            "moat-grant ssh: {}",
+            String::from_utf8_lossy(&grant.stderr)
+        );
+        let rules = env.run("moat-grant", &["rules", "ssh:127.0.0.1"]);
+        rules.success();
+        rules.stdout()
+    });
+    let (code, _, err) = w.ssh(&w.a, None, "true");
+    assert_eq!(code, 0, "ssh to the granted host failed: {err}");
+    let signs = w.of_kind("ssh_sign");
+    assert!(signs.iter().any(|r| allowed(r)
+        && r.str("host") == Some("127.0.0.1")
+        && r.str("fingerprint") == Some(w.ed.fingerprint.as_str())));
+    let (code, _, err) = w.ssh(&w.b, None, "true");
+    assert_ne!(code, 0, "ssh to the ungranted host succeeded");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        w.of_kind("ssh_sign")
+            .iter()
+            .filter(|r| allowed(r))
+            .all(|r| r.str("host") == Some("127.0.0.1"))
+    );
 }
