@@ -33,7 +33,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Request headers larger than this get 431 from the proxy itself.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// What hyper buffers before refusing on its own (then without a readable response).
+const MAX_BUF_BYTES: usize = 256 * 1024;
 
 pub struct State {
     pub token: Option<String>,
@@ -68,12 +71,12 @@ pub fn server_builder(st: &State, http1_only: bool) -> auto::Builder<TokioExecut
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(st.header_timeout)
-        .max_buf_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_BUF_BYTES)
         .max_headers(128);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(128)
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_header_list_size(MAX_BUF_BYTES as u32)
         .max_pending_accept_reset_streams(32)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
@@ -139,11 +142,29 @@ fn authorized(st: &State, h: &HeaderMap) -> bool {
     }
 }
 
+fn header_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
+}
+
+fn too_large(st: &State, req: &Request<Incoming>) -> Option<Response<Body>> {
+    (header_bytes(req.headers()) > MAX_HEADER_BYTES).then(|| {
+        client_error(
+            st,
+            req,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "moat-proxy: request headers are too large\n",
+        )
+    })
+}
+
 async fn outer(
     req: Request<Incoming>,
     st: Arc<State>,
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
+    if let Some(r) = too_large(&st, &req) {
+        return r;
+    }
     if !authorized(&st, req.headers()) {
         let ctx = ReqCtx::new(
             st.sinks.clone(),
@@ -326,7 +347,9 @@ fn connect(
             intercept(up, host, port, st).await;
         }
     });
-    Response::new(full(Bytes::new()))
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::OK;
+    r
 }
 
 struct Target {
@@ -401,6 +424,9 @@ struct Tunnel {
 }
 
 async fn inner(req: Request<Incoming>, st: Arc<State>, t: Arc<Tunnel>) -> Response<Body> {
+    if let Some(r) = too_large(&st, &req) {
+        return r;
+    }
     if t.sni_mismatch {
         return misdirected(&st, &req);
     }
