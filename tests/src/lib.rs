@@ -1,1 +1,206 @@
-//! Cross-tool tests live in tests/; this crate has no library code.
+//! Support for the end-to-end tests: a moat environment bound to a real Docker engine (with
+//! timeouts and cleanup of whatever the runs left), the offline base image, and a loopback
+//! stand-in for the GitHub API that answers only when it receives the real token.
+#![forbid(unsafe_code)]
+
+use moat_testkit::{Run, TestEnv};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Is a Docker engine reachable? Tests that need one skip (loudly) when it is not.
+pub fn docker_ready() -> bool {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIPPED: no Docker engine reachable");
+    }
+    ok
+}
+
+/// A hermetic moat environment with a workspace, whose runs are cleaned up on drop.
+pub struct Moat {
+    pub env: TestEnv,
+    pub ws: PathBuf,
+}
+
+impl Default for Moat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Moat {
+    pub fn new() -> Self {
+        let mut env = TestEnv::new();
+        env.env("TERM", "dumb");
+        let ws = env.path().join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        let m = Moat { env, ws };
+        // The base image, built offline once for every test process (idempotent, locked).
+        let r = m.run_timeout("moat-launch", &["image", "bootstrap"], None, 600);
+        assert_eq!(r.code(), 0, "image bootstrap failed: {}", r.stderr());
+        m
+    }
+
+    /// Run a tool in the workspace with a deadline (seconds); stdin from `input` or nothing.
+    pub fn run_timeout(&self, tool: &str, args: &[&str], input: Option<&[u8]>, secs: u64) -> Run {
+        let mut c = self.env.cmd(tool);
+        c.args(args).current_dir(&self.ws);
+        run_with_deadline(c, format!("{tool} {}", args.join(" ")), input, secs)
+    }
+
+    pub fn launch(&self, args: &[&str]) -> Run {
+        self.run_timeout("moat-launch", args, None, 300)
+    }
+
+    pub fn moat_home(&self) -> &Path {
+        &self.env.moat_home
+    }
+
+    /// Metadata of the latest run (or the one named).
+    pub fn metadata(&self, id: &str) -> serde_json::Value {
+        let p = self.moat_home().join("runs").join(id).join("metadata.json");
+        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+    }
+
+    pub fn run_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.moat_home().join("runs"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.starts_with("run_"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Wait (bounded) until the run's state is one of `states`.
+    pub fn wait_state(&self, id: &str, states: &[&str], secs: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let m = self.metadata(id);
+            if states.contains(&m["state"].as_str().unwrap_or_default()) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} never reached {states:?}: {m}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait (bounded) until the run's output contains `needle`.
+    pub fn wait_log(&self, id: &str, needle: &str, secs: u64) {
+        let p = self.moat_home().join("runs").join(id).join("logs.jsonl");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .contains(needle)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} never printed {needle:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Moat {
+    fn drop(&mut self) {
+        // Whatever a failed test left behind: the runs' containers and networks.
+        for id in self.run_ids() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &format!("moat-{id}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = Command::new("docker")
+                .args(["network", "rm", &format!("moat-{id}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let m = self
+                .moat_home()
+                .join("runs")
+                .join(&id)
+                .join("metadata.json");
+            if let Ok(b) = std::fs::read(m)
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+            {
+                for k in ["supervisor_pid", "proxy_pid"] {
+                    if let Some(pid) = v[k].as_u64()
+                        && std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .map(|c| String::from_utf8_lossy(&c).contains(&id) || k == "proxy_pid")
+                            .unwrap_or(false)
+                    {
+                        let _ = Command::new("kill").arg(pid.to_string()).status();
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn run_with_deadline(mut c: Command, what: String, input: Option<&[u8]>, secs: u64) -> Run {
+    use std::io::{Read, Write};
+    c.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    if let Some(i) = input {
+        let _ = child.stdin.take().unwrap().write_all(i);
+    }
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut b = vec![];
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut b = vec![];
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {secs}s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = t1.join().unwrap();
+    let stderr = t2.join().unwrap();
+    Run::new(
+        what,
+        std::process::Output {
+            status,
+            stdout,
+            stderr,
+        },
+    )
+}
+
+pub mod github;

@@ -1,0 +1,180 @@
+//! The seeds' quick start, end to end against a real Docker engine: grant github, run curl
+//! against (a loopback stand-in for) the GitHub API, see the token injected by the proxy and
+//! never inside the container; the trace shows the request; the audit log verifies; and the
+//! token appears nowhere: not in MOAT_HOME, the container's filesystem, environment or
+//! `docker inspect`.
+
+use moat_e2e::github::{GithubStandIn, LOGIN};
+use moat_e2e::{Moat, docker_ready, run_with_deadline};
+use std::process::Command;
+
+const TOKEN: &str = "ghp_E2eCanaryT0kenDoNotLeak0123456789abc";
+
+fn github_env() -> (Moat, GithubStandIn) {
+    let gh = GithubStandIn::start(TOKEN);
+    let mut m = Moat::new();
+    m.env
+        .env("MOAT_PROXY_CONNECT_TO", gh.connect_to())
+        .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
+    // `moat grant github`, token from the environment.
+    let mut c = m.env.cmd("moat-grant");
+    c.args(["github", "--no-validate"]).env("GH_TOKEN", TOKEN);
+    let r = run_with_deadline(c, "moat-grant github".into(), None, 60);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    (m, gh)
+}
+
+#[test]
+fn quick_start_injects_the_token_and_records_the_request() {
+    if !docker_ready() {
+        return;
+    }
+    let (m, gh) = github_env();
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--grant",
+        "github",
+        "--",
+        "curl",
+        "-s",
+        "https://api.github.com/user",
+    ]);
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
+    assert!(
+        r.stdout().contains(LOGIN),
+        "stdout: {}\nstderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
+    assert!(gh.authorized.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    r.leaks_nothing(TOKEN);
+    let id = m.run_ids().pop().unwrap();
+    assert_eq!(m.metadata(&id)["state"], "stopped");
+
+    // The trace shows the request.
+    let t = m.launch(&["trace", "--network"]);
+    assert_eq!(t.code(), 0, "{}", t.stderr());
+    assert!(
+        t.stdout().contains("GET https://api.github.com/user 200"),
+        "{}",
+        t.stdout()
+    );
+    assert!(t.stdout().starts_with('['), "{}", t.stdout());
+
+    // The audit log verifies.
+    let a = m.run_timeout("moat-audit", &[&id], None, 60);
+    assert_eq!(a.code(), 0, "moat-audit: {}\n{}", a.stdout(), a.stderr());
+
+    // The container's environment has only the placeholder.
+    let e = m.launch(&["run", "--no-sandbox", "--grant", "github", "--", "env"]);
+    assert_eq!(e.code(), 0, "{}", e.stderr());
+    assert!(e.stdout().contains("GH_TOKEN=ghp_"), "{}", e.stdout());
+    assert!(
+        e.stdout().contains("HTTPS_PROXY=http://moat:"),
+        "{}",
+        e.stdout()
+    );
+    e.leaks_nothing(TOKEN);
+
+    assert!(
+        m.env.files_containing(TOKEN.as_bytes()).is_empty(),
+        "token found in {:?}",
+        m.env.files_containing(TOKEN.as_bytes())
+    );
+}
+
+#[test]
+fn the_token_is_nowhere_in_the_container() {
+    if !docker_ready() {
+        return;
+    }
+    let (m, _gh) = github_env();
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "-d",
+        "--grant",
+        "github",
+        "--",
+        "sh",
+        "-c",
+        "curl -s https://api.github.com/user > /tmp/out.json; echo ready; sleep 60",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = r.stdout().trim().to_string();
+    m.wait_log(&id, "ready", 60);
+    let name = format!("moat-{id}");
+
+    let inspect = Command::new("docker")
+        .args(["inspect", &name])
+        .output()
+        .unwrap();
+    assert!(inspect.status.success());
+    assert!(
+        !String::from_utf8_lossy(&inspect.stdout).contains(TOKEN),
+        "token in docker inspect"
+    );
+
+    // Every file of the container's filesystem, its environment and its processes.
+    let export = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker export {name} | grep -a -c {TOKEN} || true"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&export.stdout).trim(),
+        "0",
+        "token in the container's files"
+    );
+    let env = Command::new("docker")
+        .args([
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cat /tmp/out.json",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&env.stdout);
+    assert!(out.contains(LOGIN), "the request inside worked: {out}");
+    assert!(!out.contains(TOKEN), "token in the container's processes");
+
+    let s = m.launch(&["stop", &id]);
+    assert_eq!(s.code(), 0, "{}", s.stderr());
+    assert_eq!(m.metadata(&id)["state"], "stopped");
+    assert!(m.env.files_containing(TOKEN.as_bytes()).is_empty());
+}
+
+#[test]
+fn strict_policy_blocks_with_the_policy_message() {
+    if !docker_ready() {
+        return;
+    }
+    let (m, _gh) = github_env();
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--policy",
+        "strict",
+        "--grant",
+        "github",
+        "--",
+        "sh",
+        "-c",
+        "curl -s http://blocked.example.com/; echo; curl -s https://api.github.com/user",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    assert!(out.contains("request blocked by network policy"), "{out}");
+    assert!(out.contains("blocked.example.com"), "{out}");
+    // The grant's host is allowed under strict.
+    assert!(out.contains(LOGIN), "{out}\n{}", r.stderr());
+}
