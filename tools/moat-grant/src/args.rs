@@ -13,7 +13,8 @@ usage: moat-grant github|anthropic|openai|gemini [--token-stdin] [--no-validate]
        moat-grant http NAME --host HOST[,HOST...] --header HEADER [--prefix PREFIX] [--token-stdin]
        moat-grant list [--json]
        moat-grant revoke NAME...
-       moat-grant rules NAME...";
+       moat-grant rules NAME...
+       moat-grant update NAME < JSON";
 
 pub const HELP: &str = "\
 Store credentials for moat runs, encrypted, and hand their injection rules to the proxy.
@@ -27,6 +28,7 @@ Commands:
     list     show the stored credentials (never their values)
     revoke   remove credentials
     rules    print injection rules as JSON lines (secret; refuses a terminal)
+    update   merge refreshed secret values and expiry (JSON on stdin) into a credential
 
 Options:
     --token-stdin          read the secret from standard input instead of importing or prompting
@@ -55,6 +57,7 @@ pub enum Command {
     List { json: bool },
     Revoke(Vec<String>),
     Rules(Vec<String>),
+    Update(String),
     Help,
     Version,
 }
@@ -150,6 +153,24 @@ fn parse(mut p: lexopt::Parser) -> Result<Command> {
             } else {
                 Command::Rules(names)
             })
+        }
+        "update" => {
+            let mut name = None;
+            while let Some(a) = p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
+                match a {
+                    Value(v) if name.is_none() => {
+                        name = Some(
+                            v.into_string()
+                                .map_err(|_| usage("the name is not valid UTF-8"))?,
+                        )
+                    }
+                    Short('h') | Long("help") => return Ok(Command::Help),
+                    _ => return Err(usage(a.unexpected().to_string())),
+                }
+            }
+            Ok(Command::Update(
+                name.ok_or_else(|| usage("update: name a credential"))?,
+            ))
         }
         c if PROVIDERS.contains(&c) => parse_grant(c, p),
         other => Err(usage(format!(

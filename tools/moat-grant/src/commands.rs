@@ -77,6 +77,89 @@ pub fn revoke(names: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `update NAME`: merge new secret values (a refreshed access token, a rotated refresh
+/// token) and a new expiry into a stored credential. Standard input is one JSON object,
+/// `{"secret": {"field": "value", ...}, "expires_at": "RFC 3339" | null}`; it must not be
+/// a terminal. Provider, kind, hosts and source stay as they were.
+pub fn update(name: &str) -> Result<()> {
+    use std::io::Read;
+    if cli::stdin_is_terminal() {
+        return Err(Error::usage(
+            "update reads a JSON object on standard input, not from a terminal",
+        ));
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(256 * 1024)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io("reading standard input", e))?;
+    let v: serde_json::Value = serde_json::from_slice(&buf).map_err(|e| {
+        Error::data(format!(
+            "standard input is not a JSON object (line {} column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::data("standard input is not a JSON object"))?;
+    let mut secret = Vec::new();
+    if let Some(s) = obj.get("secret") {
+        let s = s
+            .as_object()
+            .ok_or_else(|| Error::data("\"secret\" must be an object of strings"))?;
+        for (k, val) in s {
+            let val = val
+                .as_str()
+                .ok_or_else(|| Error::data(format!("secret field {k:?} must be a string")))?;
+            secret.push((
+                k.clone(),
+                crate::input::check_token(val, &format!("secret field {k}"))?,
+            ));
+        }
+    }
+    let expires = match obj.get("expires_at") {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::String(t)) if moat_core::timefmt::parse_rfc3339(t).is_some() => {
+            Some(Some(t.clone()))
+        }
+        Some(_) => {
+            return Err(Error::data(
+                "\"expires_at\" must be an RFC 3339 time or null",
+            ));
+        }
+    };
+    if secret.is_empty() && expires.is_none() {
+        return Err(Error::data(
+            "nothing to update: give \"secret\" or \"expires_at\"",
+        ));
+    }
+    let store = store()?;
+    let name = existing(&store, &[name.to_string()])?.remove(0);
+    let all = store.names()?;
+    let key = key::obtain(store.home(), &all, false)?
+        .ok_or_else(|| Error::software("no key although credentials exist"))?;
+    let cred = store.update(&name, &key, |c| {
+        for (k, v) in secret {
+            if !c.secret.contains_key(&k) {
+                return Err(Error::data(format!(
+                    "credential {}: has no secret field {k:?} to update",
+                    c.name
+                )));
+            }
+            c.secret.insert(k, v.into());
+        }
+        if let Some(e) = expires {
+            c.expires_at = e;
+        }
+        Ok(())
+    })?;
+    eprintln!("moat-grant: updated {}", cred.name);
+    cli::write_stdout(jsonl::line("grant", &list::record(&cred))?.as_bytes())
+}
+
 pub fn rules(names: &[String]) -> Result<()> {
     if cli::stdout_is_terminal() {
         return Err(Error::usage(

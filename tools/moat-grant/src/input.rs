@@ -25,8 +25,12 @@ pub fn check_token(raw: &str, what: &str) -> Result<String> {
     Ok(t.to_string())
 }
 
-/// Read a secret from standard input (all of it, at most 64 KiB).
+/// Read a secret from standard input (all of it, at most 64 KiB). When standard input is
+/// a terminal, ask with echo off instead of waiting for end of file with echo on.
 pub fn secret_from_stdin(what: &str) -> Result<String> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return prompt_hidden(&format!("{what}: "), what);
+    }
     let mut buf = Vec::new();
     std::io::stdin()
         .lock()

@@ -26,5 +26,6 @@ fn run() -> Result<()> {
         Command::List { json } => list::list(json),
         Command::Revoke(names) => commands::revoke(&names),
         Command::Rules(names) => commands::rules(&names),
+        Command::Update(name) => commands::update(&name),
     }
 }

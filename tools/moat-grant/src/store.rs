@@ -175,6 +175,23 @@ impl Store {
         fsutil::write_secret(&self.path(&cred.name), &sealed)
     }
 
+    /// Read, change and write back one credential while holding the store lock, so two
+    /// updaters (two token refreshes) never lose each other's write.
+    pub fn update(
+        &self,
+        name: &str,
+        key: &Key,
+        change: impl FnOnce(&mut Credential) -> Result<()>,
+    ) -> Result<Credential> {
+        let _lock = self.lock()?;
+        let mut cred = self.load(name, key)?;
+        change(&mut cred)?;
+        let sealed = seal(&cred.name, key, &serde_json::to_vec(&cred)?)?;
+        self.remove_stale_temps();
+        fsutil::write_secret(&self.path(name), &sealed)?;
+        Ok(cred)
+    }
+
     /// Remove one credential. Needs no key, so a damaged file can always be removed.
     pub fn remove(&self, name: &str) -> Result<()> {
         let _lock = self.lock()?;

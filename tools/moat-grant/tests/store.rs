@@ -405,3 +405,65 @@ fn help_lists_every_command() {
         .success()
         .stdout_has("moat-grant ");
 }
+
+#[test]
+fn update_merges_refreshed_tokens_and_keeps_the_rest() {
+    let t = TestEnv::new();
+    store_token(&t, &["anthropic"], "sk-ant-oat01-old");
+    store_token(&t, &["github"], "ghp_other");
+    let r = grant(
+        &t,
+        &["update", "anthropic"],
+        &[],
+        br#"{"secret":{"access_token":"sk-ant-oat01-new"},"expires_at":"2100-01-01T00:00:00Z"}"#,
+    );
+    r.success()
+        .stderr_has("updated anthropic")
+        .leaks_nothing("sk-ant-oat01-new");
+    let recs = rules(&t, &["anthropic"]);
+    assert_eq!(recs[0].str("value"), Some("Bearer sk-ant-oat01-new"));
+    let l = t.run("moat-grant", &["list", "--json"]);
+    let a = l
+        .records()
+        .into_iter()
+        .find(|r| r.str("name") == Some("anthropic"))
+        .unwrap();
+    assert_eq!(a.str("expires_at"), Some("2100-01-01T00:00:00Z"));
+    assert_eq!(a.str("kind"), Some("oauth"));
+    // Fields the credential does not have, bad values, bad JSON, unknown names.
+    grant(
+        &t,
+        &["update", "anthropic"],
+        &[],
+        br#"{"secret":{"nope":"x"}}"#,
+    )
+    .exit(65)
+    .stderr_has("no secret field \"nope\"");
+    grant(
+        &t,
+        &["update", "anthropic"],
+        &[],
+        br#"{"secret":{"access_token":"a b"}}"#,
+    )
+    .exit(65);
+    grant(
+        &t,
+        &["update", "anthropic"],
+        &[],
+        b"{\"secret\": sk-ant-oat01-leak",
+    )
+    .exit(65)
+    .leaks_nothing("sk-ant-oat01-leak");
+    grant(&t, &["update", "anthropic"], &[], b"{}")
+        .exit(65)
+        .stderr_has("nothing to update");
+    grant(&t, &["update", "nope"], &[], br#"{"expires_at":null}"#).exit(66);
+    assert_eq!(
+        rules(&t, &["anthropic"])[0].str("value"),
+        Some("Bearer sk-ant-oat01-new")
+    );
+    assert_eq!(
+        rules(&t, &["github"])[0].str("value"),
+        Some("Bearer ghp_other")
+    );
+}
