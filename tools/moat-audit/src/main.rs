@@ -44,7 +44,9 @@ fn run() -> Result<()> {
             if out == "-" {
                 cli::write_stdout(&text)
             } else {
-                moat_core::fsutil::write_atomic(std::path::Path::new(&out), &text, 0o644)?;
+                // write_atomic works in the file's directory; a bare name means this one.
+                let path = std::path::Path::new(".").join(&out);
+                moat_core::fsutil::write_atomic(&path, &text, 0o644)?;
                 eprintln!(
                     "moat-audit: wrote {out}: {} entr{}, {} checkpoint{}",
                     b.entries.len(),
