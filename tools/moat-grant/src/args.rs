@@ -7,7 +7,7 @@ use moat_core::{Error, Result, cli};
 pub const USAGE: &str = "\
 usage: moat-grant github|anthropic|openai|gemini [--token-stdin] [--no-validate] [--name NAME]
        moat-grant npm [--registry URL] [--token-stdin] [--no-validate] [--name NAME]
-       moat-grant ssh --host HOST [--key FINGERPRINT] [--host-key FILE] [--no-validate]
+       moat-grant ssh --host HOST [--key FINGERPRINT] [--host-key FILE] [--sshsig-namespace NS]...
        moat-grant mcp NAME --url URL --header HEADER [--prefix PREFIX] [--token-stdin]
        moat-grant aws --role ARN [--region R] [--session-duration D] [--external-id X] [--name NAME]
        moat-grant http NAME --host HOST[,HOST...] --header HEADER [--prefix PREFIX] [--token-stdin]
@@ -38,6 +38,7 @@ Options:
     --host HOST            ssh: the server; http: comma-separated host patterns
     --key FINGERPRINT      ssh: the agent key to use (SHA256:...)
     --host-key FILE        ssh: pin the host keys in FILE instead of ~/.ssh/known_hosts
+    --sshsig-namespace NS  ssh: also let the key make SSHSIG signatures for NS (e.g. git)
     --url URL              mcp: the server's URL
     --header HEADER        mcp, http: the header that carries the secret
     --prefix PREFIX        mcp, http: text put before the secret (e.g. 'Bearer ')
@@ -75,6 +76,7 @@ pub struct Grant {
     pub hosts: Vec<String>,
     pub key: Option<String>,
     pub host_key: Option<String>,
+    pub sshsig_namespaces: Vec<String>,
     pub url: Option<String>,
     pub header: Option<String>,
     pub prefix: Option<String>,
@@ -196,7 +198,7 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
     let allowed: &[&str] = match provider {
         "github" | "anthropic" | "openai" | "gemini" => &["name", "token-stdin", "no-validate"],
         "npm" => &["name", "token-stdin", "no-validate", "registry"],
-        "ssh" => &["host", "key", "host-key", "no-validate"],
+        "ssh" => &["host", "key", "host-key", "sshsig-namespace", "no-validate"],
         "mcp" => &["url", "header", "prefix", "token-stdin", "no-validate"],
         "aws" => &[
             "role",
@@ -231,6 +233,7 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
             }
             Long("key") => g.key = Some(s(&mut p)?),
             Long("host-key") => g.host_key = Some(s(&mut p)?),
+            Long("sshsig-namespace") => g.sshsig_namespaces.push(s(&mut p)?),
             Long("url") => g.url = Some(s(&mut p)?),
             Long("header") => g.header = Some(s(&mut p)?),
             Long("prefix") => g.prefix = Some(s(&mut p)?),

@@ -211,7 +211,7 @@ pub fn records(c: &Credential) -> Result<Vec<(&'static str, Value)>> {
                 host: c.need_config("host")?.into(),
                 fingerprint: c.need_config("fingerprint")?.into(),
                 host_keys: strs(c.config.get("host_keys")),
-                sshsig_namespaces: Vec::new(),
+                sshsig_namespaces: strs(c.config.get("sshsig_namespaces")),
             };
             out.push((TYPE_SSH, serde_json::to_value(r)?));
         }

@@ -74,8 +74,11 @@ pub fn mcp(g: &Grant) -> Result<Credential> {
         .split(['/', '?', '#'])
         .next()
         .unwrap_or_default();
-    if authority.contains('@') {
-        return Err(Error::usage("--url must not carry user information"));
+    // The URL is shown by `list`; a secret belongs in the header, never in the URL.
+    if authority.contains('@') || url.contains('?') || url.contains('#') {
+        return Err(Error::usage(
+            "--url must not carry user information, a query or a fragment; put the token in --header",
+        ));
     }
     let host = HostPattern::parse(authority).map_err(|e| Error::usage(format!("--url: {e}")))?;
     if host.is_wildcard() {

@@ -59,7 +59,29 @@ pub fn grant(g: &Grant) -> Result<Credential> {
         Some(f) => host_keys_from_file(std::path::Path::new(f), &host)?,
         None => host_keys_from_known_hosts(&host)?,
     };
+    for ns in &g.sshsig_namespaces {
+        let ok = !ns.is_empty()
+            && ns.len() <= 64
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"@._-".contains(&b));
+        if !ok {
+            return Err(Error::usage(format!(
+                "--sshsig-namespace {ns:?} is not a namespace"
+            )));
+        }
+    }
     let mut c = Credential::new("ssh", "agent_key", "agent");
+    if !g.sshsig_namespaces.is_empty() {
+        c.config.insert(
+            "sshsig_namespaces".into(),
+            g.sshsig_namespaces
+                .iter()
+                .cloned()
+                .map(serde_json::Value::String)
+                .collect(),
+        );
+    }
     c.name = format!("ssh:{host}");
     c.config.insert("host".into(), host.into());
     c.config
