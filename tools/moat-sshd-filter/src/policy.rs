@@ -213,6 +213,8 @@ pub struct Decision {
     pub grant: Option<String>,
     pub reason: String,
     pub namespace: Option<String>,
+    /// The remote user a userauth request names.
+    pub user: Option<String>,
 }
 
 impl Decision {
@@ -223,6 +225,7 @@ impl Decision {
             grant: None,
             reason: reason.into(),
             namespace: None,
+            user: None,
         }
     }
     fn allow(g: &Grant, reason: impl Into<String>) -> Self {
@@ -232,6 +235,7 @@ impl Decision {
             grant: Some(g.grant.clone()),
             reason: reason.into(),
             namespace: None,
+            user: None,
         }
     }
 }
@@ -365,7 +369,9 @@ pub fn decide_sign(
     if !seen.claim(&b.session_id, state.id) {
         return Decision::deny("session id was already used on another connection", host);
     }
-    Decision::allow(g, "userauth for the bound session of a pinned host")
+    let mut d = Decision::allow(g, "userauth for the bound session of a pinned host");
+    d.user = Some(ua.user.to_string());
+    d
 }
 
 #[cfg(test)]

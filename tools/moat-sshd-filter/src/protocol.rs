@@ -445,6 +445,49 @@ mod tests {
         assert_eq!(sshsig_namespace(b"\0\0\0\x20"), None);
     }
 
+    /// Random and mutated input never panics a parser (a small, deterministic fuzz).
+    #[test]
+    fn parsers_survive_random_input() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds = [
+            userauth(METHOD_HOSTBOUND, b"KEY", Some(b"HOST")),
+            identities_answer(&[Identity {
+                key_blob: b"k".to_vec(),
+                comment: b"c".to_vec(),
+            }]),
+            Msg::default().string(b"k").string(b"d").u32(4).body(),
+        ];
+        for i in 0..20_000 {
+            let mut d = if i % 2 == 0 {
+                seeds[i % seeds.len()].clone()
+            } else {
+                (0..(next() % 64)).map(|_| next() as u8).collect()
+            };
+            if !d.is_empty() {
+                for _ in 0..(next() % 4) {
+                    let at = (next() as usize) % d.len();
+                    d[at] = next() as u8;
+                }
+                d.truncate((next() as usize) % (d.len() + 1));
+            }
+            let _ = parse_userauth(&d);
+            let _ = parse_identities(&d);
+            let _ = parse_sign_request(&d);
+            let _ = parse_extension(&d);
+            let _ = sshsig_namespace(&d);
+            let _ = sign_response_algorithm(&d);
+            if let Ok(b) = crate::bind::parse(&d) {
+                let _ = b.verify();
+            }
+        }
+    }
+
     #[tokio::test]
     async fn oversized_and_truncated_frames_are_errors() {
         let t = Duration::from_secs(1);

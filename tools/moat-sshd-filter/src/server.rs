@@ -205,7 +205,15 @@ async fn respond(
         return refuse(sh, st, "malformed", "empty message", None).then_some(failure);
     };
     match kind {
-        p::REQUEST_IDENTITIES => list(sh, st, up, body).await,
+        p::REQUEST_IDENTITIES if rest.is_empty() => list(sh, st, up).await,
+        p::REQUEST_IDENTITIES => refuse(
+            sh,
+            st,
+            "malformed",
+            "trailing bytes after a list request",
+            None,
+        )
+        .then_some(failure),
         p::SIGN_REQUEST => sign(sh, st, up, body, rest).await,
         p::EXTENSION => extension(sh, st, up, body, rest).await,
         k => {
@@ -234,14 +242,9 @@ fn bound_host<'a>(sh: &'a Shared, st: &ConnState) -> Option<&'a str> {
         .and_then(|b| sh.policy.host_of(&b.host_key))
 }
 
-async fn list(
-    sh: &Shared,
-    st: &mut ConnState,
-    up: &mut Option<UnixStream>,
-    body: &[u8],
-) -> Option<Vec<u8>> {
+async fn list(sh: &Shared, st: &mut ConnState, up: &mut Option<UnixStream>) -> Option<Vec<u8>> {
     let host = bound_host(sh, st);
-    let ids = match upstream_call(sh, up, body).await {
+    let ids = match upstream_call(sh, up, &[p::REQUEST_IDENTITIES]).await {
         Ok(r) => p::parse_identities(&r).map_err(|e| format!("upstream agent's answer: {e}")),
         Err(e) => Err(e),
     };
@@ -305,7 +308,7 @@ async fn sign(
             "ssh_sign",
             fields! {
                 "conn" => st.id, "allowed" => allowed, "host" => &d.host, "fingerprint" => &fp,
-                "grant" => &d.grant, "namespace" => &d.namespace, "flags" => req.flags,
+                "grant" => &d.grant, "user" => &d.user, "namespace" => &d.namespace, "flags" => req.flags,
                 "algorithm" => algorithm, "reason" => reason,
             },
         )

@@ -423,3 +423,29 @@ fn oversized_and_malformed_messages_cost_only_their_own_connection() {
         assert!(r.get("ts").is_some(), "{r:?}");
     }
 }
+
+#[test]
+fn random_garbage_never_stops_the_filter() {
+    let w = plain_world();
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..8 {
+        let mut c = Client::connect(&w.filter.sock);
+        for _ in 0..50 {
+            // A known message type with a random body, or a random type.
+            let kind = [11u8, 13, 17, 18, 22, 27, 0, 255][(next() % 8) as usize];
+            let mut body = vec![kind];
+            body.extend((0..(next() % 200)).map(|_| next() as u8));
+            let r = c.request(&body);
+            assert!(!r.is_empty());
+        }
+    }
+    let mut fresh = Client::connect(&w.filter.sock);
+    assert_eq!(fresh.list().len(), 2);
+    assert!(w.filter.child.as_ref().is_some());
+}

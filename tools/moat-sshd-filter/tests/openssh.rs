@@ -116,6 +116,7 @@ fn ssh_through_the_filter_reaches_the_granted_host() {
     assert_eq!(signs[0].str("host"), Some("a.test"));
     assert_eq!(signs[0].str("fingerprint"), Some(w.ed.fingerprint.as_str()));
     assert_eq!(signs[0].str("algorithm"), Some("ssh-ed25519"));
+    assert_eq!(signs[0].str("user"), Some(user().as_str()));
     assert!(!w.of_kind("ssh_list").is_empty());
     let log = w.a.log();
     assert!(
