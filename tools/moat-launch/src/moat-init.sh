@@ -15,10 +15,12 @@ addr=${MOAT_PROXY_ADDR:-}
 ip=${addr%:*}
 port=${addr##*:}
 
+# Docker's embedded resolver (127.0.0.11) forwards to the host's resolvers: no DNS at all.
 firewall() {
 	t=$1
 	$t -w 5 -P OUTPUT DROP &&
 		$t -w 5 -F OUTPUT &&
+		$t -w 5 -A OUTPUT -d 127.0.0.11 -j DROP &&
 		$t -w 5 -A OUTPUT -o lo -j ACCEPT &&
 		$t -w 5 -A OUTPUT -p tcp -d "$ip" --dport "$port" -j ACCEPT &&
 		$t -w 5 -A OUTPUT -m state --state ESTABLISHED,RELATED -j ACCEPT
