@@ -658,12 +658,11 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
             let (Ok(a), Ok(b)) = (client_up.await, upstream_up.await) else {
                 return;
             };
-            let mut a = TokioIo::new(a);
-            let mut b = TokioIo::new(b);
-            if let Ok((i, o)) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
-                c2.add_in(i);
-                c2.add_out(o);
-            }
+            let (mut ar, mut aw) = tokio::io::split(TokioIo::new(a));
+            let (mut br, mut bw) = tokio::io::split(TokioIo::new(b));
+            let (i, o) = tokio::join!(pump(&mut ar, &mut bw), pump(&mut br, &mut aw));
+            c2.add_in(i);
+            c2.add_out(o);
         });
         let mut r = Response::from_parts(parts, full(Bytes::new()));
         r.headers_mut().insert(
@@ -689,6 +688,30 @@ fn client_error_ctx(ctx: &Arc<ReqCtx>, status: StatusCode, msg: &str) -> Respons
         msg.trim().trim_start_matches("moat-proxy: ").to_string(),
     );
     text(status, msg)
+}
+
+/// Copy one direction of an upgraded connection until EOF or error; returns the bytes copied.
+async fn pump<R, W>(r: &mut R, w: &mut W) -> u64
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                if w.write_all(&buf[..k]).await.is_err() {
+                    break;
+                }
+                n += k as u64;
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+    n
 }
 
 fn finish(ctx: Arc<ReqCtx>, mut r: Response<Body>) -> Response<Body> {
