@@ -356,6 +356,13 @@ pub fn refused_request_name(kind: u8) -> Option<&'static str> {
         REMOVE_SMARTCARD_KEY => "remove_smartcard_key",
         LOCK => "lock",
         UNLOCK => "unlock",
+        // Protocol 1 requests, which `ssh-add -D` still sends alongside the new one.
+        1 => "list_v1",
+        3 => "rsa_challenge_v1",
+        7 => "add_identity_v1",
+        8 => "remove_identity_v1",
+        9 => "remove_all_identities_v1",
+        24 => "add_identity_constrained_v1",
         _ => return None,
     })
 }

@@ -218,6 +218,10 @@ async fn respond(
         p::EXTENSION => extension(sh, st, up, body, rest).await,
         k => {
             let (request, reason) = match p::refused_request_name(k) {
+                Some(name) if name.ends_with("_v1") => (
+                    name,
+                    "SSH protocol 1 requests are not supported".to_string(),
+                ),
                 Some(name) => (
                     name,
                     "changing the agent's keys or lock is not allowed".to_string(),

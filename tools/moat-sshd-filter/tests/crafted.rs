@@ -341,7 +341,8 @@ fn key_changes_locks_and_unknown_extensions_are_refused() {
             "extension",
         ),
         (vec![200, 1, 2, 3], "unknown"),
-        (vec![1], "unknown"),
+        (vec![1], "list_v1"),
+        (vec![9], "remove_all_identities_v1"),
         (vec![], "malformed"),
     ];
     for (body, _) in &requests {
