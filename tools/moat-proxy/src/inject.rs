@@ -193,4 +193,131 @@ mod tests {
             Injector::new(vec![rule("g", &["a.example"], "Proxy-Authorization", "v")]).is_err()
         );
     }
+
+    /// A deliberately naive reference: the only spellings of the granted host that may
+    /// receive the credential are ASCII case changes, one trailing dot and port 443.
+    fn reference_inject(authority: &str) -> bool {
+        // Surrounding whitespace is optional whitespace around a header value.
+        let a = authority.trim().to_ascii_lowercase();
+        let (h, port) = match a.rsplit_once(':') {
+            Some((h, p)) => (h.trim().to_string(), p.trim().to_string()),
+            None => (a.clone(), "443".to_string()),
+        };
+        let h = h.strip_suffix('.').unwrap_or(&h).to_string();
+        // Digits only; leading zeros name the same port.
+        let port_443 = !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>() == Ok(443);
+        h == "api.github.com" && port_443
+            || h.ends_with(".githubusercontent.com")
+                && h.len() > ".githubusercontent.com".len()
+                && h[..h.len() - ".githubusercontent.com".len()]
+                    .split('.')
+                    .all(|l| {
+                        !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    })
+                && port_443
+    }
+
+    #[test]
+    fn host_matching_table_never_leaks() {
+        let inj = Injector::new(vec![rule(
+            "github",
+            &["api.github.com", "*.githubusercontent.com"],
+            "Authorization",
+            "Bearer CANARY",
+        )])
+        .unwrap();
+        let bases = [
+            "api.github.com",
+            "API.GITHUB.COM",
+            "Api.GitHub.Com",
+            "api.github.com.",
+            "api.github.com..",
+            "api.github.com.evil.com",
+            "evilapi.github.com",
+            "evil-api.github.com",
+            "apigithub.com",
+            "api.github.co",
+            "api.github.comm",
+            "api-github.com",
+            "github.com",
+            "www.github.com",
+            "api.github.com@evil.com",
+            "evil.com@api.github.com",
+            "api.github.com\\@evil.com",
+            "api.github.com%2eevil.com",
+            "api%2egithub.com",
+            "api.github.com%00",
+            "api.github.com\u{0}",
+            "api.github.com\t",
+            " api.github.com",
+            "api.github.com ",
+            "api.github.com/evil",
+            "api.github.com#@evil.com",
+            "api.github.com?x",
+            "api.githu\u{0299}.com",
+            "api.github\u{ff0e}com",
+            "xn--api-github.com",
+            "api.xn--github-.com",
+            "\u{0430}pi.github.com",
+            "api.g\u{0131}thub.com",
+            "raw.githubusercontent.com",
+            "a.b.githubusercontent.com",
+            "githubusercontent.com",
+            "evilgithubusercontent.com",
+            "raw.githubusercontent.com.evil.com",
+            "githubusercontent.com.evil.com",
+            ".githubusercontent.com",
+            "..githubusercontent.com",
+            "*.githubusercontent.com",
+            "127.0.0.1",
+            "127.1",
+            "2130706433",
+            "0x7f.0.0.1",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "140.82.112.5",
+            "[fe80::1%25eth0]",
+            "api.github.com\r\nX-Evil: 1",
+            "api.github.com;evil.com",
+            "api.github.com,evil.com",
+        ];
+        let ports = [
+            "", ":443", ":0443", ":+443", ":443 ", ":80", ":8443", ":0", ":65536", ":", ":44 3",
+        ];
+        let mut cases = 0;
+        let mut injected = 0;
+        for b in bases {
+            for p in ports {
+                let authority = format!("{b}{p}");
+                cases += 1;
+                let got = match moat_core::host::canonical_authority(&authority, 443) {
+                    Ok((h, port)) => {
+                        let mut hm = HeaderMap::new();
+                        !inj.apply(&mut hm, &h, port, true).is_empty()
+                    }
+                    Err(_) => false,
+                };
+                if got {
+                    injected += 1;
+                }
+                if b.is_ascii() {
+                    assert_eq!(got, reference_inject(&authority), "{authority:?}");
+                } else if got {
+                    // Only IDNA mappings of the granted name itself may inject.
+                    let (h, _) = moat_core::host::canonical_authority(&authority, 443).unwrap();
+                    assert!(
+                        h == "api.github.com" || h.ends_with(".githubusercontent.com"),
+                        "{authority:?} -> {h}"
+                    );
+                }
+            }
+        }
+        assert!(cases >= 200, "{cases}");
+        assert!(
+            injected >= 6,
+            "the table must also contain granted spellings ({injected})"
+        );
+    }
 }
