@@ -1,0 +1,255 @@
+//! Runs from a workspace's moat.yaml (mounts, volumes, env, pre_run, command) and the
+//! lifecycle commands around them: -d, attach, stop, logs -n, list, destroy, clean, exit codes.
+
+use moat_e2e::{Moat, docker_ready, run_with_deadline};
+use std::time::Duration;
+
+#[test]
+fn moat_yaml_mounts_volumes_env_and_pre_run() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    std::fs::create_dir_all(m.ws.join("data")).unwrap();
+    std::fs::write(m.ws.join("data/x.txt"), "from-the-host\n").unwrap();
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        r#"name: e2e-agent
+env:
+  GREETING: "hello from env"
+mounts:
+  - ./data:/data:ro
+volumes:
+  - name: state
+    target: /home/moatuser/.state
+hooks:
+  pre_run: echo pre-ran > /workspace/pre_run.txt
+network:
+  policy: permissive
+command: ["sh", "-c", "cat /data/x.txt; echo $GREETING; cat /workspace/pre_run.txt; cat /home/moatuser/.state/count 2>/dev/null || echo no-state; echo one >> /home/moatuser/.state/count; touch /data/nope 2>/dev/null && echo WRITABLE || echo READONLY; echo home=$HOME"]
+"#,
+    )
+    .unwrap();
+    let r = m.launch(&["run", "--no-sandbox", "-e", "EXTRA=1"]);
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    for want in [
+        "from-the-host",
+        "hello from env",
+        "pre-ran",
+        "no-state",
+        "READONLY",
+        "home=/home/moatuser",
+    ] {
+        assert!(
+            out.contains(want),
+            "missing {want:?} in:\n{out}\n{}",
+            r.stderr()
+        );
+    }
+    assert!(m.ws.join("pre_run.txt").exists());
+    // The volume persists for the next run of the same agent.
+    let r = m.launch(&["run", "--no-sandbox"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.stdout().contains("one"), "{}", r.stdout());
+    assert!(m.moat_home().join("volumes/e2e-agent/state/count").exists());
+    let id = m.run_ids().pop().unwrap();
+    let dir = m.moat_home().join("runs").join(&id);
+    assert!(dir.join("Dockerfile").exists());
+    let meta = m.metadata(&id);
+    assert_eq!(meta["name"], "e2e-agent");
+    assert_eq!(meta["state"], "stopped");
+    assert_eq!(meta["exit_code"], 0);
+    let logs = std::fs::read_to_string(dir.join("logs.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(logs.lines().next().unwrap()).unwrap();
+    assert!(
+        first["ts"].is_string() && first["stream"] == "stdout" && first["line"].is_string(),
+        "{first}"
+    );
+}
+
+#[test]
+fn a_bad_config_is_a_clear_error_before_anything_starts() {
+    let m = moat_e2e::Moat::new();
+    std::fs::write(m.ws.join("moat.yaml"), "name: x\nnetwork:\n  policy: lax\n").unwrap();
+    let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
+    assert_eq!(r.code(), 78, "{}", r.stderr());
+    assert!(
+        r.stderr()
+            .contains("moat.yaml:3: network.policy: must be permissive or strict"),
+        "{}",
+        r.stderr()
+    );
+    assert!(m.run_ids().is_empty());
+    std::fs::write(m.ws.join("moat.yaml"), "name: x\ngrnats: [github]\n").unwrap();
+    if docker_ready() {
+        let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        assert!(
+            r.stderr().contains("unknown field \"grnats\"")
+                && r.stderr().contains("did you mean \"grants\""),
+            "{}",
+            r.stderr()
+        );
+    }
+}
+
+#[test]
+fn the_exit_code_is_the_commands() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(r.code(), 7, "{}", r.stderr());
+    r.stdout_has("out").stderr_has("err");
+    let id = m.run_ids().pop().unwrap();
+    let meta = m.metadata(&id);
+    assert_eq!(meta["state"], "failed");
+    assert_eq!(meta["exit_code"], 7);
+}
+
+#[test]
+fn detach_attach_logs_list_stop_destroy_clean() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "-d",
+        "-n",
+        "bg",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo line$i; sleep 0.1; done",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = r.stdout().trim().to_string();
+    assert!(id.starts_with("run_"), "{id}");
+    m.wait_log(&id, "line5", 60);
+
+    let l = m.launch(&["list"]);
+    assert_eq!(l.code(), 0);
+    let row = l
+        .stdout()
+        .lines()
+        .find(|x| x.contains(&id))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.starts_with("bg") && row.contains("running"),
+        "{}",
+        l.stdout()
+    );
+    assert!(l.stdout().starts_with("NAME"), "{}", l.stdout());
+    let j = m.launch(&["list", "--json"]);
+    let rec: serde_json::Value = serde_json::from_str(j.stdout().lines().next().unwrap()).unwrap();
+    assert_eq!(rec["type"], "run");
+    assert_eq!(rec["name"], "bg");
+
+    // attach follows by name; a stop from elsewhere ends it.
+    let mut c = m.env.cmd("moat-launch");
+    c.args(["attach", "bg"]).current_dir(&m.ws);
+    let attach = std::thread::spawn(move || run_with_deadline(c, "attach bg".into(), None, 90));
+    std::thread::sleep(Duration::from_secs(2));
+    let s = m.launch(&["stop", "bg"]);
+    assert_eq!(s.code(), 0, "{}", s.stderr());
+    let a = attach.join().unwrap();
+    assert!(
+        a.stdout().contains("line"),
+        "attach printed nothing: {}",
+        a.stderr()
+    );
+    assert_eq!(m.metadata(&id)["state"], "stopped");
+
+    let n = m.launch(&["logs", "-n", "3", "bg"]);
+    assert_eq!(n.code(), 0);
+    let lines: Vec<String> = n.stdout().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("line")), "{lines:?}");
+    let all = m.launch(&["logs", &id[..8]]);
+    assert!(all.stdout().lines().count() > 3);
+
+    // Docker holds nothing of the run any more.
+    let ps = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("name=moat-{id}")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty());
+    let net = std::process::Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=moat-{id}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&net.stdout).trim().is_empty());
+
+    let d = m.launch(&["destroy", "bg"]);
+    assert_eq!(d.code(), 0, "{}", d.stderr());
+    assert!(m.run_ids().is_empty());
+
+    // clean asks first, and removes stopped runs.
+    let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let no = m.run_timeout("moat-launch", &["clean"], Some(b"n\n"), 60);
+    assert_eq!(no.code(), 1, "{}", no.stderr());
+    assert_eq!(m.run_ids().len(), 1);
+    let yes = m.run_timeout("moat-launch", &["clean"], Some(b"y\n"), 60);
+    assert_eq!(yes.code(), 0, "{}", yes.stderr());
+    assert!(m.run_ids().is_empty());
+    let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
+    assert_eq!(r.code(), 0);
+    let f = m.launch(&["clean", "--force"]);
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    assert!(m.run_ids().is_empty());
+}
+
+#[test]
+fn an_orphaned_run_is_reconciled_by_the_next_command() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let r = m.launch(&["run", "--no-sandbox", "-d", "--", "sleep", "120"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = r.stdout().trim().to_string();
+    let pid = m.metadata(&id)["supervisor_pid"].as_u64().unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let l = m.launch(&["list"]);
+    assert_eq!(l.code(), 0, "{}", l.stderr());
+    let meta = m.metadata(&id);
+    assert_eq!(meta["state"], "failed", "{meta}");
+    assert!(
+        meta["reason"].as_str().unwrap().contains("reconciled"),
+        "{meta}"
+    );
+    let ps = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("name=moat-{id}")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
+        "container left behind"
+    );
+}
