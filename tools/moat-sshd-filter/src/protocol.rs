@@ -428,7 +428,7 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_match_openssh() {
+    fn fingerprints_have_the_openssh_shape() {
         // (the integration tests compare against `ssh-keygen -lf` on real keys)
         let b = base64::engine::general_purpose::STANDARD
             .decode("AAAAC3NzaC1lZDI1NTE5AAAAIFFG9JfPGvDaFcZmyBXThHmUVHpk2bJBf4bFtXwl29e+")

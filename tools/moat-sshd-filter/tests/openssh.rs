@@ -210,7 +210,7 @@ fn git_clone_over_ssh_through_the_filter() {
 }
 
 #[test]
-fn the_other_server_and_clients_without_the_filter_grant_are_refused() {
+fn the_other_server_is_refused_though_the_real_agent_would_sign() {
     let w = world("ed25519", true);
     // B is a real server the client trusts, but no grant pins its host key.
     let (code, _, err) = w.ssh(&w.b, None, "true");
