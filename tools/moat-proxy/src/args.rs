@@ -8,6 +8,7 @@ pub const USAGE: &str =
     "usage: moat-proxy serve --listen ADDR:PORT [--rules FILE|-] [--token-file FILE | --no-auth]
                         [--policy permissive|strict] [--allow HOST]... [--trace FILE]
                         [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]... [--ca-dir DIR]
+                        [--relay NAME=URL]...
        moat-proxy ca-path
        moat-proxy [--help] [--version]";
 
@@ -30,6 +31,7 @@ Options for serve:
     --ca-dir DIR             interception CA directory (default MOAT_HOME/proxy/ca)
     --header-timeout SECS    time a client has to send request headers (default 30)
     --max-connections N      client connections served at once (default 1024)
+    --relay NAME=URL         serve /relay/TOKEN/NAME/... and /mcp/TOKEN/NAME from URL; repeatable
 
 Other options:
     -h, --help               show this help
@@ -53,6 +55,7 @@ pub struct ServeArgs {
     pub ca_dir: Option<OsString>,
     pub header_timeout: Option<u64>,
     pub max_connections: Option<usize>,
+    pub relay: Vec<String>,
 }
 
 pub enum Command {
@@ -127,6 +130,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<ServeArgs> {
             Long("max-connections") => {
                 a.max_connections = Some(p.value().map_err(le)?.parse().map_err(le)?)
             }
+            Long("relay") => a.relay.push(string(p.value().map_err(le)?, "--relay")?),
             Short('h') | Long("help") => {
                 cli::write_stdout(HELP.as_bytes())?;
                 std::process::exit(0);

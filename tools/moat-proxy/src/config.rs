@@ -34,6 +34,7 @@ pub struct Config {
     pub ca_dir: PathBuf,
     pub header_timeout: Duration,
     pub max_connections: usize,
+    pub relays: Vec<crate::relay::Relay>,
 }
 
 fn env_list(name: &str) -> Vec<String> {
@@ -151,8 +152,8 @@ impl Config {
             .map(PathBuf::from)
             .or_else(|| env_nonempty("MOAT_PROXY_TRACE").map(PathBuf::from));
 
-        let (inject, net_rules) = match a.rules.as_deref() {
-            None => (Vec::new(), Vec::new()),
+        let (inject, net_rules, pipe_relays) = match a.rules.as_deref() {
+            None => (Vec::new(), Vec::new(), Vec::new()),
             Some("-") => {
                 let mut s = String::new();
                 std::io::stdin()
@@ -168,6 +169,14 @@ impl Config {
             }
         };
         let injector = Injector::new(inject).map_err(Error::data)?;
+        let mut relays = crate::relay::defaults();
+        relays.extend(pipe_relays);
+        for s in a.relay {
+            relays.push(
+                crate::relay::parse_spec(&s)
+                    .map_err(|e| cli::usage_error(format!("--relay {s:?}: {e}"), USAGE))?,
+            );
+        }
         let policy = Policy::new(mode, allow, injector.patterns(), net_rules);
         Ok(Config {
             listen,
@@ -180,15 +189,20 @@ impl Config {
             ca_dir: ca_dir(a.ca_dir)?,
             header_timeout: Duration::from_secs(a.header_timeout.unwrap_or(30).max(1)),
             max_connections: a.max_connections.unwrap_or(1024).max(1),
+            relays,
         })
     }
 }
 
 /// Parse the rules pipe: `inject` and `net_rule` records; every other type is skipped.
 /// Errors name the line (and grant), never the line's content: it carries secrets.
-pub fn parse_rules(text: &str, src: &str) -> Result<(Vec<InjectRule>, Vec<NetRule>)> {
+/// What the rules pipe carries for the proxy: injections, per-host rules, relays.
+pub type Rules = (Vec<InjectRule>, Vec<NetRule>, Vec<crate::relay::Relay>);
+
+pub fn parse_rules(text: &str, src: &str) -> Result<Rules> {
     let mut inject = Vec::new();
     let mut net = Vec::new();
+    let mut relays = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let rec = match jsonl::parse(line) {
@@ -205,6 +219,15 @@ pub fn parse_rules(text: &str, src: &str) -> Result<(Vec<InjectRule>, Vec<NetRul
                 .decode()
                 .map_err(|_| Error::data(format!("rules {src} line {n}: bad inject record")))?;
             inject.push(r);
+        } else if rec.kind == crate::relay::TYPE_RELAY {
+            let (name, url) = (
+                rec.str("name").unwrap_or_default(),
+                rec.str("url").unwrap_or_default(),
+            );
+            relays.push(
+                crate::relay::parse_url(name, url)
+                    .map_err(|e| Error::data(format!("rules {src} line {n}: {e}")))?,
+            );
         } else if rec.kind == TYPE_NET_RULE {
             let host = rec.str("host").unwrap_or_default().to_string();
             let rules: Vec<String> = rec
@@ -219,7 +242,7 @@ pub fn parse_rules(text: &str, src: &str) -> Result<(Vec<InjectRule>, Vec<NetRul
             );
         }
     }
-    Ok((inject, net))
+    Ok((inject, net, relays))
 }
 
 pub fn parse_connect_to(s: &str) -> std::result::Result<ConnectTo, String> {
@@ -294,7 +317,7 @@ mod tests {
         assert!(!e.msg.contains("SECRET"), "{}", e.msg);
         let e = parse_rules("SECRET-not-json\n", "stdin").unwrap_err();
         assert!(!e.msg.contains("SECRET"), "{}", e.msg);
-        let (i, n) = parse_rules(
+        let (i, n, _) = parse_rules(
             "{\"v\":1,\"type\":\"env\",\"grant\":\"g\",\"name\":\"X\",\"value\":\"y\"}\n\
              {\"v\":1,\"type\":\"net_rule\",\"host\":\"api.github.com\",\"rules\":[\"allow GET /**\"]}\n",
             "stdin",

@@ -10,6 +10,7 @@ mod config;
 mod inject;
 mod policy;
 mod proxy;
+mod relay;
 mod trace;
 mod upstream;
 
@@ -89,6 +90,7 @@ async fn serve(cfg: Config) -> Result<()> {
         client_h1,
         header_timeout: cfg.header_timeout,
         shutdown: sd_rx,
+        relays: cfg.relays,
     });
     sinks.event(
         "listening",

@@ -48,6 +48,7 @@ pub struct State {
     pub client_h1: Client<Connector, Body>,
     pub header_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    pub relays: Vec<crate::relay::Relay>,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -165,6 +166,12 @@ async fn outer(
     if let Some(r) = too_large(&st, &req) {
         return r;
     }
+    if req.uri().scheme_str().is_none()
+        && req.method() != Method::CONNECT
+        && (req.uri().path().starts_with("/relay/") || req.uri().path().starts_with("/mcp/"))
+    {
+        return relay(req, st).await;
+    }
     if !authorized(&st, req.headers()) {
         let ctx = ReqCtx::new(
             st.sinks.clone(),
@@ -232,6 +239,66 @@ async fn outer(
             tls: false,
             host,
             port,
+        },
+    )
+    .await
+}
+
+/// A relay request: the token is in the path, not in `Proxy-Authorization`.
+async fn relay(mut req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
+    let refuse = |st: &State, status: StatusCode, msg: &str| {
+        let ctx = ReqCtx::new(st.sinks.clone(), req.method().as_str(), "relay".into());
+        ctx.set_status(status.as_u16());
+        ctx.set_error(
+            "client",
+            msg.trim().trim_start_matches("moat-proxy: ").to_string(),
+        );
+        text(status, msg.to_string())
+    };
+    let path = req.uri().path().to_string();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let Some((token, name, tail)) = crate::relay::split_path(&path) else {
+        return refuse(
+            &st,
+            StatusCode::NOT_FOUND,
+            "moat-proxy: relay paths are /relay/TOKEN/NAME/... or /mcp/TOKEN/NAME\n",
+        );
+    };
+    if let Some(want) = &st.token
+        && !(token.len() == want.len() && bool::from(token.as_bytes().ct_eq(want.as_bytes())))
+    {
+        return refuse(
+            &st,
+            StatusCode::FORBIDDEN,
+            "moat-proxy: wrong relay token\n",
+        );
+    }
+    let Some(r) = st.relays.iter().rev().find(|r| r.name == name).cloned() else {
+        return refuse(
+            &st,
+            StatusCode::NOT_FOUND,
+            &format!("moat-proxy: no relay named {name:?}\n"),
+        );
+    };
+    let mut pq = format!("{}{tail}{query}", r.base);
+    if !pq.starts_with('/') {
+        pq.insert(0, '/');
+    }
+    match pq.parse::<http::Uri>() {
+        Ok(u) => *req.uri_mut() = u,
+        Err(_) => return refuse(&st, StatusCode::BAD_REQUEST, "moat-proxy: bad relay path\n"),
+    }
+    forward(
+        req,
+        st,
+        Target {
+            tls: r.tls,
+            host: r.host,
+            port: r.port,
         },
     )
     .await
