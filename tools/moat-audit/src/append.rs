@@ -50,10 +50,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn append(&mut self, event: &serde_json::Value) -> Result<()> {
+    fn append(&mut self, event: &[u8]) -> Result<()> {
         let seq = self.frontier.size();
         let ts = moat_core::timefmt::now_rfc3339();
-        entry::build(&mut self.buf, seq, &ts, &self.last_leaf, event);
+        entry::build_raw(&mut self.buf, seq, &ts, &self.last_leaf, event);
         let leaf = leaf_hash(&self.buf);
         self.buf.push(b'\n');
         self.log
@@ -135,6 +135,7 @@ pub fn run(home: &MoatHome, opts: &Options, input: impl Read + Send + 'static) -
     let mut line_no = 0u64;
     let mut last_cp_at = Instant::now();
     let mut since_cp = 0u64;
+    let mut event = Vec::with_capacity(512);
     loop {
         let msg = if w.pending() {
             let wait = (last_cp_at + opts.interval).saturating_duration_since(Instant::now());
@@ -146,13 +147,13 @@ pub fn run(home: &MoatHome, opts: &Options, input: impl Read + Send + 'static) -
             Ok(batch) => {
                 for line in batch {
                     line_no += 1;
-                    match accept(&line) {
-                        Ok(Some(ev)) => {
-                            w.append(&ev)?;
+                    match accept(&line, &mut event) {
+                        Ok(true) => {
+                            w.append(&event)?;
                             summary.appended += 1;
                             since_cp += 1;
                         }
-                        Ok(None) => {}
+                        Ok(false) => {}
                         Err(why) => {
                             summary.skipped += 1;
                             eprintln!("moat-audit: skipping input line {line_no}: {why}");
@@ -183,19 +184,18 @@ pub fn run(home: &MoatHome, opts: &Options, input: impl Read + Send + 'static) -
     Ok(summary)
 }
 
-/// Is this input line a record we log? `Ok(None)` for a blank line.
-fn accept(line: &[u8]) -> std::result::Result<Option<serde_json::Value>, String> {
+/// Is this input line a record we log? Its canonical form goes to `out`; `Ok(false)` for a
+/// blank line.
+fn accept(line: &[u8], out: &mut Vec<u8>) -> std::result::Result<bool, String> {
     let t = line.trim_ascii();
     if t.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
     if t.len() > MAX_LINE {
         return Err(format!("longer than {MAX_LINE} bytes"));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(t).map_err(|e| format!("not a JSON record: {e}"))?;
-    entry::check_event(&v).map_err(|e| format!("not a record: {e}"))?;
-    Ok(Some(v))
+    entry::canonical_event(t, out)?;
+    Ok(true)
 }
 
 /// Read lines and hand them over in batches: whatever is already buffered goes together,

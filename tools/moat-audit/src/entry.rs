@@ -23,9 +23,14 @@ pub struct LineInfo {
 
 /// Build the canonical bytes of a new entry into `out` (cleared first).
 pub fn build(out: &mut Vec<u8>, seq: u64, ts: &str, prev: &Hash, event: &Value) {
+    build_raw(out, seq, ts, prev, &jcs::to_vec(event));
+}
+
+/// The same, from an event already in canonical form.
+pub fn build_raw(out: &mut Vec<u8>, seq: u64, ts: &str, prev: &Hash, event: &[u8]) {
     out.clear();
     out.extend_from_slice(b"{\"event\":");
-    jcs::write(out, event);
+    out.extend_from_slice(event);
     out.extend_from_slice(b",\"prev\":\"");
     out.extend_from_slice(moat_core::hex(prev).as_bytes());
     out.extend_from_slice(b"\",\"seq\":");
@@ -35,12 +40,46 @@ pub fn build(out: &mut Vec<u8>, seq: u64, ts: &str, prev: &Hash, event: &Value) 
     out.extend_from_slice(b",\"v\":1}");
 }
 
+/// Turn one producer line into a canonical event, or say why it is not a record.
+pub fn canonical_event(line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let mut members = Vec::with_capacity(8);
+    if jcs::canonicalize_fast(line, out, Some(&mut members)) {
+        if event_members_ok(out, &members) {
+            return Ok(());
+        }
+        // Fall through for the precise reason.
+    }
+    let v: Value = serde_json::from_slice(line).map_err(|e| format!("not a JSON record: {e}"))?;
+    check_event(&v).map_err(|e| format!("not a record: {e}"))?;
+    out.clear();
+    jcs::write(out, &v);
+    Ok(())
+}
+
+/// A canonical object has `"type"` (a non-empty string) and `"v":1` among its members.
+fn event_members_ok(canon: &[u8], members: &[jcs::Member]) -> bool {
+    if canon.first() != Some(&b'{') {
+        return false;
+    }
+    let mut ty = false;
+    let mut v1 = false;
+    for (k, v) in members {
+        match &canon[k.clone()] {
+            b"type" => ty = canon[v.clone()].len() > 2 && canon[v.start] == b'"',
+            b"v" => v1 = &canon[v.clone()] == b"1",
+            _ => {}
+        }
+    }
+    ty && v1
+}
+
 /// Is this a record producers may send: a JSON object with `"v":1` and a string `type`?
 pub fn check_event(v: &Value) -> Result<(), &'static str> {
     let Value::Object(m) = v else {
         return Err("not a JSON object");
     };
-    if m.get("v").and_then(Value::as_u64) != Some(1) {
+    // Compared as a number, like the canonical form does (1.0 is 1).
+    if m.get("v").and_then(Value::as_f64) != Some(1.0) {
         return Err("no \"v\":1");
     }
     match m.get("type").and_then(Value::as_str) {
@@ -51,6 +90,17 @@ pub fn check_event(v: &Value) -> Result<(), &'static str> {
 
 /// Inspect one line of the log (without its newline).
 pub fn parse_line(line: &[u8]) -> LineInfo {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<jcs::Member>, Vec<u8>, Vec<jcs::Member>)> =
+            std::cell::RefCell::new(Default::default());
+    }
+    let fast = SCRATCH.with(|s| {
+        let (out, m, out2, m2) = &mut *s.borrow_mut();
+        fast_info(line, out, m, out2, m2)
+    });
+    if let Some(info) = fast {
+        return info;
+    }
     match serde_json::from_slice::<Value>(line) {
         Ok(v) => info_from_value(&v),
         Err(_) => LineInfo {
@@ -83,9 +133,61 @@ pub fn info_from_value(v: &Value) -> LineInfo {
         && info.seq.is_some()
         && info.prev.is_some()
         && info.ts.is_some()
-        && m.get("v").and_then(Value::as_u64) == Some(1)
+        && m.get("v").and_then(Value::as_f64) == Some(1.0)
         && m.get("event").is_some_and(|e| check_event(e).is_ok());
     info
+}
+
+/// The common case without building a JSON tree: a well-formed entry whose canonical form
+/// the fast canonicalizer can produce. Anything else (`None`) takes the general path, which
+/// gives the same answer, only slower.
+fn fast_info(
+    line: &[u8],
+    out: &mut Vec<u8>,
+    m: &mut Vec<jcs::Member>,
+    out2: &mut Vec<u8>,
+    m2: &mut Vec<jcs::Member>,
+) -> Option<LineInfo> {
+    m.clear();
+    if !jcs::canonicalize_fast(line, out, Some(m)) || m.len() != 5 {
+        return None;
+    }
+    let keys: [&[u8]; 5] = [b"event", b"prev", b"seq", b"ts", b"v"];
+    for (i, k) in keys.iter().enumerate() {
+        if &out[m[i].0.clone()] != *k {
+            return None;
+        }
+    }
+    m2.clear();
+    let ev = &out[m[0].1.clone()];
+    if !jcs::canonicalize_fast(ev, out2, Some(m2)) || !event_members_ok(out2, m2) {
+        return None;
+    }
+    let prev = &out[m[1].1.clone()];
+    let prev =
+        parse_hex32(std::str::from_utf8(prev.strip_prefix(b"\"")?.strip_suffix(b"\"")?).ok()?)?;
+    let seq = &out[m[2].1.clone()];
+    if !seq.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let seq: u64 = std::str::from_utf8(seq).ok()?.parse().ok()?;
+    let ts = out[m[3].1.clone()]
+        .strip_prefix(b"\"")?
+        .strip_suffix(b"\"")?;
+    if ts.contains(&b'\\') {
+        return None;
+    }
+    let ts = std::str::from_utf8(ts).ok()?.to_string();
+    if &out[m[4].1.clone()] != b"1" {
+        return None;
+    }
+    Some(LineInfo {
+        valid: true,
+        seq: Some(seq),
+        prev: Some(prev),
+        leaf: leaf_hash(out),
+        ts: Some(ts),
+    })
 }
 
 pub fn parse_hex32(s: &str) -> Option<Hash> {
@@ -130,6 +232,25 @@ mod tests {
         // Re-serialising (pretty, other key order) does not change the hash.
         let pretty = serde_json::to_vec_pretty(&v).unwrap();
         assert_eq!(parse_line(&pretty).leaf, info.leaf);
+        // The fast path and the general one agree.
+        let general = info_from_value(&v);
+        assert_eq!(
+            (general.leaf, general.seq, general.prev, general.ts),
+            (info.leaf, info.seq, info.prev, info.ts)
+        );
+        assert!(general.valid);
+        // Canonical events from producer lines, by either path.
+        let mut out = Vec::new();
+        canonical_event(br#"{"v":1,"type":"x","b":"\u00e9","a":1.50}"#, &mut out).unwrap();
+        assert_eq!(
+            out,
+            "{\"a\":1.5,\"b\":\"é\",\"type\":\"x\",\"v\":1}".as_bytes()
+        );
+        assert!(canonical_event(br#"{"v":1,"type":""}"#, &mut out).is_err());
+        assert!(canonical_event(br#"{"v":1.0,"type":"x"}"#, &mut out).is_ok());
+        assert!(canonical_event(br#"{"type":"x","v":1.0}"#, &mut out).is_ok());
+        assert!(canonical_event(br#"{"type":"x","v":2}"#, &mut out).is_err());
+        assert!(canonical_event(br#"{"type":7,"v":1}"#, &mut out).is_err());
     }
 
     #[test]

@@ -231,3 +231,365 @@ mod tests {
         assert_eq!(once, again);
     }
 }
+
+/// A member of a top-level object found by [`canonicalize_fast`]: where its key (without
+/// quotes) and its canonical value sit in the output.
+pub type Member = (std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// Canonicalize JSON text straight from its bytes, without building a tree: the common case
+/// (ASCII keys already in order, as every line this tool writes has them) costs one pass
+/// and no allocation. Returns false when the input needs the general path (keys out of
+/// order, escaped or non-ASCII keys, duplicate keys, `-0`) or is not valid JSON; callers
+/// then fall back to parsing a `serde_json::Value` and [`write`]. When `members` is given,
+/// the top-level object's members are recorded in it.
+pub fn canonicalize_fast(inp: &[u8], out: &mut Vec<u8>, members: Option<&mut Vec<Member>>) -> bool {
+    if std::str::from_utf8(inp).is_err() {
+        return false;
+    }
+    let mut p = Fast { s: inp, i: 0 };
+    out.clear();
+    if !p.value(out, members, 0) {
+        return false;
+    }
+    p.ws();
+    p.i == inp.len()
+}
+
+struct Fast<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+const MAX_DEPTH: usize = 128;
+
+impl Fast<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn value(
+        &mut self,
+        out: &mut Vec<u8>,
+        members: Option<&mut Vec<Member>>,
+        depth: usize,
+    ) -> bool {
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        self.ws();
+        match self.peek() {
+            Some(b'{') => self.object(out, members, depth),
+            Some(b'[') => {
+                self.i += 1;
+                out.push(b'[');
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    out.push(b']');
+                    return true;
+                }
+                loop {
+                    if !self.value(out, None, depth + 1) {
+                        return false;
+                    }
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => {
+                            self.i += 1;
+                            out.push(b',');
+                        }
+                        Some(b']') => {
+                            self.i += 1;
+                            out.push(b']');
+                            return true;
+                        }
+                        _ => return false,
+                    }
+                }
+            }
+            Some(b'"') => self.string(out).is_some(),
+            Some(b't') => self.lit(out, b"true"),
+            Some(b'f') => self.lit(out, b"false"),
+            Some(b'n') => self.lit(out, b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(out),
+            _ => false,
+        }
+    }
+
+    fn lit(&mut self, out: &mut Vec<u8>, w: &[u8]) -> bool {
+        if self.s[self.i..].starts_with(w) {
+            self.i += w.len();
+            out.extend_from_slice(w);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn object(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut members: Option<&mut Vec<Member>>,
+        depth: usize,
+    ) -> bool {
+        self.i += 1;
+        out.push(b'{');
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            out.push(b'}');
+            return true;
+        }
+        let mut prev_key: Option<std::ops::Range<usize>> = None;
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return false;
+            }
+            let k0 = out.len();
+            // Keys must be plain ASCII with no escapes, so byte order is UTF-16 order.
+            match self.string(out) {
+                Some(true) => {}
+                _ => return false,
+            }
+            let key = k0 + 1..out.len() - 1;
+            if !out[key.clone()].iter().all(|b| (0x20..0x7f).contains(b)) {
+                return false;
+            }
+            if let Some(pk) = &prev_key
+                && out[pk.clone()] >= out[key.clone()]
+            {
+                return false;
+            }
+            prev_key = Some(key.clone());
+            self.ws();
+            if self.peek() != Some(b':') {
+                return false;
+            }
+            self.i += 1;
+            out.push(b':');
+            let v0 = out.len();
+            if !self.value(out, None, depth + 1) {
+                return false;
+            }
+            if let Some(m) = members.as_deref_mut() {
+                m.push((key, v0..out.len()));
+            }
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.i += 1;
+                    out.push(b',');
+                }
+                Some(b'}') => {
+                    self.i += 1;
+                    out.push(b'}');
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// Copy a string in canonical form. `Some(true)` when it had no escapes.
+    fn string(&mut self, out: &mut Vec<u8>) -> Option<bool> {
+        self.i += 1;
+        out.push(b'"');
+        let mut plain = true;
+        let mut start = self.i;
+        loop {
+            let b = *self.s.get(self.i)?;
+            match b {
+                b'"' => {
+                    out.extend_from_slice(&self.s[start..self.i]);
+                    out.push(b'"');
+                    self.i += 1;
+                    return Some(plain);
+                }
+                0..=0x1f => return None,
+                b'\\' => {
+                    plain = false;
+                    out.extend_from_slice(&self.s[start..self.i]);
+                    self.i += 1;
+                    let e = *self.s.get(self.i)?;
+                    self.i += 1;
+                    let c: char = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let hi = self.hex4()?;
+                            if (0xD800..0xDC00).contains(&hi) {
+                                if self.s.get(self.i..self.i + 2)? != b"\\u" {
+                                    return None;
+                                }
+                                self.i += 2;
+                                let lo = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return None;
+                                }
+                                char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?
+                            } else {
+                                char::from_u32(hi)?
+                            }
+                        }
+                        _ => return None,
+                    };
+                    let mut tmp = [0u8; 4];
+                    let enc = c.encode_utf8(&mut tmp);
+                    // Re-escape exactly as RFC 8785 does.
+                    let mut one = Vec::new();
+                    write_string(&mut one, enc);
+                    out.extend_from_slice(&one[1..one.len() - 1]);
+                    start = self.i;
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let h = self.s.get(self.i..self.i + 4)?;
+        let v = u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()?;
+        if !h.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        self.i += 4;
+        Some(v)
+    }
+
+    fn number(&mut self, out: &mut Vec<u8>) -> bool {
+        let st = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        let d0 = self.i;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+        let int_digits = self.i - d0;
+        if int_digits == 0 || (int_digits > 1 && self.s[d0] == b'0') {
+            return false;
+        }
+        let mut plain_int = true;
+        if self.peek() == Some(b'.') {
+            plain_int = false;
+            self.i += 1;
+            let f0 = self.i;
+            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                self.i += 1;
+            }
+            if self.i == f0 {
+                return false;
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            plain_int = false;
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            let e0 = self.i;
+            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                self.i += 1;
+            }
+            if self.i == e0 {
+                return false;
+            }
+        }
+        let text = &self.s[st..self.i];
+        if plain_int && int_digits <= 15 {
+            if text == b"-0" {
+                out.push(b'0');
+            } else {
+                out.extend_from_slice(text);
+            }
+            return true;
+        }
+        let Some(f) = std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|f| f.is_finite())
+        else {
+            return false;
+        };
+        out.extend_from_slice(es_number(f).as_bytes());
+        true
+    }
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    fn slow(s: &str) -> Option<Vec<u8>> {
+        serde_json::from_str::<Value>(s).ok().map(|v| to_vec(&v))
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_general_one() {
+        let cases = [
+            r#"{"a":1,"b":[true,false,null,"x"],"c":{"d":-5,"e":2.50,"f":1e3}}"#,
+            r#" { "a" : "q\"\\\/\b\f\n\r\t\u0001\u00e9\ud83d\ude00\u2028" } "#,
+            r#"[1E30, 0.000001, 1e-7, 123456789012345678, -0, 0]"#,
+            r#"{"event":{"type":"x","v":1},"prev":"00","seq":3,"ts":"t","v":1}"#,
+            r#""plain""#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"{"é":1}"#,
+            r#"{"b":1,"a":2}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1,}"#,
+            r#"[1,2"#,
+            r#"{"a":"\ud800"}"#,
+            "{\"a\":\"\x01\"}",
+            r#"{"a":1} x"#,
+        ];
+        for c in cases {
+            let mut out = Vec::new();
+            if canonicalize_fast(c.as_bytes(), &mut out, None) {
+                assert_eq!(
+                    Some(out.clone()),
+                    slow(c),
+                    "{c}: {}",
+                    String::from_utf8_lossy(&out)
+                );
+            } else {
+                // Declined: the input is invalid or needs the general path; never wrong.
+                eprintln!("declined {c}");
+            }
+        }
+        let mut out = Vec::new();
+        assert!(canonicalize_fast(cases[0].as_bytes(), &mut out, None));
+        assert!(!canonicalize_fast(br#"{"b":1,"a":2}"#, &mut out, None));
+        assert!(!canonicalize_fast(br#"{"a":1,"a":2}"#, &mut out, None));
+        assert!(!canonicalize_fast(br#"{"a":01}"#, &mut out, None));
+    }
+
+    #[test]
+    fn members_are_recorded() {
+        let mut out = Vec::new();
+        let mut m = Vec::new();
+        assert!(canonicalize_fast(
+            br#"{"a": [1, 2], "b": "x"}"#,
+            &mut out,
+            Some(&mut m)
+        ));
+        assert_eq!(m.len(), 2);
+        assert_eq!(&out[m[0].0.clone()], b"a");
+        assert_eq!(&out[m[0].1.clone()], b"[1,2]");
+        assert_eq!(&out[m[1].1.clone()], b"\"x\"");
+    }
+}
