@@ -32,7 +32,7 @@ Commands:
 
 Options:
     --token-stdin          read the secret from standard input instead of importing or prompting
-    --no-validate          do not check the credential online
+    --no-validate          skip the online check (this version checks the format only)
     --name NAME            store under NAME instead of the provider's name
     --registry URL         npm: the registry the token is for (with --token-stdin or a prompt)
     --host HOST            ssh: the server; http: comma-separated host patterns
