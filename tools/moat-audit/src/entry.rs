@@ -43,12 +43,10 @@ pub fn build_raw(out: &mut Vec<u8>, seq: u64, ts: &str, prev: &Hash, event: &[u8
 /// Turn one producer line into a canonical event, or say why it is not a record.
 pub fn canonical_event(line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let mut members = Vec::with_capacity(8);
-    if jcs::canonicalize_fast(line, out, Some(&mut members)) {
-        if event_members_ok(out, &members) {
-            return Ok(());
-        }
-        // Fall through for the precise reason.
+    if jcs::canonicalize_fast(line, out, Some(&mut members)) && event_members_ok(out, &members) {
+        return Ok(());
     }
+    // Otherwise the general path, which also gives the precise reason.
     let v: Value = serde_json::from_slice(line).map_err(|e| format!("not a JSON record: {e}"))?;
     check_event(&v).map_err(|e| format!("not a record: {e}"))?;
     out.clear();
@@ -90,9 +88,9 @@ pub fn check_event(v: &Value) -> Result<(), &'static str> {
 
 /// Inspect one line of the log (without its newline).
 pub fn parse_line(line: &[u8]) -> LineInfo {
+    type Scratch = (Vec<u8>, Vec<jcs::Member>, Vec<u8>, Vec<jcs::Member>);
     thread_local! {
-        static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<jcs::Member>, Vec<u8>, Vec<jcs::Member>)> =
-            std::cell::RefCell::new(Default::default());
+        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Default::default());
     }
     let fast = SCRATCH.with(|s| {
         let (out, m, out2, m2) = &mut *s.borrow_mut();
