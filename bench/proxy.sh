@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# moat-proxy beside direct connections and beside squid with ssl-bump (Debian's
+# squid-openssl), on loopback against a local HTTPS origin (tools/moat-proxy/examples/
+# loadgen.rs). Prints, for each: small-request throughput at concurrency 1, 16 and 64,
+# p50/p99 latency at 64 with keep-alive and with a new connection per request, 1 MiB
+# download throughput, SSE time to first event, proxy CPU per request and RSS idle and
+# under load, then ratios against squid and against direct. It asserts nothing.
+#
+# usage: bench/proxy.sh [SECONDS-PER-MEASUREMENT]     (default 5)
+set -euo pipefail
+S=${1:-5}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+echo "building release moat-proxy and loadgen ..." >&2
+cargo build --release -q -p moat-proxy --bin moat-proxy --example loadgen
+P=$root/target/release/moat-proxy
+L=$root/target/release/examples/loadgen
+work=$(mktemp -d "${TMPDIR:-/tmp}/moat-proxy-bench.XXXXXX")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+export MOAT_HOME=$work/home
+
+# The origin takes 127.0.0.1:443 when it may (root), so squid, which dials bench.test:443
+# through its hosts_file, reaches it; otherwise a free port, and squid is skipped.
+start_origin() {
+	"$L" origin --name bench.test --ca-out "$work/origin-ca.pem" --listen "$1" >"$work/origin.addr" 2>/dev/null &
+	pids+=($!)
+	for _ in $(seq 50); do [ -s "$work/origin.addr" ] && return 0; kill -0 "${pids[-1]}" 2>/dev/null || return 1; sleep 0.1; done
+	return 1
+}
+start_origin 127.0.0.1:443 || start_origin 127.0.0.1:0
+origin=$(cat "$work/origin.addr")
+oport=${origin##*:}
+
+# moat-proxy, with a token, as a run uses it
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
+chmod 600 "$work/token"
+: | "$P" serve --listen 127.0.0.1:0 --rules - --token-file "$work/token" \
+	--connect-to "bench.test:443:127.0.0.1:$oport" --extra-ca "$work/origin-ca.pem" >"$work/moat.out" 2>"$work/moat.err" &
+moat_pid=$!
+pids+=($moat_pid)
+for _ in $(seq 50); do [ -s "$work/moat.out" ] && break; sleep 0.1; done
+moat_addr=$(sed -n '1s/.*"addr":"\([^"]*\)".*/\1/p' "$work/moat.out")
+moat_ca=$(sed -n '1s/.*"ca":"\([^"]*\)".*/\1/p' "$work/moat.out")
+
+# squid with ssl-bump, if installed
+squid_addr=""
+if [ "$oport" = 443 ] && [ -x /usr/sbin/squid ] && [ -x /usr/lib/squid/security_file_certgen ]; then
+	sq=$work/squid
+	mkdir -p "$sq"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench squid CA" \
+		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+		-keyout "$sq/ca.key" -out "$sq/ca.crt" >/dev/null 2>&1
+	cat "$sq/ca.crt" "$sq/ca.key" >"$sq/ca.pem"
+	/usr/lib/squid/security_file_certgen -c -s "$sq/ssl_db" -M 16MB >/dev/null 2>&1
+	echo "127.0.0.1 bench.test" >"$sq/hosts"
+	sport=$(( (RANDOM % 20000) + 30000 ))
+	cat >"$sq/squid.conf" <<CONF
+http_port 127.0.0.1:$sport ssl-bump generate-host-certificates=on dynamic_cert_mem_cache_size=16MB tls-cert=$sq/ca.pem
+sslcrtd_program /usr/lib/squid/security_file_certgen -s $sq/ssl_db -M 16MB
+sslcrtd_children 4
+ssl_bump bump all
+tls_outgoing_options cafile=$work/origin-ca.pem
+hosts_file $sq/hosts
+http_access allow all
+always_direct allow all
+cache deny all
+access_log none
+cache_log $sq/cache.log
+pid_filename $sq/squid.pid
+coredump_dir $sq
+cache_effective_user root
+workers 1
+CONF
+	/usr/sbin/squid -N -f "$sq/squid.conf" >"$sq/out" 2>&1 &
+	squid_pid=$!
+	pids+=($squid_pid)
+	for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$sport) 2>/dev/null && break; sleep 0.2; done
+	if kill -0 "$squid_pid" 2>/dev/null; then squid_addr=127.0.0.1:$sport; fi
+fi
+
+rss() { awk '/VmRSS/ {print int($2/1024)}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+json() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
+
+declare -A R
+run() { # name via-args... -> sets R[name.metric]
+	local name=$1; shift
+	local pid=${PID_OF[$name]:-}
+	local out
+	[ -n "$pid" ] && R[$name.rss_idle]=$(rss "$pid")
+	for c in 1 16 64; do
+		local t0 t1
+		[ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+		out=$("$L" load --url https://bench.test/small "$@" --concurrency $c --seconds "$S")
+		R[$name.rps$c]=$(json "$out" rps)
+		if [ $c = 64 ]; then
+			R[$name.p50]=$(json "$out" p50_us); R[$name.p99]=$(json "$out" p99_us)
+			if [ -n "$pid" ]; then
+				t1=$(cpu_ticks "$pid")
+				R[$name.cpu_us]=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$(json "$out" requests)" 'BEGIN { printf "%.0f", d / hz * 1e6 / n }')
+				R[$name.rss64]=$(rss "$pid")
+			fi
+		fi
+	done
+	out=$("$L" load --url https://bench.test/small "$@" --concurrency 64 --seconds "$S" --new-conn)
+	R[$name.nc_p50]=$(json "$out" p50_us); R[$name.nc_p99]=$(json "$out" p99_us); R[$name.nc_rps]=$(json "$out" rps)
+	out=$("$L" load --url https://bench.test/1m "$@" --concurrency 4 --seconds "$S")
+	R[$name.mib]=$(json "$out" mib_per_s)
+	out=$("$L" load --url https://bench.test/sse "$@" --concurrency 1 --seconds 2 --sse)
+	R[$name.sse_p50]=$(json "$out" p50_us)
+}
+
+declare -A PID_OF
+PID_OF[moat]=$moat_pid
+echo "measuring direct ..." >&2
+run direct --direct "$origin" --cacert "$work/origin-ca.pem"
+echo "measuring moat-proxy ..." >&2
+run moat --proxy "$moat_addr" --token "$(cat "$work/token")" --cacert "$moat_ca"
+names="direct moat"
+if [ -n "$squid_addr" ]; then
+	echo "measuring squid-openssl ssl-bump ..." >&2
+	PID_OF[squid]=$squid_pid
+	run squid --proxy "$squid_addr" --cacert "$sq/ca.crt"
+	names="direct moat squid"
+else
+	echo "squid-openssl not available; comparing with direct only" >&2
+fi
+
+printf '\n%-34s' "metric"; for n in $names; do printf '%14s' "$n"; done; echo
+for m in rps1 rps16 rps64 p50 p99 nc_rps nc_p50 nc_p99 mib sse_p50 cpu_us rss_idle rss64; do
+	printf '%-34s' "$m"
+	for n in $names; do printf '%14s' "${R[$n.$m]:--}"; done
+	echo
+done
+echo
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+echo "moat/direct rps64: $(ratio "${R[moat.rps64]}" "${R[direct.rps64]}")   1MiB: $(ratio "${R[moat.mib]}" "${R[direct.mib]}") (target >= 0.60)"
+echo "moat SSE first event - direct: $(( ${R[moat.sse_p50]%.*} - ${R[direct.sse_p50]%.*} )) us (target <= 1000)"
+echo "moat p99 at 64: ${R[moat.p99]} us (target < 10000); CPU/request: ${R[moat.cpu_us]} us (target <= 60); RSS idle ${R[moat.rss_idle]} MiB (< 15), at 64 ${R[moat.rss64]} MiB (< 40)"
+if [ -n "$squid_addr" ]; then
+	echo "moat/squid rps64: $(ratio "${R[moat.rps64]}" "${R[squid.rps64]}") (target >= 2)   CPU/request moat/squid: $(ratio "${R[moat.cpu_us]}" "${R[squid.cpu_us]:-0}")"
+fi

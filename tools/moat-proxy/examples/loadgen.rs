@@ -1,0 +1,270 @@
+//! Load generator and HTTPS origin for bench/proxy.sh.
+//!
+//! `loadgen origin --name bench.test --ca-out FILE` serves /small, /1m and /sse over TLS
+//! (HTTP/1.1) with a certificate from a CA made at start (written to FILE) and prints
+//! `ADDR` on stdout. `loadgen load --url https://bench.test/small (--direct ADDR | --proxy
+//! HOST:PORT [--token T]) --cacert FILE --concurrency N --seconds S [--new-conn] [--sse]`
+//! runs workers for S seconds and prints one JSON line of results.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("origin") => origin(&args).await,
+        Some("load") => load(&args).await,
+        _ => eprintln!("usage: loadgen origin|load ..."),
+    }
+}
+
+async fn origin(args: &[String]) {
+    let name = arg(args, "--name").unwrap_or("bench.test".into());
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut cp = rcgen::CertificateParams::default();
+    cp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    cp.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench origin CA");
+    let ca = cp.self_signed(&ca_key).unwrap();
+    std::fs::write(arg(args, "--ca-out").expect("--ca-out"), ca.pem()).unwrap();
+    let issuer = rcgen::Issuer::new(cp, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acc = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind(arg(args, "--listen").unwrap_or("127.0.0.1:0".into()))
+        .await
+        .unwrap();
+    println!("{}", l.local_addr().unwrap());
+    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    loop {
+        let Ok((tcp, _)) = l.accept().await else {
+            continue;
+        };
+        let acc = acc.clone();
+        let big = big.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(tls) = acc.accept(tcp).await else {
+                return;
+            };
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let big = big.clone();
+                    async move {
+                        let body = match req.uri().path() {
+                            "/1m" => Full::new(big).map_err(|n| match n {}).boxed_unsync(),
+                            "/sse" => {
+                                let s = futures_util::stream::unfold(0u8, |i| async move {
+                                    match i {
+                                        0 => Some((
+                                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+                                                b"data: first\n\n",
+                                            ))),
+                                            1,
+                                        )),
+                                        1 => {
+                                            tokio::time::sleep(Duration::from_millis(200)).await;
+                                            Some((
+                                                Ok(Frame::data(Bytes::from_static(
+                                                    b"data: end\n\n",
+                                                ))),
+                                                2,
+                                            ))
+                                        }
+                                        _ => None,
+                                    }
+                                });
+                                StreamBody::new(s).boxed_unsync()
+                            }
+                            _ => Full::new(Bytes::from_static(b"ok\n"))
+                                .map_err(|n| match n {})
+                                .boxed_unsync(),
+                        };
+                        Ok::<_, Infallible>(hyper::Response::new(body))
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+struct Opts {
+    url: http::Uri,
+    direct: Option<String>,
+    proxy: Option<String>,
+    token: Option<String>,
+    tls: tokio_rustls::TlsConnector,
+    new_conn: bool,
+    sse: bool,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(o: &Opts) -> Sender {
+    let host = o.url.host().unwrap().to_string();
+    let port = o.url.port_u16().unwrap_or(443);
+    let mut tcp =
+        tokio::net::TcpStream::connect(o.direct.as_deref().or(o.proxy.as_deref()).unwrap())
+            .await
+            .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    if o.proxy.is_some() {
+        let auth = o.token.as_ref().map(|t| {
+            use base64::Engine;
+            format!(
+                "Proxy-Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("moat:{t}"))
+            )
+        });
+        tcp.write_all(
+            format!(
+                "CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{}\r\n",
+                auth.unwrap_or_default()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    let tls = o.tls.connect(host.try_into().unwrap(), tcp).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn load(args: &[String]) {
+    let ca = std::fs::read(arg(args, "--cacert").expect("--cacert")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let o = Arc::new(Opts {
+        url: arg(args, "--url").expect("--url").parse().unwrap(),
+        direct: arg(args, "--direct"),
+        proxy: arg(args, "--proxy"),
+        token: arg(args, "--token"),
+        tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+        new_conn: args.iter().any(|a| a == "--new-conn"),
+        sse: args.iter().any(|a| a == "--sse"),
+    });
+    let conc: usize = arg(args, "--concurrency")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(1);
+    let secs: f64 = arg(args, "--seconds")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(5.0);
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let o = o.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lats = Vec::new();
+            let mut bytes = 0u64;
+            let mut send: Option<Sender> = None;
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                if o.new_conn || send.is_none() {
+                    send = Some(connect(&o).await);
+                }
+                let s = send.as_mut().unwrap();
+                let req = http::Request::get(o.url.path())
+                    .header("host", o.url.host().unwrap())
+                    .body(Empty::new())
+                    .unwrap();
+                let res = s.send_request(req).await.unwrap();
+                let mut body = res.into_body();
+                if o.sse {
+                    // time to the first event
+                    let f = body.frame().await.unwrap().unwrap();
+                    bytes += f.data_ref().map(|d| d.len() as u64).unwrap_or(0);
+                    lats.push(t0.elapsed());
+                    while let Some(Ok(f)) = body.frame().await {
+                        bytes += f.data_ref().map(|d| d.len() as u64).unwrap_or(0);
+                    }
+                    continue;
+                }
+                while let Some(f) = body.frame().await {
+                    bytes += f.unwrap().data_ref().map(|d| d.len() as u64).unwrap_or(0);
+                }
+                lats.push(t0.elapsed());
+            }
+            (lats, bytes)
+        }));
+    }
+    let mut lats = Vec::new();
+    let mut bytes = 0;
+    for t in tasks {
+        let (l, b) = t.await.unwrap();
+        lats.extend(l);
+        bytes += b;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    lats.sort();
+    let pct = |p: f64| {
+        lats.get(((lats.len() as f64 * p) as usize).min(lats.len().saturating_sub(1)))
+            .map(|d| d.as_micros())
+            .unwrap_or(0)
+    };
+    println!(
+        "{{\"requests\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"bytes\":{},\"mib_per_s\":{:.1}}}",
+        lats.len(),
+        lats.len() as f64 / wall,
+        pct(0.5),
+        pct(0.99),
+        bytes,
+        bytes as f64 / wall / 1048576.0
+    );
+}
