@@ -91,6 +91,13 @@ pub async fn serve_client(
     permit: OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
+    // hyper times out slow headers once a byte has arrived; a client that sends nothing
+    // at all would hold its connection slot forever.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(st.header_timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
     let permit = Arc::new(permit);
     let b = server_builder(&st, true);
     let st2 = st.clone();

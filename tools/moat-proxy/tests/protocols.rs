@@ -458,10 +458,12 @@ fn slow_clients_time_out_and_others_are_served() {
     let p = Proxy::start(&env, "", &["--connect-to", &ct, "--header-timeout", "1"]);
     let auth = basic("moat", &p.token);
     let mut slow = Vec::new();
-    for i in 0..50 {
+    for i in 0..60 {
         let mut s = TcpStream::connect(&p.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        if i % 2 == 0 {
+        if i % 3 == 2 {
+            // connects and sends nothing at all
+        } else if i % 3 == 0 {
             // slowloris: a request line and then nothing
             s.write_all(b"GET http://plain.example/ HTTP/1.1\r\nHost: plain.ex")
                 .unwrap();
