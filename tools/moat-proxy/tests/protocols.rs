@@ -509,3 +509,58 @@ fn slow_clients_time_out_and_others_are_served() {
         );
     }
 }
+
+#[test]
+fn fd_exhaustion_does_not_kill_the_accept_loop() {
+    let env = TestEnv::new();
+    let up = plain_upstream();
+    let ct = format!("plain.example:80:127.0.0.1:{}", up.port());
+    let p = Proxy::start_with(
+        &env,
+        Some(&["prlimit", "--nofile=48:48", "--"]),
+        "",
+        &["--connect-to", &ct, "--header-timeout", "30"],
+    );
+    // Hold more connections than the proxy has descriptors.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        if let Ok(mut s) = TcpStream::connect(&p.addr) {
+            std::thread::sleep(Duration::from_millis(5));
+            let _ = s.write_all(b"GET http://plain.example/ HTTP/1.1\r\n");
+            held.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = curl(
+            &env,
+            &[
+                "-x",
+                &p.url(),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://plain.example/",
+            ],
+        );
+        if r.stdout == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the proxy did not recover: {} {}",
+            r.stdout,
+            r.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let err = p.stderr.lock().unwrap().clone();
+    assert!(
+        err.contains("accepting a connection"),
+        "EMFILE was never hit; the test proves nothing: {err}"
+    );
+}

@@ -460,6 +460,16 @@ pub fn inject_rule(grant: &str, hosts: &[&str], header: &str, value: &str) -> St
 impl Proxy {
     /// Start with a token, the given rules on stdin and extra args.
     pub fn start(env: &TestEnv, rules: &str, args: &[&str]) -> Proxy {
+        Proxy::start_with(env, None, rules, args)
+    }
+
+    /// Start under a wrapper program (e.g. `prlimit --nofile=64:64 --`).
+    pub fn start_with(
+        env: &TestEnv,
+        wrapper: Option<&[&str]>,
+        rules: &str,
+        args: &[&str],
+    ) -> Proxy {
         let token = format!("tok{}", moat_core::hex(&moat_core::random_bytes::<16>()));
         let tf = env.path().join(format!(
             "token-{}",
@@ -493,18 +503,25 @@ impl Proxy {
             trace.display().to_string(),
         ]);
         all.extend(args.iter().map(|s| s.to_string()));
-        Proxy::spawn(env, rules, &all, token, trace)
+        let cmd = match wrapper {
+            None => env.cmd("moat-proxy"),
+            Some(w) => {
+                let mut c = env.program(w[0]);
+                c.args(&w[1..]).arg(moat_testkit::bin("moat-proxy"));
+                c
+            }
+        };
+        Proxy::spawn(cmd, rules, &all, token, trace)
     }
 
     pub fn spawn(
-        env: &TestEnv,
+        mut cmd: Command,
         rules: &str,
         args: &[String],
         token: String,
         trace: PathBuf,
     ) -> Proxy {
-        let mut child = env
-            .cmd("moat-proxy")
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
