@@ -90,7 +90,7 @@ pub fn follow(store: &Store, id: &str, from_start: bool) -> Result<i32> {
     rt.block_on(async {
         let mut first_int: Option<Instant> = None;
         let mut stopping = false;
-        let mut tick = tokio::time::interval(Duration::from_millis(25));
+        let mut tick = tokio::time::interval(Duration::from_millis(15));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}

@@ -298,10 +298,15 @@ pub fn stop_run(store: &Store, id: &str) -> Result<()> {
             }
         })?;
     }
-    // The supervisor records the end; wait for it (bounded), or reconcile if it is gone.
-    for _ in 0..300 {
+    // The supervisor records the end and releases the container and network; wait for it
+    // (bounded), or reconcile if it is gone.
+    for _ in 0..400 {
         let m = store.load(id)?;
         if m.state.is_terminal() {
+            if m.supervisor_pid.is_some_and(|p| supervisor_alive(p, id)) {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             return Ok(());
         }
         if m.supervisor_pid.is_none_or(|p| !supervisor_alive(p, id)) {

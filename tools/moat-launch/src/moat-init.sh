@@ -15,40 +15,42 @@ addr=${MOAT_PROXY_ADDR:-}
 ip=${addr%:*}
 port=${addr##*:}
 
-# Docker's embedded resolver (127.0.0.11) forwards to the host's resolvers: no DNS at all.
-firewall() {
-	t=$1
-	$t -w 5 -P OUTPUT DROP &&
-		$t -w 5 -F OUTPUT &&
-		$t -w 5 -A OUTPUT -d 127.0.0.11 -j DROP &&
-		$t -w 5 -A OUTPUT -o lo -j ACCEPT &&
-		$t -w 5 -A OUTPUT -p tcp -d "$ip" --dport "$port" -j ACCEPT &&
-		$t -w 5 -A OUTPUT -m state --state ESTABLISHED,RELATED -j ACCEPT
-}
-firewall6() {
-	t=$1
-	$t -w 5 -P OUTPUT DROP &&
-		$t -w 5 -F OUTPUT &&
-		$t -w 5 -A OUTPUT -o lo -j ACCEPT
-}
-
+# One atomic ruleset per family: loopback (but not Docker's embedded resolver at 127.0.0.11,
+# which forwards to the host's resolvers), replies, and the proxy's address and port.
+rules4="*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT DROP [0:0]
+-A OUTPUT -d 127.0.0.11/32 -j DROP
+-A OUTPUT -o lo -j ACCEPT
+-A OUTPUT -d $ip/32 -p tcp -m tcp --dport $port -j ACCEPT
+-A OUTPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+"
+rules6="*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT DROP [0:0]
+-A OUTPUT -o lo -j ACCEPT
+COMMIT
+"
 ok=
-for t in iptables iptables-legacy; do
-	if command -v $t >/dev/null 2>&1 && firewall $t 2>/dev/null; then
-		ok=$t
+for t in iptables-restore iptables-legacy-restore; do
+	if command -v $t >/dev/null 2>&1 && printf '%s' "$rules4" | $t -w 5 2>/dev/null; then
+		ok=1
 		break
 	fi
 done
 [ -n "$ok" ] || die "cannot set the network firewall (iptables failed); refusing to start"
 if [ -e /proc/net/if_inet6 ]; then
-	ok6=
-	for t in ip6tables ip6tables-legacy; do
-		if command -v $t >/dev/null 2>&1 && firewall6 $t 2>/dev/null; then
-			ok6=1
+	ok=
+	for t in ip6tables-restore ip6tables-legacy-restore; do
+		if command -v $t >/dev/null 2>&1 && printf '%s' "$rules6" | $t -w 5 2>/dev/null; then
+			ok=1
 			break
 		fi
 	done
-	[ -n "$ok6" ] || die "cannot set the IPv6 firewall (ip6tables failed); refusing to start"
+	[ -n "$ok" ] || die "cannot set the IPv6 firewall (ip6tables failed); refusing to start"
 fi
 
 # The moat CA (public certificate only), trusted by the system store for this container.

@@ -24,6 +24,16 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+/// `MOAT_LAUNCH_TIMING=1`: phase timings on the supervisor's stderr (launch.log).
+fn phase(what: &str) {
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let t0 = *START.get_or_init(std::time::Instant::now);
+    if std::env::var_os("MOAT_LAUNCH_TIMING").is_some() {
+        eprintln!("moat: timing: {:>6} ms {what}", t0.elapsed().as_millis());
+    }
+}
+
 /// Find a sibling tool: next to this binary first, then on PATH.
 pub fn tool(name: &str) -> PathBuf {
     if let Ok(exe) = std::env::current_exe()
@@ -275,15 +285,18 @@ pub async fn supervise(id: &str) -> Result<()> {
             (State::Failed, Some(msg), None, Some(e.code))
         }
     };
-    release(&mut res).await;
+    // The proxy goes first so its last events reach the audit log; the run is recorded as
+    // ended (and a following CLI returns) before Docker's clean-up, which takes a moment.
+    stop_proxy(&mut res).await;
     if let Some(a) = res.audit.take() {
         a.event(
             "run_ended",
             serde_json::json!({"run": id, "state": state.as_str(), "exit_code": exit_code, "reason": reason}),
         );
         a.finish().await;
+        phase("audit finished");
     }
-    store.update(id, |m| {
+    let recorded = store.update(id, |m| {
         m.exit_code = exit_code;
         m.error_code = error_code;
         if !m.state.is_terminal() {
@@ -291,8 +304,19 @@ pub async fn supervise(id: &str) -> Result<()> {
             m.reason = reason.clone();
             m.stopped_at = Some(now_rfc3339());
         }
-    })?;
-    Ok(())
+    });
+    release(&mut res).await;
+    phase("released");
+    recorded.map(|_| ())
+}
+
+async fn stop_proxy(r: &mut Resources) {
+    if let Some(mut p) = r.proxy.take() {
+        terminate(&mut p).await;
+    }
+    if let Some(pump) = r.proxy_pump.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+    }
 }
 
 async fn release(r: &mut Resources) {
@@ -313,12 +337,7 @@ async fn release(r: &mut Resources) {
             remove_network(d, &n).await;
         }
     }
-    if let Some(mut p) = r.proxy.take() {
-        terminate(&mut p).await;
-    }
-    if let Some(pump) = r.proxy_pump.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
-    }
+    stop_proxy(r).await;
 }
 
 pub async fn remove_network(d: &Docker, n: &str) {
@@ -429,6 +448,7 @@ async fn lifecycle(
     res: &mut Resources,
 ) -> Result<i64> {
     let dir = store.dir(id);
+    phase("supervisor");
     res.audit = Audit::start(id);
     let rules = grant_rules(&spec.grants).await?;
     if !rules.ssh.is_empty() {
@@ -442,8 +462,10 @@ async fn lifecycle(
         }
     }
 
+    phase("grants");
     let d = docker::connect().await?;
     res.docker = Some(d.clone());
+    phase("docker connected");
     let runtime = if spec.sandbox {
         if docker::has_runsc(&d).await? {
             Some("runsc".to_string())
@@ -486,6 +508,7 @@ async fn lifecycle(
         .and_then(|c| c.into_iter().find_map(|c| c.gateway))
         .ok_or_else(|| Error::unavailable("the run's network has no gateway address"))?;
     let gateway = gateway.split('/').next().unwrap_or(&gateway).to_string();
+    phase("network");
 
     // The image: worked out first, so the proxy knows whether this run builds.
     let ca_path = home.ca_dir().join("ca.crt");
@@ -501,6 +524,7 @@ async fn lifecycle(
     let mut err = std::io::stderr();
     let ctx = image::prepare(&d, spec, ca_pem.as_deref(), &mut err).await?;
     moat_core::fsutil::write_atomic(&dir.join("Dockerfile"), ctx.dockerfile.as_bytes(), 0o644)?;
+    phase("image prepared");
     let needs_build = spec.rebuild || docker::image_id(&d, &ctx.tag).await?.is_none();
 
     // The proxy, listening on the gateway: reachable from this network only.
@@ -588,6 +612,7 @@ async fn lifecycle(
             Error::unavailable(format!("moat-proxy reported an odd address {addr:?}"))
         })?;
     let proxy_url = format!("http://moat:{token}@{pip}:{pport}");
+    phase("proxy listening");
     store.update(id, |m| {
         m.proxy_addr = Some(addr.clone());
         m.proxy_pid = proxy_pid;
@@ -675,7 +700,8 @@ async fn lifecycle(
         memory: spec.memory_mb.map(|m| (m * 1024 * 1024) as i64),
         nano_cpus: spec.cpus.map(|c| i64::from(c) * 1_000_000_000),
         runtime: runtime.clone(),
-        init: Some(false),
+        // tini as PID 1: signals reach the command (a shell as PID 1 ignores SIGTERM).
+        init: Some(true),
         ..Default::default()
     };
     let body = bollard::models::ContainerCreateBody {
@@ -700,6 +726,7 @@ async fn lifecycle(
         .await
         .map_err(|e| docker::err("creating the container", e))?;
     res.container = Some(created.id.clone());
+    phase("container created");
     store.update(id, |m| m.container_id = Some(created.id.clone()))?;
     if store.load(id)?.state == State::Stopping {
         return Err(Error::new(moat_core::exit::OK, "stopped before it started"));
@@ -723,13 +750,16 @@ async fn lifecycle(
         );
     }
 
+    phase("container started");
     let logs = tokio::spawn(capture_logs(
         d.clone(),
         created.id.clone(),
         dir.join("logs.jsonl"),
     ));
     let code = wait_exit(&d, &created.id).await?;
+    phase("container exited");
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
+    phase("logs drained");
     Ok(code)
 }
 
