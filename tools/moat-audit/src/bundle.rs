@@ -358,5 +358,14 @@ pub fn read(path: &str) -> Result<Bundle> {
         }
         std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?
     };
+    match crate::jcs::has_duplicate_keys(&bytes) {
+        Some(false) => {}
+        Some(true) => {
+            return Err(Error::data(format!(
+                "{path}: not a bundle: an object has the same key twice"
+            )));
+        }
+        None => {}
+    }
     serde_json::from_slice(&bytes).map_err(|e| Error::data(format!("{path}: not a bundle: {e}")))
 }

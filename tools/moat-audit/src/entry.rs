@@ -100,7 +100,15 @@ pub fn parse_line(line: &[u8]) -> LineInfo {
         return info;
     }
     match serde_json::from_slice::<Value>(line) {
-        Ok(v) => info_from_value(&v),
+        Ok(v) => {
+            let mut info = info_from_value(&v);
+            // The writer writes canonical lines; any other spelling of an entry (duplicate
+            // keys that a parser would silently merge, reordered keys, spaces) is a change.
+            if info.valid && jcs::to_vec(&v) != line {
+                info.valid = false;
+            }
+            info
+        }
         Err(_) => LineInfo {
             valid: false,
             seq: None,
@@ -147,7 +155,7 @@ fn fast_info(
     m2: &mut Vec<jcs::Member>,
 ) -> Option<LineInfo> {
     m.clear();
-    if !jcs::canonicalize_fast(line, out, Some(m)) || m.len() != 5 {
+    if !jcs::canonicalize_fast(line, out, Some(m)) || m.len() != 5 || out[..] != line[..] {
         return None;
     }
     let keys: [&[u8]; 5] = [b"event", b"prev", b"seq", b"ts", b"v"];
@@ -227,9 +235,20 @@ mod tests {
         assert_eq!(info.seq, Some(7));
         assert_eq!(info.prev, Some([0xab; 32]));
         assert_eq!(info.leaf, leaf_hash(&buf));
-        // Re-serialising (pretty, other key order) does not change the hash.
+        // Re-serialising (pretty, other key order) does not change the hash, but a log line
+        // must be the canonical form itself.
         let pretty = serde_json::to_vec_pretty(&v).unwrap();
         assert_eq!(parse_line(&pretty).leaf, info.leaf);
+        assert!(!parse_line(&pretty).valid);
+        let dup = String::from_utf8(buf.clone()).unwrap().replacen(
+            "\"grant\":",
+            "\"host\":\"evil.example\",\"grant\":",
+            1,
+        );
+        assert!(
+            !parse_line(dup.as_bytes()).valid,
+            "duplicate keys are not an entry"
+        );
         // The fast path and the general one agree.
         let general = info_from_value(&v);
         assert_eq!(

@@ -246,7 +246,12 @@ pub fn canonicalize_fast(inp: &[u8], out: &mut Vec<u8>, members: Option<&mut Vec
     if std::str::from_utf8(inp).is_err() {
         return false;
     }
-    let mut p = Fast { s: inp, i: 0 };
+    let mut p = Fast {
+        s: inp,
+        i: 0,
+        any_order: false,
+        dup: false,
+    };
     out.clear();
     if !p.value(out, members, 0) {
         return false;
@@ -255,9 +260,31 @@ pub fn canonicalize_fast(inp: &[u8], out: &mut Vec<u8>, members: Option<&mut Vec
     p.i == inp.len()
 }
 
+/// Does this JSON text have an object with the same key twice (after unescaping)? Parsers
+/// keep one of the two silently, and not all keep the same one, so bundles that do are
+/// refused. `None` when the text is not valid JSON.
+pub fn has_duplicate_keys(inp: &[u8]) -> Option<bool> {
+    std::str::from_utf8(inp).ok()?;
+    let mut p = Fast {
+        s: inp,
+        i: 0,
+        any_order: true,
+        dup: false,
+    };
+    let mut out = Vec::new();
+    if !p.value(&mut out, None, 0) {
+        return None;
+    }
+    p.ws();
+    (p.i == inp.len()).then_some(p.dup)
+}
+
 struct Fast<'a> {
     s: &'a [u8],
     i: usize,
+    /// Accept keys in any order and any spelling (only noting duplicates in `dup`).
+    any_order: bool,
+    dup: bool,
 }
 
 const MAX_DEPTH: usize = 128;
@@ -347,27 +374,31 @@ impl Fast<'_> {
             return true;
         }
         let mut prev_key: Option<std::ops::Range<usize>> = None;
+        let mut seen: Vec<Vec<u8>> = Vec::new();
         loop {
             self.ws();
             if self.peek() != Some(b'"') {
                 return false;
             }
             let k0 = out.len();
-            // Keys must be plain ASCII with no escapes, so byte order is UTF-16 order.
-            match self.string(out) {
-                Some(true) => {}
+            let key = match self.string(out) {
+                Some(plain) if self.any_order || plain => k0 + 1..out.len() - 1,
                 _ => return false,
+            };
+            if self.any_order {
+                seen.push(out[key.clone()].to_vec());
+            } else {
+                // Keys must be plain ASCII with no escapes, so byte order is UTF-16 order.
+                if !out[key.clone()].iter().all(|b| (0x20..0x7f).contains(b)) {
+                    return false;
+                }
+                if let Some(pk) = &prev_key
+                    && out[pk.clone()] >= out[key.clone()]
+                {
+                    return false;
+                }
+                prev_key = Some(key.clone());
             }
-            let key = k0 + 1..out.len() - 1;
-            if !out[key.clone()].iter().all(|b| (0x20..0x7f).contains(b)) {
-                return false;
-            }
-            if let Some(pk) = &prev_key
-                && out[pk.clone()] >= out[key.clone()]
-            {
-                return false;
-            }
-            prev_key = Some(key.clone());
             self.ws();
             if self.peek() != Some(b':') {
                 return false;
@@ -390,6 +421,10 @@ impl Fast<'_> {
                 Some(b'}') => {
                     self.i += 1;
                     out.push(b'}');
+                    if self.any_order {
+                        seen.sort_unstable();
+                        self.dup |= seen.windows(2).any(|w| w[0] == w[1]);
+                    }
                     return true;
                 }
                 _ => return false,
@@ -576,6 +611,100 @@ mod fast_tests {
         assert!(!canonicalize_fast(br#"{"b":1,"a":2}"#, &mut out, None));
         assert!(!canonicalize_fast(br#"{"a":1,"a":2}"#, &mut out, None));
         assert!(!canonicalize_fast(br#"{"a":01}"#, &mut out, None));
+    }
+
+    /// Random JSON documents, written compactly and pretty: the fast path (when it accepts)
+    /// and the general path give the same bytes, and canonical output is a fixed point.
+    #[test]
+    fn random_documents_round_trip() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        const CHARS: &[char] = &[
+            'a',
+            'Z',
+            '0',
+            ' ',
+            '"',
+            '\\',
+            '/',
+            '\n',
+            '\t',
+            '\u{1}',
+            '\u{1f}',
+            '\u{7f}',
+            'é',
+            '\u{2028}',
+            '\u{ffff}',
+            '\u{e000}',
+            '😀',
+            '\u{10ffff}',
+        ];
+        fn random_value(r: &mut dyn FnMut(u64) -> u64, depth: u32) -> Value {
+            let s = |r: &mut dyn FnMut(u64) -> u64| -> String {
+                (0..r(6))
+                    .map(|_| CHARS[r(CHARS.len() as u64) as usize])
+                    .collect()
+            };
+            match if depth > 3 { r(4) } else { r(7) } {
+                0 => Value::Null,
+                1 => Value::Bool(r(2) == 1),
+                2 => Value::String(s(r)),
+                3 => match r(4) {
+                    0 => Value::from(r(1 << 20) as i64 - (1 << 19)),
+                    1 => Value::from(r(u64::MAX)),
+                    2 => Value::from((r(1 << 30) as f64 - 5e8) / (r(1000) + 1) as f64),
+                    _ => Value::from(f64::from_bits(r(0x7fe0_0000_0000_0000))),
+                },
+                4 | 5 => Value::Object(
+                    (0..r(5))
+                        .map(|_| (s(r), random_value(r, depth + 1)))
+                        .collect(),
+                ),
+                _ => Value::Array((0..r(4)).map(|_| random_value(r, depth + 1)).collect()),
+            }
+        }
+        let mut fast = 0;
+        for _ in 0..2000 {
+            let v = random_value(&mut rnd, 0);
+            let want = to_vec(&v);
+            let back: Value = serde_json::from_slice(&want).unwrap();
+            assert_eq!(to_vec(&back), want, "canonical form is a fixed point");
+            for text in [
+                serde_json::to_vec(&v).unwrap(),
+                serde_json::to_vec_pretty(&v).unwrap(),
+            ] {
+                let mut out = Vec::new();
+                if canonicalize_fast(&text, &mut out, None) {
+                    assert_eq!(out, want, "{}", String::from_utf8_lossy(&text));
+                }
+                assert_eq!(to_vec(&serde_json::from_slice(&text).unwrap()), want);
+            }
+            let mut out = Vec::new();
+            if canonicalize_fast(&want, &mut out, None) {
+                assert_eq!(out, want);
+                fast += 1;
+            }
+        }
+        assert!(fast > 500, "the fast path took only {fast} of 2000");
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_however_spelled() {
+        assert_eq!(
+            has_duplicate_keys(br#"{"a":1,"b":{"c":1,"c":2}}"#),
+            Some(true)
+        );
+        assert_eq!(has_duplicate_keys(br#"{"a":1,"\u0061":2}"#), Some(true));
+        assert_eq!(
+            has_duplicate_keys(r#"{"b":1,"a":[{"a":1}],"é":2}"#.as_bytes()),
+            Some(false)
+        );
+        assert_eq!(has_duplicate_keys(br#"{"a":1"#), None);
     }
 
     #[test]

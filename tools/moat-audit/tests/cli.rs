@@ -18,6 +18,7 @@ fn events(n: usize) -> String {
     }
     s.push_str("{\"v\":1,\"type\":\"ssh_sign\",\"allowed\":false,\"host\":\"evil.example\",\"fingerprint\":\"SHA256:abc\",\"reason\":\"host not granted\"}\n");
     s.push_str("{\"v\":1,\"type\":\"some_future_type\",\"x\":[1,2.5,{\"é\":null}]}\n");
+    s.push_str("{\"v\":1,\"type\":\"policy_denied\",\"message\":\"quote \\\" backslash \\\\ tab \\t ctl \\u0001 ls \\u2028 emoji \\ud83d\\ude00 é\",\"n\":1e21,\"f\":0.1}\n");
     s.push_str("{\"v\":1,\"type\":\"run_ended\",\"exit_code\":0}\n");
     s
 }
@@ -37,8 +38,8 @@ fn append_then_verify() {
     append(&env, RUN, &events(20));
     let r = env.run("moat-audit", &["verify", RUN]);
     r.success()
-        .stdout_has("entries      24")
-        .stdout_has("tree size    24")
+        .stdout_has("entries      25")
+        .stdout_has("tree size    25")
         .stdout_has("verdict      intact");
     let r = env.run("moat-audit", &[RUN, "--json"]);
     r.success();
@@ -47,8 +48,8 @@ fn append_then_verify() {
     let rec = &recs[0];
     assert_eq!(rec.kind, "audit_report");
     assert_eq!(rec.str("verdict"), Some("intact"));
-    assert_eq!(rec.get("entries").unwrap(), 24);
-    assert_eq!(rec.get("tree_size").unwrap(), 24);
+    assert_eq!(rec.get("entries").unwrap(), 25);
+    assert_eq!(rec.get("tree_size").unwrap(), 25);
     assert_eq!(rec.str("root").unwrap().len(), 64);
     // The key files: private 0600, public readable, the public one a verifier key line.
     use std::os::unix::fs::PermissionsExt;
@@ -71,7 +72,7 @@ fn append_then_verify() {
     );
     env.run("moat-audit", &[RUN])
         .success()
-        .stdout_has("entries      25");
+        .stdout_has("entries      26");
 }
 
 #[test]
@@ -153,7 +154,7 @@ fn a_torn_last_line_passes_with_a_note_and_the_next_writer_repairs_it() {
     r.success().stderr_has("cut an incomplete last line");
     let out = env.run("moat-audit", &[RUN]);
     out.success()
-        .stdout_has("entries      8")
+        .stdout_has("entries      9")
         .stdout_lacks("note");
 }
 
@@ -238,7 +239,7 @@ fn export_and_verify_bundle_with_the_local_key() {
         .success();
     env.run("moat-audit", &["verify-bundle", "all.json"])
         .success()
-        .stdout_has("entries      54")
+        .stdout_has("entries      55")
         .stdout_has("intact");
     // Selected entries with inclusion proofs; the other spelling of export.
     env.run(
@@ -288,8 +289,31 @@ fn export_and_verify_bundle_with_the_local_key() {
         .exit(1)
         .stderr_has("modified at entry 31");
     // An entry past the last checkpoint cannot be proven.
-    env.run("moat-audit", &[RUN, "--export", "x.json", "--entry", "54"])
+    env.run("moat-audit", &[RUN, "--export", "x.json", "--entry", "55"])
         .exit(64);
+    // A bundle pretty-printed by some other tool still verifies: entries are hashed in
+    // their canonical form, not as spelled.
+    let v: serde_json::Value = serde_json::from_str(&all).unwrap();
+    std::fs::write(
+        env.path().join("pretty.json"),
+        serde_json::to_string_pretty(&v).unwrap(),
+    )
+    .unwrap();
+    env.run("moat-audit", &["verify-bundle", "pretty.json"])
+        .success();
+    // Duplicate keys are refused, whichever copy a parser would keep.
+    std::fs::write(
+        env.path().join("dup.json"),
+        all.replacen(
+            "\"grant\":\"github\"",
+            "\"grant\":\"evil\",\"grant\":\"github\"",
+            1,
+        ),
+    )
+    .unwrap();
+    env.run("moat-audit", &["verify-bundle", "dup.json"])
+        .exit(65)
+        .stderr_has("same key twice");
 }
 
 #[test]
