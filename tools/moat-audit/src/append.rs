@@ -35,6 +35,9 @@ pub struct Summary {
     pub skipped: u64,
     pub size: u64,
     pub checkpoints: u64,
+    /// The last signed checkpoint, for a caller to keep elsewhere as a witness.
+    pub checkpoint: String,
+    pub root: Hash,
 }
 
 struct Writer {
@@ -47,6 +50,7 @@ struct Writer {
     last_cp: Option<u64>,
     buf: Vec<u8>,
     written_cps: u64,
+    last_note: String,
 }
 
 impl Writer {
@@ -90,6 +94,8 @@ impl Writer {
             .map_err(|e| Error::io("writing a checkpoint", e))?;
         self.last_cp = Some(cp.size);
         self.written_cps += 1;
+        text.pop();
+        self.last_note = text;
         Ok(())
     }
 }
@@ -181,6 +187,8 @@ pub fn run(home: &MoatHome, opts: &Options, input: impl Read + Send + 'static) -
     }
     summary.size = w.frontier.size();
     summary.checkpoints = w.written_cps;
+    summary.root = w.frontier.root();
+    summary.checkpoint = std::mem::take(&mut w.last_note);
     Ok(summary)
 }
 
@@ -292,5 +300,6 @@ fn recover(home: &MoatHome, run: &str, signer: NoteSigner) -> Result<Writer> {
         last_cp: state.last_checkpoint_size.filter(|_| !notes.is_empty()),
         buf: Vec::with_capacity(512),
         written_cps: 0,
+        last_note: notes.last().map(|n| n.to_string()).unwrap_or_default(),
     })
 }

@@ -67,15 +67,17 @@ fn b64s(hs: &[Hash]) -> Vec<String> {
 /// Build a bundle from a run's log, which must verify first.
 pub fn export(home: &MoatHome, run: &str, select: Option<&[u64]>) -> Result<Bundle> {
     let key = store::pinned_key(home)?.ok_or_else(no_key_error)?;
-    let log_path = store::log_path(home, run);
-    let log = std::fs::read(&log_path)
-        .map_err(|e| Error::io(format!("reading {}", log_path.display()), e))?;
+    // Checkpoints first, then the log: a writer still appending makes the log durable
+    // before it signs, so the log read second always holds what those checkpoints cover.
     let cp_path = store::checkpoints_path(home, run);
     let cps = match std::fs::read_to_string(&cp_path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(Error::io(format!("reading {}", cp_path.display()), e)),
     };
+    let log_path = store::log_path(home, run);
+    let log = std::fs::read(&log_path)
+        .map_err(|e| Error::io(format!("reading {}", log_path.display()), e))?;
     let (notes, torn_cp) = note::split_checkpoints_file(&cps);
     let origin = store::origin(run);
     let mut v = Verifier::new(&origin, &notes, &key).keep_leaves();

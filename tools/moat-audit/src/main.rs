@@ -31,8 +31,22 @@ fn run() -> Result<()> {
                 interval,
                 every,
             };
-            append::run(&home, &opts, std::io::stdin())?;
-            Ok(())
+            let s = append::run(&home, &opts, std::io::stdin())?;
+            // One record when the input ends: what was signed last, so a caller (the
+            // launcher) can keep it elsewhere and later notice a log rolled back behind it.
+            let mut out = std::io::stdout().lock();
+            moat_core::jsonl::emit(
+                &mut out,
+                "audit_closed",
+                &serde_json::json!({
+                    "run": opts.run,
+                    "appended": s.appended,
+                    "skipped": s.skipped,
+                    "tree_size": s.size,
+                    "root": moat_core::hex(&s.root),
+                    "checkpoint": s.checkpoint,
+                }),
+            )
         }
         Command::Verify { run, json } => verify_run(run.as_deref(), json),
         Command::Export { run, out, entries } => {

@@ -35,7 +35,17 @@ fn audit_dir(env: &TestEnv, run: &str) -> std::path::PathBuf {
 #[test]
 fn append_then_verify() {
     let env = TestEnv::new();
-    append(&env, RUN, &events(20));
+    let a = env.run_stdin(
+        "moat-audit",
+        &["append", "--run", RUN],
+        events(20).as_bytes(),
+    );
+    a.success();
+    let closed = &a.records()[0];
+    assert_eq!(closed.kind, "audit_closed");
+    assert_eq!(closed.get("appended").unwrap(), 25);
+    assert_eq!(closed.get("tree_size").unwrap(), 25);
+    assert!(closed.str("checkpoint").unwrap().contains("\n25\n"));
     let r = env.run("moat-audit", &["verify", RUN]);
     r.success()
         .stdout_has("entries      25")
@@ -51,6 +61,7 @@ fn append_then_verify() {
     assert_eq!(rec.get("entries").unwrap(), 25);
     assert_eq!(rec.get("tree_size").unwrap(), 25);
     assert_eq!(rec.str("root").unwrap().len(), 64);
+    assert_eq!(rec.str("root"), closed.str("root"));
     // The key files: private 0600, public readable, the public one a verifier key line.
     use std::os::unix::fs::PermissionsExt;
     let k = std::fs::metadata(env.moat_home.join("audit/signing.key")).unwrap();
