@@ -74,6 +74,19 @@ impl Injector {
             .collect()
     }
 
+    /// The injected values for a destination, as byte strings to mask in responses.
+    pub fn secrets(&self, host: &str, port: u16, tls: bool) -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = self
+            .rules
+            .iter()
+            .filter(|r| rule_matches(&r.patterns, host, port, tls))
+            .flat_map(|r| crate::redact::secrets_of(r.value.as_bytes()))
+            .collect();
+        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        v.dedup();
+        v
+    }
+
     /// Inject into `headers` for a request to `host:port`; returns the grants used.
     /// When two rules set the same header, the first one (in rules order) wins.
     pub fn apply(&self, headers: &mut HeaderMap, host: &str, port: u16, tls: bool) -> Vec<String> {

@@ -751,8 +751,22 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         inner: body,
         ctx: Some(ctx.clone()),
         outbound: true,
-    }
-    .boxed_unsync();
+    };
+    let body = if grants.is_empty() {
+        body.boxed_unsync()
+    } else {
+        // The request carried a credential: mask it wherever the response reflects it.
+        let secrets = Arc::new(st.injector.secrets(&t.host, t.port, t.tls));
+        for v in parts.headers.values_mut() {
+            let mut b = v.as_bytes().to_vec();
+            if crate::redact::mask(&mut b, &secrets)
+                && let Ok(nv) = HeaderValue::from_bytes(&b)
+            {
+                *v = nv;
+            }
+        }
+        crate::redact::Redact::new(body, secrets).boxed_unsync()
+    };
     finish(ctx, Response::from_parts(parts, body))
 }
 
