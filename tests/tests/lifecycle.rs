@@ -253,3 +253,117 @@ fn an_orphaned_run_is_reconciled_by_the_next_command() {
         "container left behind"
     );
 }
+
+#[test]
+fn interactive_runs_get_a_tty_and_stdin() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let r = m.run_timeout(
+        "moat-launch",
+        &[
+            "run",
+            "-i",
+            "--no-sandbox",
+            "--",
+            "sh",
+            "-c",
+            "read x; echo got=$x; tty; exit 3",
+        ],
+        Some(b"hello\n"),
+        120,
+    );
+    assert_eq!(r.code(), 3, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("got=hello"), "{}", r.stdout());
+    assert!(r.stdout().contains("/dev/pts/"), "{}", r.stdout());
+    let id = m.run_ids().pop().unwrap();
+    assert_eq!(m.metadata(&id)["interactive"], true);
+}
+
+fn sigint(pid: u32) {
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn ctrl_c_detaches_and_twice_stops() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let script = "i=0; while [ $i -lt 900 ]; do i=$((i+1)); echo tick$i; sleep 0.1; done";
+    let mut c = m.env.cmd("moat-launch");
+    c.args(["run", "--no-sandbox", "-n", "fg", "--", "sh", "-c", script])
+        .current_dir(&m.ws)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        if let Some(id) = m.run_ids().pop()
+            && m.moat_home()
+                .join("runs")
+                .join(&id)
+                .join("logs.jsonl")
+                .exists()
+        {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    m.wait_log(&id, "tick3", 60);
+    // One Ctrl+C: the CLI detaches, the run goes on.
+    sigint(child.id());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CLI did not detach"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("detached"), "{err}");
+    assert_eq!(m.metadata(&id)["state"], "running");
+
+    // Attached again, Ctrl+C twice within 500 ms stops it.
+    let mut c = m.env.cmd("moat-launch");
+    c.args(["attach", "fg"])
+        .current_dir(&m.ws)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    sigint(child.id());
+    std::thread::sleep(Duration::from_millis(100));
+    sigint(child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attach did not end after the stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let meta = m.metadata(&id);
+    assert_eq!(meta["state"], "stopped", "{meta}");
+}

@@ -17,7 +17,7 @@ pub const HELP: &str =
 
 Commands:
     run [PATH] [-- CMD...]   start a run in workspace PATH (default: .)
-    attach [RUN]             follow a run's output (Ctrl+C detaches, twice stops)
+    attach [-i[=false]] [RUN]  follow a run (Ctrl+C detaches, twice stops; -i: its TTY)
     list                     list runs
     status                   show runs, images, Docker and CA health
     logs [RUN]               print a run's output
@@ -35,7 +35,7 @@ Run options:
     -m, --mount SRC:DST[:ro] bind-mount a host path (repeatable)
     -n, --name NAME          name the run
     -d, --detach             start the run and return
-    -i, --interactive        attach stdin (the command reads the terminal)
+    -i, --interactive        a TTY on this terminal (Ctrl-/ d detaches, Ctrl-/ k stops)
     --rebuild                rebuild the image even if it is current
     --no-sandbox             do not use gVisor
     --policy POLICY          network policy: permissive or strict
@@ -76,7 +76,10 @@ pub enum Command {
     Version,
     Run(RunArgs),
     Supervise(String),
-    Attach(Option<String>),
+    Attach {
+        run: Option<String>,
+        interactive: Option<bool>,
+    },
     List {
         json: bool,
     },
@@ -136,7 +139,7 @@ where
                     let id = one_run(&mut p)?.ok_or_else(|| usage("__supervise needs a run id"))?;
                     Ok(Command::Supervise(id))
                 }
-                "attach" => parse_attach(&mut p).map(Command::Attach),
+                "attach" => parse_attach(&mut p),
                 "list" | "ls" => Ok(Command::List {
                     json: json_only(&mut p)?,
                 }),
@@ -233,26 +236,26 @@ fn one_run(p: &mut lexopt::Parser) -> Result<Option<String>> {
     Ok(run)
 }
 
-fn parse_attach(p: &mut lexopt::Parser) -> Result<Option<String>> {
-    let mut run = None;
+fn parse_attach(p: &mut lexopt::Parser) -> Result<Command> {
+    let (mut run, mut interactive) = (None, None);
     while let Some(a) = p.next().map_err(lex)? {
         match a {
             Value(v) if run.is_none() => run = Some(string(v, "run")?),
             Short('i') | Long("interactive") => {
-                if let Some(v) = p.optional_value() {
-                    let v = string(v, "-i")?;
-                    if v != "false" {
-                        return Err(Error::unavailable(
-                            "interactive attach is not built yet; use -i=false",
-                        ));
-                    }
-                }
+                interactive = Some(match p.optional_value() {
+                    None => true,
+                    Some(v) => match string(v, "-i")?.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        other => return Err(usage(format!("-i={other}: want true or false"))),
+                    },
+                });
             }
             Short('h') | Long("help") => return Err(help_exit()),
             _ => return Err(usage(a.unexpected().to_string())),
         }
     }
-    Ok(run)
+    Ok(Command::Attach { run, interactive })
 }
 
 fn json_only(p: &mut lexopt::Parser) -> Result<bool> {

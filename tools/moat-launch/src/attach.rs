@@ -142,6 +142,22 @@ pub fn follow(store: &Store, id: &str, from_start: bool) -> Result<i32> {
     })
 }
 
+/// Wait (bounded) for the supervisor to record the end; output was shown elsewhere.
+pub fn follow_quiet(store: &Store, id: &str) -> Result<i32> {
+    for _ in 0..1500 {
+        let m = store.load(id)?;
+        if m.state.is_terminal() {
+            return end_code(store, id);
+        }
+        if m.supervisor_pid.is_some_and(|p| !supervisor_alive(p, id)) {
+            crate::commands::reconcile_one(store, id)?;
+            return end_code(store, id);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    end_code(store, id)
+}
+
 /// For -d: show the supervisor's messages until the command is running, then print the id.
 pub fn wait_started(store: &Store, id: &str) -> Result<i32> {
     let dir = store.dir(id);

@@ -88,6 +88,9 @@ pub struct RunSpec {
     pub sandbox: bool,
     pub rebuild: bool,
     pub detach: bool,
+    /// Rows and columns of the terminal that started an interactive run.
+    #[serde(default)]
+    pub tty_size: Option<(i32, i32)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -678,6 +681,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         sandbox,
         rebuild: args.rebuild,
         detach: args.detach,
+        tty_size: None,
     })
 }
 

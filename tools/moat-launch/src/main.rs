@@ -11,6 +11,7 @@ mod docker;
 mod image;
 mod run;
 mod store;
+mod tty;
 
 use args::Command;
 use moat_core::{Error, Result, cli};
@@ -39,7 +40,7 @@ fn real_main() -> Result<()> {
         Command::Version => cli::print_version("moat-launch"),
         Command::Run(r) => exit_with(run::start(r)?),
         Command::Supervise(id) => runtime()?.block_on(run::supervise(&id)),
-        Command::Attach(run) => {
+        Command::Attach { run, interactive } => {
             let store = commands::store()?;
             commands::reconcile_all(&store)?;
             let m = store.resolve(run.as_deref())?;
@@ -51,6 +52,9 @@ fn real_main() -> Result<()> {
                     m.state.as_str(),
                     m.id
                 )));
+            }
+            if m.interactive && interactive != Some(false) {
+                exit_with(tty::attach(&store, &m.id, false)?)
             }
             exit_with(attach::follow(&store, &m.id, false)?)
         }

@@ -59,7 +59,11 @@ if [ -r /run/moat/ca.crt ]; then
 	cat /run/moat/ca.crt >>/etc/ssl/certs/ca-certificates.crt
 fi
 
-unset MOAT_PROXY_ADDR
+# An interactive run starts with the size of the terminal that started it.
+if [ -n "${MOAT_TTY_SIZE:-}" ] && [ -t 0 ]; then
+	stty rows "${MOAT_TTY_SIZE% *}" cols "${MOAT_TTY_SIZE#* }" 2>/dev/null || true
+fi
+unset MOAT_PROXY_ADDR MOAT_TTY_SIZE
 export HOME=/home/moatuser USER=moatuser LOGNAME=moatuser
 
 uid=$(id -u moatuser) && gid=$(id -g moatuser) || die "the image has no moatuser"

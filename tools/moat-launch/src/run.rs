@@ -72,12 +72,8 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         &home.volumes_dir(),
     ));
     if spec.interactive {
-        return Err(
-            Error::unavailable("interactive runs (-i) are not built yet")
-                .with_hint("run without -i, or with a command that does not read the terminal"),
-        );
+        spec.tty_size = crate::tty::term_size();
     }
-
     let id = moat_core::new_run_id();
     let meta = Metadata {
         v: 1,
@@ -115,6 +111,8 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
     store.update(&id, |m| m.supervisor_pid = Some(pid))?;
     if spec.detach {
         crate::attach::wait_started(&store, &id)
+    } else if spec.interactive {
+        crate::tty::attach(&store, &id, true)
     } else {
         crate::attach::follow(&store, &id, true)
     }
@@ -665,6 +663,18 @@ async fn lifecycle(
     for (k, v) in &spec.env {
         env.push(format!("{k}={v}"));
     }
+    if spec.interactive {
+        let term = std::env::var("TERM")
+            .ok()
+            .filter(|t| !t.is_empty() && t != "dumb");
+        env.push(format!(
+            "TERM={}",
+            term.as_deref().unwrap_or("xterm-256color")
+        ));
+        if let Some((rows, cols)) = spec.tty_size {
+            env.push(format!("MOAT_TTY_SIZE={rows} {cols}"));
+        }
+    }
     if let Some(h) = &spec.hooks.pre_run {
         env.push(format!("MOAT_PRE_RUN={h}"));
     }
@@ -714,6 +724,9 @@ async fn lifecycle(
         host_config: Some(host),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
+        tty: Some(spec.interactive),
+        open_stdin: Some(spec.interactive),
+        attach_stdin: Some(spec.interactive),
         ..Default::default()
     };
     let cname = format!("moat-{id}");
@@ -728,6 +741,21 @@ async fn lifecycle(
     res.container = Some(created.id.clone());
     phase("container created");
     store.update(id, |m| m.container_id = Some(created.id.clone()))?;
+    if spec.interactive && !spec.detach {
+        // Start once the CLI is attached, so the first output reaches the terminal.
+        let gate = dir.join("attached");
+        let mut waited = 0;
+        while !gate.exists() && waited < 600 {
+            if store.load(id)?.state == State::Stopping {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += 1;
+        }
+        if !gate.exists() {
+            eprintln!("moat: nobody attached within 12s; starting anyway (`moat attach {id}`)");
+        }
+    }
     if store.load(id)?.state == State::Stopping {
         return Err(Error::new(moat_core::exit::OK, "stopped before it started"));
     }
