@@ -34,7 +34,7 @@ echo
 
 echo "== append (checkpoint at least every 1 s, and every 100000 entries) =="
 t0=$(now)
-cat "$events" | "$B" append --run run_bench --checkpoint-interval 1
+cat "$events" | "$B" append --run run_bench --checkpoint-interval 1 > /dev/null
 t1=$(now)
 secs=$(elapsed "$t0" "$t1")
 cps=$(grep -c '^moat-audit/run_bench$' "$MOAT_HOME/runs/run_bench/audit/checkpoints")
@@ -42,7 +42,7 @@ printf 'append:  %d entries in %.3f s = %d entries/s (%d checkpoints)\n' "$N" "$
 
 echo "== append (time-based checkpoints only, every 1 s) =="
 t0=$(now)
-"$B" append --run run_bench2 --checkpoint-interval 1 --checkpoint-every 1000000000000 < "$events"
+"$B" append --run run_bench2 --checkpoint-interval 1 --checkpoint-every 1000000000000 < "$events" > /dev/null
 t1=$(now)
 secs=$(elapsed "$t0" "$t1")
 cps=$(grep -c '^moat-audit/run_bench2$' "$MOAT_HOME/runs/run_bench2/audit/checkpoints")
@@ -78,7 +78,7 @@ PY
 n=1000
 while [ "$n" -le "$N" ]; do
   run="run_size$n"
-  head -n "$n" "$events" | "$B" append --run "$run" --checkpoint-every $((n / 4 + 1)) 2> /dev/null
+  head -n "$n" "$events" | "$B" append --run "$run" --checkpoint-every $((n / 4 + 1)) > /dev/null 2>&1
   last=$((n - 1)); mid=$((n / 2))
   "$B" export "$run" -o "$work/p$n.json" --entry 0 --entry "$mid" --entry "$last" 2> /dev/null
   printf 'n=%-8d bundle of 3 entries with proofs: %d bytes\n' "$n" "$(wc -c < "$work/p$n.json")"
