@@ -7,7 +7,7 @@ use std::time::Duration;
 pub const USAGE: &str = "\
 usage: moat-audit append --run RUN_ID [--checkpoint-interval SECS] [--checkpoint-every N]
        moat-audit [verify] [RUN_ID] [--json]
-       moat-audit [export] RUN_ID --export FILE [--entry N]...
+       moat-audit [export] [RUN_ID] --export FILE [--entry N]...
        moat-audit verify-bundle FILE [--key KEY|FILE] [--trust-bundle-key] [--json]
        moat-audit key
        moat-audit --help | --version";
@@ -19,7 +19,8 @@ Commands:
     append            read event records (JSON lines) on stdin and append them to the
                       run's log, signing checkpoints as it goes; the run's single writer
     verify            verify a run's log (the default command; no RUN_ID = the latest run)
-    export            write a proof bundle (also: moat-audit RUN_ID --export FILE)
+    export            write a proof bundle (also: moat-audit [RUN_ID] --export FILE;
+                      no RUN_ID = the latest run)
     verify-bundle     verify a proof bundle offline against a pinned key
     key               print this machine's verifier key (creating the key pair if needed)
 
@@ -54,7 +55,7 @@ pub enum Command {
         json: bool,
     },
     Export {
-        run: String,
+        run: Option<String>,
         out: String,
         entries: Option<Vec<u64>>,
     },
@@ -216,10 +217,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command> {
         "export" => {
             allow(&["--export", "--entry"], "export")?;
             at_most(1, "export")?;
-            let run = positional
-                .into_iter()
-                .next()
-                .ok_or_else(|| usage("export needs a RUN_ID"))?;
+            let run = positional.into_iter().next();
             let out = out.ok_or_else(|| usage("export needs --export FILE (or -o FILE)"))?;
             Ok(Command::Export {
                 run,

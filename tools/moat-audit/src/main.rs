@@ -51,7 +51,7 @@ fn run() -> Result<()> {
         Command::Verify { run, json } => verify_run(run.as_deref(), json),
         Command::Export { run, out, entries } => {
             let home = MoatHome::from_env()?;
-            let run = store::resolve_run(&home, Some(&run))?;
+            let run = store::resolve_run(&home, run.as_deref())?;
             let b = bundle::export(&home, &run, entries.as_deref())?;
             let mut text = serde_json::to_vec(&b)?;
             text.push(b'\n');

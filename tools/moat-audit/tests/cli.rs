@@ -230,6 +230,11 @@ fn the_latest_run_is_the_default_and_prefixes_and_names_work() {
     env.run("moat-audit", &["run_1"])
         .success()
         .stdout_has("run_111111111111");
+    // The seeds' flow: export the latest run, verify the bundle.
+    env.run("moat-audit", &["--export", "proof.json"]).success();
+    env.run("moat-audit", &["verify-bundle", "proof.json", "--json"])
+        .success()
+        .stdout_has("\"entries\":2");
     env.run("moat-audit", &["3333"])
         .success()
         .stdout_has("run_333333333333");
