@@ -67,7 +67,7 @@ fn official_image(name: &str, ver: &str) -> String {
     }
 }
 
-pub fn plan(deps: &[String], want_git: bool) -> Result<Plan> {
+pub fn plan(deps: &[String], want_git: bool, want_ssh: bool) -> Result<Plan> {
     let mut p = Plan {
         base: BASE.into(),
         fallback: None,
@@ -104,6 +104,9 @@ pub fn plan(deps: &[String], want_git: bool) -> Result<Plan> {
     }
     if want_git || deps.iter().any(|d| d == "git") {
         p.packages.push("git".into());
+    }
+    if want_ssh {
+        p.packages.push("openssh-client".into());
     }
     Ok(p)
 }
@@ -274,7 +277,8 @@ pub async fn prepare(
     log: &mut dyn Write,
 ) -> Result<Context> {
     let want_git = spec.grants.iter().any(|g| g == "github");
-    let plan = plan(&spec.dependencies, want_git)?;
+    let want_ssh = spec.grants.iter().any(|g| g.starts_with("ssh:"));
+    let plan = plan(&spec.dependencies, want_git, want_ssh)?;
     let (mut base, mut packages, mut env) =
         (plan.base.clone(), plan.packages.clone(), plan.env.clone());
     let mut base_id = docker::image_id(d, &base).await?;
@@ -504,15 +508,15 @@ mod tests {
 
     #[test]
     fn plans_follow_the_reference_table() {
-        assert_eq!(plan(&[], false).unwrap().base, BASE);
-        let p = plan(&["node@20".into(), "git".into()], false).unwrap();
+        assert_eq!(plan(&[], false, false).unwrap().base, BASE);
+        let p = plan(&["node@20".into(), "git".into()], false, false).unwrap();
         assert_eq!(p.base, "node:20-slim");
         assert!(p.fallback.is_none());
         assert_eq!(p.packages, ["git"]);
-        let p = plan(&["node@18".into()], false).unwrap();
+        let p = plan(&["node@18".into()], false, false).unwrap();
         assert_eq!(p.fallback.unwrap().packages, ["nodejs", "npm"]);
-        assert!(plan(&["node@18".into(), "python@3.12".into()], false).is_err());
-        assert!(plan(&["postgres@17".into()], false).is_err());
+        assert!(plan(&["node@18".into(), "python@3.12".into()], false, false).is_err());
+        assert!(plan(&["postgres@17".into()], false, false).is_err());
     }
 
     #[test]

@@ -161,6 +161,8 @@ struct Resources {
     container: Option<String>,
     proxy: Option<Child>,
     proxy_pump: Option<tokio::task::JoinHandle<()>>,
+    ssh: Option<Child>,
+    ssh_pump: Option<tokio::task::JoinHandle<()>>,
     audit: Option<Audit>,
 }
 
@@ -246,6 +248,8 @@ pub async fn supervise(id: &str) -> Result<()> {
         container: None,
         proxy: None,
         proxy_pump: None,
+        ssh: None,
+        ssh_pump: None,
         audit: None,
     };
     let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
@@ -304,6 +308,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         }
     });
     release(&mut res).await;
+    let _ = std::fs::remove_dir_all(home.root().join("sockets").join(id));
     phase("released");
     recorded.map(|_| ())
 }
@@ -315,6 +320,70 @@ async fn stop_proxy(r: &mut Resources) {
     if let Some(pump) = r.proxy_pump.take() {
         let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
     }
+    if let Some(mut p) = r.ssh.take() {
+        terminate(&mut p).await;
+    }
+    if let Some(pump) = r.ssh_pump.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+    }
+}
+
+/// The SSH filter for `ssh:HOST` grants: rules over its stdin pipe, its socket in a private
+/// directory that the container gets at /run/moat/ssh, its events into the audit log.
+async fn start_ssh_filter(
+    home: &MoatHome,
+    id: &str,
+    rules: &[String],
+    res: &mut Resources,
+) -> Result<PathBuf> {
+    let dir = home.root().join("sockets").join(id);
+    moat_core::fsutil::create_private_dir(&dir)?;
+    let sock = dir.join("agent.sock");
+    let mut child = Command::new(tool("moat-sshd-filter"))
+        .arg("serve")
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--rules", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::io("starting moat-sshd-filter", e))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    for l in rules {
+        stdin
+            .write_all(l.as_bytes())
+            .await
+            .map_err(|e| Error::io("handing rules to moat-sshd-filter", e))?;
+    }
+    stdin
+        .shutdown()
+        .await
+        .map_err(|e| Error::io("handing rules to moat-sshd-filter", e))?;
+    drop(stdin);
+    let stdout = child.stdout.take().expect("piped");
+    res.ssh = Some(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| Error::unavailable("moat-sshd-filter did not start listening in time"))?
+        .map_err(|e| Error::io("reading moat-sshd-filter", e))?
+        .ok_or_else(|| Error::unavailable("moat-sshd-filter exited before listening"))?;
+    moat_core::jsonl::parse(&first)?
+        .filter(|r| r.kind == "listening")
+        .ok_or_else(|| Error::unavailable("moat-sshd-filter's first record was not `listening`"))?;
+    let tx = res.audit.as_ref().map(|a| a.tx.clone());
+    res.ssh_pump = Some(tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(tx) = &tx
+                && moat_core::jsonl::parse(&l).ok().flatten().is_some()
+            {
+                let _ = tx.send(format!("{l}\n"));
+            }
+        }
+    }));
+    Ok(dir)
 }
 
 async fn release(r: &mut Resources) {
@@ -449,11 +518,11 @@ async fn lifecycle(
     phase("supervisor");
     res.audit = Audit::start(id);
     let rules = grant_rules(&spec.grants).await?;
-    if !rules.ssh.is_empty() {
-        eprintln!(
-            "moat: warning: ssh grants are not wired into runs yet; no SSH agent in this run"
-        );
-    }
+    let ssh_dir = if rules.ssh.is_empty() {
+        None
+    } else {
+        Some(start_ssh_filter(home, id, &rules.ssh, res).await?)
+    };
     if let Some(a) = &res.audit {
         for g in &spec.grants {
             a.event("grant_used", serde_json::json!({"run": id, "grant": g}));
@@ -663,6 +732,9 @@ async fn lifecycle(
     for (k, v) in &spec.env {
         env.push(format!("{k}={v}"));
     }
+    if ssh_dir.is_some() {
+        env.push("SSH_AUTH_SOCK=/run/moat/ssh/agent.sock".into());
+    }
     if spec.interactive {
         let term = std::env::var("TERM")
             .ok()
@@ -697,6 +769,9 @@ async fn lifecycle(
     }
     if ca.exists() {
         binds.push(format!("{}:/run/moat/ca.crt:ro", ca.display()));
+    }
+    if let Some(d) = &ssh_dir {
+        binds.push(format!("{}:/run/moat/ssh", d.display()));
     }
     let host = bollard::models::HostConfig {
         binds: Some(binds),
