@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// A line longer than this is refused (and skipped).
 pub const MAX_LINE: usize = 1 << 20;
+/// Skipped lines reported one by one; the rest are only counted.
+const MAX_REPORTED: u64 = 100;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -162,7 +164,14 @@ pub fn run(home: &MoatHome, opts: &Options, input: impl Read + Send + 'static) -
                         Ok(false) => {}
                         Err(why) => {
                             summary.skipped += 1;
-                            eprintln!("moat-audit: skipping input line {line_no}: {why}");
+                            // A broken producer must not flood the terminal either.
+                            if summary.skipped <= MAX_REPORTED {
+                                eprintln!("moat-audit: skipping input line {line_no}: {why}");
+                            } else if summary.skipped == MAX_REPORTED + 1 {
+                                eprintln!(
+                                    "moat-audit: more input lines are not records; counting them silently"
+                                );
+                            }
                         }
                     }
                     if since_cp >= opts.every {
@@ -184,6 +193,12 @@ pub fn run(home: &MoatHome, opts: &Options, input: impl Read + Send + 'static) -
         if done {
             break;
         }
+    }
+    if summary.skipped > MAX_REPORTED {
+        eprintln!(
+            "moat-audit: skipped {} input lines that were not records",
+            summary.skipped
+        );
     }
     summary.size = w.frontier.size();
     summary.checkpoints = w.written_cps;

@@ -103,6 +103,14 @@ fn bad_producer_lines_are_skipped_not_fatal() {
     env.run("moat-audit", &[RUN])
         .success()
         .stdout_has("entries      2");
+    // Many bad lines: a bounded number of messages, then a count.
+    let junk = "junk\n".repeat(5000) + "{\"v\":1,\"type\":\"e\"}\n";
+    let r = env.run_stdin("moat-audit", &["append", "--run", RUN], junk.as_bytes());
+    r.success().stderr_has("skipped 5000 input lines");
+    assert!(r.stderr().lines().count() < 110, "{}", r.stderr());
+    env.run("moat-audit", &[RUN])
+        .success()
+        .stdout_has("entries      3");
 }
 
 #[test]
