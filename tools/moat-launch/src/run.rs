@@ -284,6 +284,9 @@ pub async fn supervise(id: &str) -> Result<()> {
                 msg.push_str(h);
             }
             eprintln!("moat: run failed: {}", e.msg);
+            if let Some(h) = &e.hint {
+                eprintln!("moat: {h}");
+            }
             (State::Failed, Some(msg), None, Some(e.code))
         }
     };
