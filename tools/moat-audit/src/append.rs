@@ -228,9 +228,22 @@ fn read_batches(input: impl Read, tx: mpsc::SyncSender<Vec<Vec<u8>>>) {
     let mut batch = Vec::new();
     loop {
         let mut line = Vec::new();
-        match r.read_until(b'\n', &mut line) {
+        // Never hold more than MAX_LINE + 1 bytes of one line: the rest of an over-long
+        // line is discarded and the prefix is kept only so that it is reported.
+        match (&mut r)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) => break,
-            Ok(_) => batch.push(line),
+            Ok(_) => {
+                if line.len() > MAX_LINE
+                    && line.last() != Some(&b'\n')
+                    && skip_line(&mut r).is_err()
+                {
+                    break;
+                }
+                batch.push(line);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 eprintln!(
@@ -248,6 +261,30 @@ fn read_batches(input: impl Read, tx: mpsc::SyncSender<Vec<Vec<u8>>>) {
     }
     if !batch.is_empty() {
         let _ = tx.send(batch);
+    }
+}
+
+/// Discard input up to and including the next newline.
+fn skip_line(r: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(p) => {
+                r.consume(p + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                r.consume(n);
+            }
+        }
     }
 }
 

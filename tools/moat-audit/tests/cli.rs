@@ -103,6 +103,13 @@ fn bad_producer_lines_are_skipped_not_fatal() {
     env.run("moat-audit", &[RUN])
         .success()
         .stdout_has("entries      2");
+    // A line over 1 MiB is refused without being held whole; the next line still counts.
+    let mut big = b"{\"v\":1,\"type\":\"big\",\"x\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 3 << 20));
+    big.extend_from_slice(b"\"}\n{\"v\":1,\"type\":\"small\"}\n");
+    env.run_stdin("moat-audit", &["append", "--run", RUN], &big)
+        .success()
+        .stderr_has("longer than 1048576 bytes");
     // Many bad lines: a bounded number of messages, then a count.
     let junk = "junk\n".repeat(5000) + "{\"v\":1,\"type\":\"e\"}\n";
     let r = env.run_stdin("moat-audit", &["append", "--run", RUN], junk.as_bytes());
@@ -110,7 +117,7 @@ fn bad_producer_lines_are_skipped_not_fatal() {
     assert!(r.stderr().lines().count() < 110, "{}", r.stderr());
     env.run("moat-audit", &[RUN])
         .success()
-        .stdout_has("entries      3");
+        .stdout_has("entries      4");
 }
 
 #[test]
