@@ -17,7 +17,13 @@ P=$root/target/release/moat-proxy
 L=$root/target/release/examples/loadgen
 work=$(mktemp -d "${TMPDIR:-/tmp}/moat-proxy-bench.XXXXXX")
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+sqname=""
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	sleep 0.5
+	[ -n "$sqname" ] && rm -f /dev/shm/"$sqname"-* 2>/dev/null
+	rm -rf "$work"
+}
 trap cleanup EXIT INT TERM
 export MOAT_HOME=$work/home
 
@@ -61,7 +67,7 @@ http_port 127.0.0.1:$sport ssl-bump generate-host-certificates=on dynamic_cert_m
 sslcrtd_program /usr/lib/squid/security_file_certgen -s $sq/ssl_db -M 16MB
 sslcrtd_children 4
 ssl_bump bump all
-tls_outgoing_options cafile=$work/origin-ca.pem
+tls_outgoing_options cafile=$sq/origin-ca.pem
 hosts_file $sq/hosts
 http_access allow all
 always_direct allow all
@@ -70,10 +76,15 @@ access_log none
 cache_log $sq/cache.log
 pid_filename $sq/squid.pid
 coredump_dir $sq
-cache_effective_user root
+cache_effective_user proxy
 workers 1
 CONF
-	/usr/sbin/squid -N -f "$sq/squid.conf" >"$sq/out" 2>&1 &
+	# squid refuses to run as root and reads its files as the proxy user
+	cp "$work/origin-ca.pem" "$sq/"
+	chown -R proxy "$sq" 2>/dev/null || true
+	chmod o+x "$work"
+	sqname=moatbench$$
+	/usr/sbin/squid -N -n "$sqname" -f "$sq/squid.conf" >"$sq/out" 2>&1 &
 	squid_pid=$!
 	pids+=($squid_pid)
 	for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$sport) 2>/dev/null && break; sleep 0.2; done
