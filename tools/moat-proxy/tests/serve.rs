@@ -825,3 +825,91 @@ fn two_proxies_starting_together_share_one_ca() {
         0o600
     );
 }
+
+#[test]
+fn a_loose_or_symlinked_ca_key_is_refused() {
+    let env = TestEnv::new();
+    env.run("moat-proxy", &["ca-path"]).success();
+    let key = env.moat_home.join("proxy/ca/ca.key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.run("moat-proxy", &["ca-path"])
+        .exit(77)
+        .stderr_has("chmod 600");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let real = env.path().join("elsewhere.key");
+    std::fs::rename(&key, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &key).unwrap();
+    env.run("moat-proxy", &["ca-path"])
+        .exit(77)
+        .stderr_has("symlink");
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn aborted_clients_give_their_descriptors_back() {
+    let (env, _up, p, secret) = setup(H2, &[]);
+    // warm up: pooled upstream connections and the leaf cache
+    let r = curl(
+        &env,
+        &[
+            "-x",
+            &p.url(),
+            "--cacert",
+            p.ca.to_str().unwrap(),
+            "https://api.github.com/",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let base = fd_count(p.child.id());
+    for i in 0..10 {
+        let http = if i % 2 == 0 { "--http1.1" } else { "--http2" };
+        let mut c = env
+            .program("curl")
+            .args([
+                "-sSN",
+                http,
+                "-x",
+                &p.url(),
+                "--cacert",
+                p.ca.to_str().unwrap(),
+                "https://api.github.com/sse",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        // CONNECT and vanish, and half a ClientHello
+        let mut s = std::net::TcpStream::connect(&p.addr).unwrap();
+        use std::io::Write;
+        let auth = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(format!("moat:{}", p.token))
+        };
+        s.write_all(format!("CONNECT api.github.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {auth}\r\n\r\n\x16\x03\x01").as_bytes()).unwrap();
+        drop(s);
+    }
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = fd_count(p.child.id());
+        // the SSE upstream streams end by themselves after 1.5 s; pooled connections may remain
+        if n <= base + 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "fds stayed at {n} (baseline {base})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    p.assert_no_leak(&secret);
+}
