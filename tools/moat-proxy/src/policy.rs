@@ -112,7 +112,7 @@ impl Policy {
             .filter(|n| pattern_matches(&n.host, host, port))
             .collect();
         if !rules.is_empty() {
-            if ambiguous_path(path) {
+            if rules.iter().any(|n| !n.rules.is_empty()) && ambiguous_path(path) {
                 return Decision::Deny {
                     rule: "ambiguous path".into(),
                     kind: "request-rule",
