@@ -15,6 +15,8 @@ use std::time::SystemTime;
 pub enum Service {
     Sts,
     Ssm,
+    /// Global; only used to set up test servers and for checks.
+    Iam,
 }
 
 impl Service {
@@ -23,12 +25,14 @@ impl Service {
         match self {
             Service::Sts => "sts",
             Service::Ssm => "ssm",
+            Service::Iam => "iam",
         }
     }
     fn env_suffix(self) -> &'static str {
         match self {
             Service::Sts => "STS",
             Service::Ssm => "SSM",
+            Service::Iam => "IAM",
         }
     }
 }
@@ -48,6 +52,7 @@ impl Endpoint {
         let var = format!("AWS_ENDPOINT_URL_{}", service.env_suffix());
         let url = match env.get(&var).or_else(|| env.get("AWS_ENDPOINT_URL")) {
             Some(u) => u.to_string(),
+            None if service == Service::Iam => "https://iam.amazonaws.com".to_string(),
             None => format!("https://{}.{region}.amazonaws.com", service.name()),
         };
         Self::new(service, &url, region)
@@ -146,6 +151,84 @@ impl From<AwsError> for moat_core::Error {
     fn from(e: AwsError) -> Self {
         moat_core::Error::new(e.exit_code(), e.to_string())
     }
+}
+
+const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+/// One Query-protocol call (a form POST of `Action`, `Version` and `params`), signed with
+/// `creds`; the XML answer.
+pub async fn query(
+    client: &HttpClient,
+    creds: &Credentials,
+    endpoint: &Endpoint,
+    action: &'static str,
+    version: &str,
+    params: &[(&str, &str)],
+) -> Result<String, AwsError> {
+    Ok(
+        query_dated(client, creds, endpoint, action, version, params)
+            .await?
+            .0,
+    )
+}
+
+/// [`query`], plus the server's `Date` header.
+pub(crate) async fn query_dated(
+    client: &HttpClient,
+    creds: &Credentials,
+    endpoint: &Endpoint,
+    action: &'static str,
+    version: &str,
+    params: &[(&str, &str)],
+) -> Result<(String, Option<SystemTime>), AwsError> {
+    let mut form = vec![("Action", action), ("Version", version)];
+    form.extend_from_slice(params);
+    let resp = send(
+        client,
+        creds,
+        Call {
+            endpoint,
+            action,
+            content_type: FORM,
+            target: None,
+            body: encode_form(&form).into_bytes(),
+        },
+    )
+    .await?;
+    let date = resp
+        .headers
+        .get("date")
+        .and_then(|d| d.to_str().ok())
+        .and_then(parse_http_date);
+    let text = String::from_utf8(resp.body.to_vec()).map_err(|_| AwsError::Response {
+        service: endpoint.service.name(),
+        action,
+        endpoint: origin(&endpoint.url),
+        what: "the answer is not UTF-8".into(),
+    })?;
+    Ok((text, date))
+}
+
+/// An HTTP `Date` (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn parse_http_date(s: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc2822)
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// `application/x-www-form-urlencoded` with AWS's escaping.
+pub fn encode_form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                sigv4::uri_encode(k.as_bytes(), false),
+                sigv4::uri_encode(v.as_bytes(), false)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Where an AWS request goes and what it says.
@@ -257,6 +340,13 @@ fn error_from(ep: &Endpoint, action: &'static str, resp: &Response) -> AwsError 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_parse() {
+        let t = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(moat_core::timefmt::rfc3339(t), "1994-11-06T08:49:37.000Z");
+        assert!(parse_http_date("yesterday").is_none());
+    }
 
     #[test]
     fn endpoint_order() {

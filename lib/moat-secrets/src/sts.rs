@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
 const VERSION: &str = "2011-06-15";
 
 /// Default role session length (as the Go moat: 15 minutes, STS's minimum).
@@ -100,29 +99,28 @@ pub async fn assume_role(
     endpoint: &Endpoint,
     role: &AssumeRole,
 ) -> Result<SessionCredentials, AwsError> {
-    let mut form = vec![
-        ("Action", "AssumeRole".to_string()),
-        ("Version", VERSION.to_string()),
-        ("RoleArn", role.role_arn.clone()),
-        ("RoleSessionName", role.session_name.clone()),
-        ("DurationSeconds", role.duration.as_secs().to_string()),
+    Ok(assume_role_dated(client, host, endpoint, role).await?.0)
+}
+
+/// [`assume_role`] and the server's `Date`, so the lifetime can be measured in the server's
+/// own time (immune to a skewed host clock).
+async fn assume_role_dated(
+    client: &HttpClient,
+    host: &Credentials,
+    endpoint: &Endpoint,
+    role: &AssumeRole,
+) -> Result<(SessionCredentials, Option<SystemTime>), AwsError> {
+    let duration = role.duration.as_secs().to_string();
+    let mut params = vec![
+        ("RoleArn", role.role_arn.as_str()),
+        ("RoleSessionName", role.session_name.as_str()),
+        ("DurationSeconds", duration.as_str()),
     ];
     if let Some(x) = &role.external_id {
-        form.push(("ExternalId", x.clone()));
+        params.push(("ExternalId", x.as_str()));
     }
-    let resp = aws::send(
-        client,
-        host,
-        aws::Call {
-            endpoint,
-            action: "AssumeRole",
-            content_type: FORM,
-            target: None,
-            body: encode_form(&form).into_bytes(),
-        },
-    )
-    .await?;
-    let doc = String::from_utf8_lossy(&resp.body);
+    let (doc, date) =
+        aws::query_dated(client, host, endpoint, "AssumeRole", VERSION, &params).await?;
     let bad = |what: &str| AwsError::Response {
         service: "sts",
         action: "AssumeRole",
@@ -135,13 +133,14 @@ pub async fn assume_role(
             .ok_or_else(|| bad(&format!("no {name} in the answer")))
     };
     let expiration = field("Expiration")?;
-    Ok(SessionCredentials {
+    let creds = SessionCredentials {
         access_key_id: field("AccessKeyId")?,
         secret_access_key: Secret::new(field("SecretAccessKey")?),
         session_token: Secret::new(field("SessionToken")?),
         expiration: moat_core::timefmt::parse_rfc3339(&expiration)
             .ok_or_else(|| bad("Expiration is not an RFC 3339 time"))?,
-    })
+    };
+    Ok((creds, date))
 }
 
 /// Who a set of credentials is.
@@ -158,23 +157,7 @@ pub async fn get_caller_identity(
     creds: &Credentials,
     endpoint: &Endpoint,
 ) -> Result<CallerIdentity, AwsError> {
-    let form = [
-        ("Action", "GetCallerIdentity".to_string()),
-        ("Version", VERSION.to_string()),
-    ];
-    let resp = aws::send(
-        client,
-        creds,
-        aws::Call {
-            endpoint,
-            action: "GetCallerIdentity",
-            content_type: FORM,
-            target: None,
-            body: encode_form(&form).into_bytes(),
-        },
-    )
-    .await?;
-    let doc = String::from_utf8_lossy(&resp.body);
+    let doc = aws::query(client, creds, endpoint, "GetCallerIdentity", VERSION, &[]).await?;
     let get = |n: &str| crate::xml::text(&doc, n).unwrap_or_default();
     let id = CallerIdentity {
         account: get("Account"),
@@ -190,20 +173,6 @@ pub async fn get_caller_identity(
         });
     }
     Ok(id)
-}
-
-pub(crate) fn encode_form(pairs: &[(&str, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                crate::sigv4::uri_encode(k.as_bytes(), false),
-                crate::sigv4::uri_encode(v.as_bytes(), false)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 /// Where the cache reads the time (tests move it).
@@ -227,7 +196,8 @@ pub struct CredentialCache {
     endpoint: Endpoint,
     role: AssumeRole,
     clock: Arc<dyn Clock>,
-    current: tokio::sync::Mutex<Option<SessionCredentials>>,
+    /// The session and when it expires on `clock`.
+    current: tokio::sync::Mutex<Option<(SessionCredentials, SystemTime)>>,
     refreshes: AtomicU64,
 }
 
@@ -263,11 +233,16 @@ impl CredentialCache {
 
     /// Valid session credentials: the cached ones, or a new session when they are within
     /// five minutes of expiring.
+    ///
+    /// Expiry is judged on this cache's clock: the session's lifetime is measured in the
+    /// server's time (`Expiration` minus the answer's `Date`) and counted from when the request
+    /// was sent, so a host clock that is minutes off neither hands out dead credentials nor
+    /// refreshes on every call.
     pub async fn get(&self) -> Result<SessionCredentials, AwsError> {
         let mut cur = self.current.lock().await;
         let now = self.clock.now();
-        if let Some(c) = cur.as_ref()
-            && now + REFRESH_MARGIN < c.expiration
+        if let Some((c, until)) = cur.as_ref()
+            && now + REFRESH_MARGIN < *until
         {
             return Ok(c.clone());
         }
@@ -275,9 +250,14 @@ impl CredentialCache {
         if self.refreshes.load(Ordering::Relaxed) > 0 {
             role.session_name = session_name(now);
         }
-        let fresh = assume_role(&self.client, &self.host, &self.endpoint, &role).await?;
+        let (fresh, date) =
+            assume_role_dated(&self.client, &self.host, &self.endpoint, &role).await?;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
-        *cur = Some(fresh.clone());
+        let until = match date.and_then(|d| fresh.expiration.duration_since(d).ok()) {
+            Some(lifetime) => now + lifetime,
+            None => fresh.expiration,
+        };
+        *cur = Some((fresh.clone(), until));
         Ok(fresh)
     }
 
@@ -292,7 +272,7 @@ mod tests {
     use super::*;
     #[test]
     fn form_encoding_escapes_arn_characters() {
-        let f = encode_form(&[("RoleArn", "arn:aws:iam::1:role/a b".into())]);
+        let f = aws::encode_form(&[("RoleArn", "arn:aws:iam::1:role/a b")]);
         assert_eq!(f, "RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fa%20b");
     }
     #[test]
