@@ -913,3 +913,36 @@ fn aborted_clients_give_their_descriptors_back() {
     }
     p.assert_no_leak(&secret);
 }
+
+#[test]
+fn every_option_in_help_is_in_the_man_page() {
+    let env = TestEnv::new();
+    let help = env.run("moat-proxy", &["--help"]).success().stdout();
+    let page =
+        std::fs::read_to_string(moat_testkit::workspace_root().join("man/moat-proxy.1")).unwrap();
+    let mut n = 0;
+    for line in help.lines() {
+        let t = line.trim_start();
+        let t = t
+            .strip_prefix("-")
+            .and_then(|r| r.split_once(", "))
+            .map(|(_, r)| r)
+            .unwrap_or(t);
+        if let Some(opt) = t.strip_prefix("--") {
+            let name = opt.split_whitespace().next().unwrap();
+            assert!(
+                page.contains(&format!("Fl -{name}")),
+                "--{name} is not in man/moat-proxy.1"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 14, "{n}");
+    let lint = std::process::Command::new("mandoc")
+        .args(["-Tlint", "-Wwarning"])
+        .arg(moat_testkit::workspace_root().join("man/moat-proxy.1"))
+        .output();
+    if let Ok(o) = lint {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    }
+}
