@@ -168,6 +168,20 @@ impl Config {
                 parse_rules(&s, f)?
             }
         };
+        let psl = crate::psl::Suffixes::load();
+        for r in &inject {
+            for h in &r.hosts {
+                if let Ok(p) = HostPattern::parse(h)
+                    && p.is_wildcard()
+                    && let Some(s) = psl.covered_by(p.host())
+                {
+                    return Err(Error::data(format!(
+                        "grant {}: host pattern {p} covers the public suffix {s}, where anyone can create names; list the hosts instead",
+                        r.grant
+                    )));
+                }
+            }
+        }
         let injector = Injector::new(inject).map_err(Error::data)?;
         let mut relays = crate::relay::defaults();
         relays.extend(pipe_relays);

@@ -10,6 +10,7 @@ mod config;
 mod inject;
 mod policy;
 mod proxy;
+mod psl;
 mod redact;
 mod relay;
 mod trace;

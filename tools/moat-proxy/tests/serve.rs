@@ -946,3 +946,31 @@ fn every_option_in_help_is_in_the_man_page() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     }
 }
+
+#[test]
+fn credentials_on_multi_tenant_wildcards_are_refused() {
+    let env = TestEnv::new();
+    let secret = canary();
+    for pattern in [
+        "*.githubusercontent.com",
+        "*.amazonaws.com",
+        "*.s3.amazonaws.com",
+    ] {
+        let rules = inject_rule("g", &[pattern], "Authorization", &secret);
+        let r = env.run_stdin(
+            "moat-proxy",
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--rules",
+                "-",
+            ],
+            rules.as_bytes(),
+        );
+        r.exit(65)
+            .stderr_has("public suffix")
+            .leaks_nothing(&secret);
+    }
+}
