@@ -974,3 +974,96 @@ fn credentials_on_multi_tenant_wildcards_are_refused() {
             .leaks_nothing(&secret);
     }
 }
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn large_streams_do_not_grow_memory() {
+    let (env, up, p, secret) = setup(H2, &[]);
+    let ca = p.ca.to_str().unwrap().to_string();
+    let pid = p.child.id();
+    let r = curl(
+        &env,
+        &[
+            "-x",
+            &p.url(),
+            "--cacert",
+            &ca,
+            "-o",
+            "/dev/null",
+            "https://api.github.com/",
+        ],
+    );
+    assert_eq!(r.code, 0);
+    let before = rss_kib(pid, "VmRSS:");
+    // 256 MiB down and 256 MiB up, over HTTP/1.1 and HTTP/2.
+    for http in ["--http1.1", "--http2"] {
+        let r = curl(
+            &env,
+            &[
+                http,
+                "-x",
+                &p.url(),
+                "--cacert",
+                &ca,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                "https://api.github.com/stream/128",
+            ],
+        );
+        assert_eq!(r.stdout, (128u64 << 20).to_string(), "{}", r.stderr);
+        let mut c = env
+            .program("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "60",
+                http,
+                "-x",
+                &p.url(),
+                "--cacert",
+                &ca,
+                "-T",
+                "-",
+                "-X",
+                "POST",
+                "https://api.github.com/discard",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut w = c.stdin.take().unwrap();
+            let block = vec![b'u'; 1 << 20];
+            for _ in 0..128 {
+                w.write_all(&block).unwrap();
+            }
+        }
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            (128u64 << 20).to_string()
+        );
+    }
+    let peak = rss_kib(pid, "VmHWM:");
+    assert!(
+        peak < before + 48 * 1024,
+        "RSS grew from {before} KiB to a peak of {peak} KiB"
+    );
+    assert_eq!(up.seen().len(), 5);
+    let t = p.wait_trace(5);
+    assert!(t.iter().any(|r| r["bytes_in"].as_u64() == Some(128 << 20)));
+    assert!(t.iter().any(|r| r["bytes_out"].as_u64() == Some(128 << 20)));
+    p.assert_no_leak(&secret);
+}

@@ -199,6 +199,37 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
             .insert("sec-websocket-accept", HeaderValue::from_static("test"));
         return Ok(r);
     }
+    if path == "/discard" {
+        // Drain without keeping: for large uploads.
+        let mut body = req.into_body();
+        let mut n = 0u64;
+        while let Some(Ok(f)) = body.frame().await {
+            n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0);
+        }
+        up.seen.lock().unwrap().push(Seen {
+            method,
+            target,
+            version,
+            headers,
+            body: vec![],
+        });
+        return Ok(Response::new(full(format!("{n}\n"))));
+    }
+    if let Some(mb) = path.strip_prefix("/stream/") {
+        let mb: usize = mb.parse().unwrap_or(1);
+        up.seen.lock().unwrap().push(Seen {
+            method,
+            target,
+            version,
+            headers,
+            body: vec![],
+        });
+        let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
+        let s = futures_util::stream::iter(
+            (0..mb * 16).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+        );
+        return Ok(Response::new(StreamBody::new(s).boxed_unsync()));
+    }
     let body = req
         .into_body()
         .collect()
