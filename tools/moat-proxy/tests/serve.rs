@@ -1067,3 +1067,46 @@ fn large_streams_do_not_grow_memory() {
     assert!(t.iter().any(|r| r["bytes_out"].as_u64() == Some(128 << 20)));
     p.assert_no_leak(&secret);
 }
+
+#[test]
+fn the_intercepting_listener_speaks_tls_1_2_and_up_only() {
+    let (env, _up, p, secret) = setup(H1, &[]);
+    let run = |v: &str| {
+        env.program("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                "api.github.com:443",
+                "-proxy",
+                &p.addr,
+                "-proxy_user",
+                "moat",
+                "-proxy_pass",
+                &format!("pass:{}", p.token),
+                "-servername",
+                "api.github.com",
+                "-CAfile",
+                p.ca.to_str().unwrap(),
+                v,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let old = run("-tls1_1");
+    let out = String::from_utf8_lossy(&old.stdout);
+    assert!(
+        !old.status.success() && out.contains("Cipher is (NONE)"),
+        "TLS 1.1 was accepted: {out}"
+    );
+    for v in ["-tls1_2", "-tls1_3"] {
+        let o = run(v);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Verify return code: 0 (ok)"),
+            "{v}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    p.assert_no_leak(&secret);
+}
