@@ -82,13 +82,17 @@ pub fn obtain(home: &MoatHome, credentials: &[String], create: bool) -> Result<O
     }
     if !credentials.is_empty() {
         let mut where_ = format!("{} does not exist", file.display());
+        let mut what = "is missing";
         match (&keyring_err, mode) {
             (_, Mode::File) => {}
-            (Some(e), _) => where_ = format!("the keyring failed ({e}) and {where_}"),
+            (Some(e), _) => {
+                what = "could not be read";
+                where_ = format!("the keyring failed ({e}) and {where_}");
+            }
             (None, _) => where_ = format!("the keyring has no moat key and {where_}"),
         }
         return Err(Error::config(format!(
-            "the encryption key is missing: {where_}; {} credential(s) can't be read: {}",
+            "the encryption key {what}: {where_}; {} credential(s) can't be read: {}",
             credentials.len(),
             credentials.join(", ")
         ))
@@ -173,7 +177,37 @@ fn entry() -> std::result::Result<keyring::Entry, String> {
     keyring::Entry::new(KEYRING_SERVICE, KEYRING_ACCOUNT).map_err(|e| keyring_msg(&e))
 }
 
+/// How long a keyring call may take. A locked Secret Service with no one to show its
+/// unlock prompt (a headless machine) never answers; moat-grant must not hang with it.
+const KEYRING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Run a keyring call on its own thread and give up after [`KEYRING_TIMEOUT`]. A call that
+/// is given up on is left behind; the process ends soon after.
+fn bounded<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, String> + Send + 'static,
+) -> std::result::Result<T, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(KEYRING_TIMEOUT).unwrap_or_else(|_| {
+        Err(format!(
+            "the keyring did not answer within {} s (is it locked?)",
+            KEYRING_TIMEOUT.as_secs()
+        ))
+    })
+}
+
 fn keyring_get() -> std::result::Result<Option<Key>, String> {
+    bounded(keyring_get_now)
+}
+
+fn keyring_set(key: &Key) -> std::result::Result<(), String> {
+    let bytes = *key.bytes();
+    bounded(move || keyring_set_now(&Key(bytes)))
+}
+
+fn keyring_get_now() -> std::result::Result<Option<Key>, String> {
     let e = entry()?;
     match e.get_secret() {
         Ok(b) if b.len() == 32 => {
@@ -192,10 +226,10 @@ fn keyring_get() -> std::result::Result<Option<Key>, String> {
 
 /// Store the key and read it back: a keyring that accepts a write but returns something
 /// else must not become the key's home.
-fn keyring_set(key: &Key) -> std::result::Result<(), String> {
+fn keyring_set_now(key: &Key) -> std::result::Result<(), String> {
     let e = entry()?;
     e.set_secret(key.bytes()).map_err(|e| keyring_msg(&e))?;
-    match keyring_get()? {
+    match keyring_get_now()? {
         Some(k) if k.bytes() == key.bytes() => Ok(()),
         _ => Err("the keyring did not return the key just stored".into()),
     }

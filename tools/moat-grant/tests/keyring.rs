@@ -8,17 +8,56 @@ use moat_testkit::{Run, TestEnv};
 
 /// Run a shell script inside a fresh D-Bus session with gnome-keyring's secrets component
 /// unlocked by a fixed password (the login keyring persists under the test's HOME).
+/// The script waits until the daemon owns its bus name: asking earlier makes D-Bus start
+/// a second, locked daemon. The daemon is stopped by its process id at the end, and
+/// output goes to files so a stray process can never hold the test's pipes open.
 fn in_keyring_session(t: &TestEnv, script: &str) -> Run {
+    session(
+        t,
+        "echo -n pw | gnome-keyring-daemon --unlock --components=secrets",
+        script,
+    )
+}
+
+/// The same, with the daemon started but the login keyring left locked.
+fn in_keyring_session_locked(t: &TestEnv, script: &str) -> Run {
+    session(
+        t,
+        "gnome-keyring-daemon --start --components=secrets",
+        script,
+    )
+}
+
+fn session(t: &TestEnv, start: &str, script: &str) -> Run {
+    const Q: &str = "dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus";
     let full = format!(
-        "echo -n pw | gnome-keyring-daemon --unlock --components=secrets >/dev/null || exit 99; {script}"
+        "{start} >/dev/null 2>&1 || exit 99
+         i=0
+         until {Q}.NameHasOwner string:org.freedesktop.secrets 2>/dev/null | grep -q true; do
+             i=$((i+1)); [ $i -gt 200 ] && exit 98; sleep 0.05
+         done
+         pid=$({Q}.GetConnectionUnixProcessID string:org.freedesktop.secrets | awk '/uint32/ {{print $2}}')
+         ( {script} )
+         rc=$?
+         kill \"$pid\" 2>/dev/null
+         exit $rc"
     );
-    let out = t
+    let so = t.path().join("session.out");
+    let se = t.path().join("session.err");
+    let status = t
         .program("timeout")
-        .args(["60", "dbus-run-session", "--", "sh", "-c", &full])
+        .args(["-k", "5", "60", "dbus-run-session", "--", "sh", "-c", &full])
         .env_remove("MOAT_KEYRING")
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::fs::File::create(&so).unwrap())
+        .stderr(std::fs::File::create(&se).unwrap())
+        .status()
         .expect("timeout/dbus-run-session (Debian dbus, gnome-keyring)");
+    let out = std::process::Output {
+        status,
+        stdout: std::fs::read(&so).unwrap(),
+        stderr: std::fs::read(&se).unwrap(),
+    };
     Run::new(format!("dbus-run-session sh -c {script:?}"), out)
 }
 
@@ -45,6 +84,15 @@ fn key_lives_in_the_secret_service_and_round_trips() {
     r.success()
         .stdout_has("Bearer ghp_keyringtoken")
         .stdout_has("github");
+    assert!(!key_file(&t).exists());
+    // A locked keyring with no one to unlock it: a clear error, quickly, and no new key.
+    let start = std::time::Instant::now();
+    let r = in_keyring_session_locked(&t, "moat-grant rules github; echo exit=$?");
+    r.stdout_has("exit=78")
+        .stdout_lacks("Bearer")
+        .stderr_has("encryption key could not be read: the keyring failed")
+        .stderr_has("github");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
     assert!(!key_file(&t).exists());
     // The keyring lost its data: the key is not silently regenerated.
     std::fs::remove_dir_all(t.home.join(".local/share/keyrings")).unwrap();
