@@ -74,9 +74,10 @@ pub fn prompt_hidden(label: &str, what: &str) -> Result<String> {
     let mut w = tty
         .try_clone()
         .map_err(|e| Error::io("opening the terminal", e))?;
+    // Echo goes off before the prompt shows, so nothing typed after it is echoed.
+    stty("-echo");
     let _ = write!(w, "{label}");
     let _ = w.flush();
-    stty("-echo");
     let mut line = String::new();
     let res = std::io::BufReader::new(
         tty.try_clone()

@@ -5,30 +5,52 @@ mod common;
 
 use common::*;
 use moat_testkit::TestEnv;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Run `cmd` under script(1) and type `input` after a pause (once the prompt is up).
-fn on_terminal(t: &TestEnv, cmd: &str, envs: &[(&str, &str)], input: &str) -> (i32, String) {
+/// Run `cmd` under script(1), wait for `prompt` to show on the terminal, then type `input`.
+fn on_terminal(t: &TestEnv, cmd: &str, prompt: &str, input: &str) -> (i32, String) {
     let mut c = t.program("timeout");
     c.args(["30", "script", "-qec", cmd, "/dev/null"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
     let mut child = c.spawn().expect("script (Debian util-linux / bsdutils)");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains(prompt) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend(chunk),
+            Err(_) => break,
+        }
+    }
     let mut stdin = child.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_millis(700));
     stdin.write_all(input.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    while let Ok(chunk) = rx.try_recv() {
+        seen.extend(chunk);
+    }
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&seen).to_string() + &err,
+    )
 }
 
 #[test]
@@ -38,7 +60,7 @@ fn secrets_typed_at_the_prompt_are_not_echoed() {
     let (code, text) = on_terminal(
         &t,
         "moat-grant http typed --host api.example --header X-Key",
-        &[],
+        "token for typed:",
         &format!("{secret}\n"),
     );
     assert_eq!(code, 0, "{text}");
@@ -47,11 +69,48 @@ fn secrets_typed_at_the_prompt_are_not_echoed() {
     let recs = rules(&t, &["typed"]);
     assert_eq!(recs[0].str("value"), Some(secret.as_str()));
     // --token-stdin on a terminal asks the same way instead of waiting for end of file.
-    let (code, text) = on_terminal(&t, "moat-grant github --token-stdin", &[], "ghp_typed\n");
+    let (code, text) = on_terminal(
+        &t,
+        "moat-grant github --token-stdin",
+        "GitHub token:",
+        "ghp_typed\n",
+    );
     assert_eq!(code, 0, "{text}");
     assert!(!text.contains("ghp_typed"), "{text}");
     assert_eq!(
         rules(&t, &["github"])[0].str("value"),
         Some("Bearer ghp_typed")
+    );
+}
+
+#[test]
+fn several_agent_keys_are_offered_on_a_terminal() {
+    let t = TestEnv::new();
+    let agent = Agent::start(&t);
+    let fp1 = agent.add_key(&t, "id_a");
+    let fp2 = agent.add_key(&t, "id_b");
+    let hk = host_key(&t, "hk");
+    std::fs::create_dir_all(t.home.join(".ssh")).unwrap();
+    std::fs::write(
+        t.home.join(".ssh/known_hosts"),
+        format!("github.com {hk}\n"),
+    )
+    .unwrap();
+    let cmd = format!(
+        "SSH_AUTH_SOCK={} moat-grant ssh --host github.com",
+        agent.sock.display()
+    );
+    let (code, text) = on_terminal(&t, &cmd, "Key to use [1-2]:", "2\n");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(&fp1) && text.contains(&fp2), "{text}");
+    let second = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("2) "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no choice 2 shown: {text}"))
+        .to_string();
+    assert_eq!(
+        rules(&t, &["ssh:github.com"])[0].str("fingerprint"),
+        Some(second.as_str())
     );
 }

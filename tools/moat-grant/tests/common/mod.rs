@@ -109,3 +109,74 @@ pub fn rules(t: &TestEnv, names: &[&str]) -> Vec<moat_core::jsonl::Record> {
     r.success();
     r.records()
 }
+
+/// A real ssh-agent on a socket in the test directory, killed on drop.
+pub struct Agent {
+    pub sock: std::path::PathBuf,
+    pub pid: String,
+}
+
+impl Agent {
+    pub fn start(t: &TestEnv) -> Agent {
+        let sock = t.path().join("agent.sock");
+        let out = std::process::Command::new("ssh-agent")
+            .arg("-a")
+            .arg(&sock)
+            .arg("-s")
+            .output()
+            .expect("ssh-agent (Debian openssh-client)");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pid = text
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("SSH_AGENT_PID="))
+            .expect("agent pid")
+            .to_string();
+        Agent { sock, pid }
+    }
+    pub fn add_key(&self, t: &TestEnv, name: &str) -> String {
+        let k = t.path().join(name);
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&k)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = std::process::Command::new("ssh-add")
+            .arg(&k)
+            .env("SSH_AUTH_SOCK", &self.sock)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let fp = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(k.with_extension("pub"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&fp.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+/// A host key made for the test, as `type base64`.
+pub fn host_key(t: &TestEnv, name: &str) -> String {
+    let k = t.path().join(name);
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&k)
+        .status()
+        .unwrap();
+    let p = std::fs::read_to_string(k.with_extension("pub")).unwrap();
+    let f: Vec<&str> = p.split_whitespace().collect();
+    format!("{} {}", f[0], f[1])
+}
