@@ -14,6 +14,9 @@ const VERSION: &str = "2011-06-15";
 
 /// Default role session length (as the Go moat: 15 minutes, STS's minimum).
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(15 * 60);
+/// STS's bounds on `DurationSeconds` (the role's own maximum may be lower).
+pub const MIN_DURATION: Duration = Duration::from_secs(15 * 60);
+pub const MAX_DURATION: Duration = Duration::from_secs(12 * 60 * 60);
 /// Session credentials are replaced this long before they expire.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
@@ -259,6 +262,27 @@ impl CredentialCache {
         };
         *cur = Some((fresh.clone(), until));
         Ok(fresh)
+    }
+
+    /// The cache for a grant as the host sees it: host credentials from `env` (or
+    /// `aws_profile` in the shared files), the STS endpoint for `region` (honouring
+    /// `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL`), the system clock.
+    pub fn from_env(
+        env: &crate::env::Env,
+        aws_profile: Option<&str>,
+        region: &str,
+        role: AssumeRole,
+    ) -> Result<Self, moat_core::Error> {
+        let host = crate::creds::load(env, aws_profile)?;
+        let client = HttpClient::new(env)?;
+        let endpoint = Endpoint::resolve(env, crate::aws::Service::Sts, region)?;
+        Ok(Self::new(
+            client,
+            host,
+            endpoint,
+            role,
+            Arc::new(SystemClock),
+        ))
     }
 
     /// How many times STS was asked (for logs and tests).

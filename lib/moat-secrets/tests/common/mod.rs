@@ -71,7 +71,13 @@ impl Moto {
                     break;
                 }
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return moto;
+                    // Someone else may hold the port and moto have died on bind: make sure
+                    // it is ours that answers.
+                    std::thread::sleep(Duration::from_millis(150));
+                    if matches!(moto.child.try_wait(), Ok(None)) {
+                        return moto;
+                    }
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
