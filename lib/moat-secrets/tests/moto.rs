@@ -235,3 +235,60 @@ async fn cache_reuses_until_five_minutes_before_expiry_then_refreshes_once() {
     assert!(who.arn.contains(":assumed-role/agent/"), "{who:?}");
     assert_no_secret(&format!("{cache:?}"), &[w.alice.secret_access_key()]);
 }
+
+/// The session's `credential_process` answer, fed to the real AWS CLI (PyPI `awscli`) through a
+/// profile, makes the CLI the assumed role: the format the container's helper will print.
+#[tokio::test]
+async fn the_aws_cli_accepts_credential_process_json() {
+    let (m, w) = started().await;
+    let cache = CredentialCache::new(
+        m.client.clone(),
+        w.alice.clone(),
+        m.endpoint(Service::Sts),
+        AssumeRole::new(&w.role_arn),
+        Arc::new(sts::SystemClock),
+    );
+    let session = cache.get().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("creds.json");
+    std::fs::write(&json, session.credential_process_json()).unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile moat]\ncredential_process = /bin/cat {}\nregion = us-east-1\n",
+            json.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new("aws");
+    cmd.args([
+        "sts",
+        "get-caller-identity",
+        "--profile",
+        "moat",
+        "--output",
+        "json",
+    ])
+    .args(["--endpoint-url", &m.url()])
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap_or_default())
+    .env("HOME", dir.path())
+    .env("AWS_CONFIG_FILE", &config)
+    .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("aws sts get-caller-identity timed out")
+        .expect("running the AWS CLI (this test needs `pip install awscli`)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "aws failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let arn = id["Arn"].as_str().unwrap();
+    assert!(arn.contains(":assumed-role/agent/moat-"), "{arn}");
+}
