@@ -11,8 +11,9 @@ use time::OffsetDateTime;
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
-/// What the body contributes to the signature.
-#[derive(Clone, Copy, Debug)]
+/// What the body contributes to the signature. No `Debug`: a body can carry a secret
+/// (`PutParameter`).
+#[derive(Clone, Copy)]
 pub enum Payload<'a> {
     /// The body's bytes, hashed into the canonical request.
     Bytes(&'a [u8]),
@@ -21,8 +22,9 @@ pub enum Payload<'a> {
 }
 
 /// A request as it will go on the wire. `path` and `query` are the raw request-target parts
-/// (`query` without `?`); `headers` are every header to sign, `host` included.
-#[derive(Clone, Debug)]
+/// (`query` without `?`); `headers` are every header to sign, `host` included. No `Debug`:
+/// the headers may hold a session token.
+#[derive(Clone)]
 pub struct Request<'a> {
     pub method: &'a str,
     pub path: &'a str,
