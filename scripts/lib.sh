@@ -58,3 +58,15 @@ ensure_rust() {
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
 }
+
+# Install PyPI packages whose module does not import: need_python_modules MODULE:SPEC...
+need_python_modules() {
+  local missing=()
+  for pair in "$@"; do
+    python3 -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing ${missing[*]} from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${missing[@]}"
+}
