@@ -140,6 +140,13 @@ impl Drop for Moat {
             if let Ok(b) = std::fs::read(m)
                 && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
             {
+                if let Some(n) = v["network"].as_str() {
+                    let _ = Command::new("docker")
+                        .args(["network", "rm", n])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
                 for k in ["supervisor_pid", "proxy_pid"] {
                     if let Some(pid) = v[k].as_u64()
                         && std::fs::read(format!("/proc/{pid}/cmdline"))

@@ -186,13 +186,14 @@ fn detach_attach_logs_list_stop_destroy_clean() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty());
+    let network = m.metadata(&id)["network"].as_str().unwrap().to_string();
     let net = std::process::Command::new("docker")
         .args([
             "network",
             "ls",
             "-q",
             "--filter",
-            &format!("name=moat-{id}"),
+            &format!("name=^{network}$"),
         ])
         .output()
         .unwrap();

@@ -74,7 +74,9 @@ pub fn reconcile_one(store: &Store, id: &str) -> Result<()> {
             };
             let _ = d.remove_container(c, Some(opts)).await;
         }
-        crate::run::remove_network(&d, &format!("moat-{id}")).await;
+        if let Some(n) = &m.network {
+            crate::network::remove(&d, n).await;
+        }
         exit
     });
     if let Some(pid) = m.proxy_pid
@@ -418,6 +420,7 @@ pub fn clean(force: bool) -> Result<()> {
     let mut removed = 0;
     if let Some(d) = d {
         rt.block_on(async {
+            crate::network::remove_spares(&d).await;
             for i in &images {
                 let opts = bollard::query_parameters::RemoveImageOptions {
                     force: false,

@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod docker;
 mod image;
+mod network;
 mod run;
 mod store;
 mod tty;

@@ -404,21 +404,11 @@ async fn release(r: &mut Resources) {
             }
         }
         if let Some(n) = r.network.take() {
-            remove_network(d, &n).await;
+            crate::network::remove(d, &n).await;
+            crate::network::replenish(d).await;
         }
     }
     stop_proxy(r).await;
-}
-
-pub async fn remove_network(d: &Docker, n: &str) {
-    for _ in 0..5 {
-        match d.remove_network(n).await {
-            Ok(()) => return,
-            Err(e) if docker::is_not_found(&e) => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    eprintln!("moat: warning: could not remove network {n}");
 }
 
 async fn terminate(p: &mut Child) {
@@ -549,35 +539,11 @@ async fn lifecycle(
         None
     };
 
-    // The run's own network: internal (no route out), and the container's firewall admits
-    // only the proxy's address on it.
-    let net_name = format!("moat-{id}");
-    let labels = HashMap::from([(LABEL_RUN.to_string(), id.to_string())]);
-    let req = bollard::models::NetworkCreateRequest {
-        name: net_name.clone(),
-        driver: Some("bridge".into()),
-        internal: Some(true),
-        labels: Some(labels.clone()),
-        ..Default::default()
-    };
-    d.create_network(req)
-        .await
-        .map_err(|e| docker::err("creating the run's network", e))?;
+    // The run's own network (see network.rs); the proxy listens on its gateway.
+    let (net_name, gateway) = crate::network::acquire(&d, id).await?;
     res.network = Some(net_name.clone());
     store.update(id, |m| m.network = Some(net_name.clone()))?;
-    let info = d
-        .inspect_network(
-            &net_name,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await
-        .map_err(|e| docker::err("inspecting the run's network", e))?;
-    let gateway = info
-        .ipam
-        .and_then(|i| i.config)
-        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
-        .ok_or_else(|| Error::unavailable("the run's network has no gateway address"))?;
-    let gateway = gateway.split('/').next().unwrap_or(&gateway).to_string();
+    let labels = HashMap::from([(LABEL_RUN.to_string(), id.to_string())]);
     phase("network");
 
     // The image: worked out first, so the proxy knows whether this run builds.
@@ -661,43 +627,32 @@ async fn lifecycle(
     let stdout = proxy.stdout.take().expect("piped");
     let proxy_pid = proxy.id();
     res.proxy = Some(proxy);
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .map_err(|_| Error::unavailable("moat-proxy did not start listening in time"))?
-        .map_err(|e| Error::io("reading moat-proxy", e))?
-        .ok_or_else(|| Error::unavailable("moat-proxy exited before listening"))?;
-    let rec = moat_core::jsonl::parse(&first)?
-        .filter(|r| r.kind == "listening")
-        .ok_or_else(|| Error::unavailable("moat-proxy's first record was not `listening`"))?;
-    let addr = rec.str("addr").unwrap_or_default().to_string();
-    let ca = rec
-        .str("ca")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.ca_dir().join("ca.crt"));
-    let (pip, pport) = addr
-        .rsplit_once(':')
-        .map(|(a, p)| (a.trim_matches(['[', ']']).to_string(), p.to_string()))
-        .ok_or_else(|| {
-            Error::unavailable(format!("moat-proxy reported an odd address {addr:?}"))
-        })?;
-    let proxy_url = format!("http://moat:{token}@{pip}:{pport}");
-    phase("proxy listening");
-    store.update(id, |m| {
-        m.proxy_addr = Some(addr.clone());
-        m.proxy_pid = proxy_pid;
-    })?;
-    // The proxy's events go to the audit log as they happen.
-    let tx = res.audit.as_ref().map(|a| a.tx.clone());
-    res.proxy_pump = Some(tokio::spawn(async move {
-        while let Ok(Some(l)) = lines.next_line().await {
-            if let Some(tx) = &tx
-                && moat_core::jsonl::parse(&l).ok().flatten().is_some()
-            {
-                let _ = tx.send(format!("{l}\n"));
-            }
-        }
-    }));
+    // The proxy listens where it was told; while it starts, the container can be created.
+    let proxy_url = format!("http://moat:{token}@{gateway}:{port}");
+    let (pip, pport) = (gateway.clone(), port.to_string());
+    let listening = tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| Error::unavailable("moat-proxy did not start listening in time"))?
+            .map_err(|e| Error::io("reading moat-proxy", e))?
+            .ok_or_else(|| Error::unavailable("moat-proxy exited before listening"))?;
+        Ok::<_, Error>((first, lines))
+    });
+    let mut listening = Some(listening);
+    let default_ca = home.ca_dir().join("ca.crt");
+    let mut ca = default_ca.clone();
+    if needs_build || !default_ca.exists() {
+        ca = proxy_listening(
+            listening.take(),
+            store,
+            id,
+            &format!("{pip}:{pport}"),
+            proxy_pid,
+            res,
+        )
+        .await?;
+    }
 
     let built = if needs_build {
         image::ensure(&d, &ctx, spec.rebuild, &proxy_url, &mut err).await?
@@ -817,6 +772,17 @@ async fn lifecycle(
         .await
         .map_err(|e| docker::err("creating the container", e))?;
     res.container = Some(created.id.clone());
+    if listening.is_some() {
+        proxy_listening(
+            listening.take(),
+            store,
+            id,
+            &format!("{pip}:{pport}"),
+            proxy_pid,
+            res,
+        )
+        .await?;
+    }
     phase("container created");
     store.update(id, |m| m.container_id = Some(created.id.clone()))?;
     if spec.interactive && !spec.detach {
@@ -867,6 +833,60 @@ async fn lifecycle(
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
     phase("logs drained");
     Ok(code)
+}
+
+type Listening = tokio::task::JoinHandle<
+    Result<(
+        String,
+        tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    )>,
+>;
+
+/// Wait for the proxy's `listening` record, check it is where it was told to listen, record
+/// it, and pump the proxy's later events into the audit log. Returns the CA's path.
+async fn proxy_listening(
+    listening: Option<Listening>,
+    store: &Store,
+    id: &str,
+    want: &str,
+    pid: Option<u32>,
+    res: &mut Resources,
+) -> Result<PathBuf> {
+    let Some(l) = listening else {
+        return Err(Error::software("proxy start awaited twice"));
+    };
+    let (first, mut lines) = l
+        .await
+        .map_err(|_| Error::software("reading moat-proxy"))??;
+    let rec = moat_core::jsonl::parse(&first)?
+        .filter(|r| r.kind == "listening")
+        .ok_or_else(|| Error::unavailable("moat-proxy's first record was not `listening`"))?;
+    let addr = rec.str("addr").unwrap_or_default().to_string();
+    if addr != want {
+        return Err(Error::unavailable(format!(
+            "moat-proxy listens on {addr}, not {want}"
+        )));
+    }
+    let ca = rec
+        .str("ca")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| store.home.ca_dir().join("ca.crt"));
+    phase("proxy listening");
+    store.update(id, |m| {
+        m.proxy_addr = Some(addr.clone());
+        m.proxy_pid = pid;
+    })?;
+    let tx = res.audit.as_ref().map(|a| a.tx.clone());
+    res.proxy_pump = Some(tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(tx) = &tx
+                && moat_core::jsonl::parse(&l).ok().flatten().is_some()
+            {
+                let _ = tx.send(format!("{l}\n"));
+            }
+        }
+    }));
+    Ok(ca)
 }
 
 async fn wait_exit(d: &Docker, id: &str) -> Result<i64> {
