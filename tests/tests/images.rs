@@ -161,3 +161,37 @@ fn status_and_the_dispatcher() {
     let l = m.run_timeout("moat", &["list"], None, 60);
     assert!(l.stdout().contains("via-moat"), "{}", l.stdout());
 }
+
+#[test]
+fn a_runtime_debian_carries_is_installed_from_debian_packages() {
+    if !docker_ready() {
+        return;
+    }
+    // python:3.11-slim is not here and no registry answers: bookworm's python3 is 3.11.
+    let have = std::process::Command::new("docker")
+        .args(["image", "inspect", "python:3.11-slim"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        eprintln!("SKIPPED: python:3.11-slim is present, the Debian path is not taken");
+        return;
+    }
+    let m = Moat::new();
+    std::fs::write(m.ws.join("moat.yaml"), "dependencies:\n  - python@3.11\n").unwrap();
+    let r = m.run_timeout(
+        "moat-launch",
+        &[
+            "run",
+            "--no-sandbox",
+            "--",
+            "python3",
+            "-c",
+            "import sys; print('py', sys.version_info[:2])",
+        ],
+        None,
+        600,
+    );
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains("py (3, 11)"), "{}", r.stdout());
+}

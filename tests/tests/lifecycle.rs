@@ -66,6 +66,15 @@ command: ["sh", "-c", "cat /data/x.txt; echo $GREETING; cat /workspace/pre_run.t
         first["ts"].is_string() && first["stream"] == "stdout" && first["line"].is_string(),
         "{first}"
     );
+    let v = m.launch(&["volumes", "ls"]);
+    assert!(v.stdout().contains("e2e-agent  state"), "{}", v.stdout());
+    // Destroying the runs keeps the volumes; volumes rm deletes them.
+    for id in m.run_ids() {
+        assert_eq!(m.launch(&["destroy", &id]).code(), 0);
+    }
+    assert!(m.moat_home().join("volumes/e2e-agent/state/count").exists());
+    assert_eq!(m.launch(&["volumes", "rm", "e2e-agent"]).code(), 0);
+    assert!(!m.moat_home().join("volumes/e2e-agent").exists());
 }
 
 #[test]
@@ -367,4 +376,46 @@ fn ctrl_c_detaches_and_twice_stops() {
     }
     let meta = m.metadata(&id);
     assert_eq!(meta["state"], "stopped", "{meta}");
+}
+
+#[test]
+fn container_resources_and_logs_follow() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        "container:\n  memory: 256\n  cpus: 1\n  dns: [\"192.0.2.53\"]\n",
+    )
+    .unwrap();
+    let script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null; cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null; grep nameserver /etc/resolv.conf; for i in 1 2 3 4 5 6 7 8 9 10; do echo follow$i; sleep 0.3; done";
+    let r = m.launch(&["run", "--no-sandbox", "-d", "--", "sh", "-c", script]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = r.stdout().trim().to_string();
+    // container.dns goes to Docker (the run's firewall lets no DNS out anyway).
+    let dns = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{json .HostConfig.Dns}}",
+            &format!("moat-{id}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&dns.stdout).contains("192.0.2.53"),
+        "{}",
+        String::from_utf8_lossy(&dns.stdout)
+    );
+    // logs -f prints what exists and follows until the run ends.
+    let f = m.launch(&["logs", "-f", &id]);
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let out = f.stdout();
+    assert!(out.contains("follow1") && out.contains("follow10"), "{out}");
+    assert!(
+        out.contains(&(256u64 * 1024 * 1024).to_string()),
+        "memory limit: {out}"
+    );
+    assert!(out.contains("100000"), "cpu quota: {out}");
 }

@@ -68,6 +68,19 @@ fn quick_start_injects_the_token_and_records_the_request() {
     );
     assert!(t.stdout().starts_with('['), "{}", t.stdout());
 
+    let v = m.launch(&["trace", "--network", "-v"]);
+    assert!(v.stdout().contains("grant: github"), "{}", v.stdout());
+    let j = m.launch(&["trace", "--json"]);
+    let rec: serde_json::Value = serde_json::from_str(j.stdout().lines().next().unwrap()).unwrap();
+    assert_eq!(rec["url"], "https://api.github.com/user");
+    assert_eq!(rec["v"], 1);
+
+    // The audit log verifies, and holds the run's own events.
+    let log = std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("audit/log.jsonl"))
+        .unwrap_or_default();
+    for kind in ["run_started", "run_ended"] {
+        assert!(log.contains(kind), "no {kind} in the audit log:\n{log}");
+    }
     // The audit log verifies.
     let a = m.run_timeout("moat-audit", &[&id], None, 60);
     assert_eq!(a.code(), 0, "moat-audit: {}\n{}", a.stdout(), a.stderr());

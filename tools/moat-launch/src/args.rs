@@ -10,7 +10,8 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
        moat-launch attach|logs|trace|stop|destroy [OPTIONS] [RUN]
        moat-launch list|status|clean [OPTIONS]
-       moat-launch image bootstrap [--force]";
+       moat-launch image bootstrap [--force]
+       moat-launch volumes [ls [--json] | rm AGENT... | prune [--force]]";
 
 pub const HELP: &str =
     "Run a command or agent in a container whose only network path is moat's proxy.
@@ -26,6 +27,7 @@ Commands:
     destroy [RUN]            stop a run and delete its directory
     clean                    delete stopped runs and unused moat images
     image bootstrap          build debian:bookworm-slim from Debian packages
+    volumes [ls|rm AGENT|prune]  list or delete the volumes kept per agent
 
 RUN is a run id, an id prefix or a name; it defaults to the latest run.
 
@@ -48,7 +50,7 @@ Other options:
     --network                trace: show network requests (the default)
     -v, --verbose            trace: show grant, policy and errors
     --json                   list, trace, status: print JSON lines
-    --force                  clean: do not ask; image bootstrap: rebuild
+    --force                  clean, volumes prune: do not ask; image bootstrap: rebuild
     -h, --help               show this help
     -V, --version            show the version
 ";
@@ -104,6 +106,14 @@ pub enum Command {
     Bootstrap {
         force: bool,
     },
+    Volumes(VolumesCmd),
+}
+
+#[derive(Debug)]
+pub enum VolumesCmd {
+    Ls { json: bool },
+    Rm(Vec<String>),
+    Prune { force: bool },
 }
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -162,6 +172,7 @@ where
                     Ok(Command::Clean { force })
                 }
                 "image" => parse_image(&mut p),
+                "volumes" => parse_volumes(&mut p),
                 other => Err(usage(format!("unknown command {other:?}"))),
             }
         }
@@ -303,6 +314,40 @@ fn parse_trace(p: &mut lexopt::Parser) -> Result<Command> {
         }
     }
     Ok(Command::Trace { run, verbose, json })
+}
+
+fn parse_volumes(p: &mut lexopt::Parser) -> Result<Command> {
+    let sub = match p.next().map_err(lex)? {
+        Some(Value(v)) => string(v, "volumes command")?,
+        None => "ls".to_string(),
+        Some(Long("json")) => return Ok(Command::Volumes(VolumesCmd::Ls { json: true })),
+        Some(a) => return Err(usage(format!("volumes: {}", a.unexpected()))),
+    };
+    let (mut json, mut force, mut names) = (false, false, vec![]);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Long("json") => json = true,
+            Short('f') | Long("force") => force = true,
+            Value(v) => names.push(string(v, "agent")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    Ok(Command::Volumes(match sub.as_str() {
+        "ls" | "list" => VolumesCmd::Ls { json },
+        "rm" if !names.is_empty() => VolumesCmd::Rm(names),
+        "rm" => {
+            return Err(usage(
+                "volumes rm: name the agent(s) whose volumes to remove",
+            ));
+        }
+        "prune" => VolumesCmd::Prune { force },
+        other => {
+            return Err(usage(format!(
+                "volumes: unknown command {other:?} (ls, rm, prune)"
+            )));
+        }
+    }))
 }
 
 fn parse_image(p: &mut lexopt::Parser) -> Result<Command> {

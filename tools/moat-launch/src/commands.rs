@@ -440,6 +440,83 @@ pub fn clean(force: bool) -> Result<()> {
     Ok(())
 }
 
+/// `volumes ls|rm|prune`: the bind-mounted volumes under MOAT_HOME/volumes/<agent>/<volume>.
+pub fn volumes(cmd: crate::args::VolumesCmd) -> Result<()> {
+    use crate::args::VolumesCmd;
+    let store = store()?;
+    let root = store.home.volumes_dir();
+    let mut all: Vec<(String, String, u64)> = vec![];
+    for agent in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let a = agent.file_name().to_string_lossy().to_string();
+        for v in std::fs::read_dir(agent.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = v.file_name().to_string_lossy().to_string();
+            all.push((a.clone(), name, dir_size(&v.path())));
+        }
+    }
+    all.sort();
+    match cmd {
+        VolumesCmd::Ls { json } => {
+            let mut out = String::new();
+            if json {
+                for (a, v, size) in &all {
+                    out.push_str(&moat_core::jsonl::line(
+                        "volume",
+                        &serde_json::json!({"agent": a, "volume": v, "bytes": size, "path": root.join(a).join(v)}),
+                    )?);
+                }
+            } else if all.is_empty() {
+                eprintln!("no volumes");
+            } else {
+                out.push_str("AGENT  VOLUME  SIZE\n");
+                for (a, v, size) in &all {
+                    out.push_str(&format!("{a}  {v}  {:.1} MB\n", *size as f64 / 1e6));
+                }
+            }
+            cli::write_stdout(out.as_bytes())
+        }
+        VolumesCmd::Rm(agents) => {
+            for a in agents {
+                if a.contains('/') || a.starts_with('.') {
+                    return Err(Error::usage(format!("{a:?} is not an agent name")));
+                }
+                let d = root.join(&a);
+                if !d.exists() {
+                    return Err(Error::noinput(format!("no volumes for agent {a:?}")));
+                }
+                std::fs::remove_dir_all(&d)
+                    .map_err(|e| Error::io(format!("removing {}", d.display()), e))?;
+                eprintln!("moat: removed the volumes of {a}");
+            }
+            Ok(())
+        }
+        VolumesCmd::Prune { force } => {
+            if all.is_empty() {
+                eprintln!("moat: no volumes");
+                return Ok(());
+            }
+            if !force {
+                eprint!("Remove all {} volume(s)? [y/N] ", all.len());
+                let mut answer = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut answer)
+                    .map_err(|e| Error::io("reading the answer", e))?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return Err(Error::no("nothing removed"));
+                }
+            }
+            std::fs::remove_dir_all(&root)
+                .map_err(|e| Error::io(format!("removing {}", root.display()), e))?;
+            eprintln!("moat: removed {} volume(s)", all.len());
+            Ok(())
+        }
+    }
+}
+
 fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;

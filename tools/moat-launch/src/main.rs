@@ -66,6 +66,7 @@ fn real_main() -> Result<()> {
         Command::Stop(run) => commands::stop(run.as_deref()),
         Command::Destroy(run) => commands::destroy(run.as_deref()),
         Command::Clean { force } => commands::clean(force),
+        Command::Volumes(v) => commands::volumes(v),
         Command::Bootstrap { force } => runtime()?.block_on(image::bootstrap(force)),
     }
 }
