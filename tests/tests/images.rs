@@ -195,3 +195,30 @@ fn a_runtime_debian_carries_is_installed_from_debian_packages() {
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     assert!(r.stdout().contains("py (3, 11)"), "{}", r.stdout());
 }
+
+#[test]
+fn git_dependency_imports_the_hosts_identity() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let mut c = m.env.program("git");
+    c.args(["config", "--global", "user.name", "Moat E2E"]);
+    assert!(c.status().unwrap().success());
+    let mut c = m.env.program("git");
+    c.args(["config", "--global", "user.email", "e2e@example.org"]);
+    assert!(c.status().unwrap().success());
+    std::fs::write(m.ws.join("moat.yaml"), "dependencies: [git]\n").unwrap();
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--",
+        "sh",
+        "-c",
+        "git --version && env | grep GIT_AUTHOR",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    r.stdout_has("git version")
+        .stdout_has("GIT_AUTHOR_NAME=Moat E2E")
+        .stdout_has("GIT_AUTHOR_EMAIL=e2e@example.org");
+}

@@ -517,6 +517,12 @@ pub fn volumes(cmd: crate::args::VolumesCmd) -> Result<()> {
     }
 }
 
+fn proxy_alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("moat-proxy"))
+        .unwrap_or(false)
+}
+
 fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;
@@ -571,7 +577,7 @@ pub fn status(json: bool) -> Result<()> {
         let l = moat_core::jsonl::line(
             "status",
             &serde_json::json!({
-                "active_runs": active.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name, "state": m.state.as_str()})).collect::<Vec<_>>(),
+                "active_runs": active.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name, "state": m.state.as_str(), "proxy_up": m.proxy_pid.is_some_and(proxy_alive)})).collect::<Vec<_>>(),
                 "stopped_runs": stopped, "images": images, "docker": {"ok": docker_ok, "message": docker_msg},
                 "gvisor": runsc, "ca": {"ok": ca_ok, "path": ca}, "runs_disk_bytes": disk,
             }),
@@ -602,8 +608,15 @@ pub fn status(json: bool) -> Result<()> {
         disk as f64 / 1e6
     ));
     for m in &active {
+        let proxy = match m.proxy_pid {
+            Some(pid) if proxy_alive(pid) => {
+                format!("proxy {} up", m.proxy_addr.as_deref().unwrap_or("?"))
+            }
+            Some(_) => "proxy DOWN (the run has no network)".to_string(),
+            None => "proxy not started".to_string(),
+        };
         s.push_str(&format!(
-            "  {} ({}) {} {}\n",
+            "  {} ({}) {} {}, {proxy}\n",
             m.name,
             m.id,
             m.state.as_str(),

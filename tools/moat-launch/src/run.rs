@@ -74,6 +74,9 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
     if spec.interactive {
         spec.tty_size = crate::tty::term_size();
     }
+    if spec.dependencies.iter().any(|d| d == "git") {
+        import_git_identity(&mut spec);
+    }
     let id = moat_core::new_run_id();
     let meta = Metadata {
         v: 1,
@@ -115,6 +118,30 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         crate::tty::attach(&store, &id, true)
     } else {
         crate::attach::follow(&store, &id, true)
+    }
+}
+
+/// `git` in dependencies: the host's user.name and user.email, unless env sets them.
+fn import_git_identity(spec: &mut RunSpec) {
+    let get = |key: &str| {
+        std::process::Command::new("git")
+            .args(["config", "--get", key])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    for (key, vars) in [
+        ("user.name", ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"]),
+        ("user.email", ["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"]),
+    ] {
+        if let Some(v) = get(key) {
+            for var in vars {
+                spec.env.entry(var.to_string()).or_insert_with(|| v.clone());
+            }
+        }
     }
 }
 
