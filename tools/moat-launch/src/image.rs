@@ -160,7 +160,8 @@ pub fn dockerfile(
         pk.join(" ")
     ));
     let user = if uid == 0 {
-        "useradd -o -u 0 -g 0 -M -d /home/moatuser -s /bin/bash moatuser".to_string()
+        // uid 0 is outside useradd's range and it says so; the account is what we want.
+        "useradd -o -u 0 -g 0 -M -d /home/moatuser -s /bin/bash moatuser 2>/dev/null".to_string()
     } else {
         format!(
             "(getent group {gid} >/dev/null || groupadd -g {gid} moatuser) && useradd -o -u {uid} -g {gid} -M -d /home/moatuser -s /bin/bash moatuser"
@@ -411,6 +412,8 @@ pub async fn ensure(
         match r {
             Ok(info) => {
                 if let Some(t) = info.stream {
+                    // The engine colours a step's stderr; the log is plain text.
+                    let t = t.replace("\u{1b}[91m", "").replace("\u{1b}[0m", "");
                     let _ = log.write_all(t.as_bytes());
                     let _ = log.flush();
                 }

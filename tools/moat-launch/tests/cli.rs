@@ -1,0 +1,76 @@
+//! moat-launch's command line without Docker: usage errors, help, and what the lifecycle
+//! commands say when there are no runs.
+
+use moat_testkit::TestEnv;
+
+#[test]
+fn usage_errors_exit_64_with_the_usage() {
+    let env = TestEnv::new();
+    env.run("moat-launch", &[])
+        .exit(64)
+        .stderr_has("usage: moat-launch");
+    env.run("moat-launch", &["frobnicate"])
+        .exit(64)
+        .stderr_has("unknown command");
+    env.run("moat-launch", &["run", "--bogus"]).exit(64);
+    env.run("moat-launch", &["run", "a", "b"])
+        .exit(64)
+        .stderr_has("put the command after --");
+    env.run("moat-launch", &["logs", "-n", "x"]).exit(64);
+    env.run("moat-launch", &["image"]).exit(64);
+    env.run("moat-launch", &["volumes", "rm"]).exit(64);
+}
+
+#[test]
+fn help_lists_commands_and_options() {
+    let env = TestEnv::new();
+    env.run("moat-launch", &["--help"])
+        .success()
+        .stdout_has("run [PATH] [-- CMD...]")
+        .stdout_has("--no-sandbox")
+        .stdout_has("image bootstrap");
+    env.run("moat-launch", &["--version"])
+        .success()
+        .stdout_has("moat-launch ");
+}
+
+#[test]
+fn no_runs_is_said_plainly() {
+    let env = TestEnv::new();
+    env.run("moat-launch", &["logs"])
+        .exit(66)
+        .stderr_has("there are no runs");
+    env.run("moat-launch", &["stop", "nope"])
+        .exit(66)
+        .stderr_has("no run with id or name \"nope\"");
+    env.run("moat-launch", &["trace"]).exit(66);
+    env.run("moat-launch", &["list", "--json"])
+        .success()
+        .stdout_empty();
+}
+
+#[test]
+fn a_bad_workspace_or_config_fails_before_any_run_exists() {
+    let env = TestEnv::new();
+    env.run("moat-launch", &["run", "/nonexistent/ws", "--", "true"])
+        .exit(66);
+    let ws = env.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(
+        ws.join("agent.yaml"),
+        "volumes:\n  - name: x\n    target: /x\n",
+    )
+    .unwrap();
+    env.run("moat-launch", &["run", ws.to_str().unwrap(), "--", "true"])
+        .exit(78)
+        .stderr_has("agent.yaml:1: volumes: needs `name`");
+    std::fs::write(ws.join("agent.yaml"), "secrets:\n  A: op://v/i/f\n").unwrap();
+    env.run("moat-launch", &["run", ws.to_str().unwrap(), "--", "true"])
+        .exit(69)
+        .stderr_has("secrets");
+    std::fs::write(ws.join("agent.yaml"), "name: [unclosed\n").unwrap();
+    env.run("moat-launch", &["run", ws.to_str().unwrap(), "--", "true"])
+        .exit(78)
+        .stderr_has("agent.yaml");
+    assert!(!env.moat_home.join("runs").exists());
+}
