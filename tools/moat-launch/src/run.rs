@@ -543,11 +543,6 @@ async fn lifecycle(
     } else {
         Some(start_ssh_filter(home, id, &rules.ssh, res).await?)
     };
-    if let Some(a) = &res.audit {
-        for g in &spec.grants {
-            a.event("grant_used", serde_json::json!({"run": id, "grant": g}));
-        }
-    }
 
     phase("grants");
     let d = docker::connect().await?;
@@ -845,7 +840,7 @@ async fn lifecycle(
     if let Some(a) = &res.audit {
         a.event(
             "run_started",
-            serde_json::json!({"run": id, "name": spec.name, "image": ctx.tag, "grants": spec.grants, "container_id": created.id, "policy": spec.policy}),
+            serde_json::json!({"run": id, "name": spec.name, "workspace": spec.workspace, "image": ctx.tag, "grants": spec.grants, "container_id": created.id, "policy": spec.policy}),
         );
     }
 
