@@ -71,9 +71,15 @@ fn quick_start_injects_the_token_and_records_the_request() {
     let v = m.launch(&["trace", "--network", "-v"]);
     assert!(v.stdout().contains("grant: github"), "{}", v.stdout());
     let j = m.launch(&["trace", "--json"]);
-    let rec: serde_json::Value = serde_json::from_str(j.stdout().lines().next().unwrap()).unwrap();
-    assert_eq!(rec["url"], "https://api.github.com/user");
+    // (a first run also traces its image build's package downloads)
+    let rec: serde_json::Value = j
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["url"] == "https://api.github.com/user")
+        .expect("the request in trace --json");
     assert_eq!(rec["v"], 1);
+    assert_eq!(rec["status"], 200);
 
     // The audit log verifies, and holds the run's own events.
     let log = std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("audit/log.jsonl"))
