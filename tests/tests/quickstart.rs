@@ -197,3 +197,35 @@ fn strict_policy_blocks_with_the_policy_message() {
     // The grant's host is allowed under strict.
     assert!(out.contains(LOGIN), "{out}\n{}", r.stderr());
 }
+
+#[test]
+fn network_rules_reach_the_proxy() {
+    if !docker_ready() {
+        return;
+    }
+    let (m, _gh) = github_env();
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        "grants: [github]\nnetwork:\n  rules:\n    - api.github.com:\n        - allow GET /user\n        - deny GET /**\n",
+    )
+    .unwrap();
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--",
+        "sh",
+        "-c",
+        "curl -s https://api.github.com/user; echo; curl -s https://api.github.com/repos/x/y",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    assert!(out.contains(LOGIN), "{out}");
+    assert!(out.contains("request blocked by network policy"), "{out}");
+    let t = m.launch(&["trace", "--network"]);
+    assert!(
+        t.stdout()
+            .contains("GET https://api.github.com/repos/x/y 403"),
+        "{}",
+        t.stdout()
+    );
+}
