@@ -522,8 +522,11 @@ async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
 
 /// A free port on `ip` (the proxy binds it right after; the window is tiny and per-run).
 fn free_port(ip: &str) -> Result<u16> {
-    let l =
-        std::net::TcpListener::bind((ip, 0)).map_err(|e| Error::io(format!("binding {ip}"), e))?;
+    let l = std::net::TcpListener::bind((ip, 0)).map_err(|e| {
+        Error::io(format!("listening on the run network's gateway {ip}"), e).with_hint(
+            "the run's proxy must run on the Docker host; a remote engine (DOCKER_HOST) is not supported yet",
+        )
+    })?;
     Ok(l.local_addr().map_err(|e| Error::io("binding", e))?.port())
 }
 
