@@ -2,7 +2,7 @@
 //! supervisor's messages (launch.log: build progress, warnings, failures) to stderr, until it
 //! ends. Ctrl+C detaches; Ctrl+C twice within 500 ms stops the run.
 
-use crate::store::{State, Store, supervisor_alive};
+use crate::store::{State, Store, supervisor_gone};
 use moat_core::{Error, Result};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -128,7 +128,7 @@ pub fn follow(store: &Store, id: &str, from_start: bool) -> Result<i32> {
                 return end_code(store, id);
             }
             if let Some(pid) = m.supervisor_pid
-                && !supervisor_alive(pid, id)
+                && supervisor_gone(pid, id)
             {
                 // One more look: it may have just finished.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -149,7 +149,7 @@ pub fn follow_quiet(store: &Store, id: &str) -> Result<i32> {
         if m.state.is_terminal() {
             return end_code(store, id);
         }
-        if m.supervisor_pid.is_some_and(|p| !supervisor_alive(p, id)) {
+        if m.supervisor_pid.is_some_and(|p| supervisor_gone(p, id)) {
             crate::commands::reconcile_one(store, id)?;
             return end_code(store, id);
         }
@@ -178,7 +178,7 @@ pub fn wait_started(store: &Store, id: &str) -> Result<i32> {
             return Ok(0);
         }
         if let Some(pid) = m.supervisor_pid
-            && !supervisor_alive(pid, id)
+            && supervisor_gone(pid, id)
         {
             std::thread::sleep(Duration::from_millis(50));
             if !store.load(id)?.state.is_terminal() {

@@ -4,7 +4,7 @@
 //! nothing is left orphaned.
 
 use crate::docker::{self, LABEL_IMAGE};
-use crate::store::{Metadata, State, Store, supervisor_alive};
+use crate::store::{Metadata, State, Store, supervisor_alive, supervisor_gone};
 use bollard::Docker;
 use moat_core::{Error, MoatHome, Result, cli};
 use std::io::{BufRead, Write};
@@ -26,7 +26,7 @@ fn is_orphan(m: &Metadata) -> bool {
         return false;
     }
     match m.supervisor_pid {
-        Some(pid) => !supervisor_alive(pid, &m.id),
+        Some(pid) => supervisor_gone(pid, &m.id),
         // A run that never got a supervisor: give the starting CLI a moment.
         None => moat_core::timefmt::parse_rfc3339(&m.created_at)
             .and_then(|t| SystemTime::now().duration_since(t).ok())
@@ -203,9 +203,7 @@ pub fn logs(run: Option<&str>, lines: Option<usize>, follow: bool) -> Result<()>
             if m.state.is_terminal() {
                 break;
             }
-            if m.supervisor_pid
-                .is_some_and(|p| !supervisor_alive(p, &m.id))
-            {
+            if m.supervisor_pid.is_some_and(|p| supervisor_gone(p, &m.id)) {
                 reconcile_one(&store, &m.id)?;
             }
         }
@@ -311,7 +309,7 @@ pub fn stop_run(store: &Store, id: &str) -> Result<()> {
             }
             return Ok(());
         }
-        if m.supervisor_pid.is_none_or(|p| !supervisor_alive(p, id)) {
+        if m.supervisor_pid.is_none_or(|p| supervisor_gone(p, id)) {
             return reconcile_one(store, id);
         }
         std::thread::sleep(Duration::from_millis(50));

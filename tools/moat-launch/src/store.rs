@@ -206,15 +206,37 @@ impl Store {
     }
 }
 
-/// Is `pid` a live supervisor of `run_id`? (pids get reused; the command line tells.)
+/// Is `pid` a live supervisor of `run_id`? Pids get reused, so the command line must name
+/// the run; but a process in the middle of exec (setsid becoming moat-launch) briefly shows
+/// an empty command line, which counts as alive. A zombie is dead.
 pub fn supervisor_alive(pid: u32, run_id: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().next());
+    if matches!(state, Some("Z" | "X")) {
+        return false;
+    }
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) if c.is_empty() => true,
         Ok(c) => {
             let s = String::from_utf8_lossy(&c);
             s.contains("__supervise") && s.contains(run_id)
         }
         Err(_) => false,
     }
+}
+
+/// Dead on two looks a tenth of a second apart: reconciliation kills what it finds, so a
+/// transient reading must not count.
+pub fn supervisor_gone(pid: u32, run_id: &str) -> bool {
+    if supervisor_alive(pid, run_id) {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    !supervisor_alive(pid, run_id)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! Ctrl+C included, goes to the container.
 
 use crate::docker;
-use crate::store::{Store, supervisor_alive};
+use crate::store::{Store, supervisor_gone};
 use futures_util::StreamExt;
 use moat_core::{Error, Result};
 use std::process::{Command, Stdio};
@@ -75,7 +75,7 @@ pub fn attach(store: &Store, id: &str, gate: bool) -> Result<i32> {
         if let Some(c) = m.container_id {
             break c;
         }
-        if m.state.is_terminal() || m.supervisor_pid.is_some_and(|p| !supervisor_alive(p, id)) {
+        if m.state.is_terminal() || m.supervisor_pid.is_some_and(|p| supervisor_gone(p, id)) {
             // Failed before the container existed: show why, like a plain follow does.
             return crate::attach::follow(store, id, true);
         }
