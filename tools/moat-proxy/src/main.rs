@@ -7,6 +7,7 @@
 mod args;
 mod ca;
 mod config;
+mod h2guard;
 mod inject;
 mod policy;
 mod proxy;

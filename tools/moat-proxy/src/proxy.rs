@@ -5,6 +5,7 @@
 //! the upstream (502) or the proxy (500); denials are readable 403s.
 
 use crate::ca::Ca;
+use crate::h2guard::{Guarded, Tripped};
 use crate::inject::{Injector, is_hop_by_hop};
 use crate::policy::{Decision, Policy, display_host};
 use crate::trace::{ReqCtx, Sinks, trace_url};
@@ -33,6 +34,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long an abusive HTTP/2 connection has to take its GOAWAY before it is dropped.
+const ABUSE_GRACE: Duration = Duration::from_secs(1);
 /// Request headers larger than this get 431 from the proxy itself.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// What hyper buffers before refusing on its own (then without a readable response).
@@ -468,6 +471,7 @@ async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Ar
         }
         Err(_) => return fail("TLS handshake with the client timed out".into()),
     };
+    let t_host = host.clone();
     let tunnel = Arc::new(Tunnel {
         host,
         port,
@@ -480,13 +484,27 @@ async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Ar
         let t = tunnel.clone();
         async move { Ok::<_, Infallible>(inner(req, st, t).await) }
     });
-    let conn = b.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+    let tripped = Arc::new(Tripped::default());
+    let io = Guarded::new(tls, tripped.clone());
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = shutdown_signal(st.shutdown.clone()) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+        _ = tripped.wait() => {
+            // HTTP/2 control-frame flood: GOAWAY, then close whatever is left shortly after
+            // (the guard has stopped reading, so in-flight streams get no more input).
+            let ctx = ReqCtx::new(st.sinks.clone(), "CONNECT", display_host(&t_host, port));
+            ctx.set_error(
+                "client",
+                "HTTP/2 control-frame flood (PING, SETTINGS, RST_STREAM, PRIORITY or empty DATA); connection closed".into(),
+            );
+            drop(ctx);
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(ABUSE_GRACE, conn).await;
         }
     }
 }
