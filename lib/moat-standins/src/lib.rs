@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+pub use providers::{chatgpt_id_token, fake_jwt};
 pub use tls::HOSTS;
 
 /// Which provider and which way of signing in a stand-in expects.

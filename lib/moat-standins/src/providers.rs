@@ -579,6 +579,23 @@ fn openai(opts: &crate::Options, r: &Req) -> Response<Body> {
             json!({"object":"list","data":[{"id":"gpt-5","object":"model","created":1700000000,"owned_by":"openai"}]}),
         ),
         ("GET", "/backend-api/codex/models") => json_resp(StatusCode::OK, json!({"models": []})),
+        // Codex's workspace routing: which ChatGPT accounts the token may act for.
+        ("GET", "/backend-api/wham/accounts/check") | ("GET", "/api/codex/accounts/check") => {
+            let id = r
+                .header("chatgpt-account-id")
+                .unwrap_or("00000000-0000-4000-8000-00000000c0de")
+                .to_string();
+            json_resp(
+                StatusCode::OK,
+                json!({
+                    "accounts": {id.clone(): {
+                        "workspace_backend_origin": "https://chatgpt.com"
+                    }},
+                    "account_ordering": [id],
+                    "default_account_id": id
+                }),
+            )
+        }
         _ => not_found(Style::OpenAi),
     }
 }
