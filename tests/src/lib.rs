@@ -150,7 +150,14 @@ impl Drop for Moat {
                 for k in ["supervisor_pid", "proxy_pid"] {
                     if let Some(pid) = v[k].as_u64()
                         && std::fs::read(format!("/proc/{pid}/cmdline"))
-                            .map(|c| String::from_utf8_lossy(&c).contains(&id) || k == "proxy_pid")
+                            .map(|c| {
+                                let c = String::from_utf8_lossy(&c);
+                                if k == "proxy_pid" {
+                                    c.contains("moat-proxy")
+                                } else {
+                                    c.contains(&id)
+                                }
+                            })
                             .unwrap_or(false)
                     {
                         let _ = Command::new("kill").arg(pid.to_string()).status();
