@@ -1,0 +1,379 @@
+//! The stand-ins on their own (wire formats, 401s, refresh, GitHub) and their event
+//! streams through the real moat-proxy, timed at the client.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use moat_standins::{Kind, Options, Standin};
+
+/// curl straight to the stand-in (no proxy), `host` routed to its port.
+fn curl_direct(s: &Standin, host: &str, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(s.ca_pem_path())
+        .arg("--connect-to")
+        .arg(format!("{host}:443:127.0.0.1:{}", s.port()))
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn each_standin_refuses_a_missing_or_wrong_credential_in_its_providers_format() {
+    let cases: &[(Kind, &str, &str, &str)] = &[
+        (
+            Kind::AnthropicApiKey,
+            "api.anthropic.com",
+            "/v1/messages",
+            "authentication_error",
+        ),
+        (
+            Kind::AnthropicOauth,
+            "api.anthropic.com",
+            "/v1/messages",
+            "authentication_error",
+        ),
+        (
+            Kind::OpenAiApiKey,
+            "api.openai.com",
+            "/v1/responses",
+            "invalid_api_key",
+        ),
+        (
+            Kind::ChatGpt,
+            "chatgpt.com",
+            "/backend-api/codex/responses",
+            "invalid_api_key",
+        ),
+        (
+            Kind::GeminiApiKey,
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/g:generateContent",
+            "UNAUTHENTICATED",
+        ),
+        (
+            Kind::GoogleOauth,
+            "cloudcode-pa.googleapis.com",
+            "/v1internal:generateContent",
+            "UNAUTHENTICATED",
+        ),
+        (Kind::GitHub, "api.github.com", "/user", "Bad credentials"),
+    ];
+    for (kind, host, path, marker) in cases {
+        let s = Standin::start(*kind, "the-real-one");
+        let url = format!("https://{host}{path}");
+        for hdr in [
+            None,
+            Some("Authorization: Bearer wrong"),
+            Some("x-api-key: wrong"),
+        ] {
+            let mut args = vec![
+                "-X",
+                if *path == "/user" { "GET" } else { "POST" },
+                "-d",
+                "{}",
+            ];
+            if *path == "/user" {
+                args = vec![];
+            }
+            if let Some(h) = hdr {
+                args.extend(["-H", h]);
+            }
+            args.push(&url);
+            let (code, body) = curl_direct(&s, host, &args);
+            assert_eq!(code, 401, "{kind:?} {hdr:?}: {body}");
+            assert!(body.contains(marker), "{kind:?}: {body}");
+        }
+        assert_eq!(s.requests().len(), 3);
+    }
+}
+
+#[test]
+fn anthropic_oauth_needs_the_beta_header_and_refresh_issues_a_token_it_then_accepts() {
+    let mut o = Options::new(Kind::AnthropicOauth, "sk-ant-oat01-real");
+    o.refresh_token = Some("sk-ant-ort01-real".into());
+    let s = Standin::start_with(o);
+    let msg = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let url = "https://api.anthropic.com/v1/messages";
+    let (code, _) = curl_direct(
+        &s,
+        "api.anthropic.com",
+        &[
+            "-H",
+            "Authorization: Bearer sk-ant-oat01-real",
+            "-d",
+            msg,
+            url,
+        ],
+    );
+    assert_eq!(
+        code, 401,
+        "a subscription token without anthropic-beta is refused"
+    );
+    let beta = ["-H", "anthropic-beta: oauth-2025-04-20"];
+    let (code, body) = curl_direct(
+        &s,
+        "api.anthropic.com",
+        &[
+            beta[0],
+            beta[1],
+            "-H",
+            "Authorization: Bearer sk-ant-oat01-real",
+            "-d",
+            msg,
+            url,
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(
+        v["content"][0]["text"],
+        Options::new(Kind::AnthropicOauth, "").answer
+    );
+
+    let token_url = "https://platform.claude.com/v1/oauth/token";
+    let (code, _) = curl_direct(
+        &s,
+        "platform.claude.com",
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"grant_type":"refresh_token","refresh_token":"wrong"}"#,
+            token_url,
+        ],
+    );
+    assert_eq!(code, 400);
+    let (code, body) = curl_direct(
+        &s,
+        "platform.claude.com",
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"grant_type":"refresh_token","refresh_token":"sk-ant-ort01-real","client_id":"x"}"#,
+            token_url,
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let new_access = v["access_token"].as_str().unwrap();
+    assert!(v["expires_in"].as_u64().unwrap() > 0);
+    assert_eq!(s.refreshes().len(), 1);
+    assert_eq!(s.refreshes()[0].new_access_token, new_access);
+    let auth = format!("Authorization: Bearer {new_access}");
+    let (code, _) = curl_direct(
+        &s,
+        "api.anthropic.com",
+        &[beta[0], beta[1], "-H", &auth, "-d", msg, url],
+    );
+    assert_eq!(code, 200);
+    // The new refresh token works once more; Google's form-encoded refresh works too.
+    let mut g = Options::new(Kind::GoogleOauth, "ya29.real");
+    g.refresh_token = Some("1//real".into());
+    let gs = Standin::start_with(g);
+    let (code, body) = curl_direct(
+        &gs,
+        "oauth2.googleapis.com",
+        &[
+            "-d",
+            "grant_type=refresh_token&refresh_token=1%2F%2Freal&client_id=x",
+            "https://oauth2.googleapis.com/token",
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn github_answers_user_with_bearer_and_git_smart_http_with_basic() {
+    let s = Standin::start(Kind::GitHub, "ghp_real");
+    let (code, body) = curl_direct(
+        &s,
+        "api.github.com",
+        &[
+            "-H",
+            "Authorization: Bearer ghp_real",
+            "https://api.github.com/user",
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"login\""));
+    let (code, body) = curl_direct(
+        &s,
+        "github.com",
+        &[
+            "-u",
+            "x-access-token:ghp_real",
+            "https://github.com/o/r.git/info/refs?service=git-upload-pack",
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("001e# service=git-upload-pack\n0000"));
+    let (code, _) = curl_direct(
+        &s,
+        "github.com",
+        &[
+            "-u",
+            "x-access-token:wrong",
+            "https://github.com/o/r.git/info/refs?service=git-upload-pack",
+        ],
+    );
+    assert_eq!(code, 401);
+}
+
+/// POST `body` to `url` through the proxy with curl (no credential: the proxy adds it),
+/// and return each output line with the time it arrived.
+fn stream_through_proxy(p: &Proxy, url: &str, body: &str, http2: bool) -> Vec<(Duration, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-N", "--max-time", "30"])
+        .arg(if http2 { "--http2" } else { "--http1.1" })
+        .arg("--proxy")
+        .arg(p.url())
+        .arg("--cacert")
+        .arg(&p.ca)
+        .args(["-H", "content-type: application/json", "-d", body, url])
+        .stdout(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("curl");
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for l in out.lines() {
+        let l = l.unwrap();
+        if !l.trim().is_empty() {
+            lines.push((start.elapsed(), l));
+        }
+    }
+    child.wait().unwrap();
+    lines
+}
+
+fn assert_streams(
+    kind: Kind,
+    cred: &str,
+    rules: &str,
+    host: &str,
+    url: &str,
+    body: &str,
+    first: &str,
+    last: &str,
+) {
+    let mut o = Options::new(kind, cred);
+    o.event_delay = Duration::from_millis(150);
+    let standin = Standin::start_with(o);
+    let env = moat_testkit::TestEnv::new();
+    let proxy = Proxy::start(env.path(), rules, &standin);
+    for http2 in [true, false] {
+        let lines = stream_through_proxy(&proxy, url, body, http2);
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .find(|(_, l)| l.contains(needle))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{kind:?}: no {needle:?} in {lines:#?}\n{}",
+                        proxy.all_output()
+                    )
+                })
+                .0
+        };
+        let (t_first, t_last) = (at(first), at(last));
+        // At least five pauses of 150 ms separate the first event from the last one; a
+        // buffering proxy would deliver them together.
+        assert!(
+            t_last >= t_first + Duration::from_millis(600),
+            "{kind:?} http2={http2}: first event at {t_first:?}, last at {t_last:?}: not streamed"
+        );
+        let req = standin.requests().into_iter().last().unwrap();
+        assert_eq!(req.host, host);
+        assert_eq!(req.status, 200, "{}", standin.request_lines());
+        assert_eq!(
+            req.version, "HTTP/2.0",
+            "the proxy speaks HTTP/2 to an upstream that offers it"
+        );
+    }
+    assert!(!proxy.all_output().contains(cred));
+}
+
+#[test]
+fn anthropic_sse_arrives_event_by_event_through_the_proxy() {
+    let real = canary("sk-ant-oat01-");
+    assert_streams(
+        Kind::AnthropicOauth,
+        &real,
+        &inject(
+            "claude",
+            &["api.anthropic.com"],
+            "Authorization",
+            &format!("Bearer {real}"),
+            &[("anthropic-beta", "oauth-2025-04-20")],
+        ),
+        "api.anthropic.com",
+        "https://api.anthropic.com/v1/messages",
+        r#"{"model":"claude-x","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        "event: message_start",
+        "event: message_stop",
+    );
+}
+
+#[test]
+fn openai_responses_sse_arrives_event_by_event_through_the_proxy() {
+    let real = canary("sk-proj-");
+    assert_streams(
+        Kind::OpenAiApiKey,
+        &real,
+        &inject(
+            "openai",
+            &["api.openai.com"],
+            "Authorization",
+            &format!("Bearer {real}"),
+            &[],
+        ),
+        "api.openai.com",
+        "https://api.openai.com/v1/responses",
+        r#"{"model":"gpt-x","stream":true,"input":"hi"}"#,
+        "event: response.created",
+        "event: response.completed",
+    );
+}
+
+#[test]
+fn gemini_sse_arrives_event_by_event_through_the_proxy() {
+    let real = canary("AIza");
+    // Three chunks, 400 ms apart: 800 ms between the first and the last.
+    let mut o = Options::new(Kind::GeminiApiKey, &real);
+    o.event_delay = Duration::from_millis(400);
+    let standin = Standin::start_with(o);
+    let env = moat_testkit::TestEnv::new();
+    let proxy = Proxy::start(
+        env.path(),
+        &inject(
+            "gemini",
+            &["generativelanguage.googleapis.com"],
+            "x-goog-api-key",
+            &real,
+            &[],
+        ),
+        &standin,
+    );
+    let lines = stream_through_proxy(
+        &proxy,
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-x:streamGenerateContent?alt=sse",
+        r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+        true,
+    );
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines[2].1.contains("\"finishReason\":\"STOP\""));
+    assert!(
+        lines[2].0 >= lines[0].0 + Duration::from_millis(600),
+        "{lines:?}"
+    );
+}
