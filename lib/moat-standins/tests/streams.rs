@@ -263,8 +263,7 @@ fn assert_streams(
     host: &str,
     url: &str,
     body: &str,
-    first: &str,
-    last: &str,
+    (first, last): (&str, &str),
 ) {
     let mut o = Options::new(kind, cred);
     o.event_delay = Duration::from_millis(150);
@@ -319,8 +318,7 @@ fn anthropic_sse_arrives_event_by_event_through_the_proxy() {
         "api.anthropic.com",
         "https://api.anthropic.com/v1/messages",
         r#"{"model":"claude-x","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        "event: message_start",
-        "event: message_stop",
+        ("event: message_start", "event: message_stop"),
     );
 }
 
@@ -340,8 +338,7 @@ fn openai_responses_sse_arrives_event_by_event_through_the_proxy() {
         "api.openai.com",
         "https://api.openai.com/v1/responses",
         r#"{"model":"gpt-x","stream":true,"input":"hi"}"#,
-        "event: response.created",
-        "event: response.completed",
+        ("event: response.created", "event: response.completed"),
     );
 }
 
