@@ -419,3 +419,29 @@ fn container_resources_and_logs_follow() {
     );
     assert!(out.contains("100000"), "cpu quota: {out}");
 }
+
+#[test]
+fn interactive_escape_keys_stop_the_run() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    // Ctrl-/ k on the run's input stops it.
+    let r = m.run_timeout(
+        "moat-launch",
+        &[
+            "run",
+            "-i",
+            "--no-sandbox",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ],
+        Some(b"\x1fk"),
+        120,
+    );
+    assert!(r.stderr().contains("stopping"), "{}", r.stderr());
+    let id = m.run_ids().pop().unwrap();
+    assert_eq!(m.metadata(&id)["state"], "stopped");
+}

@@ -304,6 +304,10 @@ pub async fn supervise(id: &str) -> Result<()> {
                 )
             }
         }
+        // Stopped before the command started: not a failure.
+        Err(e) if e.code == moat_core::exit::OK => {
+            (State::Stopped, Some(e.msg.clone()), None, None)
+        }
         Err(e) => {
             let mut msg = e.msg.clone();
             if let Some(h) = &e.hint {

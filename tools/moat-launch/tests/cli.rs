@@ -74,3 +74,18 @@ fn a_bad_workspace_or_config_fails_before_any_run_exists() {
         .stderr_has("agent.yaml");
     assert!(!env.moat_home.join("runs").exists());
 }
+
+#[test]
+fn no_docker_is_a_clear_failure_of_the_run() {
+    let mut env = TestEnv::new();
+    env.env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let ws = env.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let r = env.run(
+        "moat-launch",
+        &["run", ws.to_str().unwrap(), "--no-sandbox", "--", "true"],
+    );
+    r.exit(69).stderr_has("connecting to Docker");
+    let list = env.run("moat-launch", &["list", "--json"]);
+    list.success().stdout_has("\"state\":\"failed\"");
+}
