@@ -17,9 +17,10 @@ fn github_env() -> (Moat, GithubStandIn) {
         .env("MOAT_PROXY_CONNECT_TO", gh.connect_to())
         .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
     // `moat grant github`, token from the environment.
-    let mut c = m.env.cmd("moat-grant");
-    c.args(["github", "--no-validate"]).env("GH_TOKEN", TOKEN);
-    let r = run_with_deadline(c, "moat-grant github".into(), None, 60);
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", "github", "--no-validate"])
+        .env("GH_TOKEN", TOKEN);
+    let r = run_with_deadline(c, "moat grant github".into(), None, 60);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     (m, gh)
 }
@@ -30,16 +31,21 @@ fn quick_start_injects_the_token_and_records_the_request() {
         return;
     }
     let (m, gh) = github_env();
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--grant",
-        "github",
-        "--",
-        "curl",
-        "-s",
-        "https://api.github.com/user",
-    ]);
+    let r = m.run_timeout(
+        "moat",
+        &[
+            "run",
+            "--no-sandbox",
+            "--grant",
+            "github",
+            "--",
+            "curl",
+            "-s",
+            "https://api.github.com/user",
+        ],
+        None,
+        300,
+    );
     assert_eq!(
         r.code(),
         0,
@@ -59,7 +65,7 @@ fn quick_start_injects_the_token_and_records_the_request() {
     assert_eq!(m.metadata(&id)["state"], "stopped");
 
     // The trace shows the request.
-    let t = m.launch(&["trace", "--network"]);
+    let t = m.run_timeout("moat", &["trace", "--network"], None, 60);
     assert_eq!(t.code(), 0, "{}", t.stderr());
     assert!(
         t.stdout().contains("GET https://api.github.com/user 200"),
@@ -88,7 +94,7 @@ fn quick_start_injects_the_token_and_records_the_request() {
         assert!(log.contains(kind), "no {kind} in the audit log:\n{log}");
     }
     // The audit log verifies.
-    let a = m.run_timeout("moat-audit", &[&id], None, 60);
+    let a = m.run_timeout("moat", &["audit", &id], None, 60);
     assert_eq!(a.code(), 0, "moat-audit: {}\n{}", a.stdout(), a.stderr());
 
     // The container's environment has only the placeholder.
