@@ -12,6 +12,7 @@
 
 mod providers;
 mod tls;
+mod ws;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -298,7 +299,7 @@ async fn serve(
                 async move { Ok::<_, std::convert::Infallible>(providers::handle(state, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                 .await;
         });
     }

@@ -40,8 +40,14 @@ impl Req {
     }
 }
 
-pub(crate) async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(state: Arc<State>, mut req: http::Request<Incoming>) -> Response<Body> {
     let at = Instant::now();
+    let upgrade = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        .then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let host = parts
         .uri
@@ -68,7 +74,10 @@ pub(crate) async fn handle(state: Arc<State>, req: http::Request<Incoming>) -> R
         headers: parts.headers.clone(),
         body,
     };
-    let resp = route(&state, &r);
+    let resp = match upgrade {
+        Some(on) => websocket(&state, &r, on),
+        None => route(&state, &r),
+    };
     let mut path = r.path.clone();
     if !r.query.is_empty() {
         path.push('?');
@@ -118,6 +127,36 @@ fn style_of(host: &str) -> Style {
     } else {
         Style::GitHub
     }
+}
+
+/// A WebSocket upgrade: the Responses API's WebSocket mode on the hosts that serve it,
+/// for a client with the right credential; anything else is answered as plain HTTP.
+fn websocket(state: &State, r: &Req, on: hyper::upgrade::OnUpgrade) -> Response<Body> {
+    let responses = matches!(
+        (state.opts.kind, r.host.as_str(), r.path.as_str()),
+        (Kind::OpenAiApiKey, "api.openai.com", "/v1/responses")
+            | (Kind::ChatGpt, "chatgpt.com", "/backend-api/codex/responses")
+    );
+    let Some(key) = r.header("sec-websocket-key") else {
+        return route(state, r);
+    };
+    if !responses || r.method != "GET" || !authorized(state, r) {
+        return route(state, r);
+    }
+    let answer = state.opts.answer.clone();
+    crate::ws::spawn(on, state.opts.event_delay, move |req| {
+        responses_events(&answer, req)
+    });
+    let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    h.insert("connection", HeaderValue::from_static("Upgrade"));
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&crate::ws::accept_key(key)).unwrap(),
+    );
+    resp
 }
 
 fn route(state: &State, r: &Req) -> Response<Body> {
@@ -602,6 +641,21 @@ fn openai(opts: &crate::Options, r: &Req) -> Response<Body> {
 
 fn responses(opts: &crate::Options, r: &Req) -> Response<Body> {
     let j = r.json();
+    let stream = j.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let events = responses_events(&opts.answer, &j);
+    if !stream {
+        let done = events.last().cloned().unwrap_or(Value::Null);
+        return json_resp(StatusCode::OK, done["response"].clone());
+    }
+    let ev = events
+        .iter()
+        .map(|v| named_event(v["type"].as_str().unwrap_or(""), v))
+        .collect();
+    sse(ev, opts.event_delay)
+}
+
+/// The Responses API's stream events for one answer, each a JSON object with `type`.
+fn responses_events(answer: &str, j: &Value) -> Vec<Value> {
     let model = j
         .get("model")
         .and_then(Value::as_str)
@@ -610,7 +664,7 @@ fn responses(opts: &crate::Options, r: &Req) -> Response<Body> {
     let now = unix_now();
     let rid = format!("resp_standin{now}");
     let mid = format!("msg_standin{now}");
-    let text = opts.answer.clone();
+    let text = answer.to_string();
     let usage = json!({"input_tokens":12,"input_tokens_details":{"cached_tokens":0},
         "output_tokens":9,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":21});
     let done_item = json!({"id":mid,"type":"message","status":"completed","role":"assistant",
@@ -619,20 +673,13 @@ fn responses(opts: &crate::Options, r: &Req) -> Response<Body> {
         json!({"id":rid,"object":"response","created_at":now,"status":status,"model":model,
             "output":output,"usage":usage})
     };
-    let stream = j.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    if !stream {
-        return json_resp(
-            StatusCode::OK,
-            resp_obj("completed", json!([done_item]), usage),
-        );
-    }
     let mut seq = 0u64;
     let mut ev = Vec::new();
     let mut push = |name: &str, mut v: Value| {
         v["type"] = json!(name);
         v["sequence_number"] = json!(seq);
         seq += 1;
-        ev.push(named_event(name, &v));
+        ev.push(v);
     };
     push(
         "response.created",
@@ -672,7 +719,7 @@ fn responses(opts: &crate::Options, r: &Req) -> Response<Body> {
         "response.completed",
         json!({"response": resp_obj("completed", json!([done_item]), usage)}),
     );
-    sse(ev, opts.event_delay)
+    ev
 }
 
 fn chat_completions(opts: &crate::Options, r: &Req) -> Response<Body> {

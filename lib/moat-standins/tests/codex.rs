@@ -55,4 +55,19 @@ fn codex_exec_with_api_key_gets_streamed_answer_and_never_holds_the_key() {
         PLACEHOLDER_KEY,
         &["api.openai.com"],
     );
+    // Codex asks for the Responses API over WebSocket first; the proxy passes the
+    // upgrade with the key injected, and the answer streams over the socket.
+    let ws: Vec<_> = s
+        .standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_only() == "/v1/responses" && r.status == 101)
+        .collect();
+    assert!(!ws.is_empty(), "{}", s.context(&run));
+    assert!(ws[0].contains(&real));
+    assert!(
+        !run.stderr.contains("Falling back from WebSockets"),
+        "{}",
+        s.context(&run)
+    );
 }
