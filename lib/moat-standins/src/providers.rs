@@ -618,7 +618,9 @@ fn openai(opts: &crate::Options, r: &Req) -> Response<Body> {
             json!({"object":"list","data":[{"id":"gpt-5","object":"model","created":1700000000,"owned_by":"openai"}]}),
         ),
         ("GET", "/backend-api/codex/models") => json_resp(StatusCode::OK, json!({"models": []})),
-        // Codex's workspace routing: which ChatGPT accounts the token may act for.
+        // Codex's workspace routing: which ChatGPT accounts the token may act for. The
+        // shape is inferred (Codex 0.169 parses it but then reports "invalid account
+        // routing override"); see AGENTS.md.
         ("GET", "/backend-api/wham/accounts/check") | ("GET", "/api/codex/accounts/check") => {
             let id = r
                 .header("chatgpt-account-id")
@@ -627,9 +629,13 @@ fn openai(opts: &crate::Options, r: &Req) -> Response<Body> {
             json_resp(
                 StatusCode::OK,
                 json!({
-                    "accounts": {id.clone(): {
+                    "accounts": [{
+                        "id": id, "name": "Moat Stand-in", "structure": "personal",
+                        "plan_type": "pro", "is_deactivated": false,
+                        "is_fedramp_compliant_workspace": false,
+                        "can_access_with_session": true,
                         "workspace_backend_origin": "https://chatgpt.com"
-                    }},
+                    }],
                     "account_ordering": [id],
                     "default_account_id": id
                 }),
