@@ -618,9 +618,8 @@ fn openai(opts: &crate::Options, r: &Req) -> Response<Body> {
             json!({"object":"list","data":[{"id":"gpt-5","object":"model","created":1700000000,"owned_by":"openai"}]}),
         ),
         ("GET", "/backend-api/codex/models") => json_resp(StatusCode::OK, json!({"models": []})),
-        // Codex's workspace routing: which ChatGPT accounts the token may act for. The
-        // shape is inferred (Codex 0.169 parses it but then reports "invalid account
-        // routing override"); see AGENTS.md.
+        // Codex's workspace routing: which ChatGPT accounts the token may act for and
+        // where their backend is (no residency constraint here).
         ("GET", "/backend-api/wham/accounts/check") | ("GET", "/api/codex/accounts/check") => {
             let id = r
                 .header("chatgpt-account-id")
@@ -634,7 +633,8 @@ fn openai(opts: &crate::Options, r: &Req) -> Response<Body> {
                         "plan_type": "pro", "is_deactivated": false,
                         "is_fedramp_compliant_workspace": false,
                         "can_access_with_session": true,
-                        "workspace_backend_origin": "https://chatgpt.com"
+                        "workspace_backend_origin": "https://chatgpt.com",
+                        "account_routing_override": "NO_CONSTRAINT"
                     }],
                     "account_ordering": [id],
                     "default_account_id": id

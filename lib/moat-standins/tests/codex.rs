@@ -71,3 +71,78 @@ fn codex_exec_with_api_key_gets_streamed_answer_and_never_holds_the_key() {
         s.context(&run)
     );
 }
+
+const ACCOUNT_ID: &str = "00000000-0000-4000-8000-00000000c0de";
+
+/// The placeholder access token: JWT-shaped with a far expiry, so Codex does not try to
+/// refresh it; unsigned, so nobody could mistake it for a real one.
+fn placeholder_access_token() -> String {
+    moat_standins::fake_jwt(&serde_json::json!({
+        "iss": "https://auth.openai.com",
+        "sub": "moat-proxy-injected-placeholder",
+        "exp": epoch_ms_in(365) / 1000,
+        "https://api.openai.com/auth": {"chatgpt_account_id": ACCOUNT_ID, "chatgpt_plan_type": "pro"}
+    }))
+}
+
+#[test]
+fn codex_exec_with_chatgpt_sign_in_gets_streamed_answer_and_never_holds_the_token() {
+    let clis = agent_clis();
+    let real = canary("eyJrealaccess");
+    let s = Scenario::new(
+        Standin::start(Kind::ChatGpt, &real),
+        &inject(
+            "codex",
+            &["chatgpt.com"],
+            "Authorization",
+            &format!("Bearer {real}"),
+            &[],
+        ),
+    );
+    let placeholder = placeholder_access_token();
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    write(
+        &s.home().join(".codex/auth.json"),
+        &serde_json::json!({
+            "OPENAI_API_KEY": null,
+            "tokens": {
+                "id_token": moat_standins::chatgpt_id_token(),
+                "access_token": placeholder,
+                "refresh_token": "rt_moat_proxy_injected_placeholder",
+                "account_id": ACCOUNT_ID
+            },
+            "last_refresh": now
+        })
+        .to_string(),
+    );
+    codex_config(s.home(), &s.ws);
+    let run = s.run(
+        &clis.join("codex"),
+        &["exec", "--skip-git-repo-check", "hi"],
+        &[],
+    );
+    s.assert_answered(
+        &run,
+        "chatgpt.com",
+        "/backend-api/codex/responses",
+        &real,
+        &placeholder,
+        &["chatgpt.com"],
+    );
+    let resp = s
+        .standin
+        .requests()
+        .into_iter()
+        .find(|r| r.path_only() == "/backend-api/codex/responses" && r.contains(&real))
+        .unwrap();
+    assert_eq!(resp.header("chatgpt-account-id"), Some(ACCOUNT_ID));
+    assert!(
+        s.standin
+            .requests()
+            .iter()
+            .any(|r| r.path_only() == "/backend-api/wham/accounts/check" && r.status == 200),
+        "Codex discovers its workspace routing first"
+    );
+}
