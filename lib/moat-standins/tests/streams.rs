@@ -374,3 +374,78 @@ fn gemini_sse_arrives_event_by_event_through_the_proxy() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn github_token_reaches_the_api_as_bearer_and_git_as_basic_through_the_proxy() {
+    use base64::Engine;
+    let real = canary("ghp_");
+    let standin = Standin::start(Kind::GitHub, &real);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{real}"));
+    let rules = format!(
+        "{}{}",
+        inject(
+            "github",
+            &["api.github.com"],
+            "Authorization",
+            &format!("Bearer {real}"),
+            &[]
+        ),
+        inject(
+            "github",
+            &["github.com"],
+            "Authorization",
+            &format!("Basic {basic}"),
+            &[]
+        )
+    );
+    let env = moat_testkit::TestEnv::new();
+    let proxy = Proxy::start(env.path(), &rules, &standin);
+    let out = env
+        .program("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--proxy",
+            &proxy.url(),
+            "--cacert",
+        ])
+        .arg(&proxy.ca)
+        .args([
+            "-H",
+            "Authorization: Bearer ghp_moatProxyInjectedPlaceholder000000000000",
+        ])
+        .arg("https://api.github.com/user")
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("\"login\""),
+        "{body}\n{}",
+        standin.request_lines()
+    );
+    let out = env
+        .program("git")
+        .args(["-c", &format!("http.proxy={}", proxy.url())])
+        .args(["-c", "http.proxyAuthMethod=basic"])
+        .args(["ls-remote", "https://github.com/moat/standin.git"])
+        .env("GIT_SSL_CAINFO", &proxy.ca)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git ls-remote: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        standin.request_lines()
+    );
+    let reqs = standin.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.host == "github.com" && r.status == 200)
+    );
+    for r in &reqs {
+        assert!(!r.contains("Placeholder"), "{}", r.line());
+    }
+    assert!(!proxy.all_output().contains(&real));
+}
