@@ -449,3 +449,58 @@ fn github_token_reaches_the_api_as_bearer_and_git_as_basic_through_the_proxy() {
     }
     assert!(!proxy.all_output().contains(&real));
 }
+
+#[test]
+fn chatgpt_refresh_on_auth_openai_issues_tokens_the_backend_then_accepts() {
+    let mut o = Options::new(Kind::ChatGpt, "access-real");
+    o.refresh_token = Some("rt_real".into());
+    let s = Standin::start_with(o);
+    let url = "https://chatgpt.com/backend-api/codex/responses";
+    let req = r#"{"model":"m","stream":false,"input":"hi"}"#;
+    let (code, body) = curl_direct(
+        &s,
+        "auth.openai.com",
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"client_id":"x","grant_type":"refresh_token","refresh_token":"rt_real","scope":"openid"}"#,
+            "https://auth.openai.com/oauth/token",
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let access = v["access_token"].as_str().unwrap();
+    assert_eq!(v["id_token"].as_str().unwrap().split('.').count(), 3);
+    assert_eq!(s.refreshes()[0].refresh_token, "rt_real");
+    let auth = format!("Authorization: Bearer {access}");
+    let (code, body) = curl_direct(
+        &s,
+        "chatgpt.com",
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            req,
+            url,
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "completed");
+    // A refresh token it never issued is refused, in OpenAI's error format.
+    let (code, _) = curl_direct(
+        &s,
+        "auth.openai.com",
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"grant_type":"refresh_token","refresh_token":"rt_wrong"}"#,
+            "https://auth.openai.com/oauth/token",
+        ],
+    );
+    assert_eq!(code, 401);
+}
