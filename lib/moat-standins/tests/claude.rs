@@ -179,3 +179,36 @@ fn claude_with_expired_placeholder_tries_to_refresh_and_the_refresh_is_refused()
     assert!(s.standin.refreshes().is_empty());
     assert_ne!(run.code, Some(0), "{}", s.context(&run));
 }
+
+#[test]
+fn claude_p_through_the_proxys_relay_as_base_url_without_a_proxy() {
+    // claude.base_url: Claude Code talks plain HTTP to the proxy's relay
+    // (/relay/TOKEN/anthropic), no HTTPS_PROXY at all; the relay injects the credential
+    // and forwards to the upstream (here the stand-in, by --connect-to).
+    let clis = agent_clis();
+    let real = canary("sk-ant-oat01-");
+    let s = Scenario::new(
+        Standin::start(Kind::AnthropicOauth, &real),
+        &oauth_rules(&real),
+    );
+    claude_home(s.home(), &s.ws, true, 365);
+    let base = format!("http://{}/relay/{}/anthropic", s.proxy.addr, s.proxy.token);
+    let no_proxy: Vec<(&str, String)> = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"]
+        .iter()
+        .map(|k| (*k, String::new()))
+        .chain([("ANTHROPIC_BASE_URL", base)])
+        .collect();
+    let run = s.run(&clis.join("claude"), &["-p", "hi"], &no_proxy);
+    s.assert_answered(
+        &run,
+        "api.anthropic.com",
+        "/v1/messages",
+        &real,
+        PLACEHOLDER_OAT,
+        &["api.anthropic.com"],
+    );
+    assert!(
+        !s.proxy.all_output().contains(&s.proxy.token),
+        "the relay token is never recorded"
+    );
+}
