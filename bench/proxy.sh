@@ -39,11 +39,20 @@ start_origin 127.0.0.1:443 || start_origin 127.0.0.1:0
 origin=$(cat "$work/origin.addr")
 oport=${origin##*:}
 
-# moat-proxy, with a token, as a run uses it
+# moat-proxy as a run uses it: a token, injection rules (bench.test is granted, so every
+# request gets a credential, a credential_used event and response masking), a trace file
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
 chmod 600 "$work/token"
-: | "$P" serve --listen 127.0.0.1:0 --rules - --token-file "$work/token" \
-	--connect-to "bench.test:443:127.0.0.1:$oport" --extra-ca "$work/origin-ca.pem" >"$work/moat.out" 2>"$work/moat.err" &
+rule() { printf '{"v":1,"type":"inject","grant":"%s","hosts":["%s"],"header":"%s","value":"%s","placeholder":"%s"}\n' "$@"; }
+{
+	rule github api.github.com Authorization "Bearer ghp_$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" ghp_placeholder
+	rule anthropic api.anthropic.com x-api-key "sk-ant-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" sk-ant-placeholder
+	rule bench bench.test Authorization "Bearer bench_$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" bench_placeholder
+	echo '{"v":1,"type":"net_rule","host":"bench.test","rules":["deny * /admin/**","allow GET /**","allow POST /v1/**"]}'
+	echo '{"v":1,"type":"net_rule","host":"api.github.com","rules":["allow GET /repos/**","deny * /**"]}'
+} >"$work/rules"
+"$P" serve --listen 127.0.0.1:0 --rules - --token-file "$work/token" --trace "$work/trace.jsonl" \
+	--connect-to "bench.test:443:127.0.0.1:$oport" --extra-ca "$work/origin-ca.pem" <"$work/rules" >"$work/moat.out" 2>"$work/moat.err" &
 moat_pid=$!
 pids+=($moat_pid)
 for _ in $(seq 50); do [ -s "$work/moat.out" ] && break; sleep 0.1; done

@@ -8,6 +8,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use moat_core::host::HostPattern;
 use moat_core::rules::InjectRule;
+use std::sync::Arc;
 
 struct Compiled {
     grant: String,
@@ -15,6 +16,7 @@ struct Compiled {
     header: HeaderName,
     value: HeaderValue,
     extra: Vec<(HeaderName, HeaderValue)>,
+    secrets: Arc<Vec<Vec<u8>>>,
 }
 
 pub struct Injector {
@@ -55,7 +57,9 @@ impl Injector {
                     .map_err(|_| format!("grant {g}: bad value for extra header {n}"))?;
                 extra.push((n, v));
             }
+            let secrets = Arc::new(crate::redact::secrets_of(value.as_bytes()));
             out.push(Compiled {
+                secrets,
                 grant: r.grant,
                 patterns,
                 header,
@@ -74,17 +78,25 @@ impl Injector {
             .collect()
     }
 
-    /// The injected values for a destination, as byte strings to mask in responses.
-    pub fn secrets(&self, host: &str, port: u16, tls: bool) -> Vec<Vec<u8>> {
-        let mut v: Vec<Vec<u8>> = self
+    /// The injected values for a destination, as byte strings to mask in responses
+    /// (computed once per rule; merged only when several rules match).
+    pub fn secrets(&self, host: &str, port: u16, tls: bool) -> Arc<Vec<Vec<u8>>> {
+        let mut matching = self
             .rules
             .iter()
-            .filter(|r| rule_matches(&r.patterns, host, port, tls))
-            .flat_map(|r| crate::redact::secrets_of(r.value.as_bytes()))
-            .collect();
-        v.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        v.dedup();
-        v
+            .filter(|r| rule_matches(&r.patterns, host, port, tls));
+        let Some(first) = matching.next() else {
+            return Arc::default();
+        };
+        let mut rest = matching.peekable();
+        if rest.peek().is_none() {
+            return first.secrets.clone();
+        }
+        let mut v: Vec<Vec<u8>> = first.secrets.iter().cloned().collect();
+        for r in rest {
+            v.extend(r.secrets.iter().cloned());
+        }
+        Arc::new(crate::redact::minimal(v))
     }
 
     /// Inject into `headers` for a request to `host:port`; returns the grants used.

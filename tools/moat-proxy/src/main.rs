@@ -38,7 +38,15 @@ fn run() -> Result<()> {
         }
         Command::Serve(a) => {
             let cfg = Config::from_args(*a)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            // The proxy shares the machine with the agent and whatever it talks to; on a
+            // small machine one worker thread serves more requests per CPU second than
+            // several that wake each other. TOKIO_WORKER_THREADS still overrides.
+            if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                b.worker_threads((cores / 2).max(1));
+            }
+            let rt = b
                 .enable_all()
                 .build()
                 .map_err(|e| Error::io("starting the runtime", e))?;
@@ -136,5 +144,6 @@ async fn serve(cfg: Config) -> Result<()> {
     let _ = sd_tx.send(true);
     // Drain: every connection task holds a permit until it is done.
     let _ = tokio::time::timeout(Duration::from_secs(30), sem.acquire_many(max as u32)).await;
+    sinks.sync(Duration::from_secs(5));
     Ok(())
 }

@@ -664,10 +664,23 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     let grants = st.injector.apply(&mut headers, &t.host, t.port, t.tls);
     if !grants.is_empty() {
         ctx.set_grant(grants.join(","));
+        #[derive(serde::Serialize)]
+        struct CredentialUsed<'a> {
+            grant: &'a str,
+            host: &'a str,
+            method: &'a str,
+            request_id: &'a str,
+        }
+        let host = display_host(&t.host, t.port);
         for g in &grants {
             st.sinks.event(
                 "credential_used",
-                &json!({"grant": g, "host": display_host(&t.host, t.port), "method": method.as_str(), "request_id": ctx.id}),
+                &CredentialUsed {
+                    grant: g,
+                    host: &host,
+                    method: method.as_str(),
+                    request_id: &ctx.id,
+                },
             );
         }
     }
@@ -774,8 +787,11 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         body.boxed_unsync()
     } else {
         // The request carried a credential: mask it wherever the response reflects it.
-        let secrets = Arc::new(st.injector.secrets(&t.host, t.port, t.tls));
+        let secrets = st.injector.secrets(&t.host, t.port, t.tls);
         for v in parts.headers.values_mut() {
+            if !crate::redact::contains(v.as_bytes(), &secrets) {
+                continue;
+            }
             let mut b = v.as_bytes().to_vec();
             if crate::redact::mask(&mut b, &secrets)
                 && let Ok(nv) = HeaderValue::from_bytes(&b)

@@ -7,20 +7,69 @@
 
 use serde::Serialize;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-pub struct Sinks {
-    trace: Option<Mutex<File>>,
-    events: Mutex<std::io::Stdout>,
+enum Line {
+    Trace(Vec<u8>),
+    Event(Vec<u8>),
+    /// Everything sent before this is written and flushed; then the sender is told.
+    Sync(Sender<()>),
 }
+
+/// Where records go. Request handlers never write: they hand finished lines to one writer
+/// thread, which writes whatever has queued up with one `write` per sink, flushes, and
+/// pauses a few milliseconds before it takes the next batch. A record reaches its file or
+/// pipe within about `GATHER` of the request's end, in the order handed over, without a
+/// system call (or a lock held across one) on a request's path.
+pub struct Sinks {
+    tx: Sender<Line>,
+    tracing: bool,
+}
+
+fn writer(rx: Receiver<Line>, trace: Option<File>) {
+    let mut trace = trace.map(|f| BufWriter::with_capacity(64 * 1024, f));
+    let mut events = BufWriter::with_capacity(16 * 1024, std::io::stdout().lock());
+    let mut syncs = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(l) = next {
+            match l {
+                Line::Trace(b) => {
+                    if let Some(t) = &mut trace {
+                        let _ = t.write_all(&b);
+                    }
+                }
+                Line::Event(b) => {
+                    let _ = events.write_all(&b);
+                }
+                Line::Sync(s) => syncs.push(s),
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Some(t) = &mut trace {
+            let _ = t.flush();
+        }
+        let _ = events.flush();
+        for s in syncs.drain(..) {
+            let _ = s.send(());
+        }
+        // Let records gather: a sender only wakes this thread when it waits in `recv`, so
+        // under load there is one wake-up and one write per sink per pause, not per record.
+        std::thread::sleep(GATHER);
+    }
+}
+
+/// How long the writer lets records gather after writing a batch.
+const GATHER: Duration = Duration::from_millis(5);
 
 impl Sinks {
     pub fn new(trace: Option<&Path>) -> moat_core::Result<Sinks> {
-        let trace = match trace {
+        let file = match trace {
             None => None,
             Some(p) => {
                 use std::os::unix::fs::OpenOptionsExt;
@@ -30,29 +79,64 @@ impl Sinks {
                     .mode(0o600)
                     .open(p)
                     .map_err(|e| moat_core::Error::io(format!("opening {}", p.display()), e))?;
-                Some(Mutex::new(f))
+                Some(f)
             }
         };
-        Ok(Sinks {
-            trace,
-            events: Mutex::new(std::io::stdout()),
-        })
+        let tracing = file.is_some();
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("moat-proxy-records".into())
+            .spawn(move || writer(rx, file))
+            .map_err(|e| moat_core::Error::io("starting the record writer", e))?;
+        Ok(Sinks { tx, tracing })
     }
 
-    /// Write one event record on stdout and flush it.
+    fn send(&self, l: Line) {
+        let _ = self.tx.send(l);
+    }
+
+    /// Queue one event record for stdout.
     pub fn event<T: Serialize>(&self, kind: &str, body: &T) {
-        let mut out = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = moat_core::jsonl::emit(&mut *out, kind, body);
-    }
-
-    fn trace<T: Serialize>(&self, body: &T) {
-        if let Some(f) = &self.trace
-            && let Ok(l) = moat_core::jsonl::line("request", body)
-        {
-            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = f.write_all(l.as_bytes());
+        if let Some(l) = line(kind, body) {
+            self.send(Line::Event(l));
         }
     }
+
+    /// Wait (up to `limit`) until every record queued so far is written and flushed.
+    pub fn sync(&self, limit: Duration) {
+        let (tx, rx) = channel();
+        self.send(Line::Sync(tx));
+        let _ = rx.recv_timeout(limit);
+    }
+
+    fn trace(&self, rec: &Record<'_>) {
+        if !self.tracing {
+            return;
+        }
+        if let Some(l) = line("request", rec) {
+            self.send(Line::Trace(l));
+        }
+    }
+}
+
+/// `{"v":1,"type":KIND,` then the fields of `body` (a struct or map without `v` and
+/// `type`), and a newline: what moat_core::jsonl::line makes, without building a map first.
+fn line<T: Serialize>(kind: &str, body: &T) -> Option<Vec<u8>> {
+    let mut b = Vec::with_capacity(384);
+    b.extend_from_slice(br#"{"v":1,"type":"#);
+    serde_json::to_writer(&mut b, kind).ok()?;
+    let at = b.len();
+    serde_json::to_writer(&mut b, body).ok()?;
+    match b.get(at..) {
+        Some(b"{}") => {
+            b.truncate(at);
+            b.push(b'}');
+        }
+        Some([b'{', ..]) => b[at] = b',',
+        _ => return None,
+    }
+    b.push(b'\n');
+    Some(b)
 }
 
 #[derive(Serialize, Clone)]
@@ -99,8 +183,23 @@ struct Record<'a> {
     error: Option<&'a TraceError>,
 }
 
+/// `req_` and 16 hex digits, unique within the process (a bijective mix of a counter and a
+/// random key chosen at start, so ids do not repeat across runs either) without a system
+/// call per request.
 pub fn new_request_id() -> String {
-    format!("req_{}", moat_core::hex(&moat_core::random_bytes::<8>()))
+    use std::sync::OnceLock;
+    static KEY: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let key = *KEY.get_or_init(|| u64::from_le_bytes(moat_core::random_bytes::<8>()));
+    // splitmix64's finalizer: a bijection on u64
+    let mut z = key.wrapping_add(
+        NEXT.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    format!("req_{z:016x}")
 }
 
 impl ReqCtx {
@@ -221,6 +320,26 @@ pub fn trace_url(scheme: &str, host: &str, port: u16, path_and_query: &str) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_match_the_shared_envelope() {
+        #[derive(Serialize)]
+        struct Empty {}
+        for (kind, body) in [
+            ("request", serde_json::json!({"a": 1, "b": "x\"y"})),
+            ("credential_used", serde_json::json!({"grant": "g"})),
+        ] {
+            assert_eq!(
+                String::from_utf8(line(kind, &body).unwrap()).unwrap(),
+                moat_core::jsonl::line(kind, &body).unwrap()
+            );
+        }
+        assert_eq!(
+            String::from_utf8(line("x", &Empty {}).unwrap()).unwrap(),
+            moat_core::jsonl::line("x", &Empty {}).unwrap()
+        );
+        assert!(line("x", &3).is_none());
+    }
 
     #[test]
     fn urls_redact_secret_looking_params() {
