@@ -445,3 +445,47 @@ fn interactive_escape_keys_stop_the_run() {
     let id = m.run_ids().pop().unwrap();
     assert_eq!(m.metadata(&id)["state"], "stopped");
 }
+
+#[test]
+fn a_last_line_without_a_newline_is_kept_and_the_audit_seal_recorded() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--",
+        "sh",
+        "-c",
+        "echo first; printf 'no-newline-err' >&2; printf 'no-newline-out'",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.stdout().contains("first"), "{}", r.stdout());
+    assert!(r.stdout().contains("no-newline-out"), "{}", r.stdout());
+    assert!(r.stderr().contains("no-newline-err"), "{}", r.stderr());
+    let id = m.run_ids().pop().unwrap();
+    let logs =
+        std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("logs.jsonl")).unwrap();
+    assert!(
+        logs.contains(r#""stream":"stdout","line":"no-newline-out""#),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(r#""stream":"stderr","line":"no-newline-err""#),
+        "{logs}"
+    );
+
+    // metadata.json keeps the audit log's size and root as moat-audit left them.
+    let meta = m.metadata(&id);
+    let log = std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("audit/log.jsonl"))
+        .unwrap();
+    assert_eq!(
+        meta["audit"]["tree_size"].as_u64(),
+        Some(log.lines().count() as u64),
+        "{meta}"
+    );
+    let root = meta["audit"]["root"].as_str().unwrap_or_default();
+    assert_eq!(root.len(), 64, "{meta}");
+    assert!(root.bytes().all(|b| b.is_ascii_hexdigit()), "{meta}");
+}

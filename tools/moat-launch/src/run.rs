@@ -10,7 +10,7 @@
 use crate::config::{self, Bind, RunSpec};
 use crate::docker::{self, LABEL_RUN};
 use crate::image;
-use crate::store::{Metadata, State, Store};
+use crate::store::{AuditSeal, Metadata, State, Store};
 use bollard::Docker;
 use futures_util::StreamExt;
 use moat_core::timefmt::now_rfc3339;
@@ -103,6 +103,7 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         created_at: now_rfc3339(),
         started_at: None,
         stopped_at: None,
+        audit: None,
     };
     store.create(&meta)?;
     let dir = store.dir(&id);
@@ -205,7 +206,7 @@ impl Audit {
         let mut child = match Command::new(&bin)
             .args(["append", "--run", run_id])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
         {
@@ -237,7 +238,8 @@ impl Audit {
         }
     }
 
-    async fn finish(self) {
+    /// Close the input and wait; returns what moat-audit's `audit_closed` record says.
+    async fn finish(self) -> Option<AuditSeal> {
         let Audit {
             tx,
             writer,
@@ -245,6 +247,25 @@ impl Audit {
         } = self;
         drop(tx);
         let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        let mut seal = None;
+        if let Some(out) = child.stdout.take() {
+            let mut lines = BufReader::new(out).lines();
+            let read = async {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if let Ok(Some(r)) = moat_core::jsonl::parse(&l)
+                        && r.kind == "audit_closed"
+                        && let (Some(size), Some(root)) =
+                            (r.get("tree_size").and_then(|v| v.as_u64()), r.str("root"))
+                    {
+                        seal = Some(AuditSeal {
+                            tree_size: size,
+                            root: root.to_string(),
+                        });
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+        }
         match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
             Ok(Ok(s)) if !s.success() => eprintln!("moat: warning: moat-audit exited with {s}"),
             Ok(_) => {}
@@ -253,6 +274,7 @@ impl Audit {
                 eprintln!("moat: warning: moat-audit did not finish in time");
             }
         }
+        seal
     }
 }
 
@@ -324,15 +346,19 @@ pub async fn supervise(id: &str) -> Result<()> {
     // The proxy goes first so its last events reach the audit log; the run is recorded as
     // ended (and a following CLI returns) before Docker's clean-up, which takes a moment.
     stop_proxy(&mut res).await;
+    let mut seal = None;
     if let Some(a) = res.audit.take() {
         a.event(
             "run_ended",
             serde_json::json!({"run": id, "state": state.as_str(), "exit_code": exit_code, "reason": reason}),
         );
-        a.finish().await;
+        seal = a.finish().await;
         phase("audit finished");
     }
     let recorded = store.update(id, |m| {
+        if seal.is_some() {
+            m.audit = seal.clone();
+        }
         m.exit_code = exit_code;
         m.error_code = error_code;
         if !m.state.is_terminal() {
@@ -832,6 +858,18 @@ async fn lifecycle(
     if store.load(id)?.state == State::Stopping {
         return Err(Error::new(moat_core::exit::OK, "stopped before it started"));
     }
+    // Output is captured through an attach made before the start, not the log driver: the
+    // json-file driver (Docker 20.10) drops a last line that has no newline.
+    let attach_opts = bollard::query_parameters::AttachContainerOptions {
+        stream: true,
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let attached = d
+        .attach_container(&created.id, Some(attach_opts))
+        .await
+        .map_err(|e| docker::err("attaching to the container", e))?;
     d.start_container(
         &created.id,
         None::<bollard::query_parameters::StartContainerOptions>,
@@ -852,11 +890,7 @@ async fn lifecycle(
     }
 
     phase("container started");
-    let logs = tokio::spawn(capture_logs(
-        d.clone(),
-        created.id.clone(),
-        dir.join("logs.jsonl"),
-    ));
+    let logs = tokio::spawn(capture_logs(attached.output, dir.join("logs.jsonl")));
     let code = wait_exit(&d, &created.id).await?;
     phase("container exited");
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
@@ -941,14 +975,20 @@ async fn wait_exit(d: &Docker, id: &str) -> Result<i64> {
 }
 
 /// Container output → logs.jsonl, one record per line, as it is printed.
-async fn capture_logs(d: Docker, id: String, path: PathBuf) {
-    let opts = bollard::query_parameters::LogsOptions {
-        follow: true,
-        stdout: true,
-        stderr: true,
-        ..Default::default()
-    };
-    let mut s = d.logs(&id, Some(opts));
+/// A last line without a newline is written when the stream ends.
+async fn capture_logs(
+    mut s: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = std::result::Result<
+                        bollard::container::LogOutput,
+                        bollard::errors::Error,
+                    >,
+                > + Send,
+        >,
+    >,
+    path: PathBuf,
+) {
     let mut file = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -74,6 +74,17 @@ pub struct Metadata {
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<String>,
+    /// The audit log as moat-audit left it when the run ended, kept apart from the log so
+    /// a log later cut back behind it can be noticed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSeal>,
+}
+
+/// From moat-audit's `audit_closed` record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditSeal {
+    pub tree_size: u64,
+    pub root: String,
 }
 
 pub struct Store {
