@@ -280,6 +280,7 @@ mod tests {
             created_at: at.into(),
             started_at: None,
             stopped_at: None,
+            audit: None,
         }
     }
 
