@@ -88,6 +88,9 @@ pub struct RunSpec {
     pub sandbox: bool,
     pub rebuild: bool,
     pub detach: bool,
+    /// `secrets:` as NAME → reference (`op://…`, `ssm://…`); resolved by the supervisor.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     /// Rows and columns of the terminal that started an interactive run.
     #[serde(default)]
     pub tty_size: Option<(i32, i32)>,
@@ -515,14 +518,14 @@ pub fn check_dependency(d: &str) -> std::result::Result<(), String> {
     let (name, ver) = d.split_once('@').unwrap_or((d, ""));
     let ok = match name {
         "node" | "python" | "go" | "postgres" | "mysql" | "redis" => !ver.is_empty(),
-        "git" | "docker:host" | "docker:dind" => ver.is_empty(),
+        "git" | "aws" | "docker:host" | "docker:dind" => ver.is_empty(),
         _ => false,
     };
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "{d:?} is not a supported dependency (e.g. node@20, python@3.11, go@1.22, git)"
+            "{d:?} is not a supported dependency (e.g. node@20, python@3.11, go@1.22, git, aws)"
         ))
     }
 }
@@ -651,10 +654,20 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         let (k, v) = parse_env_flag(e)?;
         env.insert(k, v);
     }
-    if !c.secrets.is_empty() {
-        return Err(Error::unavailable(
-            "secrets: resolving op:// and ssm:// references is not built yet; remove `secrets:` or set the values with -e",
-        ));
+    let mut secrets = BTreeMap::new();
+    for (k, r) in &c.secrets {
+        check_env_name(k).map_err(|m| Error::config(format!("secrets: {k}: {m}")))?;
+        moat_secrets::SecretRef::parse(r)
+            .map_err(|m| Error::config(format!("secrets: {k}: {m}")))?;
+        if c.env.contains_key(k) {
+            return Err(Error::config(format!(
+                "{k} is under both env: and secrets:; keep one"
+            )));
+        }
+        // `-e NAME=...` on the command line wins, as flags win over the file.
+        if !env.contains_key(k) {
+            secrets.insert(k.clone(), r.clone());
+        }
     }
     let mut binds = vec![];
     for m in c.mounts.iter() {
@@ -706,6 +719,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         sandbox,
         rebuild: args.rebuild,
         detach: args.detach,
+        secrets,
         tty_size: None,
     })
 }

@@ -79,6 +79,8 @@ pub fn plan(deps: &[String], want_git: bool, want_ssh: bool) -> Result<Plan> {
         let (name, ver) = d.split_once('@').unwrap_or((d, ""));
         match name {
             "git" => {}
+            // The AWS CLI, from Debian (v2 in bookworm).
+            "aws" => p.packages.push("awscli".into()),
             "node" | "python" | "go" => {
                 if first_runtime {
                     first_runtime = false;

@@ -5,6 +5,7 @@
 
 mod args;
 mod attach;
+mod aws;
 mod commands;
 mod config;
 mod docker;

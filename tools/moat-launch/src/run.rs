@@ -191,6 +191,8 @@ struct Resources {
     proxy_pump: Option<tokio::task::JoinHandle<()>>,
     ssh: Option<Child>,
     ssh_pump: Option<tokio::task::JoinHandle<()>>,
+    /// The AWS credential endpoint's accept loop.
+    aws: Option<tokio::task::JoinHandle<()>>,
     audit: Option<Audit>,
 }
 
@@ -299,6 +301,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         proxy_pump: None,
         ssh: None,
         ssh_pump: None,
+        aws: None,
         audit: None,
     };
     let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
@@ -374,6 +377,11 @@ pub async fn supervise(id: &str) -> Result<()> {
 }
 
 async fn stop_proxy(r: &mut Resources) {
+    // The credential endpoint holds a sender into the audit log: it goes before the log closes.
+    if let Some(t) = r.aws.take() {
+        t.abort();
+        let _ = t.await;
+    }
     if let Some(mut p) = r.proxy.take() {
         terminate(&mut p).await;
     }
@@ -490,6 +498,7 @@ struct GrantRules {
     inject_hosts: Vec<String>,
     env: Vec<(String, String)>,
     ssh: Vec<String>,
+    aws: Option<moat_core::rules::AwsRole>,
 }
 
 /// `moat-grant rules NAME...`: the lines stay in memory, bound for the proxy's stdin.
@@ -499,6 +508,7 @@ async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
         inject_hosts: vec![],
         env: vec![],
         ssh: vec![],
+        aws: None,
     };
     if grants.is_empty() {
         return Ok(out);
@@ -544,6 +554,7 @@ async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
                 out.env.push((p.name, p.value));
             }
             moat_core::rules::TYPE_SSH => out.ssh.push(format!("{}\n", l.trim())),
+            moat_core::rules::TYPE_AWS_ROLE => out.aws = Some(r.decode()?),
             _ => {}
         }
     }
@@ -575,6 +586,39 @@ async fn lifecycle(
         None
     } else {
         Some(start_ssh_filter(home, id, &rules.ssh, res).await?)
+    };
+    // The proxy's token; the AWS credential endpoint asks for it too.
+    let token = moat_core::hex(&moat_core::random_bytes::<32>());
+
+    // secrets: resolved here, on the host, before anything is built or started. The values
+    // live only in this process's memory and the container's environment.
+    let secrets = if spec.secrets.is_empty() {
+        vec![]
+    } else {
+        let resolved = moat_secrets::resolve::Resolver::new(moat_secrets::Env::process())
+            .resolve_all(spec.secrets.iter())
+            .await?;
+        if let Some(a) = &res.audit {
+            let names: Vec<&str> = resolved.iter().map(|(n, _)| n.as_str()).collect();
+            a.event(
+                "secret_resolved",
+                serde_json::json!({"run": id, "names": names}),
+            );
+        }
+        resolved
+    };
+    phase("secrets");
+
+    let aws_dir = match &rules.aws {
+        None => None,
+        Some(role) => {
+            let sockets = home.root().join("sockets").join(id);
+            moat_core::fsutil::create_private_dir(&sockets)?;
+            let tx = res.audit.as_ref().map(|a| a.tx.clone());
+            let (dir, task) = crate::aws::start(&sockets, role, &token, tx).await?;
+            res.aws = Some(task);
+            Some(dir)
+        }
     };
 
     phase("grants");
@@ -619,7 +663,6 @@ async fn lifecycle(
     let needs_build = spec.rebuild || docker::image_id(&d, &ctx.tag).await?.is_none();
 
     // The proxy, listening on the gateway: reachable from this network only.
-    let token = moat_core::hex(&moat_core::random_bytes::<32>());
     let token_file = dir.join("proxy.token");
     moat_core::fsutil::write_secret(&token_file, token.as_bytes())?;
     let port = free_port(&gateway)?;
@@ -745,6 +788,13 @@ async fn lifecycle(
     for (k, v) in &spec.env {
         env.push(format!("{k}={v}"));
     }
+    for (k, v) in &secrets {
+        env.push(format!("{k}={}", v.expose()));
+    }
+    if let Some(role) = &rules.aws {
+        env.extend(crate::aws::container_env(role));
+        env.push(format!("MOAT_AWS_CREDENTIAL_TOKEN={token}"));
+    }
     if ssh_dir.is_some() {
         env.push("SSH_AUTH_SOCK=/run/moat/ssh/agent.sock".into());
     }
@@ -785,6 +835,9 @@ async fn lifecycle(
     }
     if let Some(d) = &ssh_dir {
         binds.push(format!("{}:/run/moat/ssh", d.display()));
+    }
+    if let Some(d) = &aws_dir {
+        binds.push(format!("{}:{}:ro", d.display(), crate::aws::MOUNT));
     }
     let host = bollard::models::HostConfig {
         binds: Some(binds),

@@ -64,10 +64,19 @@ fn a_bad_workspace_or_config_fails_before_any_run_exists() {
     env.run("moat-launch", &["run", ws.to_str().unwrap(), "--", "true"])
         .exit(78)
         .stderr_has("agent.yaml:1: volumes: needs `name`");
-    std::fs::write(ws.join("agent.yaml"), "secrets:\n  A: op://v/i/f\n").unwrap();
+    // A secret reference that is not one is refused before anything is resolved.
+    std::fs::write(ws.join("agent.yaml"), "secrets:\n  A: vault://v/i/f\n").unwrap();
     env.run("moat-launch", &["run", ws.to_str().unwrap(), "--", "true"])
-        .exit(69)
-        .stderr_has("secrets");
+        .exit(78)
+        .stderr_has("secrets: A: unknown secret backend");
+    std::fs::write(
+        ws.join("agent.yaml"),
+        "env:\n  A: x\nsecrets:\n  A: op://v/i/f\n",
+    )
+    .unwrap();
+    env.run("moat-launch", &["run", ws.to_str().unwrap(), "--", "true"])
+        .exit(78)
+        .stderr_has("A is under both env: and secrets:");
     std::fs::write(ws.join("agent.yaml"), "name: [unclosed\n").unwrap();
     env.run("moat-launch", &["run", ws.to_str().unwrap(), "--", "true"])
         .exit(78)

@@ -1,0 +1,667 @@
+//! AWS role grants and `secrets:` end to end, against a real moto server (PyPI `moto[server]`)
+//! on loopback with its signature and IAM checks on, and the real AWS CLI (Debian's awscli,
+//! from `dependencies: [aws]`) inside the run.
+//!
+//! How the container reaches moto: the CLI inside talks to the real AWS host names
+//! (`https://sts.us-east-1.amazonaws.com`, `https://ssm.us-east-1.amazonaws.com`) through the
+//! run's proxy, exactly as it would in production; the proxy's `MOAT_PROXY_CONNECT_TO` maps
+//! those names to a small TLS terminator in this test (a certificate for the AWS names from a
+//! CA made here, trusted by the proxy through `MOAT_PROXY_EXTRA_CA`) that pipes the bytes to
+//! moto's plain HTTP port. Pointing `AWS_ENDPOINT_URL` inside the container at an http:// URL
+//! instead would test a path production never takes (no TLS, no interception). The host side
+//! (the supervisor's AssumeRole and SSM calls) reaches moto directly through
+//! `AWS_ENDPOINT_URL`, as a private endpoint would be configured.
+
+use moat_e2e::{Moat, docker_ready, run_with_deadline};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SSM_VALUE: &str = "postgres://e2e:Ssm-CanaryValue-7f3a9c@db/app";
+const OP_VALUE: &str = "op-CanaryValue-51d0e2";
+const AWS_HOSTS: &[&str] = &[
+    "sts.us-east-1.amazonaws.com",
+    "sts.amazonaws.com",
+    "ssm.us-east-1.amazonaws.com",
+];
+
+/// moto on a free loopback port, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("moto.log");
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let f = std::fs::File::create(&log).unwrap();
+            let mut child = Command::new("python3")
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+                .arg(port.to_string())
+                .env("PYTHONUNBUFFERED", "1")
+                .stdin(Stdio::null())
+                .stdout(f.try_clone().unwrap())
+                .stderr(f)
+                .spawn()
+                .expect("python3 (these tests need `pip install 'moto[server]'`)");
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    std::thread::sleep(Duration::from_millis(150));
+                    if matches!(child.try_wait(), Ok(None)) {
+                        return Moto {
+                            child,
+                            port,
+                            log,
+                            _dir: dir,
+                        };
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "moto did not start (pip install 'moto[server]'):\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The host's AWS CLI against moto with setup credentials (auth is still off).
+    fn aws(&self, args: &[&str]) -> serde_json::Value {
+        let o = Command::new("aws")
+            .args(args)
+            .args(["--output", "json"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", "/nonexistent")
+            .env("AWS_ACCESS_KEY_ID", "AKIAMOTOSETUP0000000")
+            .env("AWS_SECRET_ACCESS_KEY", "setup-only")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", self.url())
+            .output()
+            .expect("the host's aws CLI (pip install awscli)");
+        assert!(
+            o.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn enable_auth(&self) {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "-f",
+                "--noproxy",
+                "*",
+                "-H",
+                "content-type: text/plain",
+            ])
+            .args(["-X", "POST", "--data", "0"])
+            .arg(format!("{}/moto-api/reset-auth", self.url()))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "moto reset-auth: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// What `setup` made in moto.
+struct World {
+    /// The host's long-lived key pair (alice may assume the role and read SSM).
+    key_id: String,
+    secret: String,
+    /// A user with no permissions at all.
+    bob_key_id: String,
+    bob_secret: String,
+    role_arn: String,
+}
+
+fn setup(m: &Moto) -> World {
+    let allow = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["sts:AssumeRole","sts:GetCallerIdentity","ssm:GetParameter","kms:Decrypt"],"Resource":"*"}]}"#;
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#;
+    let key = |user: &str| {
+        m.aws(&["iam", "create-user", "--user-name", user]);
+        let k = m.aws(&["iam", "create-access-key", "--user-name", user]);
+        (
+            k["AccessKey"]["AccessKeyId"].as_str().unwrap().to_string(),
+            k["AccessKey"]["SecretAccessKey"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    let (key_id, secret) = key("alice");
+    m.aws(&[
+        "iam",
+        "put-user-policy",
+        "--user-name",
+        "alice",
+        "--policy-name",
+        "p",
+        "--policy-document",
+        allow,
+    ]);
+    let (bob_key_id, bob_secret) = key("bob");
+    let role = m.aws(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        "agent",
+        "--assume-role-policy-document",
+        trust,
+    ]);
+    m.aws(&[
+        "ssm",
+        "put-parameter",
+        "--name",
+        "/e2e/db-url",
+        "--type",
+        "SecureString",
+        "--value",
+        SSM_VALUE,
+    ]);
+    m.enable_auth();
+    World {
+        key_id,
+        secret,
+        bob_key_id,
+        bob_secret,
+        role_arn: role["Role"]["Arn"].as_str().unwrap().to_string(),
+    }
+}
+
+/// TLS for the AWS host names (a CA made here), each connection piped to moto's HTTP port.
+struct Terminator {
+    port: u16,
+    ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Terminator {
+    fn start(upstream: u16) -> Terminator {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "moat e2e aws test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_params = rcgen::CertificateParams::new(
+            AWS_HOSTS.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let ca_file = dir.path().join("aws-test-ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+        Terminator {
+            port,
+            ca_file,
+            _dir: dir,
+            _rt: rt,
+        }
+    }
+
+    fn connect_to(&self) -> String {
+        AWS_HOSTS
+            .iter()
+            .map(|h| format!("{h}:443:127.0.0.1:{}", self.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// moto, the terminator, and a moat environment whose host AWS identity is alice, with
+/// `dependencies: [aws]` in the workspace.
+struct Aws {
+    m: Moat,
+    w: World,
+    _t: Terminator,
+    moto: Moto,
+}
+
+fn aws_env() -> Aws {
+    let moto = Moto::start();
+    let w = setup(&moto);
+    let t = Terminator::start(moto.port);
+    let mut m = Moat::new();
+    m.env
+        .env("AWS_ACCESS_KEY_ID", &w.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &w.secret)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", moto.url())
+        .env("MOAT_PROXY_CONNECT_TO", t.connect_to())
+        .env("MOAT_PROXY_EXTRA_CA", &t.ca_file);
+    std::fs::write(m.ws.join("moat.yaml"), "dependencies: [aws]\n").unwrap();
+    Aws { m, w, _t: t, moto }
+}
+
+impl Aws {
+    fn grant(&self) {
+        let r = self.m.run_timeout(
+            "moat",
+            &[
+                "grant",
+                "aws",
+                "--role",
+                &self.w.role_arn,
+                "--region",
+                "us-east-1",
+            ],
+            None,
+            60,
+        );
+        assert_eq!(r.code(), 0, "moat grant aws: {}", r.stderr());
+    }
+
+    fn audit_log(&self, id: &str) -> String {
+        std::fs::read_to_string(
+            self.m
+                .moat_home()
+                .join("runs")
+                .join(id)
+                .join("audit/log.jsonl"),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Nothing under MOAT_HOME or HOME holds the host's long-lived secret key.
+    fn assert_no_host_key(&self) {
+        let f = self.m.env.files_containing(self.w.secret.as_bytes());
+        assert!(f.is_empty(), "the host's AWS secret key in {f:?}");
+    }
+}
+
+#[test]
+fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
+    if !docker_ready() {
+        return;
+    }
+    let a = aws_env();
+    a.grant();
+    let r = a.m.run_timeout(
+        "moat",
+        &[
+            "run",
+            "--no-sandbox",
+            "--grant",
+            "aws",
+            "--",
+            "sh",
+            "-c",
+            "aws sts get-caller-identity --query Arn --output text; \
+             a=$(/run/moat/aws/moat-aws-credentials); b=$(/run/moat/aws/moat-aws-credentials); \
+             echo \"$a\" | grep -o '\"Version\": *1'; \
+             curl -s --noproxy '*' --unix-socket /run/moat/aws/creds.sock -o /dev/null -w 'no-token:%{http_code}\\n' http://moat/credentials; \
+             env | sort",
+        ],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\nmoto: {}",
+        r.stdout(),
+        r.stderr(),
+        std::fs::read_to_string(&a.moto.log).unwrap_or_default()
+    );
+    let out = r.stdout();
+    assert!(
+        out.contains(":assumed-role/agent/moat-"),
+        "not the role's identity:\n{out}\n{}",
+        r.stderr()
+    );
+    assert!(out.contains("\"Version\""), "{out}");
+    assert!(out.contains("no-token:401"), "{out}");
+    assert!(
+        out.contains("AWS_CONFIG_FILE=/run/moat/aws/config"),
+        "{out}"
+    );
+    assert!(out.contains("AWS_REGION=us-east-1"), "{out}");
+    assert!(out.contains("AWS_CA_BUNDLE="), "{out}");
+    assert!(
+        !out.contains("AWS_ENDPOINT_URL"),
+        "host endpoint leaked: {out}"
+    );
+    assert!(!out.contains(&a.w.key_id), "host key id inside: {out}");
+    r.leaks_nothing(&a.w.secret);
+
+    let id = a.m.run_ids().pop().unwrap();
+    let log = a.audit_log(&id);
+    let used: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v.to_string().contains("credential_used")
+                && v.to_string().contains("credential_process")
+        })
+        .collect();
+    assert!(used.len() >= 3, "credential_used events: {log}");
+    assert!(log.contains(&a.w.role_arn), "{log}");
+    let au = a.m.run_timeout("moat", &["audit", &id], None, 60);
+    assert_eq!(au.code(), 0, "{}\n{}", au.stdout(), au.stderr());
+    a.assert_no_host_key();
+}
+
+#[test]
+fn the_host_key_is_nowhere_in_a_running_container() {
+    if !docker_ready() {
+        return;
+    }
+    let a = aws_env();
+    a.grant();
+    let r = a.m.launch(&[
+        "run",
+        "--no-sandbox",
+        "-d",
+        "--grant",
+        "aws",
+        "--",
+        "sh",
+        "-c",
+        "aws sts get-caller-identity > /tmp/who.json; echo ready; sleep 120",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = r.stdout().trim().to_string();
+    a.m.wait_log(&id, "ready", 300);
+    let name = format!("moat-{id}");
+    let inspect = Command::new("docker")
+        .args(["inspect", &name])
+        .output()
+        .unwrap();
+    assert!(inspect.status.success());
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(!text.contains(&a.w.secret), "host secret in docker inspect");
+    assert!(!text.contains(&a.w.key_id), "host key id in docker inspect");
+    let export = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker export {name} | grep -a -c -e '{}' -e '{}' || true",
+            a.w.secret, a.w.key_id
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&export.stdout).trim(), "0");
+    let procs = Command::new("docker")
+        .args([
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cat /tmp/who.json; ls -la /run/moat/aws; cat /run/moat/aws/config",
+        ])
+        .output()
+        .unwrap();
+    let p = String::from_utf8_lossy(&procs.stdout);
+    assert!(p.contains("assumed-role/agent"), "{p}");
+    assert!(
+        p.contains("credential_process = /run/moat/aws/moat-aws-credentials"),
+        "{p}"
+    );
+    assert!(!p.contains(&a.w.secret) && !p.contains(&a.w.key_id), "{p}");
+    let s = a.m.launch(&["stop", &id]);
+    assert_eq!(s.code(), 0, "{}", s.stderr());
+    a.assert_no_host_key();
+}
+
+#[test]
+fn a_denied_role_fails_the_run_before_the_container_starts() {
+    if !docker_ready() {
+        return;
+    }
+    let mut a = aws_env();
+    a.grant();
+    // bob may not assume the role.
+    a.m.env
+        .env("AWS_ACCESS_KEY_ID", &a.w.bob_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &a.w.bob_secret);
+    let r =
+        a.m.launch(&["run", "--no-sandbox", "--grant", "aws", "--", "true"]);
+    assert_ne!(r.code(), 0);
+    let err = r.stderr();
+    assert!(err.contains("AccessDenied"), "{err}");
+    assert!(err.contains(&a.w.role_arn), "{err}");
+    assert!(err.contains("sts:AssumeRole"), "{err}");
+    let id = a.m.run_ids().pop().unwrap();
+    let meta = a.m.metadata(&id);
+    assert_eq!(meta["state"], "failed", "{meta}");
+    assert!(meta.get("container_id").is_none(), "{meta}");
+    r.leaks_nothing(&a.w.bob_secret);
+    assert!(
+        a.m.env
+            .files_containing(a.w.bob_secret.as_bytes())
+            .is_empty()
+    );
+}
+
+/// A stand-in for the 1Password CLI: `op read op://Dev/Thing/field` prints the canary.
+fn stand_in_op(m: &Moat) -> PathBuf {
+    let bin = m.env.path().join("opbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let op = bin.join("op");
+    std::fs::write(
+        &op,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = read ] && [ \"$2\" = op://Dev/Thing/field ]; then printf '%s\\n' '{OP_VALUE}'; exit 0; fi\n\
+             echo \"[ERROR] could not read secret '$2': isn't an item in vault\" >&2; exit 1\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&op, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn path_with(dir: &std::path::Path) -> String {
+    format!(
+        "{}:{}:{}",
+        moat_testkit::bin_dir().display(),
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
+    if !docker_ready() {
+        return;
+    }
+    let mut a = aws_env();
+    let bin = stand_in_op(&a.m);
+    a.m.env.env("PATH", path_with(&bin));
+    std::fs::write(
+        a.m.ws.join("moat.yaml"),
+        "secrets:\n  DATABASE_URL: ssm:///e2e/db-url\n  API_KEY: op://Dev/Thing/field\n",
+    )
+    .unwrap();
+    let r = a.m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--",
+        "sh",
+        "-c",
+        "echo \"db=$DATABASE_URL\"; echo \"key=$API_KEY\"",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(
+        r.stdout().contains(&format!("db={SSM_VALUE}")),
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        r.stdout().contains(&format!("key={OP_VALUE}")),
+        "{}",
+        r.stdout()
+    );
+    let id = a.m.run_ids().pop().unwrap();
+    let log = a.audit_log(&id);
+    let rec = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.to_string().contains("secret_resolved"))
+        .unwrap_or_else(|| panic!("no secret_resolved in {log}"));
+    let s = rec.to_string();
+    assert!(s.contains("DATABASE_URL") && s.contains("API_KEY"), "{s}");
+    // The run's artifacts: logs.jsonl holds what the command printed (it echoed them), and
+    // nothing else has a value: not metadata, spec, launch.log, the audit log, the trace.
+    std::fs::remove_file(a.m.moat_home().join("runs").join(&id).join("logs.jsonl")).unwrap();
+    for v in [SSM_VALUE, OP_VALUE, &a.w.secret] {
+        // (the stand-in op script beside MOAT_HOME holds its own answer)
+        let f = moat_testkit::files_containing(a.m.moat_home(), v.as_bytes());
+        assert!(f.is_empty(), "a secret value in {f:?}");
+    }
+    assert!(!r.stderr().contains(SSM_VALUE) && !r.stderr().contains(OP_VALUE));
+
+    // A secret that is not there, and an op:// reference op cannot read: the run fails
+    // before the container starts, naming the secret and what to do.
+    std::fs::write(
+        a.m.ws.join("moat.yaml"),
+        "secrets:\n  DATABASE_URL: ssm:///e2e/missing\n",
+    )
+    .unwrap();
+    let r = a.m.launch(&["run", "--no-sandbox", "--", "true"]);
+    assert_ne!(r.code(), 0);
+    let err = r.stderr();
+    assert!(
+        err.contains("DATABASE_URL") && err.contains("ssm:///e2e/missing"),
+        "{err}"
+    );
+    assert!(err.contains("ParameterNotFound"), "{err}");
+    assert!(err.contains("put-parameter"), "{err}");
+    let id = a.m.run_ids().pop().unwrap();
+    assert!(a.m.metadata(&id).get("container_id").is_none());
+
+    std::fs::write(
+        a.m.ws.join("moat.yaml"),
+        "secrets:\n  API_KEY: op://Dev/Nope/field\n",
+    )
+    .unwrap();
+    let r = a.m.launch(&["run", "--no-sandbox", "--", "true"]);
+    assert_ne!(r.code(), 0);
+    let err = r.stderr();
+    assert!(
+        err.contains("API_KEY") && err.contains("op://Dev/Nope/field"),
+        "{err}"
+    );
+    assert!(err.contains("op read"), "{err}");
+
+    // Bob may not read the parameter: AWS's AccessDenied, and what the identity needs.
+    a.m.env
+        .env("AWS_ACCESS_KEY_ID", &a.w.bob_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &a.w.bob_secret);
+    std::fs::write(
+        a.m.ws.join("moat.yaml"),
+        "secrets:\n  DATABASE_URL: ssm:///e2e/db-url\n",
+    )
+    .unwrap();
+    let r = a.m.launch(&["run", "--no-sandbox", "--", "true"]);
+    assert_ne!(r.code(), 0);
+    let err = r.stderr();
+    assert!(err.contains("DATABASE_URL"), "{err}");
+    assert!(err.contains("ssm:GetParameter"), "{err}");
+    assert!(!err.contains(SSM_VALUE));
+}
+
+#[test]
+fn an_op_secret_without_the_op_cli_says_to_install_it() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    // A PATH with no `op` on it (the test binaries and the system's basic tools).
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        "secrets:\n  API_KEY: op://Dev/Thing/field\n",
+    )
+    .unwrap();
+    let mut c = m.env.cmd("moat-launch");
+    c.args(["run", "--no-sandbox", "--", "true"])
+        .current_dir(&m.ws)
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", moat_testkit::bin_dir().display()),
+        );
+    let r = run_with_deadline(c, "moat-launch run (no op)".into(), None, 300);
+    assert_ne!(r.code(), 0);
+    let err = r.stderr();
+    assert!(err.contains("API_KEY"), "{err}");
+    assert!(err.contains("1Password CLI"), "{err}");
+    let id = m.run_ids().pop().unwrap();
+    assert!(m.metadata(&id).get("container_id").is_none());
+}
