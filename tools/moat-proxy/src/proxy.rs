@@ -663,6 +663,12 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     }
     let grants = st.injector.apply(&mut headers, &t.host, t.port, t.tls);
     if !grants.is_empty() {
+        // Masking reads response bodies as they pass; a compressed body would carry an
+        // echoed credential where masking cannot see it and the client's decoder can.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         ctx.set_grant(grants.join(","));
         #[derive(serde::Serialize)]
         struct CredentialUsed<'a> {

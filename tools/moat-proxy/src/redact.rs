@@ -4,7 +4,9 @@
 //! it (the whole header value and the token after its scheme) masked with `*` of the same
 //! length, in headers and in the body, so lengths and framing stay valid. The body is
 //! streamed: only a tail that could be the start of a secret is held back until the next
-//! chunk. Compressed bodies are not inspected.
+//! chunk. Compressed bodies are not inspected: a request that carries a credential asks
+//! the upstream for `Accept-Encoding: identity`, so a compliant upstream answers it in
+//! plain bytes, where masking sees them.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};

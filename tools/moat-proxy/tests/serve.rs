@@ -1111,3 +1111,66 @@ fn the_intercepting_listener_speaks_tls_1_2_and_up_only() {
     }
     p.assert_no_leak(&secret);
 }
+
+#[test]
+fn credentialed_requests_ask_for_uncompressed_answers_so_echoes_are_masked() {
+    let (env, up, p, secret) = setup(H1, &[]);
+    let ca = p.ca.to_str().unwrap().to_string();
+    // The client asks for gzip; an upstream that echoes the request would hide the
+    // injected credential from masking inside a compressed body.
+    let r = curl(
+        &env,
+        &[
+            "-x",
+            &p.url(),
+            "--cacert",
+            &ca,
+            "--compressed",
+            "-H",
+            "Authorization: Bearer ghp_placeholder",
+            "https://api.github.com/echo-gzip",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("authorization"), "{}", r.stdout);
+    assert_eq!(r.stdout.matches(&secret).count(), 0, "{}", r.stdout);
+    assert!(r.stdout.contains(&"*".repeat(secret.len())), "{}", r.stdout);
+    let s = &up.seen()[0];
+    assert_eq!(s.header_all("accept-encoding"), vec!["identity"]);
+    // Hosts without a grant keep the client's Accept-Encoding (and compression).
+    let env2 = TestEnv::new();
+    let (up2, ca2) = granted_upstream(&env2, "plain.example", H1);
+    let ct = format!("plain.example:443:127.0.0.1:{}", up2.port());
+    let p2 = Proxy::start(
+        &env2,
+        &inject_rule(
+            "github",
+            &["api.github.com"],
+            "Authorization",
+            &format!("Bearer {secret}"),
+        ),
+        &["--connect-to", &ct, "--extra-ca", ca2.to_str().unwrap()],
+    );
+    let r = curl(
+        &env2,
+        &[
+            "-x",
+            &p2.url(),
+            "--cacert",
+            p2.ca.to_str().unwrap(),
+            "--compressed",
+            "-D",
+            "-",
+            "https://plain.example/echo-gzip",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("content-encoding: gzip"), "{}", r.stdout);
+    assert!(
+        up2.seen()[0].header_all("accept-encoding")[0].contains("gzip"),
+        "{:?}",
+        up2.seen()[0]
+    );
+    p.assert_no_leak(&secret);
+    p2.assert_no_leak(&secret);
+}

@@ -304,6 +304,34 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
             r
         }
         "/big" => Response::new(full(vec![b'x'; 1 << 20])),
+        "/echo-gzip" => {
+            // An echo that compresses (with gzip(1)) whenever the request allows it.
+            let raw = seen.raw();
+            let gzip_ok = seen
+                .header_all("accept-encoding")
+                .iter()
+                .any(|v| v.to_ascii_lowercase().contains("gzip"));
+            if !gzip_ok {
+                return Ok(Response::new(full(raw)));
+            }
+            let mut child = tokio::process::Command::new("gzip")
+                .arg("-c")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            {
+                use tokio::io::AsyncWriteExt;
+                stdin.write_all(raw.as_bytes()).await.unwrap();
+            }
+            drop(stdin);
+            let out = child.wait_with_output().await.unwrap();
+            let mut r = Response::new(full(out.stdout));
+            r.headers_mut()
+                .insert("content-encoding", HeaderValue::from_static("gzip"));
+            r
+        }
         "/redirect" => {
             let mut r = Response::new(full(""));
             *r.status_mut() = StatusCode::FOUND;
