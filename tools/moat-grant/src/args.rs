@@ -6,7 +6,8 @@ use moat_core::{Error, Result, cli};
 
 pub const USAGE: &str = "\
 usage: moat-grant github|anthropic|openai|gemini [--token-stdin] [--no-validate] [--name NAME]
-       moat-grant npm [--registry URL] [--token-stdin] [--no-validate] [--name NAME]
+                  [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]...
+       moat-grant npm [--registry URL] [--token-stdin] [--no-validate] [--name NAME] [--connect-to ...]
        moat-grant ssh --host HOST [--key FINGERPRINT] [--host-key FILE] [--sshsig-namespace NS]...
        moat-grant mcp NAME --url URL --header HEADER [--prefix PREFIX] [--token-stdin]
        moat-grant aws --role ARN [--region R] [--session-duration D] [--external-id X] [--name NAME]
@@ -14,7 +15,8 @@ usage: moat-grant github|anthropic|openai|gemini [--token-stdin] [--no-validate]
        moat-grant list [--json]
        moat-grant revoke NAME...
        moat-grant rules NAME...
-       moat-grant update NAME < JSON";
+       moat-grant update NAME < JSON
+       moat-grant refresh NAME [--if-expiring-within DURATION] [--force] [--connect-to ...] [--extra-ca FILE]";
 
 pub const HELP: &str = "\
 Store credentials for moat runs, encrypted, and hand their injection rules to the proxy.
@@ -29,10 +31,11 @@ Commands:
     revoke   remove credentials
     rules    print injection rules as JSON lines (secret; refuses a terminal)
     update   merge refreshed secret values and expiry (JSON on stdin) into a credential
+    refresh  renew an OAuth sign-in at its token endpoint before it expires
 
 Options:
     --token-stdin          read the secret from standard input instead of importing or prompting
-    --no-validate          skip the online check (this version checks the format only)
+    --no-validate          store without asking the service whether the credential is good
     --name NAME            store under NAME instead of the provider's name
     --registry URL         npm: the registry the token is for (with --token-stdin or a prompt)
     --host HOST            ssh: the server; http: comma-separated host patterns
@@ -47,6 +50,10 @@ Options:
     --session-duration D   aws: session length, e.g. 15m, 1h (default 15m)
     --external-id X        aws: the external id the role requires
     --json                 list: print JSON lines
+    --if-expiring-within D refresh: only when the access token expires within D (default 10m)
+    --force                refresh: even when the access token is not about to expire
+    --connect-to H:P:A:P2  connect to A:P2 for H:P, as curl does (also $MOAT_PROXY_CONNECT_TO)
+    --extra-ca FILE        also trust the CA certificates in FILE (also $MOAT_PROXY_EXTRA_CA)
     -h, --help             show this help
     -V, --version          show the version
 ";
@@ -59,6 +66,7 @@ pub enum Command {
     Revoke(Vec<String>),
     Rules(Vec<String>),
     Update(String),
+    Refresh(Box<Refresh>),
     Help,
     Version,
 }
@@ -84,6 +92,18 @@ pub struct Grant {
     pub region: Option<String>,
     pub session_duration: Option<String>,
     pub external_id: Option<String>,
+    pub connect_to: Vec<String>,
+    pub extra_ca: Vec<String>,
+}
+
+/// A `moat-grant refresh NAME ...` invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Refresh {
+    pub name: String,
+    pub within: Option<String>,
+    pub force: bool,
+    pub connect_to: Vec<String>,
+    pub extra_ca: Vec<String>,
 }
 
 pub const PROVIDERS: &[&str] = &[
@@ -174,6 +194,7 @@ fn parse(mut p: lexopt::Parser) -> Result<Command> {
                 name.ok_or_else(|| usage("update: name a credential"))?,
             ))
         }
+        "refresh" => parse_refresh(p),
         c if PROVIDERS.contains(&c) => parse_grant(c, p),
         other => Err(usage(format!(
             "unknown command or provider {other:?} (providers: {})",
@@ -196,8 +217,21 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
     // Which options a provider takes; anything else is a usage error, so a typo never
     // silently changes what gets stored.
     let allowed: &[&str] = match provider {
-        "github" | "anthropic" | "openai" | "gemini" => &["name", "token-stdin", "no-validate"],
-        "npm" => &["name", "token-stdin", "no-validate", "registry"],
+        "github" | "anthropic" | "openai" | "gemini" => &[
+            "name",
+            "token-stdin",
+            "no-validate",
+            "connect-to",
+            "extra-ca",
+        ],
+        "npm" => &[
+            "name",
+            "token-stdin",
+            "no-validate",
+            "registry",
+            "connect-to",
+            "extra-ca",
+        ],
         "ssh" => &["host", "key", "host-key", "sshsig-namespace", "no-validate"],
         "mcp" => &["url", "header", "prefix", "token-stdin", "no-validate"],
         "aws" => &[
@@ -241,6 +275,8 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
             Long("region") => g.region = Some(s(&mut p)?),
             Long("session-duration") => g.session_duration = Some(s(&mut p)?),
             Long("external-id") => g.external_id = Some(s(&mut p)?),
+            Long("connect-to") => g.connect_to.push(s(&mut p)?),
+            Long("extra-ca") => g.extra_ca.push(s(&mut p)?),
             Value(v) if (provider == "mcp" || provider == "http") && g.arg_name.is_none() => {
                 g.arg_name = Some(
                     v.into_string()
@@ -265,6 +301,35 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
         _ => {}
     }
     Ok(Command::Grant(Box::new(g)))
+}
+
+fn parse_refresh(mut p: lexopt::Parser) -> Result<Command> {
+    use lexopt::prelude::*;
+    let mut r = Refresh::default();
+    let mut name = None;
+    let s = |p: &mut lexopt::Parser| -> Result<String> {
+        let v = p.value().map_err(|e| cli::lexopt_error(e, USAGE))?;
+        v.into_string()
+            .map_err(|_| usage("an option value is not valid UTF-8"))
+    };
+    while let Some(a) = p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
+        match a {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Long("if-expiring-within") => r.within = Some(s(&mut p)?),
+            Long("force") => r.force = true,
+            Long("connect-to") => r.connect_to.push(s(&mut p)?),
+            Long("extra-ca") => r.extra_ca.push(s(&mut p)?),
+            Value(v) if name.is_none() => {
+                name = Some(
+                    v.into_string()
+                        .map_err(|_| usage("the name is not valid UTF-8"))?,
+                )
+            }
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    r.name = name.ok_or_else(|| usage("refresh: name a credential"))?;
+    Ok(Command::Refresh(Box::new(r)))
 }
 
 #[cfg(test)]
@@ -306,6 +371,10 @@ mod tests {
             &["http", "x", "--header", "X"],
             &["aws"],
             &["mcp", "x", "--url", "https://a"],
+            &["refresh"],
+            &["refresh", "a", "b"],
+            &["refresh", "a", "--if-expiring-within"],
+            &["ssh", "--host", "h", "--connect-to", "a:1:b:2"],
         ] {
             let e = parse_args(args.iter().copied()).unwrap_err();
             assert_eq!(e.code, 64, "{args:?}: {}", e.msg);

@@ -1,8 +1,9 @@
-//! The commands that change or read the store: grant, revoke, rules.
+//! The commands that change or read the store: grant, revoke, rules, update, refresh.
 
-use crate::args::Grant;
+use crate::args::{Grant, Refresh};
+use crate::net::Net;
 use crate::store::Store;
-use crate::{key, list, providers, rules};
+use crate::{key, list, providers, refresh, rules, validate};
 use moat_core::{Error, MoatHome, Result, cli, jsonl};
 
 fn store() -> Result<Store> {
@@ -21,7 +22,11 @@ fn normalize(name: &str) -> String {
 }
 
 pub fn grant(g: &Grant) -> Result<()> {
-    let cred = providers::build(g)?;
+    let mut cred = providers::build(g)?;
+    if !g.no_validate {
+        // Before the store is touched: a credential the service refuses is never stored.
+        validate::check(&mut cred, &Net::new(&g.connect_to, &g.extra_ca)?)?;
+    }
     let store = store()?;
     let names = store.names()?;
     let key = key::obtain(store.home(), &names, true)?
@@ -141,22 +146,38 @@ pub fn update(name: &str) -> Result<()> {
     let all = store.names()?;
     let key = key::obtain(store.home(), &all, false)?
         .ok_or_else(|| Error::software("no key although credentials exist"))?;
-    let cred = store.update(&name, &key, |c| {
-        for (k, v) in secret {
-            if !c.secret.contains_key(&k) {
-                return Err(Error::data(format!(
-                    "credential {}: has no secret field {k:?} to update",
-                    c.name
-                )));
-            }
-            c.secret.insert(k, v.into());
-        }
-        if let Some(e) = expires {
-            c.expires_at = e;
-        }
-        Ok(())
-    })?;
+    let cred = store.update(&name, &key, |c| refresh::merge(c, secret, expires, false))?;
     eprintln!("moat-grant: updated {}", cred.name);
+    cli::write_stdout(jsonl::line("grant", &list::record(&cred))?.as_bytes())
+}
+
+/// `refresh NAME`: renew an OAuth sign-in when it is about to expire (or `--force`).
+/// Prints the `grant` record when tokens were renewed, nothing when there was no need.
+pub fn refresh(r: &Refresh) -> Result<()> {
+    let opts = refresh::Options {
+        within: match &r.within {
+            Some(w) => refresh::parse_window(w)?,
+            None => std::time::Duration::from_secs(600),
+        },
+        force: r.force,
+    };
+    let net = Net::new(&r.connect_to, &r.extra_ca)?;
+    let store = store()?;
+    let name = existing(&store, std::slice::from_ref(&r.name))?.remove(0);
+    let all = store.names()?;
+    let key = key::obtain(store.home(), &all, false)?
+        .ok_or_else(|| Error::software("no key although credentials exist"))?;
+    let Some(cred) = refresh::refresh(&store, &key, &name, &opts, &net)? else {
+        return Ok(());
+    };
+    eprintln!(
+        "moat-grant: refreshed {} (the access token expires {})",
+        cred.name,
+        cred.expires_at
+            .as_deref()
+            .map(|e| format!("at {e}"))
+            .unwrap_or_else(|| "at a time the service did not say".into())
+    );
     cli::write_stdout(jsonl::line("grant", &list::record(&cred))?.as_bytes())
 }
 

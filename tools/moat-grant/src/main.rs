@@ -7,9 +7,12 @@ mod commands;
 mod input;
 mod key;
 mod list;
+mod net;
 mod providers;
+mod refresh;
 mod rules;
 mod store;
+mod validate;
 
 use args::Command;
 use moat_core::{Result, cli};
@@ -27,5 +30,6 @@ fn run() -> Result<()> {
         Command::Revoke(names) => commands::revoke(&names),
         Command::Rules(names) => commands::rules(&names),
         Command::Update(name) => commands::update(&name),
+        Command::Refresh(r) => commands::refresh(&r),
     }
 }

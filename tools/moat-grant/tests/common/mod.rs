@@ -13,10 +13,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-/// Run moat-grant with extra environment variables and bytes on stdin.
+/// Where online validation goes unless a test says otherwise: a closed loopback port, so
+/// no test token ever leaves the machine and validation takes its "unreachable" path.
+pub const OFFLINE: &str = "::127.0.0.1:1";
+
+/// Run moat-grant with extra environment variables and bytes on stdin. Every connection
+/// goes to [`OFFLINE`] unless `envs` sets `MOAT_PROXY_CONNECT_TO`.
 pub fn grant(t: &TestEnv, args: &[&str], envs: &[(&str, &str)], stdin: &[u8]) -> Run {
     let mut c = t.cmd("moat-grant");
     c.args(args)
+        .env("MOAT_PROXY_CONNECT_TO", OFFLINE)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
