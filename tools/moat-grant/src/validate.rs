@@ -127,7 +127,9 @@ pub fn check(c: &mut Credential, net: &Net) -> Result<()> {
         let warn = |why: &str| {
             eprintln!(
                 "moat-grant: warning: could not validate the {} {} with {}: {why}; stored anyway",
-                c.provider, c.kind, p.service
+                c.provider,
+                kind_phrase(c),
+                p.service
             )
         };
         match answer {

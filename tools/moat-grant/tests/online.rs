@@ -677,7 +677,18 @@ fn concurrent_refreshes_make_exactly_one_request() {
         .map(|k| k.wait_with_output().unwrap())
         .collect();
     for o in &outs {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            [
+                "refreshed anthropic",
+                "by another process meanwhile",
+                "does not expire"
+            ]
+            .iter()
+            .any(|m| err.contains(m)),
+            "{err}"
+        );
         assert!(!contains(&o.stderr, rt.as_bytes()) && !contains(&o.stdout, rt.as_bytes()));
     }
     assert_eq!(ep.server.hits().len(), 1, "{:?}", ep.server.hits());
@@ -750,4 +761,63 @@ fn chatgpt_and_gemini_sign_ins_refresh_at_their_endpoints() {
     assert_eq!(ep.server.hits().len(), 2);
     assert!(injected(&t, "gemini").ends_with("N2"));
     assert!(files_containing(&t.moat_home, grt.as_bytes()).is_empty());
+}
+
+#[test]
+fn bad_network_options_are_refused_before_anything_is_stored() {
+    let t = TestEnv::new();
+    grant(
+        &t,
+        &[
+            "github",
+            "--token-stdin",
+            "--connect-to",
+            "api.github.com:443",
+        ],
+        &[],
+        b"ghp_x",
+    )
+    .exit(64)
+    .stderr_has("--connect-to \"api.github.com:443\"");
+    let missing = t.path().join("no-such-ca.pem");
+    grant(
+        &t,
+        &[
+            "github",
+            "--token-stdin",
+            "--extra-ca",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+        b"ghp_x",
+    )
+    .exit(78)
+    .stderr_has("--extra-ca");
+    std::fs::write(&missing, "not a certificate\n").unwrap();
+    grant(
+        &t,
+        &[
+            "refresh",
+            "anthropic",
+            "--extra-ca",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+        b"",
+    )
+    .exit(66);
+    grant(
+        &t,
+        &[
+            "github",
+            "--token-stdin",
+            "--extra-ca",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+        b"ghp_x",
+    )
+    .exit(78)
+    .stderr_has("no certificates");
+    assert!(listed(&t).is_empty());
 }
