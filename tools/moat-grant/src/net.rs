@@ -212,7 +212,7 @@ impl Net {
             .map_err(|e| Error::io("starting the HTTP client", e))?;
         let limit = req.timeout;
         let tls = tls.clone();
-        Ok(rt.block_on(async move {
+        let out = rt.block_on(async move {
             match tokio::time::timeout(
                 limit,
                 exchange(tls, &host, port, &addr, addr_port, &path, req),
@@ -222,7 +222,10 @@ impl Net {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
             }
-        }))
+        });
+        // A name lookup still running on the blocking pool must not hold up the exit.
+        rt.shutdown_background();
+        Ok(out)
     }
 }
 

@@ -222,6 +222,13 @@ pub fn refresh(
         }
         None => None,
     };
+    // Services may narrow what a refreshed token may do; `list` should say so.
+    let scope = v["scope"].as_str().map(|s| {
+        s.split_whitespace()
+            .filter(|w| w.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    });
     let updated = store.update(name, key, |c| {
         // We hold the refresh lock, so only a hand-run `update` could have changed it.
         if c.secret_str("refresh_token") != Some(rt.as_str()) {
@@ -229,6 +236,9 @@ pub fn refresh(
                 exit::TEMPFAIL,
                 format!("{name} changed while it was being refreshed; run refresh again"),
             ));
+        }
+        if let Some(scope) = scope {
+            c.scopes = scope;
         }
         merge(c, secret, Some(expires), true)
     })?;

@@ -491,8 +491,8 @@ fn token_endpoint(
             let mut n = n.lock().unwrap();
             *n += 1;
             let access = format!("ACCESS{}N{}", canary(""), *n);
-            let mut v =
-                json!({"access_token": access, "expires_in": 28800, "token_type": "Bearer"});
+            let mut v = json!({"access_token": access, "expires_in": 28800, "token_type": "Bearer",
+                    "scope": "user:inference user:profile"});
             if rotate {
                 known.retain(|k| k != &rt);
                 let new_rt = format!("ROTATED{}N{}", canary(""), *n);
@@ -562,6 +562,10 @@ fn an_expired_subscription_is_refreshed_and_the_store_holds_the_new_tokens() {
     assert_eq!(body["refresh_token"], rt.as_str());
     let rec = &r.records()[0];
     assert_eq!(rec.kind, "grant");
+    assert_eq!(
+        rec.get("scopes").unwrap(),
+        &json!(["user:inference", "user:profile"])
+    );
     let exp = rec.str("expires_at").unwrap();
     assert!(exp > moat_core::timefmt::now_rfc3339().as_str(), "{exp}");
     // The proxy now gets the new access token; the old one is gone.
