@@ -103,6 +103,8 @@ fn env_list(name: &str) -> Vec<String> {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// `x-ratelimit-remaining: 0`: a 403 that says "slow down", not "bad credential".
+    pub rate_limited: bool,
 }
 
 impl Response {
@@ -301,13 +303,21 @@ async fn exchange(
         .await
         .map_err(|e| format!("HTTP with {host}: {e}"))?;
     let status = resp.status().as_u16();
+    let rate_limited = resp
+        .headers()
+        .get("x-ratelimit-remaining")
+        .is_some_and(|v| v.as_bytes() == b"0");
     let body = Limited::new(resp.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|e| format!("reading the answer from {host}: {e}"))?
         .to_bytes()
         .to_vec();
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        body,
+        rate_limited,
+    })
 }
 
 fn bracketed(h: &str) -> String {

@@ -1,5 +1,6 @@
 //! Online validation: before a credential is stored, ask its service whether it is good.
-//! A definite no (401 or 403) refuses the grant and nothing is stored; no answer (the
+//! A definite no (401; 403 unless it is a rate limit or OpenAI's "this restricted key may
+//! not list models") refuses the grant and nothing is stored; no answer (the
 //! service unreachable, slow, or failing with 5xx) only warns, because a grant made
 //! offline is still useful. Subscriptions (OAuth sign-ins) are not checked here: their
 //! access token may have expired while the refresh token is good, and `refresh` is the
@@ -22,6 +23,9 @@ struct Probe {
     headers: Vec<(&'static str, String)>,
     /// Google answers a bad API key with 400 API_KEY_INVALID.
     rejects_on_400: bool,
+    /// OpenAI answers 403 for a restricted key without the models permission, which
+    /// may still be good for what the agent does: only 401 is a no there.
+    rejects_on_403: bool,
     /// Where the account name is in a good answer, if the service says.
     login: Option<&'static str>,
 }
@@ -32,6 +36,7 @@ fn probe(service: &str, url: String, headers: Vec<(&'static str, String)>) -> Pr
         url,
         headers,
         rejects_on_400: false,
+        rejects_on_403: true,
         login: None,
     }
 }
@@ -60,14 +65,18 @@ fn probes(c: &Credential) -> Result<Vec<Probe>> {
                 ("anthropic-version", "2023-06-01".into()),
             ],
         )],
-        ("openai", "api_key") => vec![probe(
-            "api.openai.com",
-            "https://api.openai.com/v1/models".into(),
-            vec![(
-                "authorization",
-                format!("Bearer {}", c.need_secret("api_key")?),
-            )],
-        )],
+        ("openai", "api_key") => {
+            let mut p = probe(
+                "api.openai.com",
+                "https://api.openai.com/v1/models".into(),
+                vec![(
+                    "authorization",
+                    format!("Bearer {}", c.need_secret("api_key")?),
+                )],
+            );
+            p.rejects_on_403 = false;
+            vec![p]
+        }
         ("gemini", "api_key") => {
             let mut p = probe(
                 "generativelanguage.googleapis.com",
@@ -144,7 +153,9 @@ pub fn check(c: &mut Credential, net: &Net) -> Result<()> {
                 }
             }
             Ok(r)
-                if r.status == 401 || r.status == 403 || (p.rejects_on_400 && r.status == 400) =>
+                if r.status == 401
+                    || (p.rejects_on_403 && r.status == 403 && !r.rate_limited)
+                    || (p.rejects_on_400 && r.status == 400) =>
             {
                 return Err(Error::no(format!(
                     "{}: {} rejected the {}: HTTP {}; nothing was stored",
@@ -157,6 +168,7 @@ pub fn check(c: &mut Credential, net: &Net) -> Result<()> {
                     "check the credential, or pass --no-validate to store it without asking",
                 ));
             }
+            Ok(r) if r.rate_limited => warn(&format!("HTTP {} (rate limited)", r.status)),
             Ok(r) => warn(&format!("HTTP {}", r.status)),
             Err(why) => warn(&why),
         }

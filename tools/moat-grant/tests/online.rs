@@ -121,13 +121,22 @@ impl Server {
                                 body: String::from_utf8_lossy(&body).into_owned(),
                             };
                             hits.lock().unwrap().push(hit.clone());
-                            let (status, v) = handler(&hit);
+                            let (status, mut v) = handler(&hit);
+                            // A test-only marker for GitHub's rate-limit header.
+                            let limited = v
+                                .as_object_mut()
+                                .and_then(|o| o.remove("__rate_limited"))
+                                .is_some();
                             tokio::time::sleep(delay).await;
                             let mut resp =
                                 hyper::Response::new(Full::new(Bytes::from(v.to_string())));
                             *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                             resp.headers_mut()
                                 .insert("content-type", "application/json".parse().unwrap());
+                            if limited {
+                                resp.headers_mut()
+                                    .insert("x-ratelimit-remaining", "0".parse().unwrap());
+                            }
                             Ok::<_, Infallible>(resp)
                         }
                     });
@@ -824,4 +833,52 @@ fn bad_network_options_are_refused_before_anything_is_stored() {
     .exit(78)
     .stderr_has("no certificates");
     assert!(listed(&t).is_empty());
+}
+
+#[test]
+fn a_403_that_may_not_mean_a_bad_credential_only_warns() {
+    let t = TestEnv::new();
+    let s = Server::start(
+        &t,
+        Duration::ZERO,
+        Arc::new(|h: &Hit| match h.host.as_str() {
+            "api.github.com" => (
+                403,
+                json!({"message": "API rate limit exceeded", "__rate_limited": true}),
+            ),
+            "api.openai.com" => (
+                403,
+                json!({"error": {"message": "You have insufficient permissions"}}),
+            ),
+            _ => (
+                403,
+                json!({"type": "error", "error": {"type": "permission_error"}}),
+            ),
+        }),
+    );
+    run(
+        &t,
+        &with(&["github", "--token-stdin"], &s),
+        &[],
+        b"ghp_limited",
+    )
+    .success()
+    .stderr_has("HTTP 403 (rate limited); stored anyway");
+    run(
+        &t,
+        &with(&["openai", "--token-stdin"], &s),
+        &[],
+        b"sk-restricted",
+    )
+    .success()
+    .stderr_has("HTTP 403; stored anyway");
+    run(
+        &t,
+        &with(&["anthropic", "--token-stdin"], &s),
+        &[],
+        b"sk-ant-forbidden",
+    )
+    .exit(1)
+    .stderr_has("anthropic: api.anthropic.com rejected the API key: HTTP 403");
+    assert_eq!(listed(&t), vec!["github", "openai"]);
 }
