@@ -88,6 +88,10 @@ fn from_claude_code() -> Result<Option<Credential>> {
             c.config.insert(to.into(), s.into());
         }
     }
-    warn_if_expired("Claude", c.expires_at.as_deref());
+    warn_if_expired(
+        "Claude",
+        c.expires_at.as_deref(),
+        c.secret.contains_key("refresh_token"),
+    );
     Ok(Some(c))
 }

@@ -57,6 +57,10 @@ fn from_gemini_cli() -> Result<Option<Credential>> {
     if let Some(s) = v["scope"].as_str() {
         c.scopes = s.split_whitespace().map(String::from).collect();
     }
-    warn_if_expired("Gemini", c.expires_at.as_deref());
+    warn_if_expired(
+        "Gemini",
+        c.expires_at.as_deref(),
+        c.secret.contains_key("refresh_token"),
+    );
     Ok(Some(c))
 }

@@ -3,8 +3,8 @@
 //! hidden prompt on the terminal. Without a terminal nothing is asked: the command names
 //! the flag to pass.
 //!
-//! Online validation is not done in this version (moat-grant has no HTTP client); only the
-//! format is checked. `--no-validate` is accepted everywhere for scripts written for it.
+//! What is built here is checked online afterwards (`validate`) unless `--no-validate`
+//! is given; providers themselves only check a secret's form.
 
 pub mod anthropic;
 pub mod custom;
@@ -115,13 +115,19 @@ pub fn ms_to_rfc3339(ms: i64) -> Option<String> {
     Some(moat_core::timefmt::rfc3339(t))
 }
 
-/// Warn when an imported token has already expired (it may still be refreshable).
-pub fn warn_if_expired(name: &str, expires_at: Option<&str>) {
+/// Say when an imported token has already expired: with its refresh token it is still
+/// good, and `refresh` (or the run's supervisor) renews it.
+pub fn warn_if_expired(name: &str, expires_at: Option<&str>, refreshable: bool) {
     if let Some(e) = expires_at
         && let Some(t) = moat_core::timefmt::parse_rfc3339(e)
         && t < std::time::SystemTime::now()
     {
-        eprintln!("moat-grant: warning: the imported {name} access token expired at {e}");
+        let how = if refreshable {
+            "; `moat-grant refresh` renews it with the refresh token"
+        } else {
+            ", and there is no refresh token to renew it with"
+        };
+        eprintln!("moat-grant: warning: the imported {name} access token expired at {e}{how}");
     }
 }
 

@@ -73,7 +73,11 @@ fn from_codex() -> Result<Option<Credential>> {
         c.config.insert("account_id".into(), a.into());
     }
     c.expires_at = jwt_expiry(at);
-    warn_if_expired("ChatGPT", c.expires_at.as_deref());
+    warn_if_expired(
+        "ChatGPT",
+        c.expires_at.as_deref(),
+        c.secret.contains_key("refresh_token"),
+    );
     Ok(Some(c))
 }
 
