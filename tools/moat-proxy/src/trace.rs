@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ enum Line {
 /// pipe within about `GATHER` of the request's end, in the order handed over, without a
 /// system call (or a lock held across one) on a request's path.
 pub struct Sinks {
-    tx: Sender<Line>,
+    tx: SyncSender<Line>,
     tracing: bool,
 }
 
@@ -64,6 +64,8 @@ fn writer(rx: Receiver<Line>, trace: Option<File>) {
     }
 }
 
+/// Records queued for the writer before a request has to wait.
+const QUEUE: usize = 16 * 1024;
 /// How long the writer lets records gather after writing a batch.
 const GATHER: Duration = Duration::from_millis(5);
 
@@ -83,7 +85,9 @@ impl Sinks {
             }
         };
         let tracing = file.is_some();
-        let (tx, rx) = channel();
+        // Bounded: if stdout's reader stops reading, requests wait (as a direct write
+        // would) instead of records piling up in memory.
+        let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("moat-proxy-records".into())
             .spawn(move || writer(rx, file))

@@ -71,6 +71,8 @@ struct Seen {
     /// (type, flags, stream) of every frame from the proxy
     frames: Mutex<Vec<(u8, u8, u32)>>,
     goaway: Mutex<Option<u32>>,
+    /// the last stream the proxy says it processed, from its GOAWAY
+    last_stream: Mutex<u32>,
     closed: AtomicBool,
     bytes: AtomicUsize,
 }
@@ -153,6 +155,8 @@ impl H2 {
                 let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
                 if h[3] == GOAWAY && len >= 8 {
                     *s2.goaway.lock().unwrap() = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                    *s2.last_stream.lock().unwrap() =
+                        u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff;
                 }
                 s2.frames.lock().unwrap().push((h[3], h[4], stream));
             }
@@ -359,7 +363,11 @@ fn rapid_reset_ends_in_goaway_with_few_upstream_requests() {
                 break;
             }
         }
-        let fast = (sent, h.goes_away().await);
+        let fast = (
+            sent,
+            h.goes_away().await,
+            *h.seen.last_stream.lock().unwrap(),
+        );
         // The same, but each batch of 50 is cancelled only after the proxy has had time to
         // accept the streams and start their upstream requests.
         let mut h = H2::open(&addr, &token, &ca, "api.github.com").await;
@@ -386,25 +394,31 @@ fn rapid_reset_ends_in_goaway_with_few_upstream_requests() {
                 break;
             }
         }
-        (fast, (sent, h.goes_away().await))
+        let slow = (
+            sent,
+            h.goes_away().await,
+            *h.seen.last_stream.lock().unwrap(),
+        );
+        (fast, slow)
     });
-    let ((sent, goaway), (sent_slow, goaway_slow)) = (sent, goaway);
+    let ((sent, goaway, last), (sent_slow, goaway_slow, last_slow)) = (sent, goaway);
     let cpu = cpu_ticks(s.pid()) - cpu0;
     let upstream = s.upstream_requests("/rapid-reset");
     eprintln!(
         "rapid reset: {sent} streams written before the close, {upstream} upstream requests, {} upstream connections, {cpu} ticks of proxy CPU, GOAWAY {goaway:?}",
         *s.up.conns.lock().unwrap()
     );
-    eprintln!("rapid reset after accept: {sent_slow} streams, GOAWAY {goaway_slow:?}");
+    eprintln!(
+        "rapid reset after accept: {sent_slow} streams, GOAWAY {goaway_slow:?}; last streams processed {last}, {last_slow}"
+    );
     assert!(
         goaway.is_some() && goaway_slow.is_some(),
         "GOAWAY before the close"
     );
-    assert!(sent_slow < 20_000);
-    assert!(
-        sent < 20_000,
-        "the proxy stopped the attack ({sent} streams)"
-    );
+    // Whatever the socket buffers took in, the proxy stopped processing early (stream
+    // ids are odd: 2n+1 for the n-th stream; the guard's burst is 1,000 frames).
+    assert!(last < 2 * 1_500, "processed up to stream {last}");
+    assert!(last_slow < 2 * 1_500, "processed up to stream {last_slow}");
     assert!(upstream <= 300, "{upstream} upstream requests");
     assert!(*s.up.conns.lock().unwrap() <= 300);
     // 50 curl requests and the attack, in less than 3 s of proxy CPU
@@ -453,7 +467,8 @@ fn continuation_floods_end_in_goaway() {
     });
     eprintln!("continuation: small {small:?}, big {big:?}");
     assert!(small.1.is_some() && big.1.is_some());
-    assert!(small.0 < 10_000 && big.0 < 4096);
+    // 64 MiB of header block cannot hide in socket buffers
+    assert!(big.0 < 4096);
     assert_eq!(s.upstream_requests("/continuation"), 0);
     assert!(rss_kib(s.pid()) < RSS_CAP_KIB);
 }
