@@ -34,28 +34,28 @@ Commands:
     refresh  renew an OAuth sign-in at its token endpoint before it expires
 
 Options:
-    --token-stdin          read the secret from standard input instead of importing or prompting
-    --no-validate          store without asking the service whether the credential is good
-    --name NAME            store under NAME instead of the provider's name
-    --registry URL         npm: the registry the token is for (with --token-stdin or a prompt)
-    --host HOST            ssh: the server; http: comma-separated host patterns
-    --key FINGERPRINT      ssh: the agent key to use (SHA256:...)
-    --host-key FILE        ssh: pin the host keys in FILE instead of ~/.ssh/known_hosts
-    --sshsig-namespace NS  ssh: also let the key make SSHSIG signatures for NS (e.g. git)
-    --url URL              mcp: the server's URL
-    --header HEADER        mcp, http: the header that carries the secret
-    --prefix PREFIX        mcp, http: text put before the secret (e.g. 'Bearer ')
-    --role ARN             aws: the role to assume
-    --region R             aws: the STS region (default us-east-1)
-    --session-duration D   aws: session length, e.g. 15m, 1h (default 15m)
-    --external-id X        aws: the external id the role requires
-    --json                 list: print JSON lines
-    --if-expiring-within D refresh: only when the access token expires within D (default 10m)
-    --force                refresh: even when the access token is not about to expire
-    --connect-to H:P:A:P2  connect to A:P2 for H:P, as curl does (also $MOAT_PROXY_CONNECT_TO)
-    --extra-ca FILE        also trust the CA certificates in FILE (also $MOAT_PROXY_EXTRA_CA)
-    -h, --help             show this help
-    -V, --version          show the version
+    --token-stdin           read the secret from standard input instead of importing or prompting
+    --no-validate           store without asking the service whether the credential is good
+    --name NAME             store under NAME instead of the provider's name
+    --registry URL          npm: the registry the token is for (with --token-stdin or a prompt)
+    --host HOST             ssh: the server; http: comma-separated host patterns
+    --key FINGERPRINT       ssh: the agent key to use (SHA256:...)
+    --host-key FILE         ssh: pin the host keys in FILE instead of ~/.ssh/known_hosts
+    --sshsig-namespace NS   ssh: also let the key make SSHSIG signatures for NS (e.g. git)
+    --url URL               mcp: the server's URL
+    --header HEADER         mcp, http: the header that carries the secret
+    --prefix PREFIX         mcp, http: text put before the secret (e.g. 'Bearer ')
+    --role ARN              aws: the role to assume
+    --region R              aws: the STS region (default us-east-1)
+    --session-duration D    aws: session length, e.g. 15m, 1h (default 15m)
+    --external-id X         aws: the external id the role requires
+    --json                  list: print JSON lines
+    --if-expiring-within D  refresh: only when the access token expires within D (default 10m)
+    --force                 refresh: even when the access token is not about to expire
+    --connect-to H:P:A:P2   connect to A:P2 for H:P, as curl does (also $MOAT_PROXY_CONNECT_TO)
+    --extra-ca FILE         also trust the CA certificates in FILE (also $MOAT_PROXY_EXTRA_CA)
+    -h, --help              show this help
+    -V, --version           show the version
 ";
 
 /// What to do.
