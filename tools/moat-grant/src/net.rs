@@ -126,15 +126,12 @@ impl Net {
     /// Flags first (the more specific), then the environment moat-proxy reads too.
     pub fn new(connect_to: &[String], extra_ca: &[String]) -> Result<Net> {
         let mut ct = Vec::new();
-        for s in connect_to
-            .iter()
-            .cloned()
-            .chain(env_list("MOAT_PROXY_CONNECT_TO"))
-        {
-            ct.push(
-                parse_connect_to(&s)
-                    .map_err(|e| Error::usage(format!("--connect-to {s:?}: {e}")))?,
-            );
+        let flags = connect_to.iter().map(|s| ("--connect-to", s.clone()));
+        let env = env_list("MOAT_PROXY_CONNECT_TO")
+            .into_iter()
+            .map(|s| ("MOAT_PROXY_CONNECT_TO", s));
+        for (from, s) in flags.chain(env) {
+            ct.push(parse_connect_to(&s).map_err(|e| Error::usage(format!("{from} {s:?}: {e}")))?);
         }
         let extra_ca = extra_ca
             .iter()

@@ -792,6 +792,14 @@ fn bad_network_options_are_refused_before_anything_is_stored() {
     )
     .exit(64)
     .stderr_has("--connect-to \"api.github.com:443\"");
+    grant(
+        &t,
+        &["refresh", "anthropic"],
+        &[("MOAT_PROXY_CONNECT_TO", "a.example:443:[::1")],
+        b"",
+    )
+    .exit(64)
+    .stderr_has("MOAT_PROXY_CONNECT_TO \"a.example:443:[::1\"");
     let missing = t.path().join("no-such-ca.pem");
     grant(
         &t,
