@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const SSM_VALUE: &str = "postgres://e2e:Ssm-CanaryValue-7f3a9c@db/app";
 const OP_VALUE: &str = "op-CanaryValue-51d0e2";
@@ -26,6 +26,19 @@ const AWS_HOSTS: &[&str] = &[
     "sts.amazonaws.com",
     "ssm.us-east-1.amazonaws.com",
 ];
+
+/// The latest run (run ids are random, so by creation time).
+fn newest_run(m: &Moat) -> String {
+    m.run_ids()
+        .into_iter()
+        .max_by_key(|id| {
+            m.metadata(id)["created_at"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .expect("a run")
+}
 
 /// moto on a free loopback port, killed on drop.
 struct Moto {
@@ -367,6 +380,8 @@ fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
             "aws sts get-caller-identity --query Arn --output text; \
              a=$(/run/moat/aws/moat-aws-credentials); b=$(/run/moat/aws/moat-aws-credentials); \
              echo \"$a\" | grep -o '\"Version\": *1'; \
+             echo \"first:$a\" | grep -o 'first:.*\"AccessKeyId\":\"[A-Z0-9]*\"' | sed 's/first:.*\"AccessKeyId\"/first/'; \
+             echo \"second:$b\" | grep -o 'second:.*\"AccessKeyId\":\"[A-Z0-9]*\"' | sed 's/second:.*\"AccessKeyId\"/second/'; \
              curl -s --noproxy '*' --unix-socket /run/moat/aws/creds.sock -o /dev/null -w 'no-token:%{http_code}\\n' http://moat/credentials; \
              env | sort",
         ],
@@ -389,6 +404,14 @@ fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
     );
     assert!(out.contains("\"Version\""), "{out}");
     assert!(out.contains("no-token:401"), "{out}");
+    // A fifteen-minute session is reused: both fetches give the same key.
+    let key = |tag: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{tag}:")))
+            .unwrap_or_else(|| panic!("no {tag} key in {out}"))
+            .to_string()
+    };
+    assert_eq!(key("first"), key("second"), "{out}");
     assert!(
         out.contains("AWS_CONFIG_FILE=/run/moat/aws/config"),
         "{out}"
@@ -402,7 +425,7 @@ fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
     assert!(!out.contains(&a.w.key_id), "host key id inside: {out}");
     r.leaks_nothing(&a.w.secret);
 
-    let id = a.m.run_ids().pop().unwrap();
+    let id = newest_run(&a.m);
     let log = a.audit_log(&id);
     let used: Vec<serde_json::Value> = log
         .lines()
@@ -498,7 +521,7 @@ fn a_denied_role_fails_the_run_before_the_container_starts() {
     assert!(err.contains("AccessDenied"), "{err}");
     assert!(err.contains(&a.w.role_arn), "{err}");
     assert!(err.contains("sts:AssumeRole"), "{err}");
-    let id = a.m.run_ids().pop().unwrap();
+    let id = newest_run(&a.m);
     let meta = a.m.metadata(&id);
     assert_eq!(meta["state"], "failed", "{meta}");
     assert!(meta.get("container_id").is_none(), "{meta}");
@@ -569,7 +592,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
         "{}",
         r.stdout()
     );
-    let id = a.m.run_ids().pop().unwrap();
+    let id = newest_run(&a.m);
     let log = a.audit_log(&id);
     let rec = log
         .lines()
@@ -604,7 +627,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
     );
     assert!(err.contains("ParameterNotFound"), "{err}");
     assert!(err.contains("put-parameter"), "{err}");
-    let id = a.m.run_ids().pop().unwrap();
+    let id = newest_run(&a.m);
     assert!(a.m.metadata(&id).get("container_id").is_none());
 
     std::fs::write(
@@ -662,6 +685,166 @@ fn an_op_secret_without_the_op_cli_says_to_install_it() {
     let err = r.stderr();
     assert!(err.contains("API_KEY"), "{err}");
     assert!(err.contains("1Password CLI"), "{err}");
-    let id = m.run_ids().pop().unwrap();
+    let id = newest_run(&m);
     assert!(m.metadata(&id).get("container_id").is_none());
+}
+
+/// A plain-HTTP stand-in for the STS endpoint in front of moto that shortens every
+/// AssumeRole session to two minutes (moto, like STS, issues at least fifteen), by rewriting
+/// `Expiration` in the answer. A session that short is always within the five-minute refresh
+/// margin, so every credential fetch must assume the role again.
+struct ShortSessions {
+    port: u16,
+    assumed: Arc<std::sync::atomic::AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl ShortSessions {
+    fn start(upstream: u16) -> ShortSessions {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let assumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = assumed.clone();
+        // One message (head + Content-Length body, or to EOF) from a stream.
+        async fn message(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let mut body = buf[end..].to_vec();
+            let len = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            match len {
+                Some(len) => {
+                    while body.len() < len {
+                        let n = s.read(&mut chunk).await.ok()?;
+                        if n == 0 {
+                            break;
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                None => {
+                    let _ = s.read_to_end(&mut body).await;
+                }
+            }
+            Some((head, body))
+        }
+        rt.spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let Some((head, body)) = message(&mut client).await else {
+                        return;
+                    };
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let _ = up.write_all(head.as_bytes()).await;
+                    let _ = up.write_all(&body).await;
+                    let Some((rhead, rbody)) = message(&mut up).await else {
+                        return;
+                    };
+                    let mut text = String::from_utf8_lossy(&rbody).to_string();
+                    if text.contains("<AssumeRoleResponse")
+                        && let (Some(a), Some(b)) =
+                            (text.find("<Expiration>"), text.find("</Expiration>"))
+                    {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let soon = moat_core::timefmt::rfc3339(
+                            SystemTime::now() + Duration::from_secs(120),
+                        );
+                        text.replace_range(a + "<Expiration>".len()..b, &soon);
+                    }
+                    let mut out: Vec<String> = rhead
+                        .split("\r\n")
+                        .filter(|l| {
+                            let k = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+                            !l.is_empty() && k != "content-length" && k != "connection"
+                        })
+                        .map(String::from)
+                        .collect();
+                    out.push(format!("Content-Length: {}", text.len()));
+                    out.push("Connection: close".into());
+                    let msg = format!("{}\r\n\r\n{text}", out.join("\r\n"));
+                    let _ = client.write_all(msg.as_bytes()).await;
+                    let _ = client.shutdown().await;
+                });
+            }
+        });
+        ShortSessions {
+            port,
+            assumed,
+            _rt: rt,
+        }
+    }
+}
+
+#[test]
+fn sessions_near_expiry_are_replaced_on_the_next_fetch() {
+    if !docker_ready() {
+        return;
+    }
+    let mut a = aws_env();
+    let short = ShortSessions::start(a.moto.port);
+    a.m.env.env(
+        "AWS_ENDPOINT_URL_STS",
+        format!("http://127.0.0.1:{}", short.port),
+    );
+    a.grant();
+    let r = a.m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--grant",
+        "aws",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2; do /run/moat/aws/moat-aws-credentials | grep -o '\"AccessKeyId\":\"[A-Z0-9]*\"'; done; \
+         aws sts get-caller-identity --query Arn --output text",
+    ]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let out = r.stdout();
+    let keys: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("\"AccessKeyId\""))
+        .collect();
+    assert_eq!(keys.len(), 2, "{out}");
+    assert_ne!(
+        keys[0], keys[1],
+        "the second fetch reused a session near expiry: {out}"
+    );
+    assert!(out.contains(":assumed-role/agent/moat-"), "{out}");
+    // One session at the start, one per fetch (and the CLI's own).
+    assert!(
+        short.assumed.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "{out}"
+    );
+    r.leaks_nothing(&a.w.secret);
+    a.assert_no_host_key();
 }
