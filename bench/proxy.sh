@@ -163,3 +163,5 @@ echo "moat p99 at 64: ${R[moat.p99]} us (target < 10000); CPU/request: ${R[moat.
 if [ -n "$squid_addr" ]; then
 	echo "moat/squid rps64: $(ratio "${R[moat.rps64]}" "${R[squid.rps64]}") (target >= 2)   CPU/request moat/squid: $(ratio "${R[moat.cpu_us]}" "${R[squid.cpu_us]:-0}")"
 fi
+# the measured path was the real one: every request traced, every credential use recorded
+echo "moat records: $(wc -l <"$work/trace.jsonl") trace lines, $(grep -c '"type":"credential_used"' "$work/moat.out") credential_used events"
