@@ -505,7 +505,8 @@ fn the_host_key_is_nowhere_in_a_running_container() {
             &name,
             "sh",
             "-c",
-            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cat /tmp/who.json; ls -la /run/moat/aws; cat /run/moat/aws/config",
+            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cat /tmp/who.json; ls -la /run/moat/aws; cat /run/moat/aws/config; \
+             (echo x >> /run/moat/aws/config) 2>&1 | grep -q 'Read-only file system' && echo AWS-READONLY",
         ])
         .output()
         .unwrap();
@@ -516,6 +517,7 @@ fn the_host_key_is_nowhere_in_a_running_container() {
         "{p}"
     );
     assert!(!p.contains(&a.w.secret) && !p.contains(&a.w.key_id), "{p}");
+    assert!(p.contains("AWS-READONLY"), "{p}");
     let s = a.m.launch(&["stop", &id]);
     assert_eq!(s.code(), 0, "{}", s.stderr());
     a.assert_no_host_key();

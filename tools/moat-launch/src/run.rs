@@ -404,7 +404,9 @@ async fn start_ssh_filter(
     rules: &[String],
     res: &mut Resources,
 ) -> Result<PathBuf> {
-    let dir = home.root().join("sockets").join(id);
+    // A directory of its own: it is mounted read-write, and nothing else of the run's
+    // sockets directory (the AWS endpoint's files) may be writable from the container.
+    let dir = home.root().join("sockets").join(id).join("ssh");
     moat_core::fsutil::create_private_dir(&dir)?;
     let sock = dir.join("agent.sock");
     let mut child = Command::new(tool("moat-sshd-filter"))
