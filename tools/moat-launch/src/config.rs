@@ -825,6 +825,58 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_references_and_flags_win() {
+        let (c, _) = parse(
+            "secrets:\n  DB: ssm:///prod/db\n  KEY: op://Dev/K/f\n",
+            "moat.yaml",
+        )
+        .unwrap();
+        let loaded = Loaded {
+            config: c,
+            file: None,
+            warnings: vec![],
+        };
+        let ws = std::env::temp_dir();
+        let mut args = RunArgs {
+            path: None,
+            command: None,
+            grants: vec![],
+            env: vec![],
+            mounts: vec![],
+            name: Some("t".into()),
+            detach: false,
+            interactive: false,
+            rebuild: false,
+            no_sandbox: true,
+            policy: None,
+            allow_hosts: vec![],
+            runtime: None,
+        };
+        let spec = resolve(&args, &loaded, &ws).unwrap();
+        assert_eq!(spec.secrets.len(), 2);
+        assert_eq!(spec.secrets["DB"], "ssm:///prod/db");
+        // -e KEY=... replaces the secret, which is then not resolved.
+        args.env = vec!["KEY=local".into()];
+        let spec = resolve(&args, &loaded, &ws).unwrap();
+        assert_eq!(spec.env["KEY"], "local");
+        assert!(!spec.secrets.contains_key("KEY"));
+        for bad in [
+            "secrets:\n  DB: postgres://x\n",
+            "secrets:\n  HTTPS_PROXY: op://a/b/c\n",
+            "secrets:\n  9X: op://a/b/c\n",
+        ] {
+            let (c, _) = parse(bad, "moat.yaml").unwrap();
+            let l = Loaded {
+                config: c,
+                file: None,
+                warnings: vec![],
+            };
+            let e = resolve(&args, &l, &ws).unwrap_err();
+            assert_eq!(e.code, moat_core::exit::CONFIG, "{bad}: {}", e.msg);
+        }
+    }
+
+    #[test]
     fn rules_become_records() {
         let v: Vec<Value> =
             serde_json::from_str(r#"["a.com", {"b.com": ["allow GET /x/**"]}]"#).unwrap();
