@@ -16,24 +16,23 @@ use std::time::{Duration, Instant};
 
 enum Line {
     Trace(Vec<u8>),
-    Event(Vec<u8>),
     /// Everything sent before this is written and flushed; then the sender is told.
     Sync(Sender<()>),
 }
 
-/// Where records go. Request handlers never write: they hand finished lines to one writer
-/// thread, which writes whatever has queued up with one `write` per sink, flushes, and
-/// pauses a few milliseconds before it takes the next batch. A record reaches its file or
-/// pipe within about `GATHER` of the request's end, in the order handed over, without a
-/// system call (or a lock held across one) on a request's path.
+/// Where records go. Trace records are handed to one writer thread, which writes whatever
+/// has queued up with one `write`, and pauses a few milliseconds before it takes the next
+/// batch: a record reaches the file within about `GATHER` of its request's end, in order,
+/// without a system call (or a lock held across one) on a request's path. Events (credential
+/// use, denials) are written at once: they feed the audit log.
 pub struct Sinks {
     tx: SyncSender<Line>,
     tracing: bool,
+    events: Mutex<std::io::Stdout>,
 }
 
 fn writer(rx: Receiver<Line>, trace: Option<File>) {
     let mut trace = trace.map(|f| BufWriter::with_capacity(64 * 1024, f));
-    let mut events = BufWriter::with_capacity(16 * 1024, std::io::stdout().lock());
     let mut syncs = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -44,9 +43,6 @@ fn writer(rx: Receiver<Line>, trace: Option<File>) {
                         let _ = t.write_all(&b);
                     }
                 }
-                Line::Event(b) => {
-                    let _ = events.write_all(&b);
-                }
                 Line::Sync(s) => syncs.push(s),
             }
             next = rx.try_recv().ok();
@@ -54,12 +50,11 @@ fn writer(rx: Receiver<Line>, trace: Option<File>) {
         if let Some(t) = &mut trace {
             let _ = t.flush();
         }
-        let _ = events.flush();
         for s in syncs.drain(..) {
             let _ = s.send(());
         }
         // Let records gather: a sender only wakes this thread when it waits in `recv`, so
-        // under load there is one wake-up and one write per sink per pause, not per record.
+        // under load there is one wake-up and one write per pause, not per record.
         std::thread::sleep(GATHER);
     }
 }
@@ -92,17 +87,23 @@ impl Sinks {
             .name("moat-proxy-records".into())
             .spawn(move || writer(rx, file))
             .map_err(|e| moat_core::Error::io("starting the record writer", e))?;
-        Ok(Sinks { tx, tracing })
+        Ok(Sinks {
+            tx,
+            tracing,
+            events: Mutex::new(std::io::stdout()),
+        })
     }
 
     fn send(&self, l: Line) {
         let _ = self.tx.send(l);
     }
 
-    /// Queue one event record for stdout.
+    /// Write one event record on stdout and flush it before the request goes on: events
+    /// feed the audit log, and a reader sees each one by the time its response is out.
     pub fn event<T: Serialize>(&self, kind: &str, body: &T) {
         if let Some(l) = line(kind, body) {
-            self.send(Line::Event(l));
+            let mut out = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = out.write_all(&l).and_then(|_| out.flush());
         }
     }
 
