@@ -87,6 +87,7 @@ pid_filename $sq/squid.pid
 coredump_dir $sq
 cache_effective_user proxy
 workers 1
+shutdown_lifetime 1 seconds
 CONF
 	# squid refuses to run as root and reads its files as the proxy user
 	cp "$work/origin-ca.pem" "$sq/"
