@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10}
-cargo build -q -p moat -p moat-launch -p moat-proxy -p moat-audit -p moat-grant
-bin=$PWD/target/debug
+cargo build -q --release -p moat -p moat-launch -p moat-proxy -p moat-audit -p moat-grant -p moat-sshd-filter
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 export PATH=$bin:$PATH
 export MOAT_HOME=${MOAT_HOME:-$(mktemp -d /tmp/moat-bench.XXXXXX)}
 ws=$(mktemp -d /tmp/moat-bench-ws.XXXXXX)
