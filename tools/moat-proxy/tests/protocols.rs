@@ -156,12 +156,7 @@ fn grpc_style_h2_exchange_keeps_trailers_and_refuses_coalescing() {
         "Authorization",
         &format!("Bearer {secret}"),
     );
-    let ct = format!("api.github.com:443:127.0.0.1:{}", up.port());
-    let p = Proxy::start(
-        &env,
-        &rules,
-        &["--connect-to", &ct, "--extra-ca", ca.to_str().unwrap()],
-    );
+    let p = Proxy::to_upstream(&env, &rules, "api.github.com", up.port(), &ca);
     let addr = p.addr.clone();
     let token = p.token.clone();
     let moat_ca = std::fs::read(&p.ca).unwrap();
@@ -278,12 +273,7 @@ fn git_clones_over_https_with_the_injected_basic_credential() {
     );
     let trust = test_ca.write(&env.path().join("git-ca.pem"));
     let rules = inject_rule("github", &["github.com"], "Authorization", &cred);
-    let ct = format!("github.com:443:127.0.0.1:{}", up.port());
-    let p = Proxy::start(
-        &env,
-        &rules,
-        &["--connect-to", &ct, "--extra-ca", trust.to_str().unwrap()],
-    );
+    let p = Proxy::to_upstream(&env, &rules, "github.com", up.port(), &trust);
     let dest = env.path().join("clone");
     let o = env
         .program("git")

@@ -137,12 +137,7 @@ fn other_hosts_get_nothing_and_see_the_placeholder_only() {
         "Authorization",
         &format!("Bearer {secret}"),
     );
-    let ct = format!("other.example:443:127.0.0.1:{}", up.port());
-    let p = Proxy::start(
-        &env,
-        &rules,
-        &["--connect-to", &ct, "--extra-ca", ca.to_str().unwrap()],
-    );
+    let p = Proxy::to_upstream(&env, &rules, "other.example", up.port(), &ca);
     let r = curl(
         &env,
         &[

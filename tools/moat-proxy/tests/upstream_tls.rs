@@ -176,12 +176,7 @@ fn bad_upstream_certificates_get_502_before_a_byte_is_sent() {
                 "Authorization",
                 &format!("Bearer {secret}"),
             );
-            let ct = format!("{NAME}:443:127.0.0.1:{}", up.port());
-            let p = Proxy::start(
-                &env,
-                &rules,
-                &["--connect-to", &ct, "--extra-ca", trust.to_str().unwrap()],
-            );
+            let p = Proxy::to_upstream(&env, &rules, NAME, up.port(), &trust);
             let r = curl(
                 &env,
                 &[
@@ -235,12 +230,7 @@ fn a_good_chain_with_an_intermediate_works() {
         "Authorization",
         &format!("Bearer {secret}"),
     );
-    let ct = format!("{NAME}:443:127.0.0.1:{}", up.port());
-    let p = Proxy::start(
-        &env,
-        &rules,
-        &["--connect-to", &ct, "--extra-ca", trust.to_str().unwrap()],
-    );
+    let p = Proxy::to_upstream(&env, &rules, NAME, up.port(), &trust);
     let r = curl(
         &env,
         &[
@@ -260,6 +250,7 @@ fn a_good_chain_with_an_intermediate_works() {
     // SSL_CERT_FILE feeds the OS store the proxy trusts, as on a corporate machine.
     let mut env2 = TestEnv::new();
     env2.env("SSL_CERT_FILE", &trust);
+    let ct = format!("{NAME}:443:127.0.0.1:{}", up.port());
     let p2 = Proxy::start(&env2, &rules, &["--connect-to", &ct]);
     let r = curl(
         &env2,

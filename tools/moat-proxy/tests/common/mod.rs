@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -517,6 +517,17 @@ pub fn inject_rule(grant: &str, hosts: &[&str], header: &str, value: &str) -> St
 }
 
 impl Proxy {
+    /// Start with the rules, sending `host:443` to a test upstream on loopback `port` and
+    /// trusting `ca` for it: the set-up nearly every HTTPS scenario needs.
+    pub fn to_upstream(env: &TestEnv, rules: &str, host: &str, port: u16, ca: &Path) -> Proxy {
+        let ct = format!("{host}:443:127.0.0.1:{port}");
+        Proxy::start(
+            env,
+            rules,
+            &["--connect-to", &ct, "--extra-ca", ca.to_str().unwrap()],
+        )
+    }
+
     /// Start with a token, the given rules on stdin and extra args.
     pub fn start(env: &TestEnv, rules: &str, args: &[&str]) -> Proxy {
         Proxy::start_with(env, None, rules, args)
