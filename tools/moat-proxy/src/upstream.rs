@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -168,9 +169,91 @@ pub fn client_tls(
     Ok(cfg)
 }
 
+/// Bytes read from an upstream socket at once. rustls reads at most one TLS record (about
+/// 16 KiB) per call; reading through this buffer turns four such reads of a large body
+/// into one system call. Pages are only touched as far as reads fill them.
+const UPSTREAM_READ_BUF: usize = 64 * 1024;
+
+type Tcp = tokio::io::BufReader<TcpStream>;
+
 pub enum Stream {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    Plain(TokioIo<Tcp>),
+    Tls(Box<TokioIo<Fill<TlsStream<Tcp>>>>),
+}
+
+/// A reader that, once a read has returned data, keeps reading while more is ready at
+/// once and the caller's buffer has room. A TLS stream hands out one record (at most
+/// 16 KiB) per read; filling hyper's (adaptive, bounded) read buffer from several records
+/// makes body chunks larger, so a large body crosses from the upstream connection's task
+/// to the client's in fewer, larger hand-offs and leaves in fewer, larger writes. It
+/// never waits for more: what is ready goes on at once (event streams are not delayed).
+pub struct Fill<S> {
+    inner: S,
+    /// An error met after some data was returned; reported by the next read.
+    err: Option<io::Error>,
+}
+
+impl<S> Fill<S> {
+    pub fn new(inner: S) -> Self {
+        Fill { inner, err: None }
+    }
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Fill<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.err.take() {
+            return Poll::Ready(Err(e));
+        }
+        let start = buf.filled().len();
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let mut last = buf.filled().len();
+        // An empty first read is the end of the stream: report it as such.
+        while last > start && buf.remaining() > 0 {
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() > last => last = buf.filled().len(),
+                Poll::Ready(Ok(())) | Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
+                    this.err = Some(e);
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Fill<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 impl Connection for Stream {
@@ -178,7 +261,7 @@ impl Connection for Stream {
         match self {
             Stream::Plain(_) => Connected::new(),
             Stream::Tls(t) => {
-                let (_, c) = t.inner().get_ref();
+                let (_, c) = t.inner().get_ref().get_ref();
                 if c.alpn_protocol() == Some(b"h2") {
                     Connected::new().negotiated_h2()
                 } else {
@@ -211,6 +294,22 @@ impl hyper::rt::Write for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -316,7 +415,10 @@ impl tower_service::Service<Uri> for Connector {
             let tls = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
             let addrs = resolve(&me.dial, &host, port).await?;
-            let tcp = dial_tcp(&addrs, &host).await?;
+            let tcp = tokio::io::BufReader::with_capacity(
+                UPSTREAM_READ_BUF,
+                dial_tcp(&addrs, &host).await?,
+            );
             if !tls {
                 return Ok(Stream::Plain(TokioIo::new(tcp)));
             }
@@ -329,7 +431,7 @@ impl tower_service::Service<Uri> for Connector {
                 .await
                 .map_err(|_| DialError::Tls(host.clone(), "handshake timed out".into()))?
                 .map_err(|e| DialError::Tls(host.clone(), tls_message(&e)))?;
-            Ok(Stream::Tls(Box::new(TokioIo::new(s))))
+            Ok(Stream::Tls(Box::new(TokioIo::new(Fill::new(s)))))
         })
     }
 }
