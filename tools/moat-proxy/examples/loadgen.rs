@@ -219,7 +219,13 @@ async fn load(args: &[String]) {
                 if o.new_conn || send.is_none() {
                     send = Some(connect(&o).await);
                 }
-                let s = send.as_mut().unwrap();
+                let mut s = send.as_mut().unwrap();
+                // The connection takes the next request once the last response is done
+                // with; under load that can be a moment after its body was read.
+                if s.ready().await.is_err() {
+                    send = Some(connect(&o).await);
+                    s = send.as_mut().unwrap();
+                }
                 let req = http::Request::get(o.url.path())
                     .header("host", o.url.host().unwrap())
                     .body(Empty::new())
