@@ -5,6 +5,7 @@
 //! never be turned into the real value. A pattern without a port injects on 443 (HTTPS)
 //! only; a plain-HTTP request gets a credential only if the pattern names its port.
 
+use crate::redact::Secrets;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use moat_core::host::HostPattern;
 use moat_core::rules::InjectRule;
@@ -16,7 +17,7 @@ struct Compiled {
     header: HeaderName,
     value: HeaderValue,
     extra: Vec<(HeaderName, HeaderValue)>,
-    secrets: Arc<Vec<Vec<u8>>>,
+    secrets: Arc<Secrets>,
 }
 
 pub struct Injector {
@@ -57,7 +58,7 @@ impl Injector {
                     .map_err(|_| format!("grant {g}: bad value for extra header {n}"))?;
                 extra.push((n, v));
             }
-            let secrets = Arc::new(crate::redact::secrets_of(value.as_bytes()));
+            let secrets = Arc::new(Secrets::new(crate::redact::secrets_of(value.as_bytes())));
             out.push(Compiled {
                 secrets,
                 grant: r.grant,
@@ -80,7 +81,7 @@ impl Injector {
 
     /// The injected values for a destination, as byte strings to mask in responses
     /// (computed once per rule; merged only when several rules match).
-    pub fn secrets(&self, host: &str, port: u16, tls: bool) -> Arc<Vec<Vec<u8>>> {
+    pub fn secrets(&self, host: &str, port: u16, tls: bool) -> Arc<Secrets> {
         let mut matching = self
             .rules
             .iter()
@@ -92,11 +93,11 @@ impl Injector {
         if rest.peek().is_none() {
             return first.secrets.clone();
         }
-        let mut v: Vec<Vec<u8>> = first.secrets.iter().cloned().collect();
+        let mut v: Vec<Vec<u8>> = first.secrets.needles().map(<[u8]>::to_vec).collect();
         for r in rest {
-            v.extend(r.secrets.iter().cloned());
+            v.extend(r.secrets.needles().map(<[u8]>::to_vec));
         }
-        Arc::new(crate::redact::minimal(v))
+        Arc::new(Secrets::new(v))
     }
 
     /// Inject into `headers` for a request to `host:port`; returns the grants used.

@@ -795,11 +795,11 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         // The request carried a credential: mask it wherever the response reflects it.
         let secrets = st.injector.secrets(&t.host, t.port, t.tls);
         for v in parts.headers.values_mut() {
-            if !crate::redact::contains(v.as_bytes(), &secrets) {
+            if !secrets.contains(v.as_bytes()) {
                 continue;
             }
             let mut b = v.as_bytes().to_vec();
-            if crate::redact::mask(&mut b, &secrets)
+            if secrets.mask(&mut b)
                 && let Ok(nv) = HeaderValue::from_bytes(&b)
             {
                 *v = nv;
