@@ -40,6 +40,11 @@ const ABUSE_GRACE: Duration = Duration::from_secs(1);
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// What hyper buffers before refusing on its own (then without a readable response).
 const MAX_BUF_BYTES: usize = 256 * 1024;
+/// Encrypted bytes rustls queues per connection before a write waits for the socket
+/// (rustls' default is 64 KiB: a large body then leaves in ~55 KiB writes, each waking
+/// the reader). Drained as the socket takes it, so only a client that stops reading
+/// holds this much.
+pub const TLS_SEND_BUF: usize = 256 * 1024;
 
 pub struct State {
     pub token: Option<String>,
@@ -461,7 +466,7 @@ async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Ar
         Ok(c) => c,
         Err(e) => return fail(format!("minting a certificate: {}", e.msg)),
     };
-    let tls = match tokio::time::timeout(st.header_timeout, start.into_stream(cfg)).await {
+    let mut tls = match tokio::time::timeout(st.header_timeout, start.into_stream(cfg)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return fail(format!(
@@ -471,6 +476,7 @@ async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Ar
         }
         Err(_) => return fail("TLS handshake with the client timed out".into()),
     };
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUF));
     let t_host = host.clone();
     let tunnel = Arc::new(Tunnel {
         host,

@@ -427,10 +427,13 @@ impl tower_service::Service<Uri> for Connector {
                 Err(_) => ServerName::try_from(host.clone())
                     .map_err(|e| DialError::BadHost(e.to_string()))?,
             };
-            let s = tokio::time::timeout(DIAL_TIMEOUT, me.tls.connect(name, tcp))
+            let mut s = tokio::time::timeout(DIAL_TIMEOUT, me.tls.connect(name, tcp))
                 .await
                 .map_err(|_| DialError::Tls(host.clone(), "handshake timed out".into()))?
                 .map_err(|e| DialError::Tls(host.clone(), tls_message(&e)))?;
+            s.get_mut()
+                .1
+                .set_buffer_limit(Some(crate::proxy::TLS_SEND_BUF));
             Ok(Stream::Tls(Box::new(TokioIo::new(Fill::new(s)))))
         })
     }
