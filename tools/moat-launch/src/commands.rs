@@ -89,6 +89,7 @@ pub fn reconcile_one(store: &Store, id: &str) -> Result<()> {
             .arg(pid.to_string())
             .status();
     }
+    moat_core::routes::unregister(&store.home, &m.name, &m.id);
     let stopping = m.state == State::Stopping;
     store.update(id, |m| {
         if m.state.is_terminal() {

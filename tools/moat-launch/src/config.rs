@@ -94,6 +94,12 @@ pub struct RunSpec {
     /// Rows and columns of the terminal that started an interactive run.
     #[serde(default)]
     pub tty_size: Option<(i32, i32)>,
+    /// `ports:` endpoint → container port, served by the hostname router.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    /// The hostname router's port (MOAT_PROXY_PORT or 8080) when the run has ports.
+    #[serde(default)]
+    pub router_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,7 +155,6 @@ const TOP: &[&str] = &[
 /// Fields of the reference that are parsed but not acted on yet (said once per run).
 const INERT: &[&str] = &[
     "services",
-    "ports",
     "claude",
     "codex",
     "gemini",
@@ -457,6 +462,26 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
             ));
         }
     }
+    for (ep, port) in &c.ports {
+        moat_core::routes::check_label(ep).map_err(|m| {
+            bad(
+                file,
+                text,
+                ep,
+                &format!("ports.{ep}"),
+                format!("endpoint name {m}"),
+            )
+        })?;
+        if *port == 0 {
+            return Err(bad(
+                file,
+                text,
+                ep,
+                &format!("ports.{ep}"),
+                "the port must be 1-65535",
+            ));
+        }
+    }
     for name in [&c.name, &c.agent].into_iter().flatten() {
         check_name(name).map_err(|m| bad(file, text, "name", "name", m))?;
     }
@@ -637,6 +662,25 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         .or(c.name.clone())
         .unwrap_or_else(|| sanitize_name(&dir_name));
     check_name(&name).map_err(|m| Error::usage(format!("--name: {m}")))?;
+    // With endpoints the name becomes a host name (ENDPOINT.NAME.localhost): one DNS label.
+    let name = if c.ports.is_empty() {
+        name
+    } else if args.name.is_none() && c.name.is_none() {
+        dns_label(&name)
+    } else {
+        moat_core::routes::check_label(&name).map_err(|m| {
+            Error::usage(format!(
+                "--name: this run has ports:, so its name becomes a host name: {m}"
+            ))
+            .with_hint("pick a name such as dark-mode (set it with --name or name: in moat.yaml)")
+        })?;
+        name
+    };
+    let router_port = if c.ports.is_empty() {
+        None
+    } else {
+        Some(router_port()?)
+    };
     let agent = c
         .agent
         .clone()
@@ -721,7 +765,43 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         detach: args.detach,
         secrets,
         tty_size: None,
+        ports: c.ports.clone(),
+        router_port,
     })
+}
+
+/// The hostname router's port: MOAT_PROXY_PORT, else 8080.
+fn router_port() -> Result<u16> {
+    match std::env::var("MOAT_PROXY_PORT") {
+        Ok(v) if !v.is_empty() => match v.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(Error::config(format!(
+                "MOAT_PROXY_PORT: {v:?} is not a port number (1-65535)"
+            ))),
+        },
+        _ => Ok(8080),
+    }
+}
+
+/// A default name (from the workspace directory) made into one DNS label.
+fn dns_label(s: &str) -> String {
+    let mut n: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while n.contains("--") {
+        n = n.replace("--", "-");
+    }
+    let n = n.trim_matches('-');
+    let n: String = n.chars().take(63).collect();
+    let n = n.trim_end_matches('-');
+    if n.is_empty() { "run".into() } else { n.into() }
 }
 
 /// Volumes need the agent name; resolved here so the spec carries host paths.
@@ -884,5 +964,25 @@ mod tests {
         assert_eq!(r[1]["rules"][0], "allow GET /x/**");
         let v: Vec<Value> = serde_json::from_str(r#"[{"b.com": ["permit /x"]}]"#).unwrap();
         assert!(net_rules(&v).is_err());
+    }
+
+    #[test]
+    fn endpoints_name_hosts_and_env() {
+        assert_eq!(dns_label("My_Project.v2"), "my-project-v2");
+        assert_eq!(dns_label("__"), "run");
+        assert_eq!(dns_label(&"a".repeat(70)).len(), 63);
+        let ports = BTreeMap::from([("web".to_string(), 3000), ("my-api".to_string(), 8080)]);
+        let env = crate::run::endpoint_env("dark-mode", &ports, 8080);
+        for want in [
+            "MOAT_HOST=dark-mode.localhost:8080",
+            "MOAT_URL=http://dark-mode.localhost:8080",
+            "MOAT_HOST_WEB=web.dark-mode.localhost:8080",
+            "MOAT_URL_WEB=http://web.dark-mode.localhost:8080",
+            "MOAT_URL_MY_API=http://my-api.dark-mode.localhost:8080",
+        ] {
+            assert!(env.iter().any(|e| e == want), "{want} not in {env:?}");
+        }
+        let e = parse("ports:\n  Web: 3000\n", "moat.yaml").unwrap_err();
+        assert!(e.msg.contains("ports.Web"), "{}", e.msg);
     }
 }

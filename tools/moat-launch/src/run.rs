@@ -194,6 +194,8 @@ struct Resources {
     /// The AWS credential endpoint's accept loop.
     aws: Option<tokio::task::JoinHandle<()>>,
     audit: Option<Audit>,
+    /// The hostname route registered for this run: (name, run id).
+    route: Option<(String, String)>,
 }
 
 struct Audit {
@@ -303,6 +305,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         ssh_pump: None,
         aws: None,
         audit: None,
+        route: None,
     };
     let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
     let (state, reason, exit_code, error_code) = match &outcome {
@@ -457,6 +460,12 @@ async fn start_ssh_filter(
 }
 
 async fn release(r: &mut Resources) {
+    // The route goes first: the router must not send anyone to an address being released.
+    if let Some((name, id)) = r.route.take()
+        && let Ok(home) = MoatHome::from_env()
+    {
+        moat_core::routes::unregister(&home, &name, &id);
+    }
     if let Some(d) = &r.docker {
         if let Some(c) = r.container.take() {
             let opts = bollard::query_parameters::RemoveContainerOptions {
@@ -815,6 +824,10 @@ async fn lifecycle(
     if let Some(h) = &spec.hooks.pre_run {
         env.push(format!("MOAT_PRE_RUN={h}"));
     }
+    if let Some(rp) = spec.router_port {
+        check_route_name(home, id, &spec.name)?;
+        env.extend(endpoint_env(&spec.name, &spec.ports, rp));
+    }
     let mut binds = vec![format!("{}:/workspace", spec.workspace.display())];
     for Bind {
         source,
@@ -945,12 +958,128 @@ async fn lifecycle(
     }
 
     phase("container started");
+    if let Some(rp) = spec.router_port {
+        register_routes(home, &d, id, spec, &created.id, &net_name, rp, res).await?;
+    }
     let logs = tokio::spawn(capture_logs(attached.output, dir.join("logs.jsonl")));
     let code = wait_exit(&d, &created.id).await?;
     phase("container exited");
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
     phase("logs drained");
     Ok(code)
+}
+
+/// The container's view of its endpoints: `MOAT_HOST`/`MOAT_URL` for the agent and
+/// `MOAT_HOST_<EP>`/`MOAT_URL_<EP>` per endpoint (the router's plain-HTTP URLs).
+pub fn endpoint_env(
+    name: &str,
+    ports: &std::collections::BTreeMap<String, u16>,
+    router_port: u16,
+) -> Vec<String> {
+    let mut env = vec![
+        format!("MOAT_HOST={name}.localhost:{router_port}"),
+        format!("MOAT_URL=http://{name}.localhost:{router_port}"),
+    ];
+    for ep in ports.keys() {
+        let k = moat_core::routes::env_suffix(ep);
+        env.push(format!("MOAT_HOST_{k}={ep}.{name}.localhost:{router_port}"));
+        env.push(format!(
+            "MOAT_URL_{k}=http://{ep}.{name}.localhost:{router_port}"
+        ));
+    }
+    env
+}
+
+/// Two running agents may not share a name: it is their host name.
+fn check_route_name(home: &MoatHome, id: &str, name: &str) -> Result<()> {
+    if let Some(r) = moat_core::routes::load(home, name)
+        && r.run_id != id
+        && moat_core::routes::run_is_live(home, &r.run_id)
+    {
+        return Err(Error::usage(format!(
+            "another running agent is named {name} ({}), and the name is its host name",
+            r.run_id
+        ))
+        .with_hint("give this run another --name, or stop the other one"));
+    }
+    Ok(())
+}
+
+/// Register the run's endpoints (its container address on the run network, which the host
+/// reaches directly: nothing is published) and make sure a router serves them.
+#[allow(clippy::too_many_arguments)]
+async fn register_routes(
+    home: &MoatHome,
+    d: &Docker,
+    id: &str,
+    spec: &RunSpec,
+    container: &str,
+    net_name: &str,
+    router_port: u16,
+    res: &mut Resources,
+) -> Result<()> {
+    let info = d
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|e| docker::err("inspecting the container", e))?;
+    let ip = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(net_name).and_then(|e| e.ip_address.clone()))
+        .filter(|ip| !ip.is_empty())
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .ok_or_else(|| {
+            Error::unavailable(format!(
+                "the container has no address on its network {net_name}"
+            ))
+        })?;
+    check_route_name(home, id, &spec.name)?;
+    let route = moat_core::routes::Route {
+        name: spec.name.clone(),
+        run_id: id.to_string(),
+        endpoints: spec
+            .ports
+            .iter()
+            .map(|(ep, p)| (ep.clone(), std::net::SocketAddr::new(ip, *p)))
+            .collect(),
+    };
+    moat_core::routes::register(home, &route)?;
+    res.route = Some((spec.name.clone(), id.to_string()));
+    // The router: started if none runs on the port (it stays for later runs).
+    let out = Command::new(tool("moat-proxy"))
+        .args(["start", "--port", &router_port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "moat: warning: the hostname router could not start on port {router_port}: {}\nmoat: the endpoints are unreachable until `moat proxy start --port PORT` succeeds (MOAT_PROXY_PORT picks the port runs use)",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!(
+            "moat: warning: starting the hostname router: {}",
+            moat_core::error::io_msg(&e)
+        ),
+    }
+    for ep in spec.ports.keys() {
+        eprintln!(
+            "moat: {ep}: https://{ep}.{}.localhost:{router_port}/",
+            spec.name
+        );
+    }
+    if let Some(a) = &res.audit {
+        a.event(
+            "routes_registered",
+            serde_json::json!({"run": id, "name": spec.name, "endpoints": route.endpoints, "router_port": router_port}),
+        );
+    }
+    Ok(())
 }
 
 type Listening = tokio::task::JoinHandle<

@@ -10,6 +10,8 @@ pub const USAGE: &str =
                         [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]... [--ca-dir DIR]
                         [--relay NAME=URL]...
        moat-proxy ca-path
+       moat-proxy start|stop|router [--port PORT]
+       moat-proxy status [--port PORT] [--json]
        moat-proxy [--help] [--version]";
 
 pub const HELP: &str = "moat-proxy: the TLS-intercepting proxy that injects credentials, enforces network policy and traces requests
@@ -17,6 +19,14 @@ pub const HELP: &str = "moat-proxy: the TLS-intercepting proxy that injects cred
 Commands:
     serve      read injection rules, then serve as an HTTP(S) forward proxy
     ca-path    create the interception CA if needed and print the path of its certificate
+    start      start the hostname router in the background (no-op if it runs)
+    stop       stop the hostname router
+    status     say whether the router runs, where, and the routes it serves
+    router     serve the hostname router in the foreground
+
+The hostname router sends https://ENDPOINT.NAME.localhost:PORT (and plain http on the
+same port) to the endpoint ENDPOINT (from ports: in moat.yaml) of the running agent NAME;
+http(s)://localhost:PORT lists the running agents. It listens on 127.0.0.1 only.
 
 Options for serve:
     -l, --listen ADDR:PORT   address to listen on (port 0 picks a free port)
@@ -33,12 +43,16 @@ Options for serve:
     --max-connections N      client connections served at once (default 1024)
     --relay NAME=URL         serve /relay/TOKEN/NAME/... and /mcp/TOKEN/NAME from URL; repeatable
 
+Options for start, stop, status and router:
+    --port PORT              the router's port (default MOAT_PROXY_PORT, else 8080)
+    --json                   status: one JSON object instead of text
+
 Other options:
     -h, --help               show this help
     -V, --version            show the version
 
 Environment: MOAT_HOME, MOAT_PROXY_POLICY, MOAT_PROXY_ALLOW, MOAT_PROXY_CONNECT_TO,
-MOAT_PROXY_EXTRA_CA, MOAT_PROXY_TRACE, MOAT_PROXY_TOKEN_FILE, SSL_CERT_FILE.
+MOAT_PROXY_EXTRA_CA, MOAT_PROXY_TRACE, MOAT_PROXY_TOKEN_FILE, MOAT_PROXY_PORT, SSL_CERT_FILE.
 ";
 
 #[derive(Debug, Default)]
@@ -58,9 +72,24 @@ pub struct ServeArgs {
     pub relay: Vec<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RouterCmd {
+    Start,
+    Stop,
+    Status,
+    Serve,
+}
+
 pub enum Command {
     Serve(Box<ServeArgs>),
-    CaPath { ca_dir: Option<OsString> },
+    CaPath {
+        ca_dir: Option<OsString>,
+    },
+    Router {
+        cmd: RouterCmd,
+        port: Option<String>,
+        json: bool,
+    },
     Done,
 }
 
@@ -92,6 +121,31 @@ pub fn parse() -> Result<Command> {
                 }
             }
             Ok(Command::CaPath { ca_dir })
+        }
+        Some(Value(v))
+            if ["start", "stop", "status", "router"]
+                .iter()
+                .any(|c| v == *c) =>
+        {
+            let cmd = match v.to_str() {
+                Some("start") => RouterCmd::Start,
+                Some("stop") => RouterCmd::Stop,
+                Some("status") => RouterCmd::Status,
+                _ => RouterCmd::Serve,
+            };
+            let (mut port, mut json) = (None, false);
+            while let Some(a) = p.next().map_err(le)? {
+                match a {
+                    Long("port") => port = Some(string(p.value().map_err(le)?, "--port")?),
+                    Long("json") if cmd == RouterCmd::Status => json = true,
+                    Short('h') | Long("help") => {
+                        cli::write_stdout(HELP.as_bytes())?;
+                        return Ok(Command::Done);
+                    }
+                    _ => return Err(cli::usage_error(a.unexpected().to_string(), USAGE)),
+                }
+            }
+            Ok(Command::Router { cmd, port, json })
         }
         Some(Value(v)) => Err(cli::usage_error(
             format!("unknown command {:?}", v.to_string_lossy()),

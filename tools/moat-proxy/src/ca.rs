@@ -36,8 +36,22 @@ fn ca_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::software(format!("{what}: {e}"))
 }
 
-/// Create the CA in `dir` if it does not exist yet; return the certificate's path.
+/// Which CA: the interception CA (trusted inside containers, for any name) or the routing
+/// CA (for the hostname router on the host, name-constrained to `localhost` and loopback
+/// addresses, so a user who trusts it on the host trusts it for nothing else).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Interception,
+    Routing,
+}
+
+/// Create the interception CA in `dir` if it does not exist yet.
 pub fn ensure(dir: &Path) -> Result<(String, String, PathBuf)> {
+    ensure_kind(dir, Kind::Interception)
+}
+
+/// Create a CA of `kind` in `dir` if it does not exist yet; return PEMs and the certificate's path.
+pub fn ensure_kind(dir: &Path, kind: Kind) -> Result<(String, String, PathBuf)> {
     fsutil::create_private_dir(dir)?;
     let _lock = FileLock::exclusive(&dir.join("ca.lock"))?;
     let crt = dir.join("ca.crt");
@@ -52,9 +66,29 @@ pub fn ensure(dir: &Path) -> Result<(String, String, PathBuf)> {
     let kp = KeyPair::generate().map_err(|e| ca_err("generating the CA key", e))?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "moat interception CA");
+    dn.push(
+        DnType::CommonName,
+        match kind {
+            Kind::Interception => "moat interception CA",
+            Kind::Routing => "moat localhost routing CA",
+        },
+    );
     dn.push(DnType::OrganizationName, "moat");
     p.distinguished_name = dn;
+    if kind == Kind::Routing {
+        use rcgen::{CidrSubnet, GeneralSubtree, NameConstraints};
+        p.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![
+                GeneralSubtree::DnsName("localhost".into()),
+                GeneralSubtree::IpAddress(CidrSubnet::V4([127, 0, 0, 0], [255, 0, 0, 0])),
+                GeneralSubtree::IpAddress(CidrSubnet::V6(
+                    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                    [255; 16],
+                )),
+            ],
+            excluded_subtrees: vec![],
+        });
+    }
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -78,7 +112,11 @@ pub fn ensure(dir: &Path) -> Result<(String, String, PathBuf)> {
 
 impl Ca {
     pub fn load_or_create(dir: &Path) -> Result<Ca> {
-        let (crt_pem, key_pem, cert_path) = ensure(dir)?;
+        Self::load_or_create_kind(dir, Kind::Interception)
+    }
+
+    pub fn load_or_create_kind(dir: &Path, kind: Kind) -> Result<Ca> {
+        let (crt_pem, key_pem, cert_path) = ensure_kind(dir, kind)?;
         let kp = KeyPair::from_pem(&key_pem).map_err(|e| ca_err("reading the CA key", e))?;
         let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(crt_pem.as_bytes())
             .map_err(|e| ca_err("reading the CA certificate", e))?;

@@ -14,6 +14,8 @@ mod proxy;
 mod psl;
 mod redact;
 mod relay;
+mod router;
+mod routerctl;
 mod trace;
 mod upstream;
 
@@ -35,6 +37,18 @@ fn run() -> Result<()> {
             let dir = config::ca_dir(ca_dir)?;
             let (_, _, crt) = ca::ensure(&dir)?;
             cli::write_stdout(format!("{}\n", crt.display()).as_bytes())
+        }
+        Command::Router { cmd, port, json } => {
+            use args::RouterCmd;
+            match cmd {
+                RouterCmd::Status => {
+                    let p = port.map(|p| routerctl::resolve_port(Some(p))).transpose()?;
+                    routerctl::status(p, json)
+                }
+                RouterCmd::Start => routerctl::start(routerctl::resolve_port(port)?),
+                RouterCmd::Stop => routerctl::stop(routerctl::resolve_port(port)?),
+                RouterCmd::Serve => routerctl::serve(routerctl::resolve_port(port)?),
+            }
         }
         Command::Serve(a) => {
             let cfg = Config::from_args(*a)?;

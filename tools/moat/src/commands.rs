@@ -70,7 +70,7 @@ pub const COMMANDS: &[Command] = &[
     c(
         "proxy",
         "moat-proxy",
-        "run the credential-injecting proxy by hand",
+        "the hostname router (start, stop, status) and the credential proxy",
     ),
 ];
 
