@@ -35,6 +35,19 @@ fn jsonl(s: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Removes the test's Docker volumes however the test ends.
+struct VolumeGuard(Vec<String>);
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        for v in &self.0 {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", v])
+                .output();
+        }
+    }
+}
+
 fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -231,7 +244,13 @@ fn a_snapshot_restores_what_the_run_deleted() {
     let r = m.launch(&["snapshot", "restore", &live, &sid]);
     assert_eq!(r.code(), 75, "{}", r.stderr());
     assert!(r.stderr().contains("moat stop"), "{}", r.stderr());
+    // The ended run's snapshot too: the workspace is the same.
+    let r = m.launch(&["snapshot", "restore", &id, &snap]);
+    assert_eq!(r.code(), 75, "{}", r.stderr());
+    assert!(r.stderr().contains(&live), "{}", r.stderr());
     assert_eq!(m.launch(&["stop", &live]).code(), 0);
+    let r = m.launch(&["snapshot", "restore", &id, &snap]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
 }
 
 #[test]
@@ -239,8 +258,9 @@ fn volumes_persist_across_runs_and_rm_removes_them() {
     if !docker_ready() {
         return;
     }
-    let m = Moat::new();
     let agent = unique("vol");
+    let _guard = VolumeGuard(vec![format!("moat_{agent}_state")]);
+    let m = Moat::new();
     std::fs::write(
         m.ws.join("moat.yaml"),
         format!(

@@ -351,9 +351,16 @@ pub fn destroy(run: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-async fn unused_images(d: &Docker) -> Result<Vec<String>> {
-    let filters =
-        std::collections::HashMap::from([("label".to_string(), vec![format!("{LABEL_IMAGE}=1")])]);
+/// This home's moat images that no container uses. Several homes may share the engine: an
+/// image another home built (label `moat.home`) is theirs to clean.
+async fn unused_images(d: &Docker, home: &MoatHome) -> Result<Vec<String>> {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_IMAGE}=1"),
+            format!("{}={}", docker::LABEL_HOME, home.root().display()),
+        ],
+    )]);
     let opts = bollard::query_parameters::ListImagesOptions {
         filters: Some(filters),
         ..Default::default()
@@ -391,7 +398,7 @@ pub fn clean(force: bool) -> Result<()> {
     let rt = rt()?;
     let images = rt.block_on(async {
         match docker::connect().await {
-            Ok(d) => unused_images(&d).await.map(|i| (Some(d), i)),
+            Ok(d) => unused_images(&d, &store.home).await.map(|i| (Some(d), i)),
             Err(_) => Ok((None, vec![])),
         }
     })?;
@@ -528,19 +535,28 @@ pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
             let m = store.resolve(Some(&run))?;
             // Checked before the run's state, so a wrong id is said first.
             snap::load(&store.dir(&m.id), &snapshot)?;
-            if !m.state.is_terminal() && !force {
+            // Any run in that workspace counts, not only the one the snapshot came from.
+            let busy = store
+                .all()?
+                .into_iter()
+                .filter(|r| !r.state.is_terminal() && r.workspace == m.workspace)
+                .max_by_key(|r| r.id == m.id);
+            if let Some(r) = busy
+                && !force
+            {
                 return Err(Error::new(
                     moat_core::exit::TEMPFAIL,
                     format!(
-                        "{} ({}) is {}: restoring under it would race its processes",
-                        m.name,
-                        m.id,
-                        m.state.as_str()
+                        "{} ({}) is {} in {}: restoring under it would race its processes",
+                        r.name,
+                        r.id,
+                        r.state.as_str(),
+                        m.workspace.display()
                     ),
                 )
                 .with_hint(format!(
                     "`moat stop {}` first, or --force to restore anyway",
-                    m.id
+                    r.id
                 )));
             }
             if !m.workspace.is_dir() {

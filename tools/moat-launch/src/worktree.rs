@@ -327,6 +327,30 @@ pub fn binds(wt: &Worktree) -> Result<Vec<Bind>> {
             gitdir.display()
         )));
     }
+    // Mounted at its own path: that path must fit Docker's SRC:DST syntax and must not land
+    // on a path the container already uses.
+    let c = common.to_string_lossy();
+    if c.contains(':') || c.contains(',') {
+        return Err(Error::usage(format!(
+            "{c}: a repository whose path holds ':' or ',' cannot be mounted for a worktree run"
+        )));
+    }
+    for taken in [
+        "/workspace",
+        "/run/moat",
+        "/home/moatuser",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/etc",
+        "/usr",
+    ] {
+        if common.starts_with(taken) {
+            return Err(Error::usage(format!(
+                "{c}: the repository's .git would be mounted over {taken} in the container; move the repository"
+            )));
+        }
+    }
     let hooks = common.join("hooks");
     if !hooks.exists() {
         std::fs::create_dir_all(&hooks)
