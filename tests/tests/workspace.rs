@@ -80,13 +80,20 @@ fn a_worktree_run_commits_on_its_branch_and_leaves_the_main_checkout_alone() {
         "echo x > f && git add f && git -c user.name=a -c user.email=a@b commit -q -m m && \
          git rev-parse --abbrev-ref HEAD && \
          (git config --local moat.evil 1 2>/dev/null && echo CONFIG-WRITABLE || echo CONFIG-READONLY) && \
-         (test -f /workspace/README && echo HAS-README)",
+         (test -f /workspace/README && echo HAS-README) && \
+         c=$(git rev-parse --git-common-dir) && \
+         ((echo 'touch /tmp/pwned' > $c/hooks/post-checkout) 2>/dev/null && echo HOOK-WRITTEN || echo HOOK-REFUSED) && \
+         ((echo feature/x > $c/HEAD) 2>/dev/null && echo HEAD-WRITTEN || echo HEAD-REFUSED)",
     ]);
     let out = r.stdout();
     assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
     assert!(out.contains("feature/x"), "{out}");
     assert!(out.contains("CONFIG-READONLY"), "{out}");
     assert!(out.contains("HAS-README"), "{out}");
+    // The main repository's hooks and HEAD are out of the run's reach.
+    assert!(out.contains("HOOK-REFUSED"), "{out}");
+    assert!(out.contains("HEAD-REFUSED"), "{out}");
+    assert!(!m.ws.join(".git/hooks/post-checkout").exists());
 
     // The commit is on the branch...
     assert_eq!(git(&m.ws, &["log", "-1", "--format=%s", "feature/x"]), "m");
