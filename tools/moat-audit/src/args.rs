@@ -18,7 +18,8 @@ moat-audit: an append-only audit log with a Merkle tree and signed checkpoints
 Commands:
     append            read event records (JSON lines) on stdin and append them to the
                       run's log, signing checkpoints as it goes; the run's single writer
-    verify            verify a run's log (the default command; no RUN_ID = the latest run)
+    verify            verify a run's log (the default command; no RUN_ID = the latest run;
+                      RUN_ID may be a directory, e.g. a promoted run)
     export            write a proof bundle (also: moat-audit [RUN_ID] --export FILE;
                       no RUN_ID = the latest run)
     verify-bundle     verify a proof bundle offline against a pinned key

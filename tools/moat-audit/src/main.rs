@@ -97,9 +97,46 @@ fn run() -> Result<()> {
     }
 }
 
+/// A directory given as RUN (it has a '/' in it): a run directory, or a copy of one such as
+/// `moat promote` makes, holding `audit/log.jsonl`; the run id comes from its metadata.json.
+fn run_dir_arg(arg: &str) -> Result<Option<(String, std::path::PathBuf)>> {
+    if !arg.contains('/') {
+        return Ok(None);
+    }
+    let dir = std::path::PathBuf::from(arg);
+    if !dir.join("audit").join("log.jsonl").is_file() {
+        return Err(Error::noinput(format!(
+            "{arg}: no audit/log.jsonl there; give a run id, or a run directory"
+        )));
+    }
+    let meta: Option<serde_json::Value> = std::fs::read(dir.join("metadata.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let id = meta
+        .as_ref()
+        .and_then(|m| m.get("id"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .or_else(|| {
+            std::fs::canonicalize(&dir)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        })
+        .ok_or_else(|| Error::data(format!("{arg}: cannot tell which run this is")))?;
+    store::check_run_id(&id)?;
+    Ok(Some((id, dir)))
+}
+
 fn verify_run(run: Option<&str>, json: bool) -> Result<()> {
     let home = MoatHome::from_env()?;
-    let run = store::resolve_run(&home, run)?;
+    let (run, audit_dir) = match run.map(run_dir_arg).transpose()?.flatten() {
+        Some((id, dir)) => (id, dir.join("audit")),
+        None => {
+            let id = store::resolve_run(&home, run)?;
+            let d = home.run_audit_dir(&id);
+            (id, d)
+        }
+    };
     let key = store::pinned_key(&home)?.ok_or_else(|| {
         Error::no(format!(
             "no pinned key at {}",
@@ -107,10 +144,10 @@ fn verify_run(run: Option<&str>, json: bool) -> Result<()> {
         ))
         .with_hint("the key is created by the first `moat-audit append`; copy the signer's signing.pub there to pin it")
     })?;
-    let log_path = store::log_path(&home, &run);
+    let log_path = audit_dir.join("log.jsonl");
     let f = std::fs::File::open(&log_path)
         .map_err(|e| Error::io(format!("reading {}", log_path.display()), e))?;
-    let cp_path = store::checkpoints_path(&home, &run);
+    let cp_path = audit_dir.join("checkpoints");
     let cps = match std::fs::read_to_string(&cp_path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

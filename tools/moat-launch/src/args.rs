@@ -8,26 +8,36 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
+       moat-launch wt BRANCH [OPTIONS] [PATH] [-- COMMAND...]
        moat-launch attach|logs|trace|stop|destroy [OPTIONS] [RUN]
-       moat-launch list|status|clean [OPTIONS]
+       moat-launch list [--json] [--promoted]
+       moat-launch status|clean [OPTIONS]
+       moat-launch snapshot [RUN] [--label TEXT] | snapshot list [RUN] [--json]
+       moat-launch snapshot restore RUN SNAPSHOT [--force] [--json]
+       moat-launch promote RUN [--to DIR] [--force]
+       moat-launch system images|containers [--json] [--all]
        moat-launch image bootstrap [--force]
-       moat-launch volumes [ls [--json] | rm AGENT... | prune [--force]]";
+       moat-launch volumes [ls [--json] | rm NAME... [--force] | prune [--all] [--force]]";
 
 pub const HELP: &str =
     "Run a command or agent in a container whose only network path is moat's proxy.
 
 Commands:
     run [PATH] [-- CMD...]   start a run in workspace PATH (default: .)
+    wt BRANCH [PATH] [-- CMD...]  run on a git worktree of PATH for BRANCH
     attach [-i[=false]] [RUN]  follow a run (Ctrl+C detaches, twice stops; -i: its TTY)
-    list                     list runs
+    list                     list runs (--promoted: the promoted copies)
     status                   show runs, images, Docker and CA health
     logs [RUN]               print a run's output
     trace [RUN]              print a run's network requests
     stop [RUN]               stop a run
     destroy [RUN]            stop a run and delete its directory
     clean                    delete stopped runs and unused moat images
+    snapshot [RUN]           snapshot a run's workspace (list, restore RUN SNAPSHOT)
+    promote RUN              copy a run's artifacts out of runs/ for keeps
+    system images|containers the Docker images and containers moat created
     image bootstrap          build debian:bookworm-slim from Debian packages
-    volumes [ls|rm AGENT|prune]  list or delete the volumes kept per agent
+    volumes [ls|rm NAME|prune]  list or delete the volumes kept per agent
 
 RUN is a run id, an id prefix or a name; it defaults to the latest run.
 
@@ -43,14 +53,21 @@ Run options:
     --policy POLICY          network policy: permissive or strict
     --allow-host HOST        allow HOST under the strict policy (repeatable)
     --runtime RUNTIME        container runtime: docker
+    -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
+    --no-snapshots           no pre-run snapshot of the workspace
 
 Other options:
     -n, --lines N            logs: print the last N lines
     -f, --follow             logs: keep printing until the run ends
     --network                trace: show network requests (the default)
     -v, --verbose            trace: show grant, policy and errors
-    --json                   list, trace, status: print JSON lines
-    --force                  clean, volumes prune: do not ask; image bootstrap: rebuild
+    --json                   list, trace, status, snapshot, system, volumes: JSON lines
+    --promoted               list: the promoted runs
+    --label TEXT             snapshot: a note kept with the snapshot
+    --to DIR                 promote: where to copy (default MOAT_HOME/promoted/RUN)
+    --all                    system: every moat object on the engine; volumes prune: all
+    --force                  clean, volumes rm|prune: do not ask; snapshot restore: even
+                             while the run runs; promote: replace; image bootstrap: rebuild
     -h, --help               show this help
     -V, --version            show the version
 ";
@@ -70,6 +87,8 @@ pub struct RunArgs {
     pub policy: Option<String>,
     pub allow_hosts: Vec<String>,
     pub runtime: Option<String>,
+    pub worktree: Option<String>,
+    pub no_snapshots: bool,
 }
 
 #[derive(Debug)]
@@ -84,6 +103,7 @@ pub enum Command {
     },
     List {
         json: bool,
+        promoted: bool,
     },
     Status {
         json: bool,
@@ -107,13 +127,42 @@ pub enum Command {
         force: bool,
     },
     Volumes(VolumesCmd),
+    Snapshot(SnapshotCmd),
+    Promote {
+        run: String,
+        to: Option<PathBuf>,
+        force: bool,
+    },
+    System {
+        containers: bool,
+        json: bool,
+        all: bool,
+    },
 }
 
 #[derive(Debug)]
 pub enum VolumesCmd {
     Ls { json: bool },
-    Rm(Vec<String>),
-    Prune { force: bool },
+    Rm { names: Vec<String>, force: bool },
+    Prune { force: bool, all: bool },
+}
+
+#[derive(Debug)]
+pub enum SnapshotCmd {
+    Create {
+        run: Option<String>,
+        label: Option<String>,
+    },
+    List {
+        run: Option<String>,
+        json: bool,
+    },
+    Restore {
+        run: String,
+        snapshot: String,
+        force: bool,
+        json: bool,
+    },
 }
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -142,6 +191,23 @@ where
             let sub = string(v, "command")?;
             match sub.as_str() {
                 "run" => parse_run(&mut p).map(Command::Run),
+                "wt" | "worktree" => {
+                    let branch = match p.next().map_err(lex)? {
+                        Some(Value(v)) => string(v, "branch")?,
+                        Some(Short('h') | Long("help")) => return Ok(Command::Help),
+                        _ => {
+                            return Err(usage(
+                                "wt: name the branch first: moat wt BRANCH [PATH] [-- COMMAND...]",
+                            ));
+                        }
+                    };
+                    let mut r = parse_run(&mut p)?;
+                    if r.worktree.is_some() {
+                        return Err(usage("wt: the branch is given twice (--worktree)"));
+                    }
+                    r.worktree = Some(branch);
+                    Ok(Command::Run(r))
+                }
                 "claude" | "codex" | "gemini" => Err(Error::unavailable(format!(
                     "`moat {sub}` is not built yet; use `moat run -- {sub}` with an image that carries it"
                 ))),
@@ -150,9 +216,18 @@ where
                     Ok(Command::Supervise(id))
                 }
                 "attach" => parse_attach(&mut p),
-                "list" | "ls" => Ok(Command::List {
-                    json: json_only(&mut p)?,
-                }),
+                "list" | "ls" => {
+                    let (mut json, mut promoted) = (false, false);
+                    while let Some(a) = p.next().map_err(lex)? {
+                        match a {
+                            Long("json") => json = true,
+                            Long("promoted") => promoted = true,
+                            Short('h') | Long("help") => return Err(help_exit()),
+                            _ => return Err(usage(a.unexpected().to_string())),
+                        }
+                    }
+                    Ok(Command::List { json, promoted })
+                }
                 "status" => Ok(Command::Status {
                     json: json_only(&mut p)?,
                 }),
@@ -173,6 +248,9 @@ where
                 }
                 "image" => parse_image(&mut p),
                 "volumes" => parse_volumes(&mut p),
+                "snapshot" | "snapshots" => parse_snapshot(&mut p),
+                "promote" => parse_promote(&mut p),
+                "system" => parse_system(&mut p),
                 other => Err(usage(format!("unknown command {other:?}"))),
             }
         }
@@ -215,6 +293,10 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
                 .allow_hosts
                 .push(string(p.value().map_err(lex)?, "--allow-host")?),
             Long("runtime") => r.runtime = Some(string(p.value().map_err(lex)?, "--runtime")?),
+            Short('w') | Long("worktree") | Long("wt") => {
+                r.worktree = Some(string(p.value().map_err(lex)?, "--worktree")?)
+            }
+            Long("no-snapshots") => r.no_snapshots = true,
             Short('h') | Long("help") => return Err(help_exit()),
             Value(v) if r.path.is_none() => r.path = Some(PathBuf::from(v)),
             Value(v) => {
@@ -323,31 +405,135 @@ fn parse_volumes(p: &mut lexopt::Parser) -> Result<Command> {
         Some(Long("json")) => return Ok(Command::Volumes(VolumesCmd::Ls { json: true })),
         Some(a) => return Err(usage(format!("volumes: {}", a.unexpected()))),
     };
-    let (mut json, mut force, mut names) = (false, false, vec![]);
+    let (mut json, mut force, mut all, mut names) = (false, false, false, vec![]);
     while let Some(a) = p.next().map_err(lex)? {
         match a {
             Long("json") => json = true,
             Short('f') | Long("force") => force = true,
-            Value(v) => names.push(string(v, "agent")?),
+            Long("all") => all = true,
+            Value(v) => names.push(string(v, "volume")?),
             Short('h') | Long("help") => return Err(help_exit()),
             _ => return Err(usage(a.unexpected().to_string())),
         }
     }
     Ok(Command::Volumes(match sub.as_str() {
         "ls" | "list" => VolumesCmd::Ls { json },
-        "rm" if !names.is_empty() => VolumesCmd::Rm(names),
-        "rm" => {
+        "rm" | "remove" if !names.is_empty() => VolumesCmd::Rm { names, force },
+        "rm" | "remove" => {
             return Err(usage(
-                "volumes rm: name the agent(s) whose volumes to remove",
+                "volumes rm: name an agent (all its volumes) or AGENT/VOLUME",
             ));
         }
-        "prune" => VolumesCmd::Prune { force },
+        "prune" => VolumesCmd::Prune { force, all },
         other => {
             return Err(usage(format!(
                 "volumes: unknown command {other:?} (ls, rm, prune)"
             )));
         }
     }))
+}
+
+fn parse_snapshot(p: &mut lexopt::Parser) -> Result<Command> {
+    let (mut json, mut force, mut label, mut words) = (false, false, None, vec![]);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Long("json") => json = true,
+            Short('f') | Long("force") => force = true,
+            Long("label") => label = Some(string(p.value().map_err(lex)?, "--label")?),
+            Value(v) => words.push(string(v, "argument")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    let first = words.first().map(String::as_str);
+    let cmd = match first {
+        Some("list" | "ls") => {
+            if words.len() > 2 {
+                return Err(usage("snapshot list takes at most one RUN"));
+            }
+            SnapshotCmd::List {
+                run: words.get(1).cloned(),
+                json,
+            }
+        }
+        Some("restore") => match &words[1..] {
+            [run, snap] => SnapshotCmd::Restore {
+                run: run.clone(),
+                snapshot: snap.clone(),
+                force,
+                json,
+            },
+            _ => return Err(usage("snapshot restore needs RUN and SNAPSHOT")),
+        },
+        _ => {
+            let rest = if first == Some("create") {
+                &words[1..]
+            } else {
+                &words[..]
+            };
+            if rest.len() > 1 {
+                return Err(usage(format!(
+                    "snapshot: unexpected argument {:?} (snapshot [RUN], snapshot list, snapshot restore RUN SNAPSHOT)",
+                    rest[1]
+                )));
+            }
+            SnapshotCmd::Create {
+                run: rest.first().cloned(),
+                label,
+            }
+        }
+    };
+    Ok(Command::Snapshot(cmd))
+}
+
+fn parse_promote(p: &mut lexopt::Parser) -> Result<Command> {
+    let (mut run, mut to, mut force) = (None, None, false);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Long("to") => to = Some(PathBuf::from(p.value().map_err(lex)?)),
+            Short('f') | Long("force") => force = true,
+            Value(v) if run.is_none() => run = Some(string(v, "run")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    let run = run.ok_or_else(|| usage("promote: name the run (moat promote RUN [--to DIR])"))?;
+    Ok(Command::Promote { run, to, force })
+}
+
+fn parse_system(p: &mut lexopt::Parser) -> Result<Command> {
+    let containers = match p.next().map_err(lex)? {
+        Some(Value(v)) => match string(v, "system command")?.as_str() {
+            "images" => false,
+            "containers" => true,
+            other => {
+                return Err(usage(format!(
+                    "system: unknown command {other:?} (images, containers)"
+                )));
+            }
+        },
+        Some(Short('h') | Long("help")) => return Err(help_exit()),
+        Some(a) => return Err(usage(format!("system: {}", a.unexpected()))),
+        None => {
+            return Err(usage(
+                "system: a subcommand is required (images, containers)",
+            ));
+        }
+    };
+    let (mut json, mut all) = (false, false);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Long("json") => json = true,
+            Long("all") => all = true,
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    Ok(Command::System {
+        containers,
+        json,
+        all,
+    })
 }
 
 fn parse_image(p: &mut lexopt::Parser) -> Result<Command> {

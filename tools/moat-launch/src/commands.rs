@@ -117,8 +117,11 @@ fn age(m: &Metadata) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn list(json: bool) -> Result<()> {
+pub fn list(json: bool, promoted: bool) -> Result<()> {
     let store = store()?;
+    if promoted {
+        return crate::promote::list(&store, json);
+    }
     reconcile_all(&store)?;
     let runs = store.all()?;
     let mut out = String::new();
@@ -130,6 +133,7 @@ pub fn list(json: bool) -> Result<()> {
                     "id": m.id, "name": m.name, "state": m.state.as_str(), "services": m.services,
                     "created_at": m.created_at, "image": m.image, "exit_code": m.exit_code,
                     "reason": m.reason, "workspace": m.workspace,
+                    "worktree_branch": m.worktree_branch,
                 }),
             )?);
         }
@@ -348,9 +352,16 @@ pub fn destroy(run: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-async fn unused_images(d: &Docker) -> Result<Vec<String>> {
-    let filters =
-        std::collections::HashMap::from([("label".to_string(), vec![format!("{LABEL_IMAGE}=1")])]);
+/// This home's moat images that no container uses. Several homes may share the engine: an
+/// image another home built (label `moat.home`) is theirs to clean.
+async fn unused_images(d: &Docker, home: &MoatHome) -> Result<Vec<String>> {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_IMAGE}=1"),
+            format!("{}={}", docker::LABEL_HOME, home.root().display()),
+        ],
+    )]);
     let opts = bollard::query_parameters::ListImagesOptions {
         filters: Some(filters),
         ..Default::default()
@@ -388,7 +399,7 @@ pub fn clean(force: bool) -> Result<()> {
     let rt = rt()?;
     let images = rt.block_on(async {
         match docker::connect().await {
-            Ok(d) => unused_images(&d).await.map(|i| (Some(d), i)),
+            Ok(d) => unused_images(&d, &store.home).await.map(|i| (Some(d), i)),
             Err(_) => Ok((None, vec![])),
         }
     })?;
@@ -439,78 +450,148 @@ pub fn clean(force: bool) -> Result<()> {
     Ok(())
 }
 
-/// `volumes ls|rm|prune`: the bind-mounted volumes under MOAT_HOME/volumes/<agent>/<volume>.
-pub fn volumes(cmd: crate::args::VolumesCmd) -> Result<()> {
-    use crate::args::VolumesCmd;
+/// `snapshot [RUN]`, `snapshot list [RUN]`, `snapshot restore RUN SNAPSHOT`.
+pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
+    use crate::args::SnapshotCmd;
+    use crate::snapshot as snap;
     let store = store()?;
-    let root = store.home.volumes_dir();
-    let mut all: Vec<(String, String, u64)> = vec![];
-    for agent in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        let a = agent.file_name().to_string_lossy().to_string();
-        for v in std::fs::read_dir(agent.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = v.file_name().to_string_lossy().to_string();
-            all.push((a.clone(), name, dir_size(&v.path())));
-        }
-    }
-    all.sort();
+    reconcile_all(&store)?;
+    let spec_of = |id: &str| -> crate::config::SnapshotSpec {
+        std::fs::read(store.dir(id).join("spec.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::config::RunSpec>(&b).ok())
+            .map(|s| s.snapshots)
+            .unwrap_or_default()
+    };
     match cmd {
-        VolumesCmd::Ls { json } => {
+        SnapshotCmd::Create { run, label } => {
+            let m = store.resolve(run.as_deref())?;
+            if !m.workspace.is_dir() {
+                return Err(Error::noinput(format!(
+                    "the workspace of {} ({}) is gone: {}",
+                    m.name,
+                    m.id,
+                    m.workspace.display()
+                )));
+            }
+            let s = snap::create(
+                &store.dir(&m.id),
+                &m.id,
+                &m.workspace,
+                &spec_of(&m.id),
+                "manual",
+                label,
+            )?;
+            eprintln!(
+                "moat: snapshot {} of {} ({}): {} file(s), {:.1} MB",
+                s.id,
+                m.name,
+                m.id,
+                s.files,
+                s.bytes as f64 / 1e6
+            );
+            cli::write_stdout(format!("{}\n", s.id).as_bytes())
+        }
+        SnapshotCmd::List { run, json } => {
+            let m = store.resolve(run.as_deref())?;
+            let all = snap::list(&store.dir(&m.id))?;
             let mut out = String::new();
             if json {
-                for (a, v, size) in &all {
+                for s in &all {
                     out.push_str(&moat_core::jsonl::line(
-                        "volume",
-                        &serde_json::json!({"agent": a, "volume": v, "bytes": size, "path": root.join(a).join(v)}),
+                        "snapshot",
+                        &serde_json::json!({"id": s.id, "run": m.id, "kind": s.kind, "label": s.label, "created_at": s.created_at, "files": s.files, "bytes": s.bytes}),
                     )?);
                 }
             } else if all.is_empty() {
-                eprintln!("no volumes");
+                eprintln!(
+                    "no snapshots of {} ({}); `moat snapshot {}` takes one",
+                    m.name, m.id, m.id
+                );
             } else {
-                out.push_str("AGENT  VOLUME  SIZE\n");
-                for (a, v, size) in &all {
-                    out.push_str(&format!("{a}  {v}  {:.1} MB\n", *size as f64 / 1e6));
+                out.push_str(&format!(
+                    "{:<17}  {:<8}  {:<24}  {:>6}  {:>9}  LABEL\n",
+                    "SNAPSHOT", "TYPE", "CREATED", "FILES", "SIZE"
+                ));
+                for s in &all {
+                    out.push_str(&format!(
+                        "{:<17}  {:<8}  {:<24}  {:>6}  {:>9}  {}\n",
+                        s.id,
+                        s.kind,
+                        s.created_at,
+                        s.files,
+                        format!("{:.1} MB", s.bytes as f64 / 1e6),
+                        s.label.as_deref().unwrap_or("")
+                    ));
                 }
             }
             cli::write_stdout(out.as_bytes())
         }
-        VolumesCmd::Rm(agents) => {
-            for a in agents {
-                if a.contains('/') || a.starts_with('.') {
-                    return Err(Error::usage(format!("{a:?} is not an agent name")));
-                }
-                let d = root.join(&a);
-                if !d.exists() {
-                    return Err(Error::noinput(format!("no volumes for agent {a:?}")));
-                }
-                std::fs::remove_dir_all(&d)
-                    .map_err(|e| Error::io(format!("removing {}", d.display()), e))?;
-                eprintln!("moat: removed the volumes of {a}");
+        SnapshotCmd::Restore {
+            run,
+            snapshot,
+            force,
+            json,
+        } => {
+            let m = store.resolve(Some(&run))?;
+            // Checked before the run's state, so a wrong id is said first.
+            snap::load(&store.dir(&m.id), &snapshot)?;
+            // Any run in that workspace counts, not only the one the snapshot came from.
+            let busy = store
+                .all()?
+                .into_iter()
+                .filter(|r| !r.state.is_terminal() && r.workspace == m.workspace)
+                .max_by_key(|r| r.id == m.id);
+            if let Some(r) = busy
+                && !force
+            {
+                return Err(Error::new(
+                    moat_core::exit::TEMPFAIL,
+                    format!(
+                        "{} ({}) is {} in {}: restoring under it would race its processes",
+                        r.name,
+                        r.id,
+                        r.state.as_str(),
+                        m.workspace.display()
+                    ),
+                )
+                .with_hint(format!(
+                    "`moat stop {}` first, or --force to restore anyway",
+                    r.id
+                )));
             }
-            Ok(())
-        }
-        VolumesCmd::Prune { force } => {
-            if all.is_empty() {
-                eprintln!("moat: no volumes");
-                return Ok(());
+            if !m.workspace.is_dir() {
+                return Err(Error::noinput(format!(
+                    "the workspace {} is gone",
+                    m.workspace.display()
+                )));
             }
-            if !force {
-                eprint!("Remove all {} volume(s)? [y/N] ", all.len());
-                let mut answer = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut answer)
-                    .map_err(|e| Error::io("reading the answer", e))?;
-                if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                    return Err(Error::no("nothing removed"));
+            let ch = snap::restore(&store.dir(&m.id), &m.id, &m.workspace, &snapshot)?;
+            let mut out = String::new();
+            if json {
+                out.push_str(&moat_core::jsonl::line("snapshot_restored", &ch)?);
+            } else {
+                for p in &ch.restored {
+                    out.push_str(&format!("restored  {p}\n"));
+                }
+                for p in &ch.created {
+                    out.push_str(&format!("created   {p}\n"));
+                }
+                for p in &ch.removed {
+                    out.push_str(&format!("removed   {p}\n"));
                 }
             }
-            std::fs::remove_dir_all(&root)
-                .map_err(|e| Error::io(format!("removing {}", root.display()), e))?;
-            eprintln!("moat: removed {} volume(s)", all.len());
+            cli::write_stdout(out.as_bytes())?;
+            eprintln!(
+                "moat: restored {} into {}: {} restored, {} created, {} removed, {} unchanged; the state before is snapshot {}",
+                ch.snapshot,
+                m.workspace.display(),
+                ch.restored.len(),
+                ch.created.len(),
+                ch.removed.len(),
+                ch.unchanged,
+                ch.safety_snapshot.as_deref().unwrap_or("-")
+            );
             Ok(())
         }
     }
@@ -541,7 +622,7 @@ pub fn status(json: bool) -> Result<()> {
     let runs = store.all()?;
     let active: Vec<&Metadata> = runs.iter().filter(|m| !m.state.is_terminal()).collect();
     let stopped = runs.len() - active.len();
-    let (docker_ok, docker_msg, images, runsc) = rt()?.block_on(async {
+    let (docker_ok, docker_msg, images, containers, runsc) = rt()?.block_on(async {
         match docker::connect().await {
             Ok(d) => {
                 let v = d
@@ -550,25 +631,21 @@ pub fn status(json: bool) -> Result<()> {
                     .ok()
                     .and_then(|v| v.version)
                     .unwrap_or_default();
-                let filters = std::collections::HashMap::from([(
-                    "label".to_string(),
-                    vec![format!("{LABEL_IMAGE}=1")],
-                )]);
-                let opts = bollard::query_parameters::ListImagesOptions {
-                    filters: Some(filters),
-                    ..Default::default()
-                };
-                let n = d
-                    .list_images(Some(opts))
+                let images = crate::system::images(&d, &store, &runs, false)
                     .await
-                    .map(|i| i.len())
-                    .unwrap_or(0);
+                    .unwrap_or_default();
+                let containers = crate::system::containers(&d, &store, &runs, false)
+                    .await
+                    .unwrap_or_default();
                 let runsc = docker::has_runsc(&d).await.unwrap_or(false);
-                (true, format!("ok (engine {v})"), n, runsc)
+                (true, format!("ok (engine {v})"), images, containers, runsc)
             }
-            Err(e) => (false, e.msg, 0, false),
+            Err(e) => (false, e.msg, vec![], vec![], false),
         }
     });
+    let image_bytes: u64 = images.iter().map(|i| i.bytes).sum();
+    let running = containers.iter().filter(|c| c.state == "running").count();
+    let promoted = dir_size(&store.home.root().join("promoted"));
     let ca = store.home.ca_dir().join("ca.crt");
     let ca_ok = ca.exists();
     let disk = dir_size(&store.home.runs_dir());
@@ -577,7 +654,9 @@ pub fn status(json: bool) -> Result<()> {
             "status",
             &serde_json::json!({
                 "active_runs": active.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name, "state": m.state.as_str(), "proxy_up": m.proxy_pid.is_some_and(proxy_alive)})).collect::<Vec<_>>(),
-                "stopped_runs": stopped, "images": images, "docker": {"ok": docker_ok, "message": docker_msg},
+                "stopped_runs": stopped, "images": images.len(), "images_bytes": image_bytes,
+                "containers": containers.len(), "containers_running": running,
+                "promoted_disk_bytes": promoted, "docker": {"ok": docker_ok, "message": docker_msg},
                 "gvisor": runsc, "ca": {"ok": ca_ok, "path": ca}, "runs_disk_bytes": disk,
             }),
         )?;
@@ -622,7 +701,21 @@ pub fn status(json: bool) -> Result<()> {
             age(m)
         ));
     }
-    s.push_str(&format!("Images:   {images} moat image(s)\n"));
+    s.push_str(&format!(
+        "Images:   {} moat image(s), {:.1} MB (`moat system images`)\n",
+        images.len(),
+        image_bytes as f64 / 1e6
+    ));
+    s.push_str(&format!(
+        "Containers: {} moat container(s), {running} running (`moat system containers`)\n",
+        containers.len()
+    ));
+    if promoted > 0 {
+        s.push_str(&format!(
+            "Promoted: {:.1} MB (`moat list --promoted`)\n",
+            promoted as f64 / 1e6
+        ));
+    }
     cli::write_stdout(s.as_bytes())?;
     if !docker_ok {
         return Err(Error::unavailable("Docker is not reachable"));

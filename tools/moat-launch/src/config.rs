@@ -30,11 +30,86 @@ pub struct Config {
     pub hooks: Hooks,
     pub sandbox: Option<String>,
     pub container: Container,
+    pub snapshots: Snapshots,
+}
+
+/// `snapshots:`. Only the pre-run and manual snapshots exist; the git-commit, build and
+/// idle triggers of the reference are accepted and have nothing to switch off.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Snapshots {
+    pub disabled: bool,
+    pub triggers: SnapshotTriggers,
+    pub exclude: SnapshotExclude,
+    pub retention: SnapshotRetention,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct SnapshotTriggers {
+    pub disable_pre_run: bool,
+    pub disable_git_commits: bool,
+    pub disable_builds: bool,
+    pub disable_idle: bool,
+    pub idle_threshold_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct SnapshotExclude {
+    pub ignore_gitignore: bool,
+    pub additional: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct SnapshotRetention {
+    pub max_count: Option<usize>,
+    pub delete_initial: bool,
+}
+
+/// What a run's snapshots follow, carried in `spec.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SnapshotSpec {
+    pub disabled: bool,
+    pub pre_run: bool,
+    /// Patterns (`node_modules/`, `*.log`, `build/out`) left out of snapshots.
+    pub exclude: Vec<String>,
+    /// Also snapshot what .gitignore ignores.
+    pub ignore_gitignore: bool,
+    pub max_count: usize,
+    pub delete_initial: bool,
+}
+
+impl Default for SnapshotSpec {
+    fn default() -> Self {
+        SnapshotSpec {
+            disabled: false,
+            pre_run: true,
+            exclude: vec![],
+            ignore_gitignore: false,
+            max_count: 10,
+            delete_initial: false,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub struct Volume {
+    pub name: String,
+    pub target: String,
+    pub readonly: bool,
+    /// bind (a directory under MOAT_HOME/volumes, the default) or volume (a Docker volume).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// A `type: volume` entry: the Docker volume `moat_<agent>_<name>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DockerVolume {
+    pub agent: String,
     pub name: String,
     pub target: String,
     pub readonly: bool,
@@ -100,6 +175,14 @@ pub struct RunSpec {
     /// The hostname router's port (MOAT_PROXY_PORT or 8080) when the run has ports.
     #[serde(default)]
     pub router_port: Option<u16>,
+    #[serde(default)]
+    pub snapshots: SnapshotSpec,
+    /// `volumes:` entries of `type: volume`.
+    #[serde(default)]
+    pub docker_volumes: Vec<DockerVolume>,
+    /// `--worktree`: the worktree the run works in (`workspace` is its path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<crate::worktree::Worktree>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,6 +205,7 @@ const MOAT_OWNED: &[&str] = &[
     "CURL_ALL_PROXY",
     "MOAT_PROXY_ADDR",
     "MOAT_PRE_RUN",
+    "MOAT_VOLUME_CHOWN",
 ];
 
 const TOP: &[&str] = &[
@@ -160,7 +244,6 @@ const INERT: &[&str] = &[
     "gemini",
     "language_servers",
     "mcp",
-    "snapshots",
     "tracing",
 ];
 
@@ -422,6 +505,26 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
     for v in &c.volumes {
         check_volume(v).map_err(|m| bad(file, text, "volumes", "volumes", m))?;
     }
+    if c.snapshots.retention.max_count == Some(0) {
+        return Err(bad(
+            file,
+            text,
+            "max_count",
+            "snapshots.retention.max_count",
+            "must be at least 1 (use `snapshots: {disabled: true}` for none)",
+        ));
+    }
+    for p in &c.snapshots.exclude.additional {
+        if p.trim().is_empty() || p.split('/').any(|c| c == "..") {
+            return Err(bad(
+                file,
+                text,
+                "additional",
+                "snapshots.exclude.additional",
+                format!("{p:?} is not a pattern (no empty patterns, no \"..\")"),
+            ));
+        }
+    }
     if let Some(cmd) = &c.command
         && cmd.is_empty()
     {
@@ -563,9 +666,17 @@ fn check_volume(v: &Volume) -> std::result::Result<(), String> {
     if !ok {
         return Err(format!("volume name {n:?} must match [a-z0-9][a-z0-9_-]*"));
     }
-    if !v.target.starts_with('/') {
+    if let Some(k) = &v.kind
+        && k != "bind"
+        && k != "volume"
+    {
         return Err(format!(
-            "volume {n:?}: target {:?} must be an absolute path",
+            "volume {n:?}: type must be bind or volume, not {k:?}"
+        ));
+    }
+    if !v.target.starts_with('/') || v.target.contains(char::is_whitespace) {
+        return Err(format!(
+            "volume {n:?}: target {:?} must be an absolute path without spaces",
             v.target
         ));
     }
@@ -743,6 +854,14 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
     let net_rules =
         net_rules(&c.network.rules).map_err(|m| Error::config(format!("network.rules: {m}")))?;
     let sandbox = !(args.no_sandbox || c.sandbox.as_deref() == Some("none"));
+    let snapshots = SnapshotSpec {
+        disabled: c.snapshots.disabled || args.no_snapshots,
+        pre_run: !c.snapshots.triggers.disable_pre_run,
+        exclude: c.snapshots.exclude.additional.clone(),
+        ignore_gitignore: c.snapshots.exclude.ignore_gitignore,
+        max_count: c.snapshots.retention.max_count.unwrap_or(10),
+        delete_initial: c.snapshots.retention.delete_initial,
+    };
     Ok(RunSpec {
         name,
         agent,
@@ -767,6 +886,9 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         tty_size: None,
         ports: c.ports.clone(),
         router_port,
+        snapshots,
+        docker_volumes: vec![],
+        worktree: None,
     })
 }
 
@@ -808,8 +930,22 @@ fn dns_label(s: &str) -> String {
 pub fn volume_binds(c: &Config, agent: &str, volumes_dir: &Path) -> Vec<Bind> {
     c.volumes
         .iter()
+        .filter(|v| v.kind.as_deref() != Some("volume"))
         .map(|v| Bind {
             source: volumes_dir.join(agent).join(&v.name),
+            target: v.target.clone(),
+            readonly: v.readonly,
+        })
+        .collect()
+}
+
+pub fn docker_volumes(c: &Config, agent: &str) -> Vec<DockerVolume> {
+    c.volumes
+        .iter()
+        .filter(|v| v.kind.as_deref() == Some("volume"))
+        .map(|v| DockerVolume {
+            agent: agent.to_string(),
+            name: v.name.clone(),
             target: v.target.clone(),
             readonly: v.readonly,
         })
@@ -931,6 +1067,8 @@ mod tests {
             policy: None,
             allow_hosts: vec![],
             runtime: None,
+            worktree: None,
+            no_snapshots: false,
         };
         let spec = resolve(&args, &loaded, &ws).unwrap();
         assert_eq!(spec.secrets.len(), 2);

@@ -6,6 +6,9 @@ use moat_core::{Error, Result};
 
 pub const LABEL_RUN: &str = "moat.run";
 pub const LABEL_IMAGE: &str = "moat.image";
+/// The MOAT_HOME a container or image was made for (several homes may share an engine).
+pub const LABEL_HOME: &str = "moat.home";
+pub const LABEL_NAME: &str = "moat.name";
 
 pub async fn connect() -> Result<Docker> {
     let d = Docker::connect_with_defaults()

@@ -396,7 +396,13 @@ pub async fn ensure(
     for k in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"] {
         args.insert(k.to_string(), proxy_url.to_string());
     }
-    let labels = HashMap::from([(LABEL_IMAGE.to_string(), "1".to_string())]);
+    let mut labels = HashMap::from([(LABEL_IMAGE.to_string(), "1".to_string())]);
+    if let Ok(h) = moat_core::MoatHome::from_env() {
+        labels.insert(
+            docker::LABEL_HOME.to_string(),
+            h.root().display().to_string(),
+        );
+    }
     let opts = bollard::query_parameters::BuildImageOptions {
         dockerfile: "Dockerfile".into(),
         t: Some(ctx.tag.clone()),

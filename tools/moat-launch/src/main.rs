@@ -11,9 +11,14 @@ mod config;
 mod docker;
 mod image;
 mod network;
+mod promote;
 mod run;
+mod snapshot;
 mod store;
+mod system;
 mod tty;
+mod volumes;
+mod worktree;
 
 use args::Command;
 use moat_core::{Error, Result, cli};
@@ -60,14 +65,29 @@ fn real_main() -> Result<()> {
             }
             exit_with(attach::follow(&store, &m.id, false)?)
         }
-        Command::List { json } => commands::list(json),
+        Command::List { json, promoted } => commands::list(json, promoted),
         Command::Status { json } => commands::status(json),
         Command::Logs { run, lines, follow } => commands::logs(run.as_deref(), lines, follow),
         Command::Trace { run, verbose, json } => commands::trace(run.as_deref(), verbose, json),
         Command::Stop(run) => commands::stop(run.as_deref()),
         Command::Destroy(run) => commands::destroy(run.as_deref()),
         Command::Clean { force } => commands::clean(force),
-        Command::Volumes(v) => commands::volumes(v),
+        Command::Volumes(v) => volumes::command(&commands::store()?, v),
+        Command::Snapshot(s) => commands::snapshot(s),
+        Command::Promote { run, to, force } => {
+            let store = commands::store()?;
+            commands::reconcile_all(&store)?;
+            promote::promote(&store, &run, to.as_deref(), force)
+        }
+        Command::System {
+            containers,
+            json,
+            all,
+        } => {
+            let store = commands::store()?;
+            commands::reconcile_all(&store)?;
+            system::command(&store, containers, json, all)
+        }
         Command::Bootstrap { force } => runtime()?.block_on(image::bootstrap(force)),
     }
 }

@@ -72,6 +72,16 @@ drop() {
 		--inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"
 }
 
+# A fresh Docker volume (volumes: with type: volume) belongs to root: give its top to moatuser.
+set -f
+for t in ${MOAT_VOLUME_CHOWN:-}; do
+	if [ -d "$t" ] && [ "$(stat -c %u "$t")" = 0 ]; then
+		chown "$uid:$gid" "$t" || die "cannot hand volume $t to moatuser"
+	fi
+done
+set +f
+unset MOAT_VOLUME_CHOWN
+
 if [ -n "${MOAT_PRE_RUN:-}" ]; then
 	hook=$MOAT_PRE_RUN
 	unset MOAT_PRE_RUN

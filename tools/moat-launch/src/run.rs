@@ -66,11 +66,51 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         eprintln!("moat-launch: warning: {w}");
     }
     let mut spec = config::resolve(&args, &loaded, &workspace)?;
+    if let Some(branch) = &args.worktree {
+        let wt = crate::worktree::prepare(&home, &workspace, branch)?;
+        crate::commands::reconcile_all(&store)?;
+        if let Some(m) = store
+            .all()?
+            .into_iter()
+            .find(|m| !m.state.is_terminal() && m.workspace == wt.path)
+        {
+            return Err(Error::new(
+                moat_core::exit::TEMPFAIL,
+                format!(
+                    "{} ({}) is already running in the worktree {}",
+                    m.name,
+                    m.id,
+                    wt.path.display()
+                ),
+            )
+            .with_hint(format!("`moat attach {}` or `moat stop {}`", m.id, m.id)));
+        }
+        if args.name.is_none() {
+            spec.name = crate::worktree::run_name(loaded.config.name.as_deref(), &wt.branch);
+        }
+        spec.binds.extend(crate::worktree::binds(&wt)?);
+        if !spec.dependencies.iter().any(|d| d == "git") {
+            spec.dependencies.push("git".into());
+        }
+        eprintln!(
+            "moat: worktree {} on branch {}{}",
+            wt.path.display(),
+            wt.branch,
+            if wt.created_branch {
+                " (new, from HEAD)"
+            } else {
+                ""
+            }
+        );
+        spec.workspace = wt.path.clone();
+        spec.worktree = Some(wt);
+    }
     spec.binds.extend(config::volume_binds(
         &loaded.config,
         &spec.agent,
         &home.volumes_dir(),
     ));
+    spec.docker_volumes = config::docker_volumes(&loaded.config, &spec.agent);
     if spec.interactive {
         spec.tty_size = crate::tty::term_size();
     }
@@ -83,7 +123,7 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         id: id.clone(),
         name: spec.name.clone(),
         agent: spec.agent.clone(),
-        workspace: workspace.clone(),
+        workspace: spec.workspace.clone(),
         grants: spec.grants.clone(),
         state: State::Created,
         reason: None,
@@ -104,6 +144,8 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         started_at: None,
         stopped_at: None,
         audit: None,
+        worktree_branch: spec.worktree.as_ref().map(|w| w.branch.clone()),
+        worktree_repo: spec.worktree.as_ref().map(|w| w.repo.clone()),
     };
     store.create(&meta)?;
     let dir = store.dir(&id);
@@ -592,6 +634,31 @@ async fn lifecycle(
     let dir = store.dir(id);
     phase("supervisor");
     res.audit = Audit::start(id);
+    if !spec.snapshots.disabled && spec.snapshots.pre_run {
+        let (d, rid, ws, sp) = (
+            dir.clone(),
+            id.to_string(),
+            spec.workspace.clone(),
+            spec.snapshots.clone(),
+        );
+        let made = tokio::task::spawn_blocking(move || {
+            crate::snapshot::create(&d, &rid, &ws, &sp, "pre-run", None)
+        })
+        .await;
+        match made {
+            Ok(Ok(m)) => {
+                if let Some(a) = &res.audit {
+                    a.event(
+                        "snapshot_created",
+                        serde_json::json!({"run": id, "snapshot": m.id, "kind": m.kind, "files": m.files, "bytes": m.bytes}),
+                    );
+                }
+            }
+            Ok(Err(e)) => eprintln!("moat: warning: no pre-run snapshot: {}", e.msg),
+            Err(_) => eprintln!("moat: warning: no pre-run snapshot"),
+        }
+        phase("pre-run snapshot");
+    }
     let rules = grant_rules(&spec.grants).await?;
     let ssh_dir = if rules.ssh.is_empty() {
         None
@@ -653,7 +720,14 @@ async fn lifecycle(
     let (net_name, gateway) = crate::network::acquire(&d, id).await?;
     res.network = Some(net_name.clone());
     store.update(id, |m| m.network = Some(net_name.clone()))?;
-    let labels = HashMap::from([(LABEL_RUN.to_string(), id.to_string())]);
+    let labels = HashMap::from([
+        (LABEL_RUN.to_string(), id.to_string()),
+        (
+            docker::LABEL_HOME.to_string(),
+            home.root().display().to_string(),
+        ),
+        (docker::LABEL_NAME.to_string(), spec.name.clone()),
+    ]);
     phase("network");
 
     // The image: worked out first, so the proxy knows whether this run builds.
@@ -844,6 +918,23 @@ async fn lifecycle(
             target,
             if *readonly { ":ro" } else { "" }
         ));
+    }
+    let mut chown = vec![];
+    for v in &spec.docker_volumes {
+        let name =
+            crate::volumes::ensure(&d, &home.root().display().to_string(), &v.agent, &v.name)
+                .await?;
+        binds.push(format!(
+            "{name}:{}{}",
+            v.target,
+            if v.readonly { ":ro" } else { "" }
+        ));
+        if !v.readonly {
+            chown.push(v.target.clone());
+        }
+    }
+    if !chown.is_empty() {
+        env.push(format!("MOAT_VOLUME_CHOWN={}", chown.join(" ")));
     }
     if ca.exists() {
         binds.push(format!("{}:/run/moat/ca.crt:ro", ca.display()));

@@ -78,6 +78,11 @@ pub struct Metadata {
     /// a log later cut back behind it can be noticed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSeal>,
+    /// `--worktree`: the branch, and the main checkout the worktree belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_repo: Option<PathBuf>,
 }
 
 /// From moat-audit's `audit_closed` record.
@@ -281,6 +286,8 @@ mod tests {
             started_at: None,
             stopped_at: None,
             audit: None,
+            worktree_branch: None,
+            worktree_repo: None,
         }
     }
 

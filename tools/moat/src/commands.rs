@@ -54,6 +54,16 @@ pub const COMMANDS: &[Command] = &[
         "list and remove persistent volumes",
     ),
     c("deps", "moat-launch", "list the dependencies a run can use"),
+    c(
+        "promote",
+        "moat-launch",
+        "keep a run's logs and audit log beyond clean",
+    ),
+    c(
+        "system",
+        "moat-launch",
+        "list the Docker images and containers moat made",
+    ),
     c("wt", "moat-launch", "run in a git worktree for a branch"),
     c("grant", "moat-grant", "store a credential for runs to use"),
     c("revoke", "moat-grant", "remove a stored credential"),

@@ -182,7 +182,7 @@ fn help_text() -> String {
             "Runs",
             &[
                 "run", "claude", "codex", "gemini", "attach", "list", "status", "logs", "trace",
-                "stop", "destroy", "clean",
+                "stop", "destroy", "clean", "promote", "system",
             ],
         ),
         ("Workspaces", &["wt", "snapshot", "volumes", "deps"]),
