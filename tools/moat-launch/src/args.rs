@@ -11,7 +11,8 @@ pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
        moat-launch attach|logs|trace|stop|destroy [OPTIONS] [RUN]
        moat-launch list|status|clean [OPTIONS]
        moat-launch image bootstrap [--force]
-       moat-launch volumes [ls [--json] | rm AGENT... | prune [--force]]";
+       moat-launch volumes [ls [--json] | rm AGENT... | prune [--force]]
+       moat-launch deps [list [--json] | info NAME [--json]]";
 
 pub const HELP: &str =
     "Run a command or agent in a container whose only network path is moat's proxy.
@@ -28,6 +29,8 @@ Commands:
     clean                    delete stopped runs and unused moat images
     image bootstrap          build debian:bookworm-slim from Debian packages
     volumes [ls|rm AGENT|prune]  list or delete the volumes kept per agent
+    deps [list]              list the dependencies a run can name (kind, versions, what each gives)
+    deps info NAME           show one dependency in full (image, packages, variables, ports)
 
 RUN is a run id, an id prefix or a name; it defaults to the latest run.
 
@@ -49,7 +52,7 @@ Other options:
     -f, --follow             logs: keep printing until the run ends
     --network                trace: show network requests (the default)
     -v, --verbose            trace: show grant, policy and errors
-    --json                   list, trace, status: print JSON lines
+    --json                   list, trace, status, deps: print JSON lines
     --force                  clean, volumes prune: do not ask; image bootstrap: rebuild
     -h, --help               show this help
     -V, --version            show the version
@@ -107,6 +110,13 @@ pub enum Command {
         force: bool,
     },
     Volumes(VolumesCmd),
+    Deps(DepsCmd),
+}
+
+#[derive(Debug)]
+pub enum DepsCmd {
+    List { json: bool },
+    Info { name: String, json: bool },
 }
 
 #[derive(Debug)]
@@ -173,6 +183,7 @@ where
                 }
                 "image" => parse_image(&mut p),
                 "volumes" => parse_volumes(&mut p),
+                "deps" => parse_deps(&mut p),
                 other => Err(usage(format!("unknown command {other:?}"))),
             }
         }
@@ -348,6 +359,35 @@ fn parse_volumes(p: &mut lexopt::Parser) -> Result<Command> {
             )));
         }
     }))
+}
+
+fn parse_deps(p: &mut lexopt::Parser) -> Result<Command> {
+    let (mut sub, mut json, mut names) = (None, false, vec![]);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Long("json") => json = true,
+            Value(v) if sub.is_none() => sub = Some(string(v, "deps command")?),
+            Value(v) => names.push(string(v, "dependency")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(format!("deps: {}", a.unexpected()))),
+        }
+    }
+    match sub.as_deref().unwrap_or("list") {
+        "list" | "ls" if names.is_empty() => Ok(Command::Deps(DepsCmd::List { json })),
+        "list" | "ls" => Err(usage("deps list takes no names; use deps info NAME")),
+        "info" | "show" => match names.as_slice() {
+            [n] => Ok(Command::Deps(DepsCmd::Info {
+                name: n.clone(),
+                json,
+            })),
+            _ => Err(usage(
+                "deps info: name one dependency, e.g. deps info postgres",
+            )),
+        },
+        other => Err(usage(format!(
+            "deps: unknown command {other:?} (list, info NAME)"
+        ))),
+    }
 }
 
 fn parse_image(p: &mut lexopt::Parser) -> Result<Command> {

@@ -30,6 +30,17 @@ pub struct Config {
     pub hooks: Hooks,
     pub sandbox: Option<String>,
     pub container: Container,
+    pub services: BTreeMap<String, ServiceConfig>,
+    pub language_servers: Vec<String>,
+}
+
+/// `services.<name>`: overrides for a service dependency's sidecar.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct ServiceConfig {
+    pub env: BTreeMap<String, String>,
+    pub image: Option<String>,
+    pub wait: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -94,6 +105,11 @@ pub struct RunSpec {
     /// Rows and columns of the terminal that started an interactive run.
     #[serde(default)]
     pub tty_size: Option<(i32, i32)>,
+    /// `services:` overrides, by service name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    #[serde(default)]
+    pub language_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -148,12 +164,10 @@ const TOP: &[&str] = &[
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run).
 const INERT: &[&str] = &[
-    "services",
     "ports",
     "claude",
     "codex",
     "gemini",
-    "language_servers",
     "mcp",
     "snapshots",
     "tracing",
@@ -347,7 +361,7 @@ fn suggest<'a>(k: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -392,7 +406,67 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
     }
     net_rules(&c.network.rules).map_err(|m| bad(file, text, "rules", "network.rules", m))?;
     for d in &c.dependencies {
-        check_dependency(d).map_err(|m| bad(file, text, "dependencies", "dependencies", m))?;
+        check_dependency(d).map_err(|m| {
+            let at = line_of_item(text, d)
+                .or_else(|| line_of(text, "dependencies"))
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            Error::config(format!("{file}{at}: dependencies: {m}"))
+        })?;
+    }
+    let declared: Vec<String> = c
+        .dependencies
+        .iter()
+        .filter_map(|d| crate::deps::resolve(d).ok())
+        .filter(|d| d.entry.kind == crate::deps::Kind::Service)
+        .map(|d| d.entry.name.clone())
+        .collect();
+    for (name, s) in &c.services {
+        if !declared.contains(name) {
+            let what = if declared.is_empty() {
+                "no service is in dependencies".to_string()
+            } else {
+                format!("the services in dependencies are {}", declared.join(", "))
+            };
+            return Err(bad(
+                file,
+                text,
+                name,
+                &format!("services.{name}"),
+                format!(
+                    "{name:?} is not a service dependency of this run ({what}); add e.g. {name}@VERSION to dependencies"
+                ),
+            ));
+        }
+        for k in s.env.keys() {
+            let ok = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(bad(
+                    file,
+                    text,
+                    k,
+                    &format!("services.{name}.env"),
+                    format!("{k:?} is not a valid environment variable name"),
+                ));
+            }
+        }
+        if let Some(i) = &s.image
+            && (i.is_empty() || i.chars().any(char::is_whitespace))
+        {
+            return Err(bad(
+                file,
+                text,
+                "image",
+                &format!("services.{name}.image"),
+                format!("{i:?} is not an image reference"),
+            ));
+        }
+    }
+    for l in &c.language_servers {
+        crate::deps::language_server(l)
+            .map_err(|m| bad(file, text, "language_servers", "language_servers", m))?;
     }
     for g in &c.grants {
         if g.trim().is_empty() {
@@ -513,21 +587,26 @@ fn check_env_name(k: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Runtime dependencies the reference lists, plus the ones Debian provides directly.
+/// A dependency must be in the registry (deps.yaml), at a version it offers.
 pub fn check_dependency(d: &str) -> std::result::Result<(), String> {
-    let (name, ver) = d.split_once('@').unwrap_or((d, ""));
-    let ok = match name {
-        "node" | "python" | "go" | "postgres" | "mysql" | "redis" => !ver.is_empty(),
-        "git" | "aws" | "docker:host" | "docker:dind" => ver.is_empty(),
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{d:?} is not a supported dependency (e.g. node@20, python@3.11, go@1.22, git, aws)"
-        ))
-    }
+    crate::deps::resolve(d).map(|_| ())
+}
+
+/// The 1-based line of a list item `d` (block `- d` or inside a flow `[..., d]`).
+fn line_of_item(text: &str, d: &str) -> Option<usize> {
+    let unq = |s: &str| s.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+    text.lines()
+        .position(|l| {
+            let t = l.trim();
+            if let Some(rest) = t.strip_prefix("- ") {
+                return unq(rest.split(" #").next().unwrap_or(rest)) == d;
+            }
+            match (t.find('['), t.rfind(']')) {
+                (Some(a), Some(b)) if a < b => t[a + 1..b].split(',').any(|x| unq(x) == d),
+                _ => false,
+            }
+        })
+        .map(|i| i + 1)
 }
 
 fn check_volume(v: &Volume) -> std::result::Result<(), String> {
@@ -721,6 +800,8 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         detach: args.detach,
         secrets,
         tty_size: None,
+        services: c.services.clone(),
+        language_servers: c.language_servers.clone(),
     })
 }
 

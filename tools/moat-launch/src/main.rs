@@ -8,10 +8,12 @@ mod attach;
 mod aws;
 mod commands;
 mod config;
+mod deps;
 mod docker;
 mod image;
 mod network;
 mod run;
+mod services;
 mod store;
 mod tty;
 
@@ -68,6 +70,8 @@ fn real_main() -> Result<()> {
         Command::Destroy(run) => commands::destroy(run.as_deref()),
         Command::Clean { force } => commands::clean(force),
         Command::Volumes(v) => commands::volumes(v),
+        Command::Deps(args::DepsCmd::List { json }) => deps::list(json),
+        Command::Deps(args::DepsCmd::Info { name, json }) => deps::info(&name, json),
         Command::Bootstrap { force } => runtime()?.block_on(image::bootstrap(force)),
     }
 }
