@@ -12,10 +12,35 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-s
 CMD [\"redis-server\"]
 ";
 
+/// PostgreSQL 15 from bookworm, initialised the way the official image is: from
+/// POSTGRES_USER and POSTGRES_PASSWORD, password authentication over the network.
+const POSTGRES_DOCKERFILE: &str = "FROM debian:bookworm-slim
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null && rm -rf /var/lib/apt/lists/*
+COPY entry.sh /entry.sh
+CMD [\"sh\", \"/entry.sh\"]
+";
+const POSTGRES_ENTRY: &str = r#"set -eu
+export PATH=/usr/lib/postgresql/15/bin:$PATH
+D=/var/lib/postgresql/moat
+mkdir -p "$D" && chown postgres "$D"
+printf '%s' "$POSTGRES_PASSWORD" > /tmp/pw && chown postgres /tmp/pw
+su postgres -s /bin/sh -c "initdb -q -D $D -U $POSTGRES_USER --pwfile=/tmp/pw -A scram-sha-256" >/dev/null
+rm -f /tmp/pw
+echo "host all all 0.0.0.0/0 scram-sha-256" >> "$D/pg_hba.conf"
+exec su postgres -s /bin/sh -c "exec postgres -D $D -c listen_addresses='*' -k /tmp"
+"#;
+
 /// The Redis sidecar image, built from Debian packages the first time.
 fn redis_image() -> String {
-    let h = moat_core::hex(&sha256(REDIS_DOCKERFILE.as_bytes()))[..12].to_string();
-    let tag = format!("moat-e2e/redis-sidecar:{h}");
+    local_image("redis-sidecar", &[("Dockerfile", REDIS_DOCKERFILE)])
+}
+
+/// An image built from `files` (a Dockerfile and what it copies), tagged by their hash, so
+/// it is built once per machine.
+fn local_image(name: &str, files: &[(&str, &str)]) -> String {
+    let all: String = files.iter().map(|(n, t)| format!("{n}\n{t}\n")).collect();
+    let h = moat_core::hex(&sha256(all.as_bytes()))[..12].to_string();
+    let tag = format!("moat-e2e/{name}:{h}");
     let have = Command::new("docker")
         .args(["image", "inspect", &tag])
         .stdout(Stdio::null())
@@ -25,12 +50,14 @@ fn redis_image() -> String {
         .unwrap_or(false);
     if !have {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("Dockerfile"), REDIS_DOCKERFILE).unwrap();
+        for (n, t) in files {
+            std::fs::write(dir.path().join(n), t).unwrap();
+        }
         let mut c = Command::new("docker");
         c.args(["build", "-q", "--label", "moat.test=services", "-t", &tag])
             .arg(dir.path());
-        let r = moat_e2e::run_with_deadline(c, "docker build redis".into(), None, 300);
-        assert_eq!(r.code(), 0, "building the redis image: {}", r.stderr());
+        let r = moat_e2e::run_with_deadline(c, format!("docker build {name}"), None, 300);
+        assert_eq!(r.code(), 0, "building {tag}: {}", r.stderr());
     }
     tag
 }
@@ -326,4 +353,84 @@ fn a_service_image_that_is_missing_fails_clearly_and_leaves_nothing() {
     let id = m.run_ids().pop().unwrap();
     assert_eq!(m.metadata(&id)["state"], "failed");
     assert!(containers_of(&id).is_empty());
+}
+
+#[test]
+fn a_postgres_sidecar_is_waited_for_and_answers_psql_with_the_injected_url() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let image = local_image(
+        "postgres-sidecar",
+        &[
+            ("Dockerfile", POSTGRES_DOCKERFILE),
+            ("entry.sh", POSTGRES_ENTRY),
+        ],
+    );
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
+    )
+    .unwrap();
+    // No retry loop: the first query only works if the run waited for pg_isready.
+    let script = r#"
+echo "ANSWER=$(psql "$MOAT_POSTGRES_URL" -tAc 'create table t (v text); insert into t values ($$from-the-run$$); select v from t' 2>&1)"
+echo "SPLIT=$(PGPASSWORD="$MOAT_POSTGRES_PASSWORD" psql -h "$MOAT_POSTGRES_HOST" -p "$MOAT_POSTGRES_PORT" -U "$MOAT_POSTGRES_USER" -d "$MOAT_POSTGRES_DB" -tAc 'select count(*) from t' 2>&1)"
+echo "WRONG=$(PGPASSWORD=not-the-password psql -h "$MOAT_POSTGRES_HOST" -U "$MOAT_POSTGRES_USER" -d "$MOAT_POSTGRES_DB" -tAc 'select 1' 2>&1)"
+echo "PWLEN=${#MOAT_POSTGRES_PASSWORD}"
+"#;
+    let r = m.run_timeout(
+        "moat-launch",
+        &["run", "--no-sandbox", "--", "bash", "-c", script],
+        None,
+        600,
+    );
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    assert!(out.contains("ANSWER=from-the-run"), "{out}\n{}", r.stderr());
+    assert!(out.contains("SPLIT=1"), "{out}");
+    let wrong = out.lines().find(|l| l.starts_with("WRONG=")).unwrap();
+    assert!(wrong.contains("password authentication failed"), "{out}");
+    assert!(out.contains("PWLEN=32"), "{out}");
+    assert!(r.stderr().contains("postgres is ready"), "{}", r.stderr());
+    let id = m.run_ids().pop().unwrap();
+    assert!(containers_of(&id).is_empty(), "{:?}", containers_of(&id));
+}
+
+#[test]
+fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    std::fs::write(m.ws.join("moat.yaml"), "dependencies: [docker:host]\n").unwrap();
+    let r = m.run_timeout(
+        "moat-launch",
+        &[
+            "run",
+            "--no-sandbox",
+            "--",
+            "sh",
+            "-c",
+            "id -un; docker version --format 'SERVER={{.Server.Version}}'",
+        ],
+        None,
+        600,
+    );
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    let host = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&host.stdout).trim().to_string();
+    // moatuser, not root, reaches the host's engine through the mounted socket.
+    assert!(out.starts_with("moatuser"), "{out}");
+    assert!(out.contains(&format!("SERVER={host}")), "{out}");
+    assert!(
+        r.stderr().contains("WARNING: docker:host"),
+        "{}",
+        r.stderr()
+    );
 }
