@@ -359,7 +359,9 @@ pub async fn wait_ready(d: &Docker, cars: &[Sidecar], log: &mut dyn Write) -> Re
     let checks = cars.iter().filter(|c| c.wait).map(|car| async move {
         let t0 = Instant::now();
         loop {
-            if check(d, car).await? {
+            // A check that cannot even run (the sidecar stopped) is judged by the state below.
+            let checked = check(d, car).await;
+            if matches!(checked, Ok(true)) {
                 return Ok::<_, Error>(t0.elapsed());
             }
             if !running(d, car).await {
@@ -368,6 +370,9 @@ pub async fn wait_ready(d: &Docker, cars: &[Sidecar], log: &mut dyn Write) -> Re
                     "the {} sidecar ({}) exited before it was ready: {words}",
                     car.service, car.image
                 )));
+            }
+            if let Err(e) = checked {
+                return Err(e);
             }
             if t0.elapsed() > READY_TIMEOUT {
                 return Err(Error::unavailable(format!(
