@@ -371,9 +371,7 @@ pub async fn wait_ready(d: &Docker, cars: &[Sidecar], log: &mut dyn Write) -> Re
                     car.service, car.image
                 )));
             }
-            if let Err(e) = checked {
-                return Err(e);
-            }
+            checked?;
             if t0.elapsed() > READY_TIMEOUT {
                 return Err(Error::unavailable(format!(
                     "the {} sidecar ({}) was not ready after {}s ({} kept failing)",
