@@ -421,6 +421,17 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
         .filter(|d| d.entry.kind == crate::deps::Kind::Service)
         .map(|d| d.entry.name.clone())
         .collect();
+    for (i, n) in declared.iter().enumerate() {
+        if declared[..i].contains(n) {
+            return Err(bad(
+                file,
+                text,
+                "dependencies",
+                "dependencies",
+                format!("the service {n} is listed twice; a run has one {n} sidecar"),
+            ));
+        }
+    }
     for (name, s) in &c.services {
         if !declared.contains(name) {
             let what = if declared.is_empty() {
@@ -888,6 +899,41 @@ mod tests {
         assert!(e.msg.contains("[a-z0-9]"), "{}", e.msg);
         let e = parse("env:\n  HTTP_PROXY: x\n", "m.yaml").unwrap_err();
         assert!(e.msg.contains("m.yaml:2: env.HTTP_PROXY"), "{}", e.msg);
+    }
+
+    #[test]
+    fn dependencies_are_checked_against_the_registry_at_their_line() {
+        let e = parse(
+            "name: x\ndependencies:\n  - node@20\n  - postgress@17\n",
+            "moat.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(e.code, moat_core::exit::CONFIG);
+        assert!(
+            e.msg
+                .starts_with("moat.yaml:4: dependencies: unknown dependency \"postgress@17\""),
+            "{}",
+            e.msg
+        );
+        assert!(e.msg.contains("postgres@17"), "{}", e.msg);
+        let e = parse("dependencies: [git, \"reddis@7\"]\n", "m.yaml").unwrap_err();
+        assert!(e.msg.starts_with("m.yaml:1:"), "{}", e.msg);
+        let e = parse("dependencies: [redis@7, redis@7]\n", "m.yaml").unwrap_err();
+        assert!(e.msg.contains("listed twice"), "{}", e.msg);
+        let e = parse(
+            "dependencies: [redis@7]\nservices:\n  redis:\n    env:\n      9X: y\n",
+            "m.yaml",
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("services.redis.env"), "{}", e.msg);
+        let (c, w) = parse(
+            "dependencies: [redis@7]\nservices:\n  redis:\n    image: r:1\n    wait: false\n",
+            "m.yaml",
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.services["redis"].wait, Some(false));
+        assert_eq!(c.services["redis"].image.as_deref(), Some("r:1"));
     }
 
     #[test]

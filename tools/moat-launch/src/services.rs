@@ -32,6 +32,9 @@ pub struct Sidecar {
     ready: Vec<String>,
     ready_env: Vec<String>,
     password: String,
+    /// User and database as the sidecar got them (None when the service has none).
+    user: Option<String>,
+    db: Option<String>,
 }
 
 /// What the main container needs to reach the sidecars.
@@ -210,6 +213,8 @@ pub async fn start(
                 .map(|(k, v)| format!("{k}={}", f(v)))
                 .collect(),
             password: password.clone(),
+            user: s.user.as_ref().map(|_| user.clone()),
+            db: s.db.as_ref().map(|_| db.clone()),
         };
         d.start_container(
             &created.id,
@@ -253,18 +258,7 @@ pub fn wiring(spec: &RunSpec, cars: &[Sidecar]) -> Wiring {
             continue;
         };
         let s = dep.entry.service.as_ref().expect("checked at load");
-        let o = spec.services.get(&car.service).cloned().unwrap_or_default();
-        // User and database as the sidecar got them (literal overrides only; a secret
-        // reference for them resolves in the sidecar and is not repeated here).
-        let pick = |over: &Option<String>, default: &Option<String>| {
-            over.as_ref()
-                .and_then(|k| o.env.get(k))
-                .filter(|v| moat_secrets::SecretRef::parse(v).is_err())
-                .or(default.as_ref())
-                .cloned()
-        };
-        let user = pick(&s.user_env, &s.user);
-        let db = pick(&s.db_env, &s.db);
+        let (user, db) = (car.user.clone(), car.db.clone());
         let p = &s.prefix;
         let url = fill(
             &s.url,
@@ -467,6 +461,8 @@ mod tests {
             ready: vec![],
             ready_env: vec![],
             password: "PW".into(),
+            user: (svc == "postgres").then(|| "postgres".to_string()),
+            db: (svc == "postgres").then(|| "myapp".to_string()),
         };
         let w = wiring(&spec, &[car("postgres", 5432), car("redis", 6379)]);
         for want in [
