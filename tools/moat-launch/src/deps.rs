@@ -343,7 +343,8 @@ pub fn close_matches(word: &str, candidates: &[String]) -> Vec<String> {
             let cbase = c.split('@').next().unwrap_or_default();
             let near = d <= 2.max(c.len() / 3)
                 || (!base.is_empty() && (cbase == base || cbase.starts_with(&base)))
-                || crate::config::edit_distance(&base, cbase) <= 1;
+                || crate::config::edit_distance(&base, cbase)
+                    <= if cbase.len() >= 5 { 2 } else { 1 };
             near.then_some((d, c))
         })
         .collect();
@@ -561,6 +562,8 @@ mod tests {
         let e = resolve("postgress@17").unwrap_err();
         assert!(e.contains("postgres@17"), "{e}");
         let e = resolve("reddis@7").unwrap_err();
+        assert!(e.contains("redis@7"), "{e}");
+        let e = resolve("redsi").unwrap_err();
         assert!(e.contains("redis@7"), "{e}");
         let e = resolve("node@19").unwrap_err();
         assert!(e.contains("18, 20, 22"), "{e}");
