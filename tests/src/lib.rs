@@ -122,8 +122,15 @@ impl Drop for Moat {
     fn drop(&mut self) {
         // Whatever a failed test left behind: the runs' containers and networks.
         for id in self.run_ids() {
+            // The main container and any service sidecar: everything labelled with the run.
+            let labelled = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label=moat.run={id}")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
             let _ = Command::new("docker")
                 .args(["rm", "-f", &format!("moat-{id}")])
+                .args(labelled.split_whitespace())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

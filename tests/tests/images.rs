@@ -75,23 +75,31 @@ fn dependencies_debian_cannot_provide_fail_clearly() {
         return;
     }
     let m = Moat::new();
-    std::fs::write(m.ws.join("moat.yaml"), "dependencies:\n  - python@3.9\n").unwrap();
+    std::fs::write(m.ws.join("moat.yaml"), "dependencies:\n  - python@3.12\n").unwrap();
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 69, "{}", r.stderr());
-    assert!(r.stderr().contains("python:3.9-slim"), "{}", r.stderr());
+    assert!(r.stderr().contains("python:3.12-slim"), "{}", r.stderr());
     assert!(r.stderr().contains("python 3.11"), "{}", r.stderr());
     let id = m.run_ids().pop().unwrap();
     let meta = m.metadata(&id);
     assert_eq!(meta["state"], "failed");
     assert!(
-        meta["reason"].as_str().unwrap().contains("python:3.9-slim"),
+        meta["reason"]
+            .as_str()
+            .unwrap()
+            .contains("python:3.12-slim"),
         "{meta}"
     );
 
-    std::fs::write(m.ws.join("moat.yaml"), "dependencies:\n  - postgres@17\n").unwrap();
+    // docker:dind is in the registry but refused, with the reason.
+    std::fs::write(m.ws.join("moat.yaml"), "dependencies:\n  - docker:dind\n").unwrap();
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 69, "{}", r.stderr());
-    assert!(r.stderr().contains("not built yet"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("undo the run's firewall"),
+        "{}",
+        r.stderr()
+    );
 }
 
 #[test]

@@ -17,7 +17,8 @@ pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
        moat-launch promote RUN [--to DIR] [--force]
        moat-launch system images|containers [--json] [--all]
        moat-launch image bootstrap [--force]
-       moat-launch volumes [ls [--json] | rm NAME... [--force] | prune [--all] [--force]]";
+       moat-launch volumes [ls [--json] | rm NAME... [--force] | prune [--all] [--force]]
+       moat-launch deps [list [--json] | info NAME [--json]]";
 
 pub const HELP: &str =
     "Run a command or agent in a container whose only network path is moat's proxy.
@@ -38,6 +39,8 @@ Commands:
     system images|containers the Docker images and containers moat created
     image bootstrap          build debian:bookworm-slim from Debian packages
     volumes [ls|rm NAME|prune]  list or delete the volumes kept per agent
+    deps [list]              list the dependencies a run can name (kind, versions, what each gives)
+    deps info NAME           show one dependency in full (image, packages, variables, ports)
 
 RUN is a run id, an id prefix or a name; it defaults to the latest run.
 
@@ -61,7 +64,7 @@ Other options:
     -f, --follow             logs: keep printing until the run ends
     --network                trace: show network requests (the default)
     -v, --verbose            trace: show grant, policy and errors
-    --json                   list, trace, status, snapshot, system, volumes: JSON lines
+    --json                   list, trace, status, snapshot, system, volumes, deps: JSON lines
     --promoted               list: the promoted runs
     --label TEXT             snapshot: a note kept with the snapshot
     --to DIR                 promote: where to copy (default MOAT_HOME/promoted/RUN)
@@ -138,6 +141,13 @@ pub enum Command {
         json: bool,
         all: bool,
     },
+    Deps(DepsCmd),
+}
+
+#[derive(Debug)]
+pub enum DepsCmd {
+    List { json: bool },
+    Info { name: String, json: bool },
 }
 
 #[derive(Debug)]
@@ -251,6 +261,7 @@ where
                 "snapshot" | "snapshots" => parse_snapshot(&mut p),
                 "promote" => parse_promote(&mut p),
                 "system" => parse_system(&mut p),
+                "deps" => parse_deps(&mut p),
                 other => Err(usage(format!("unknown command {other:?}"))),
             }
         }
@@ -534,6 +545,35 @@ fn parse_system(p: &mut lexopt::Parser) -> Result<Command> {
         json,
         all,
     })
+}
+
+fn parse_deps(p: &mut lexopt::Parser) -> Result<Command> {
+    let (mut sub, mut json, mut names) = (None, false, vec![]);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Long("json") => json = true,
+            Value(v) if sub.is_none() => sub = Some(string(v, "deps command")?),
+            Value(v) => names.push(string(v, "dependency")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(format!("deps: {}", a.unexpected()))),
+        }
+    }
+    match sub.as_deref().unwrap_or("list") {
+        "list" | "ls" if names.is_empty() => Ok(Command::Deps(DepsCmd::List { json })),
+        "list" | "ls" => Err(usage("deps list takes no names; use deps info NAME")),
+        "info" | "show" => match names.as_slice() {
+            [n] => Ok(Command::Deps(DepsCmd::Info {
+                name: n.clone(),
+                json,
+            })),
+            _ => Err(usage(
+                "deps info: name one dependency, e.g. deps info postgres",
+            )),
+        },
+        other => Err(usage(format!(
+            "deps: unknown command {other:?} (list, info NAME)"
+        ))),
+    }
 }
 
 fn parse_image(p: &mut lexopt::Parser) -> Result<Command> {

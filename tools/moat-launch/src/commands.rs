@@ -74,6 +74,9 @@ pub fn reconcile_one(store: &Store, id: &str) -> Result<()> {
             };
             let _ = d.remove_container(c, Some(opts)).await;
         }
+        // Service sidecars (and anything else labelled with the run) go before the network.
+        let rest = crate::services::containers_of(&d, &m.id).await;
+        crate::services::remove(&d, &rest).await;
         if let Some(n) = &m.network {
             crate::network::remove(&d, n).await;
         }
@@ -430,6 +433,11 @@ pub fn clean(force: bool) -> Result<()> {
     let mut removed = 0;
     if let Some(d) = d {
         rt.block_on(async {
+            // Containers a removed run left behind (a sidecar a killed supervisor missed).
+            for m in &runs {
+                let left = crate::services::containers_of(&d, &m.id).await;
+                crate::services::remove(&d, &left).await;
+            }
             crate::network::remove_spares(&d).await;
             for i in &images {
                 let opts = bollard::query_parameters::RemoveImageOptions {

@@ -31,6 +31,8 @@ pub struct Config {
     pub sandbox: Option<String>,
     pub container: Container,
     pub snapshots: Snapshots,
+    pub services: BTreeMap<String, ServiceConfig>,
+    pub language_servers: Vec<String>,
 }
 
 /// `snapshots:`. Only the pre-run and manual snapshots exist; the git-commit, build and
@@ -93,6 +95,15 @@ impl Default for SnapshotSpec {
             delete_initial: false,
         }
     }
+}
+
+/// `services.<name>`: overrides for a service dependency's sidecar.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct ServiceConfig {
+    pub env: BTreeMap<String, String>,
+    pub image: Option<String>,
+    pub wait: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -183,6 +194,11 @@ pub struct RunSpec {
     /// `--worktree`: the worktree the run works in (`workspace` is its path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<crate::worktree::Worktree>,
+    /// `services:` overrides, by service name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    #[serde(default)]
+    pub language_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -238,11 +254,9 @@ const TOP: &[&str] = &[
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run).
 const INERT: &[&str] = &[
-    "services",
     "claude",
     "codex",
     "gemini",
-    "language_servers",
     "mcp",
     "tracing",
 ];
@@ -435,7 +449,7 @@ fn suggest<'a>(k: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -480,7 +494,78 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
     }
     net_rules(&c.network.rules).map_err(|m| bad(file, text, "rules", "network.rules", m))?;
     for d in &c.dependencies {
-        check_dependency(d).map_err(|m| bad(file, text, "dependencies", "dependencies", m))?;
+        check_dependency(d).map_err(|m| {
+            let at = line_of_item(text, d)
+                .or_else(|| line_of(text, "dependencies"))
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            Error::config(format!("{file}{at}: dependencies: {m}"))
+        })?;
+    }
+    let declared: Vec<String> = c
+        .dependencies
+        .iter()
+        .filter_map(|d| crate::deps::resolve(d).ok())
+        .filter(|d| d.entry.kind == crate::deps::Kind::Service)
+        .map(|d| d.entry.name.clone())
+        .collect();
+    for (i, n) in declared.iter().enumerate() {
+        if declared[..i].contains(n) {
+            return Err(bad(
+                file,
+                text,
+                "dependencies",
+                "dependencies",
+                format!("the service {n} is listed twice; a run has one {n} sidecar"),
+            ));
+        }
+    }
+    for (name, s) in &c.services {
+        if !declared.contains(name) {
+            let what = if declared.is_empty() {
+                "no service is in dependencies".to_string()
+            } else {
+                format!("the services in dependencies are {}", declared.join(", "))
+            };
+            return Err(bad(
+                file,
+                text,
+                name,
+                &format!("services.{name}"),
+                format!(
+                    "{name:?} is not a service dependency of this run ({what}); add e.g. {name}@VERSION to dependencies"
+                ),
+            ));
+        }
+        for k in s.env.keys() {
+            let ok = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(bad(
+                    file,
+                    text,
+                    k,
+                    &format!("services.{name}.env"),
+                    format!("{k:?} is not a valid environment variable name"),
+                ));
+            }
+        }
+        if let Some(i) = &s.image
+            && (i.is_empty() || i.chars().any(char::is_whitespace))
+        {
+            return Err(bad(
+                file,
+                text,
+                "image",
+                &format!("services.{name}.image"),
+                format!("{i:?} is not an image reference"),
+            ));
+        }
+    }
+    for l in &c.language_servers {
+        crate::deps::language_server(l)
+            .map_err(|m| bad(file, text, "language_servers", "language_servers", m))?;
     }
     for g in &c.grants {
         if g.trim().is_empty() {
@@ -641,21 +726,26 @@ fn check_env_name(k: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Runtime dependencies the reference lists, plus the ones Debian provides directly.
+/// A dependency must be in the registry (deps.yaml), at a version it offers.
 pub fn check_dependency(d: &str) -> std::result::Result<(), String> {
-    let (name, ver) = d.split_once('@').unwrap_or((d, ""));
-    let ok = match name {
-        "node" | "python" | "go" | "postgres" | "mysql" | "redis" => !ver.is_empty(),
-        "git" | "aws" | "docker:host" | "docker:dind" => ver.is_empty(),
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{d:?} is not a supported dependency (e.g. node@20, python@3.11, go@1.22, git, aws)"
-        ))
-    }
+    crate::deps::resolve(d).map(|_| ())
+}
+
+/// The 1-based line of a list item `d` (block `- d` or inside a flow `[..., d]`).
+fn line_of_item(text: &str, d: &str) -> Option<usize> {
+    let unq = |s: &str| s.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+    text.lines()
+        .position(|l| {
+            let t = l.trim();
+            if let Some(rest) = t.strip_prefix("- ") {
+                return unq(rest.split(" #").next().unwrap_or(rest)) == d;
+            }
+            match (t.find('['), t.rfind(']')) {
+                (Some(a), Some(b)) if a < b => t[a + 1..b].split(',').any(|x| unq(x) == d),
+                _ => false,
+            }
+        })
+        .map(|i| i + 1)
 }
 
 fn check_volume(v: &Volume) -> std::result::Result<(), String> {
@@ -889,6 +979,8 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         snapshots,
         docker_volumes: vec![],
         worktree: None,
+        services: c.services.clone(),
+        language_servers: c.language_servers.clone(),
     })
 }
 
@@ -1023,6 +1115,41 @@ mod tests {
         assert!(e.msg.contains("[a-z0-9]"), "{}", e.msg);
         let e = parse("env:\n  HTTP_PROXY: x\n", "m.yaml").unwrap_err();
         assert!(e.msg.contains("m.yaml:2: env.HTTP_PROXY"), "{}", e.msg);
+    }
+
+    #[test]
+    fn dependencies_are_checked_against_the_registry_at_their_line() {
+        let e = parse(
+            "name: x\ndependencies:\n  - node@20\n  - postgress@17\n",
+            "moat.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(e.code, moat_core::exit::CONFIG);
+        assert!(
+            e.msg
+                .starts_with("moat.yaml:4: dependencies: unknown dependency \"postgress@17\""),
+            "{}",
+            e.msg
+        );
+        assert!(e.msg.contains("postgres@17"), "{}", e.msg);
+        let e = parse("dependencies: [git, \"reddis@7\"]\n", "m.yaml").unwrap_err();
+        assert!(e.msg.starts_with("m.yaml:1:"), "{}", e.msg);
+        let e = parse("dependencies: [redis@7, redis@7]\n", "m.yaml").unwrap_err();
+        assert!(e.msg.contains("listed twice"), "{}", e.msg);
+        let e = parse(
+            "dependencies: [redis@7]\nservices:\n  redis:\n    env:\n      9X: y\n",
+            "m.yaml",
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("services.redis.env"), "{}", e.msg);
+        let (c, w) = parse(
+            "dependencies: [redis@7]\nservices:\n  redis:\n    image: r:1\n    wait: false\n",
+            "m.yaml",
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.services["redis"].wait, Some(false));
+        assert_eq!(c.services["redis"].image.as_deref(), Some("r:1"));
     }
 
     #[test]

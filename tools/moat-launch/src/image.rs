@@ -8,6 +8,7 @@
 //! CA rotation.
 
 use crate::config::RunSpec;
+use crate::deps::Kind;
 use crate::docker::{self, LABEL_IMAGE};
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -30,6 +31,8 @@ pub struct Plan {
     pub fallback: Option<Fallback>,
     pub packages: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Shell steps run as root after the packages.
+    pub run: Vec<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -38,78 +41,92 @@ pub struct Fallback {
     pub env: Vec<(String, String)>,
 }
 
-/// What Debian bookworm carries for a runtime at a version, if it does.
-fn debian_runtime(name: &str, ver: &str) -> Option<Fallback> {
-    let (pk, env): (&[&str], Vec<(String, String)>) = match (name, ver) {
-        ("node", "18") => (&["nodejs", "npm"], vec![]),
-        ("python", "3.11" | "3") => (&["python3", "python3-pip", "python3-venv"], vec![]),
-        ("go", "1.19") => (
-            &["golang-1.19-go"],
-            vec![(
-                "PATH".into(),
-                "/usr/lib/go-1.19/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                    .into(),
-            )],
-        ),
-        _ => return None,
-    };
-    Some(Fallback {
-        packages: pk.iter().map(|s| s.to_string()).collect(),
-        env,
-    })
-}
-
-fn official_image(name: &str, ver: &str) -> String {
-    match name {
-        "node" => format!("node:{ver}-slim"),
-        "python" => format!("python:{ver}-slim"),
-        _ => format!("golang:{ver}"),
+fn fallback(i: &crate::deps::Install) -> Fallback {
+    Fallback {
+        packages: i.packages.clone(),
+        env: i.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 
-pub fn plan(deps: &[String], want_git: bool, want_ssh: bool) -> Result<Plan> {
+/// What Debian carries for runtimes, as the registry says ("node 18, python 3.11, go 1.19").
+pub fn debian_runtimes() -> String {
+    crate::deps::registry()
+        .iter()
+        .filter(|e| e.kind == Kind::Runtime)
+        .flat_map(|e| e.debian.keys().map(move |v| format!("{} {v}", e.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The image's base, packages, environment and build steps, from the registry entries of
+/// `dependencies` and `language_servers`.
+pub fn plan(
+    spec_deps: &[String],
+    language_servers: &[String],
+    want_git: bool,
+    want_ssh: bool,
+) -> Result<Plan> {
     let mut p = Plan {
         base: BASE.into(),
         fallback: None,
         packages: vec![],
         env: vec![],
+        run: vec![],
     };
     let mut first_runtime = true;
-    for d in deps {
-        let (name, ver) = d.split_once('@').unwrap_or((d, ""));
-        match name {
-            "git" => {}
-            // The AWS CLI, from Debian (v2 in bookworm).
-            "aws" => p.packages.push("awscli".into()),
-            "node" | "python" | "go" => {
+    for d in spec_deps {
+        let dep = crate::deps::resolve(d).map_err(Error::config)?;
+        let e = dep.entry;
+        match e.kind {
+            Kind::Runtime => {
+                let deb = e.debian.get(&dep.version).map(fallback);
                 if first_runtime {
                     first_runtime = false;
-                    p.base = official_image(name, ver);
-                    p.fallback = debian_runtime(name, ver);
+                    p.base = e.image_for(&dep.version).expect("checked at load");
+                    p.fallback = deb;
                 } else {
-                    let f = debian_runtime(name, ver).ok_or_else(|| {
+                    let f = deb.ok_or_else(|| {
                         Error::unavailable(format!(
-                            "{d}: only the first runtime dependency chooses the base image, and Debian bookworm does not carry {name} {ver}"
+                            "{d}: only the first runtime dependency chooses the base image, and Debian bookworm does not carry {} {}",
+                            e.name, dep.version
                         ))
-                        .with_hint("Debian bookworm carries node 18, python 3.11 and go 1.19")
+                        .with_hint(format!("Debian bookworm carries {}", debian_runtimes()))
                     })?;
                     p.packages.extend(f.packages);
                     p.env.extend(f.env);
                 }
             }
-            _ => {
-                return Err(Error::unavailable(format!(
-                    "{d}: service and Docker dependencies are not built yet"
-                )));
+            // Services run in sidecars (services.rs); nothing goes in this image.
+            Kind::Service => {}
+            Kind::Docker if e.name == "docker:dind" => {
+                return Err(Error::unavailable(
+                    "docker:dind is not available: a privileged Docker daemon inside the run would let the agent undo the run's firewall (a privileged nested container can change the network it shares)",
+                )
+                .with_hint("use docker:host if you accept that the agent controls the host's Docker engine, or build images outside the run"));
+            }
+            Kind::Tool | Kind::Docker | Kind::LanguageServer => {
+                p.packages.extend(e.packages.iter().cloned());
+                p.env
+                    .extend(e.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+                p.run.extend(e.run.iter().cloned());
             }
         }
     }
-    if want_git || deps.iter().any(|d| d == "git") {
+    for l in language_servers {
+        let e = crate::deps::language_server(l).map_err(Error::config)?;
+        p.packages.extend(e.packages.iter().cloned());
+        p.env
+            .extend(e.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        p.run.extend(e.run.iter().cloned());
+    }
+    if want_git {
         p.packages.push("git".into());
     }
     if want_ssh {
         p.packages.push("openssh-client".into());
     }
+    let mut seen = std::collections::HashSet::new();
+    p.packages.retain(|x| seen.insert(x.clone()));
     Ok(p)
 }
 
@@ -133,15 +150,9 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
 
-pub fn dockerfile(
-    base: &str,
-    packages: &[String],
-    env: &[(String, String)],
-    uid: u32,
-    gid: u32,
-    spec: &RunSpec,
-    ca: bool,
-) -> String {
+/// The Dockerfile for a plan whose fallback (if any) has been applied.
+pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> String {
+    let (base, packages, env, run) = (&plan.base, &plan.packages, &plan.env, &plan.run);
     let mut f = String::new();
     let w = &mut f;
     let mut line = |s: &str| {
@@ -185,6 +196,9 @@ pub fn dockerfile(
     ));
     for (k, v) in env {
         line(&format!("ENV {k}={}", json_str(v)));
+    }
+    for r in run {
+        line(&format!("RUN [\"/bin/sh\", \"-c\", {}]", json_str(r)));
     }
     if let Some(h) = &spec.hooks.post_build_root {
         line(&format!("RUN [\"/bin/sh\", \"-c\", {}]", json_str(h)));
@@ -281,7 +295,12 @@ pub async fn prepare(
 ) -> Result<Context> {
     let want_git = spec.grants.iter().any(|g| g == "github");
     let want_ssh = spec.grants.iter().any(|g| g.starts_with("ssh:"));
-    let plan = plan(&spec.dependencies, want_git, want_ssh)?;
+    let plan = plan(
+        &spec.dependencies,
+        &spec.language_servers,
+        want_git,
+        want_ssh,
+    )?;
     let (mut base, mut packages, mut env) =
         (plan.base.clone(), plan.packages.clone(), plan.env.clone());
     let mut base_id = docker::image_id(d, &base).await?;
@@ -309,7 +328,8 @@ pub async fn prepare(
                         )
                     } else {
                         err.with_hint(format!(
-                            "no registry answered and Debian bookworm does not carry this version (it has node 18, python 3.11, go 1.19); load {base} with `docker load`, or choose one of those"
+                            "no registry answered and Debian bookworm does not carry this version (it has {}); load {base} with `docker load`, or choose one of those",
+                            debian_runtimes()
                         ))
                     };
                     return Err(err);
@@ -332,7 +352,14 @@ pub async fn prepare(
     let (uid, gid) = host_ids(&spec.workspace);
     let bake_ca = spec.hooks.post_build_root.is_some() || spec.hooks.post_build.is_some();
     let ca = if bake_ca { ca_pem } else { None };
-    let df = dockerfile(&base, &packages, &env, uid, gid, spec, ca.is_some());
+    let applied = Plan {
+        base: base.clone(),
+        fallback: None,
+        packages,
+        env,
+        run: plan.run.clone(),
+    };
+    let df = dockerfile(&applied, uid, gid, spec, ca.is_some());
     let mut files: Vec<(&str, &[u8], u32)> = vec![
         ("Dockerfile", df.as_bytes(), 0o644),
         ("moat-init", INIT.as_bytes(), 0o755),
@@ -352,7 +379,7 @@ pub async fn prepare(
     })
 }
 
-async fn pull(d: &Docker, image: &str) -> Result<()> {
+pub async fn pull(d: &Docker, image: &str) -> Result<()> {
     let opts = bollard::query_parameters::CreateImageOptions {
         from_image: Some(image.into()),
         ..Default::default()
@@ -519,15 +546,31 @@ mod tests {
 
     #[test]
     fn plans_follow_the_reference_table() {
-        assert_eq!(plan(&[], false, false).unwrap().base, BASE);
-        let p = plan(&["node@20".into(), "git".into()], false, false).unwrap();
+        assert_eq!(plan(&[], &[], false, false).unwrap().base, BASE);
+        let p = plan(&["node@20".into(), "git".into()], &[], true, false).unwrap();
         assert_eq!(p.base, "node:20-slim");
         assert!(p.fallback.is_none());
         assert_eq!(p.packages, ["git"]);
-        let p = plan(&["node@18".into()], false, false).unwrap();
+        let p = plan(&["node@18".into()], &[], false, false).unwrap();
         assert_eq!(p.fallback.unwrap().packages, ["nodejs", "npm"]);
-        assert!(plan(&["node@18".into(), "python@3.12".into()], false, false).is_err());
-        assert!(plan(&["postgres@17".into()], false, false).is_err());
+        let e = plan(&["node@18".into(), "python@3.12".into()], &[], false, false).unwrap_err();
+        assert!(e.hint.unwrap().contains("python 3.11"));
+        // A service is a sidecar: nothing in the image.
+        let p = plan(&["postgres@17".into(), "psql".into()], &[], false, false).unwrap();
+        assert_eq!(
+            (p.base.as_str(), p.packages),
+            (BASE, vec!["postgresql-client".to_string()])
+        );
+        let e = plan(&["docker:dind".into()], &[], false, false).unwrap_err();
+        assert_eq!(e.code, moat_core::exit::UNAVAILABLE);
+        let p = plan(&["docker:host".into()], &["go".into()], false, false).unwrap();
+        assert_eq!(p.packages, ["docker.io", "gopls", "golang-go"]);
+        assert_eq!(
+            plan(&["nod@20".into()], &[], false, false)
+                .unwrap_err()
+                .code,
+            moat_core::exit::CONFIG
+        );
     }
 
     #[test]

@@ -8,12 +8,14 @@ mod attach;
 mod aws;
 mod commands;
 mod config;
+mod deps;
 mod docker;
 mod image;
 mod network;
 mod promote;
 mod run;
 mod snapshot;
+mod services;
 mod store;
 mod system;
 mod tty;
@@ -88,6 +90,8 @@ fn real_main() -> Result<()> {
             commands::reconcile_all(&store)?;
             system::command(&store, containers, json, all)
         }
+        Command::Deps(args::DepsCmd::List { json }) => deps::list(json),
+        Command::Deps(args::DepsCmd::Info { name, json }) => deps::info(&name, json),
         Command::Bootstrap { force } => runtime()?.block_on(image::bootstrap(force)),
     }
 }

@@ -15,6 +15,17 @@ addr=${MOAT_PROXY_ADDR:-}
 ip=${addr%:*}
 port=${addr##*:}
 
+# Service sidecars (MOAT_SERVICE_ADDRS="ip:port,ip:port"): each address and port, and only it.
+services=""
+for sa in $(printf '%s' "${MOAT_SERVICE_ADDRS:-}" | tr ',' ' '); do
+	sip=${sa%:*}
+	sport=${sa##*:}
+	case "$sip" in *[!0-9.]* | "") die "bad service address $sa" ;; esac
+	case "$sport" in *[!0-9]* | "") die "bad service port in $sa" ;; esac
+	services="$services-A OUTPUT -d $sip/32 -p tcp -m tcp --dport $sport -j ACCEPT
+"
+done
+
 # One atomic ruleset per family: loopback (but not Docker's embedded resolver at 127.0.0.11,
 # which forwards to the host's resolvers), replies, and the proxy's address and port.
 rules4="*filter
@@ -24,7 +35,7 @@ rules4="*filter
 -A OUTPUT -d 127.0.0.11/32 -j DROP
 -A OUTPUT -o lo -j ACCEPT
 -A OUTPUT -d $ip/32 -p tcp -m tcp --dport $port -j ACCEPT
--A OUTPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
+$services-A OUTPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
 COMMIT
 "
 rules6="*filter
@@ -63,7 +74,17 @@ fi
 if [ -n "${MOAT_TTY_SIZE:-}" ] && [ -t 0 ]; then
 	stty rows "${MOAT_TTY_SIZE% *}" cols "${MOAT_TTY_SIZE#* }" 2>/dev/null || true
 fi
-unset MOAT_PROXY_ADDR MOAT_TTY_SIZE
+# docker:host: moatuser joins the group that owns the mounted Docker socket.
+if [ -n "${MOAT_DOCKER_GID:-}" ]; then
+	case "$MOAT_DOCKER_GID" in *[!0-9]*) die "bad MOAT_DOCKER_GID" ;; esac
+	g=$(getent group "$MOAT_DOCKER_GID" | cut -d: -f1)
+	if [ -z "$g" ]; then
+		groupadd -g "$MOAT_DOCKER_GID" moat-docker || die "cannot create the Docker socket's group"
+		g=moat-docker
+	fi
+	usermod -aG "$g" moatuser || die "cannot give moatuser the Docker socket's group"
+fi
+unset MOAT_PROXY_ADDR MOAT_TTY_SIZE MOAT_SERVICE_ADDRS MOAT_DOCKER_GID
 export HOME=/home/moatuser USER=moatuser LOGNAME=moatuser
 
 uid=$(id -u moatuser) && gid=$(id -g moatuser) || die "the image has no moatuser"

@@ -117,6 +117,11 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
     if spec.dependencies.iter().any(|d| d == "git") {
         import_git_identity(&mut spec);
     }
+    if spec.dependencies.iter().any(|d| d == "docker:host") {
+        eprintln!(
+            "moat-launch: WARNING: docker:host mounts the host's Docker socket in the run: the agent can start privileged containers, read every file on the host and leave the network policy behind. Use it only with agents you trust as much as your own shell."
+        );
+    }
     let id = moat_core::new_run_id();
     let meta = Metadata {
         v: 1,
@@ -229,6 +234,8 @@ struct Resources {
     docker: Option<Docker>,
     network: Option<String>,
     container: Option<String>,
+    /// Service sidecars, removed before the network.
+    sidecars: Vec<String>,
     proxy: Option<Child>,
     proxy_pump: Option<tokio::task::JoinHandle<()>>,
     ssh: Option<Child>,
@@ -341,6 +348,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         docker: None,
         network: None,
         container: None,
+        sidecars: vec![],
         proxy: None,
         proxy_pump: None,
         ssh: None,
@@ -521,6 +529,8 @@ async fn release(r: &mut Resources) {
                 eprintln!("moat: warning: removing container: {}", docker::short(&e));
             }
         }
+        let cars = std::mem::take(&mut r.sidecars);
+        crate::services::remove(d, &cars).await;
         if let Some(n) = r.network.take() {
             crate::network::remove(d, &n).await;
             crate::network::replenish(d).await;
@@ -612,6 +622,23 @@ async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
         }
     }
     Ok(out)
+}
+
+/// The host's Docker socket (DOCKER_HOST's when it names one) and its group id.
+fn docker_host_socket() -> Result<(String, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let sock = match std::env::var("DOCKER_HOST") {
+        Ok(h) if h.starts_with("unix://") => h["unix://".len()..].to_string(),
+        Ok(h) if !h.is_empty() => {
+            return Err(Error::config(format!(
+                "docker:host needs a local Docker socket, and DOCKER_HOST is {h}"
+            )));
+        }
+        _ => "/var/run/docker.sock".to_string(),
+    };
+    let m = std::fs::metadata(&sock)
+        .map_err(|e| Error::io(format!("docker:host: the Docker socket {sock}"), e))?;
+    Ok((sock, m.gid()))
 }
 
 /// A free port on `ip` (the proxy binds it right after; the window is tiny and per-run).
@@ -729,6 +756,28 @@ async fn lifecycle(
         (docker::LABEL_NAME.to_string(), spec.name.clone()),
     ]);
     phase("network");
+
+    // Service sidecars start now; their readiness is awaited just before the command starts.
+    let mut cars = vec![];
+    let started =
+        crate::services::start(&d, id, &net_name, spec, &mut cars, &mut std::io::stderr()).await;
+    res.sidecars
+        .extend(cars.iter().map(|c| c.container.clone()));
+    started?;
+    if !cars.is_empty() {
+        let names: Vec<String> = cars.iter().map(|c| c.service.clone()).collect();
+        store.update(id, |m| m.services = names.clone())?;
+        if let Some(a) = &res.audit {
+            for c in &cars {
+                a.event(
+                    "service_started",
+                    serde_json::json!({"run": id, "service": c.service, "image": c.image, "container_id": c.container, "port": c.port}),
+                );
+            }
+        }
+        phase("sidecars started");
+    }
+    let wiring = crate::services::wiring(spec, &cars);
 
     // The image: worked out first, so the proxy knows whether this run builds.
     let ca_path = home.ca_dir().join("ca.crt");
@@ -855,10 +904,17 @@ async fn lifecycle(
     for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
         env.push(format!("{k}={proxy_url}"));
     }
-    let no_proxy = format!("localhost,127.0.0.1,::1,{pip}");
+    let mut no_proxy = format!("localhost,127.0.0.1,::1,{pip}");
+    for c in &cars {
+        no_proxy.push_str(&format!(",{},{}", c.service, c.ip));
+    }
     env.push(format!("NO_PROXY={no_proxy}"));
     env.push(format!("no_proxy={no_proxy}"));
     env.push(format!("MOAT_PROXY_ADDR={pip}:{pport}"));
+    if !wiring.allow.is_empty() {
+        env.push(format!("MOAT_SERVICE_ADDRS={}", wiring.allow.join(",")));
+    }
+    env.extend(wiring.env.iter().cloned());
     env.push(format!("MOAT_RUN_ID={id}"));
     env.push(format!("MOAT_RUN_NAME={}", spec.name));
     env.push("GIT_CONFIG_COUNT=1".into());
@@ -945,6 +1001,20 @@ async fn lifecycle(
     if let Some(d) = &aws_dir {
         binds.push(format!("{}:{}:ro", d.display(), crate::aws::MOUNT));
     }
+    if spec.dependencies.iter().any(|d| d == "docker:host") {
+        let (sock, gid) = docker_host_socket()?;
+        eprintln!(
+            "moat: WARNING: docker:host: {sock} is mounted in this run; the agent controls the host's Docker engine, and through it the host (and it can bypass the run's firewall)"
+        );
+        if let Some(a) = &res.audit {
+            a.event(
+                "docker_host_mounted",
+                serde_json::json!({"run": id, "socket": sock}),
+            );
+        }
+        binds.push(format!("{sock}:/var/run/docker.sock"));
+        env.push(format!("MOAT_DOCKER_GID={gid}"));
+    }
     let host = bollard::models::HostConfig {
         binds: Some(binds),
         network_mode: Some(net_name.clone()),
@@ -957,6 +1027,11 @@ async fn lifecycle(
         memory: spec.memory_mb.map(|m| (m * 1024 * 1024) as i64),
         nano_cpus: spec.cpus.map(|c| i64::from(c) * 1_000_000_000),
         runtime: runtime.clone(),
+        extra_hosts: if wiring.hosts.is_empty() {
+            None
+        } else {
+            Some(wiring.hosts.clone())
+        },
         // tini as PID 1: signals reach the command (a shell as PID 1 ignores SIGTERM).
         init: Some(true),
         ..Default::default()
@@ -998,6 +1073,10 @@ async fn lifecycle(
         .await?;
     }
     phase("container created");
+    if cars.iter().any(|c| c.wait) {
+        crate::services::wait_ready(&d, &cars, &mut std::io::stderr()).await?;
+        phase("services ready");
+    }
     store.update(id, |m| m.container_id = Some(created.id.clone()))?;
     if spec.interactive && !spec.detach {
         // Start once the CLI is attached, so the first output reaches the terminal.
