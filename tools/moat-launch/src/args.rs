@@ -8,6 +8,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
+       moat-launch claude|codex|gemini [OPTIONS] [-p PROMPT] [PATH] [-- CLI ARGS...]
+       moat-launch claude|codex|gemini sessions [--json]
        moat-launch attach|logs|trace|stop|destroy [OPTIONS] [RUN]
        moat-launch list|status|clean [OPTIONS]
        moat-launch image bootstrap [--force]
@@ -18,6 +20,9 @@ pub const HELP: &str =
 
 Commands:
     run [PATH] [-- CMD...]   start a run in workspace PATH (default: .)
+    claude|codex|gemini [PATH] [-- ARGS...]
+                             run Claude Code, Codex or the Gemini CLI in PATH
+    claude|codex|gemini sessions  list the runs whose session logs were kept
     attach [-i[=false]] [RUN]  follow a run (Ctrl+C detaches, twice stops; -i: its TTY)
     list                     list runs
     status                   show runs, images, Docker and CA health
@@ -43,6 +48,11 @@ Run options:
     --policy POLICY          network policy: permissive or strict
     --allow-host HOST        allow HOST under the strict policy (repeatable)
     --runtime RUNTIME        container runtime: docker
+
+Agent options (claude, codex, gemini; with the run options):
+    -p, --prompt PROMPT      answer PROMPT and exit (non-interactive)
+    --keep-prompts           keep the CLI's own permission and trust prompts
+    --resume RUN             continue the session kept by RUN (needs sync_logs)
 
 Other options:
     -n, --lines N            logs: print the last N lines
@@ -70,6 +80,11 @@ pub struct RunArgs {
     pub policy: Option<String>,
     pub allow_hosts: Vec<String>,
     pub runtime: Option<String>,
+    /// `claude`, `codex` or `gemini` for the agent subcommands.
+    pub agent: Option<String>,
+    pub prompt: Option<String>,
+    pub keep_prompts: bool,
+    pub resume: Option<String>,
 }
 
 #[derive(Debug)]
@@ -78,6 +93,10 @@ pub enum Command {
     Version,
     Run(RunArgs),
     Supervise(String),
+    Sessions {
+        cli: String,
+        json: bool,
+    },
     Attach {
         run: Option<String>,
         interactive: Option<bool>,
@@ -142,9 +161,7 @@ where
             let sub = string(v, "command")?;
             match sub.as_str() {
                 "run" => parse_run(&mut p).map(Command::Run),
-                "claude" | "codex" | "gemini" => Err(Error::unavailable(format!(
-                    "`moat {sub}` is not built yet; use `moat run -- {sub}` with an image that carries it"
-                ))),
+                "claude" | "codex" | "gemini" => parse_agent(&mut p, &sub),
                 "__supervise" => {
                     let id = one_run(&mut p)?.ok_or_else(|| usage("__supervise needs a run id"))?;
                     Ok(Command::Supervise(id))
@@ -181,8 +198,40 @@ where
     }
 }
 
+fn parse_agent(p: &mut lexopt::Parser, cli: &str) -> Result<Command> {
+    if let Ok(mut raw) = p.raw_args()
+        && raw.peek() == Some("sessions".as_ref())
+    {
+        raw.next();
+        let json = json_only(p)?;
+        return Ok(Command::Sessions {
+            cli: cli.to_string(),
+            json,
+        });
+    }
+    let mut r = RunArgs {
+        agent: Some(cli.to_string()),
+        ..Default::default()
+    };
+    parse_run_into(p, &mut r)?;
+    if r.interactive && r.prompt.is_some() {
+        return Err(usage("-p answers one prompt without a terminal; drop -i"));
+    }
+    if r.prompt.is_none() && !r.detach {
+        // Without a prompt the CLI is interactive: it needs this terminal.
+        r.interactive = true;
+    }
+    Ok(Command::Run(r))
+}
+
 fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
     let mut r = RunArgs::default();
+    parse_run_into(p, &mut r)?;
+    Ok(r)
+}
+
+fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
+    let agent = r.agent.is_some();
     loop {
         // `--` ends the options; everything after it is the command, verbatim.
         if let Ok(mut raw) = p.raw_args()
@@ -190,7 +239,7 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
         {
             raw.next();
             let cmd: Vec<String> = raw.map(|s| string(s, "command")).collect::<Result<_>>()?;
-            if cmd.is_empty() {
+            if cmd.is_empty() && !agent {
                 return Err(usage("no command after --"));
             }
             r.command = Some(cmd);
@@ -215,6 +264,13 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
                 .allow_hosts
                 .push(string(p.value().map_err(lex)?, "--allow-host")?),
             Long("runtime") => r.runtime = Some(string(p.value().map_err(lex)?, "--runtime")?),
+            Short('p') | Long("prompt") if agent => {
+                r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)
+            }
+            Long("keep-prompts") if agent => r.keep_prompts = true,
+            Long("resume") if agent => {
+                r.resume = Some(string(p.value().map_err(lex)?, "--resume")?)
+            }
             Short('h') | Long("help") => return Err(help_exit()),
             Value(v) if r.path.is_none() => r.path = Some(PathBuf::from(v)),
             Value(v) => {
@@ -226,7 +282,7 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
             _ => return Err(usage(a.unexpected().to_string())),
         }
     }
-    Ok(r)
+    Ok(())
 }
 
 fn help_exit() -> Error {
@@ -396,6 +452,25 @@ mod tests {
     fn run_command_may_carry_dashes() {
         let r = run(&["run", "--", "sh", "-c", "echo --x"]);
         assert_eq!(r.command.unwrap(), ["sh", "-c", "echo --x"]);
+    }
+
+    #[test]
+    fn agents_take_a_prompt_and_pass_the_rest() {
+        match parse_from(["claude", "-p", "hi", "ws", "--", "--model", "x"]).unwrap() {
+            Command::Run(r) => {
+                assert_eq!(r.agent.as_deref(), Some("claude"));
+                assert_eq!(r.prompt.as_deref(), Some("hi"));
+                assert_eq!(r.path, Some(PathBuf::from("ws")));
+                assert_eq!(r.command.unwrap(), ["--model", "x"]);
+                assert!(!r.interactive);
+            }
+            c => panic!("{c:?}"),
+        }
+        assert!(matches!(
+            parse_from(["codex", "sessions", "--json"]).unwrap(),
+            Command::Sessions { json: true, .. }
+        ));
+        assert!(parse_from(["run", "-p", "x"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! trace, stop, destroy, clean and status.
 #![forbid(unsafe_code)]
 
+mod agent;
+mod agent_run;
 mod args;
 mod attach;
 mod aws;
@@ -11,6 +13,7 @@ mod config;
 mod docker;
 mod image;
 mod network;
+mod refresh;
 mod run;
 mod store;
 mod tty;
@@ -42,6 +45,7 @@ fn real_main() -> Result<()> {
         Command::Version => cli::print_version("moat-launch"),
         Command::Run(r) => exit_with(run::start(r)?),
         Command::Supervise(id) => runtime()?.block_on(run::supervise(&id)),
+        Command::Sessions { cli, json } => commands::sessions(&cli, json),
         Command::Attach { run, interactive } => {
             let store = commands::store()?;
             commands::reconcile_all(&store)?;

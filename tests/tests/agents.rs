@@ -1,0 +1,242 @@
+//! `moat claude` / `moat codex` / `moat gemini` end to end: the real CLIs from their npm
+//! packages, installed in the run's image at build time through the build-time proxy, run in
+//! a real container against loopback stand-ins for the providers (`moat_standins`), reached
+//! through the run's proxy with `MOAT_PROXY_CONNECT_TO` and trusted through
+//! `MOAT_PROXY_EXTRA_CA`. The stand-ins answer only the real credential; the container holds
+//! placeholders. The image is built once (its tag is a hash of its content, the same for
+//! every MOAT_HOME) and shared by every test.
+
+use moat_e2e::{Moat, docker_ready, run_with_deadline};
+use moat_standins::{Kind, Options, Standin};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const ANSWER: &str = "Hello from the moat stand-in, streamed in pieces.";
+
+fn canary(prefix: &str) -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}E2eCanary{n:x}DoNotLeak0123456789abcdefABCDEF")
+}
+
+fn with_standin(opts: Options) -> (Moat, Standin) {
+    let st = Standin::start_with(opts);
+    let mut m = Moat::new();
+    m.env
+        .env("MOAT_PROXY_CONNECT_TO", st.connect_to().join(","))
+        .env("MOAT_PROXY_EXTRA_CA", st.ca_pem_path());
+    (m, st)
+}
+
+fn epoch_ms_in(secs: i64) -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    now + secs * 1000
+}
+
+/// `moat grant anthropic`, imported from a Claude Code sign-in in the test's HOME (then the
+/// file is removed: from here on the token lives only in moat's encrypted store).
+fn grant_claude_subscription(m: &Moat, access: &str, refresh: &str, expires_in_secs: i64) {
+    let f = m.env.home.join(".claude/.credentials.json");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(
+        &f,
+        serde_json::json!({"claudeAiOauth": {
+            "accessToken": access,
+            "refreshToken": refresh,
+            "expiresAt": epoch_ms_in(expires_in_secs),
+            "scopes": ["user:inference", "user:profile"],
+            "subscriptionType": "max"
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", "anthropic", "--no-validate"]);
+    let r = run_with_deadline(c, "moat grant anthropic".into(), None, 60);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    std::fs::remove_dir_all(m.env.home.join(".claude")).unwrap();
+}
+
+fn grant_stdin(m: &Moat, provider: &str, secret: &str) {
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", provider, "--token-stdin", "--no-validate"]);
+    let r = run_with_deadline(
+        c,
+        format!("moat grant {provider}"),
+        Some(secret.as_bytes()),
+        60,
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+}
+
+/// Nothing under MOAT_HOME holds `secret` (logs, traces, audit, spec, staged files).
+fn no_artifact_holds(m: &Moat, secret: &str) {
+    let hits = moat_testkit::files_containing(m.moat_home(), secret.as_bytes());
+    assert!(hits.is_empty(), "{secret} found in {hits:?}");
+}
+
+/// The container's files, environment and command lines hold no `secret`.
+fn container_holds_none(name: &str, secrets: &[&str]) {
+    for s in secrets {
+        let export = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker export {name} | grep -a -c -F '{s}' || true"
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&export.stdout).trim(),
+            "0",
+            "token in the container's files"
+        );
+    }
+    let procs = Command::new("docker")
+        .args([
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cat /home/moatuser/.claude/.credentials.json 2>/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&procs.stdout);
+    assert!(out.contains("HTTPS_PROXY="), "docker exec worked: {out}");
+    for s in secrets {
+        assert!(!out.contains(s), "token in the container's processes");
+    }
+}
+
+fn messages_with(st: &Standin, token: &str) -> usize {
+    st.requests()
+        .iter()
+        .filter(|r| r.path_only() == "/v1/messages" && r.contains(token) && r.status == 200)
+        .count()
+}
+
+#[test]
+fn claude_p_with_an_api_key_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-api03-");
+    let (m, st) = with_standin(Options::new(Kind::AnthropicApiKey, &real));
+    grant_stdin(&m, "anthropic", &real);
+    let r = m.run_timeout(
+        "moat",
+        &["claude", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\nrequests:\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+    // Claude Code's transcript landed in the run directory (sync_logs defaults to on).
+    let id = m.run_ids().pop().unwrap();
+    let logs = m.moat_home().join("runs").join(&id).join("claude");
+    let kept = moat_testkit::files_containing(&logs, b"streamed in pieces");
+    assert!(!kept.is_empty(), "no session log under {}", logs.display());
+    let s = m.run_timeout("moat", &["claude", "sessions"], None, 60);
+    assert_eq!(s.code(), 0, "{}", s.stderr());
+    assert!(s.stdout().contains(&id), "{}", s.stdout());
+}
+
+/// A subscription whose access token expires a few seconds into the run: the supervisor
+/// renews it on the host at the stand-in's token endpoint, the store keeps the new tokens,
+/// the proxy takes the new rule set, and Claude Code (started after a pre_run pause)
+/// reaches the API with the new token injected; the container never holds either token.
+#[test]
+fn claude_subscription_is_renewed_during_the_run_and_never_enters_the_container() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-oat01-");
+    let refresh = canary("sk-ant-ort01-");
+    let mut o = Options::new(Kind::AnthropicOauth, &real);
+    o.refresh_token = Some(refresh.clone());
+    let (m, st) = with_standin(o);
+    // Renewed 5 minutes before expiry: 12 s after the grant.
+    grant_claude_subscription(&m, &real, &refresh, 5 * 60 + 12);
+    std::fs::write(m.ws.join("moat.yaml"), "hooks:\n  pre_run: sleep 25\n").unwrap();
+    let r = m.run_timeout(
+        "moat",
+        &["claude", "--no-sandbox", "-d", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
+    let id = r.stdout().trim().to_string();
+    m.wait_state(&id, &["running"], 600);
+    let name = format!("moat-{id}");
+    // Wait for the renewal (bounded), then look inside while pre_run still sleeps.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while st.refreshes().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refreshes = st.refreshes();
+    assert_eq!(refreshes.len(), 1, "one renewal: {}", st.request_lines());
+    assert_eq!(refreshes[0].refresh_token, refresh);
+    let new_access = refreshes[0].new_access_token.clone();
+    let new_refresh = refreshes[0].new_refresh_token.clone();
+    container_holds_none(&name, &[&real, &refresh, &new_access, &new_refresh]);
+
+    let end = m.wait_state(&id, &["stopped", "failed"], 300);
+    let logs = std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("logs.jsonl"))
+        .unwrap_or_default();
+    assert_eq!(end["state"], "stopped", "{logs}\n{}", st.request_lines());
+    assert!(logs.contains(ANSWER), "{logs}\n{}", st.request_lines());
+    // Claude Code's calls after the renewal carried the new token, none the old one.
+    assert!(
+        messages_with(&st, &new_access) >= 1,
+        "{}",
+        st.request_lines()
+    );
+    assert_eq!(messages_with(&st, &real), 0, "{}", st.request_lines());
+    // The store holds the new tokens.
+    let rules = Command::new(moat_testkit::bin("moat-grant"))
+        .args(["rules", "anthropic"])
+        .env("HOME", &m.env.home)
+        .env("MOAT_HOME", m.moat_home())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        text.contains(&new_access),
+        "the store has the renewed token"
+    );
+    assert!(!text.contains(&real));
+    // The audit log says so; nothing under MOAT_HOME holds any of the tokens.
+    let audit =
+        std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("audit/log.jsonl"))
+            .unwrap_or_default();
+    assert!(audit.contains("grant_refreshed"), "{audit}");
+    for s in [&real, &refresh, &new_access, &new_refresh] {
+        no_artifact_holds(&m, s);
+    }
+}
