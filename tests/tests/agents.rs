@@ -240,3 +240,50 @@ fn claude_subscription_is_renewed_during_the_run_and_never_enters_the_container(
         no_artifact_holds(&m, s);
     }
 }
+
+#[test]
+fn codex_exec_with_an_api_key_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-proj-");
+    let (m, st) = with_standin(Options::new(Kind::OpenAiApiKey, &real));
+    grant_stdin(&m, "openai", &real);
+    let r = m.run_timeout(
+        "moat",
+        &["codex", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\nrequests:\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    // The answer came from api.openai.com with the real key injected; never on chatgpt.com.
+    assert!(
+        st.requests().iter().any(|q| q.host == "api.openai.com"
+            && q.path_only() == "/v1/responses"
+            && q.contains(&real)),
+        "{}",
+        st.request_lines()
+    );
+    assert!(
+        !st.requests()
+            .iter()
+            .any(|q| q.host.ends_with("chatgpt.com") && q.contains(&real)),
+        "the API key went to chatgpt.com"
+    );
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+}
