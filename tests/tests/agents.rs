@@ -287,3 +287,45 @@ fn codex_exec_with_an_api_key_prints_the_streamed_answer() {
     r.leaks_nothing(&real);
     no_artifact_holds(&m, &real);
 }
+
+#[test]
+fn gemini_p_with_an_api_key_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("AIza");
+    let (m, st) = with_standin(Options::new(Kind::GeminiApiKey, &real));
+    grant_stdin(&m, "gemini", &real);
+    let r = m.run_timeout(
+        "moat",
+        &["gemini", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\nrequests:\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        st.requests()
+            .iter()
+            .any(|q| q.host == "generativelanguage.googleapis.com"
+                && q.path.contains(":streamGenerateContent")
+                && q.contains(&real)),
+        "{}",
+        st.request_lines()
+    );
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+}

@@ -278,12 +278,15 @@ fn jwt(claims: &Value) -> String {
     )
 }
 
-/// Files for HOME (path relative to HOME, content) and extra environment.
+/// Files for HOME: path relative to HOME, content.
+pub type Files = Vec<(String, Vec<u8>)>;
+
+/// Files for HOME and extra environment.
 pub fn home_files(
     a: &AgentSpec,
     si: &SignIn,
     mcp: &[(String, Value)],
-) -> Result<(Vec<(String, Vec<u8>)>, Vec<(String, String)>)> {
+) -> Result<(Files, Vec<(String, String)>)> {
     let ws = "/workspace";
     let mut files = vec![];
     let mut env = vec![];

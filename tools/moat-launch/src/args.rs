@@ -91,7 +91,7 @@ pub struct RunArgs {
 pub enum Command {
     Help,
     Version,
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     Supervise(String),
     Sessions {
         cli: String,
@@ -160,7 +160,7 @@ where
         Some(Value(v)) => {
             let sub = string(v, "command")?;
             match sub.as_str() {
-                "run" => parse_run(&mut p).map(Command::Run),
+                "run" => parse_run(&mut p).map(|r| Command::Run(Box::new(r))),
                 "claude" | "codex" | "gemini" => parse_agent(&mut p, &sub),
                 "__supervise" => {
                     let id = one_run(&mut p)?.ok_or_else(|| usage("__supervise needs a run id"))?;
@@ -221,7 +221,7 @@ fn parse_agent(p: &mut lexopt::Parser, cli: &str) -> Result<Command> {
         // Without a prompt the CLI is interactive: it needs this terminal.
         r.interactive = true;
     }
-    Ok(Command::Run(r))
+    Ok(Command::Run(Box::new(r)))
 }
 
 fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
@@ -430,7 +430,7 @@ mod tests {
 
     fn run(args: &[&str]) -> RunArgs {
         match parse_from(args.iter().copied()).unwrap() {
-            Command::Run(r) => r,
+            Command::Run(r) => *r,
             c => panic!("{c:?}"),
         }
     }

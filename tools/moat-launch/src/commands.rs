@@ -629,21 +629,6 @@ pub fn status(json: bool) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_lines_have_the_documented_shape() {
-        let v = serde_json::json!({"ts":"2026-11-22T03:04:05.678Z","method":"GET","url":"https://api.github.com/user","status":200,"duration_ms":12.4,"grant":"github"});
-        assert_eq!(
-            trace_line(&v, false),
-            "[03:04:05.678] GET https://api.github.com/user 200 (12ms)\n"
-        );
-        assert!(trace_line(&v, true).contains("grant: github"));
-    }
-}
-
 /// `moat claude|codex|gemini sessions`: the runs whose session logs were kept, newest last.
 pub fn sessions(cli_name: &str, json: bool) -> Result<()> {
     let store = store()?;
@@ -692,4 +677,19 @@ fn count_files(dir: &std::path::Path) -> usize {
             _ => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_lines_have_the_documented_shape() {
+        let v = serde_json::json!({"ts":"2026-11-22T03:04:05.678Z","method":"GET","url":"https://api.github.com/user","status":200,"duration_ms":12.4,"grant":"github"});
+        assert_eq!(
+            trace_line(&v, false),
+            "[03:04:05.678] GET https://api.github.com/user 200 (12ms)\n"
+        );
+        assert!(trace_line(&v, true).contains("grant: github"));
+    }
 }

@@ -932,6 +932,7 @@ mod tests {
             policy: None,
             allow_hosts: vec![],
             runtime: None,
+            ..Default::default()
         };
         let spec = resolve(&args, &loaded, &ws).unwrap();
         assert_eq!(spec.secrets.len(), 2);

@@ -43,7 +43,7 @@ fn real_main() -> Result<()> {
     match args::parse_from(std::env::args_os().skip(1))? {
         Command::Help => cli::write_stdout(format!("{}\n\n{}", args::USAGE, args::HELP).as_bytes()),
         Command::Version => cli::print_version("moat-launch"),
-        Command::Run(r) => exit_with(run::start(r)?),
+        Command::Run(r) => exit_with(run::start(*r)?),
         Command::Supervise(id) => runtime()?.block_on(run::supervise(&id)),
         Command::Sessions { cli, json } => commands::sessions(&cli, json),
         Command::Attach { run, interactive } => {
