@@ -329,3 +329,121 @@ fn gemini_p_with_an_api_key_prints_the_streamed_answer() {
     r.leaks_nothing(&real);
     no_artifact_holds(&m, &real);
 }
+
+#[test]
+fn codex_exec_with_a_chatgpt_sign_in_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 10 * 86400;
+    let real = moat_standins::fake_jwt(&serde_json::json!({"exp": exp, "canary": canary("c")}));
+    let (m, st) = with_standin(Options::new(Kind::ChatGpt, &real));
+    let f = m.env.home.join(".codex/auth.json");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(
+        &f,
+        serde_json::json!({"OPENAI_API_KEY": null, "tokens": {
+            "id_token": moat_standins::chatgpt_id_token(),
+            "access_token": real,
+            "refresh_token": canary("rt_"),
+            "account_id": "00000000-0000-4000-8000-00000000c0de"
+        }, "last_refresh": "2026-01-01T00:00:00Z"})
+        .to_string(),
+    )
+    .unwrap();
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", "openai", "--no-validate"]);
+    let g = run_with_deadline(c, "moat grant openai".into(), None, 60);
+    assert_eq!(g.code(), 0, "{}", g.stderr());
+    std::fs::remove_dir_all(m.env.home.join(".codex")).unwrap();
+    let r = m.run_timeout(
+        "moat",
+        &["codex", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        st.requests().iter().any(|q| q.host == "chatgpt.com"
+            && q.path.starts_with("/backend-api/codex/responses")
+            && q.contains(&real)),
+        "{}",
+        st.request_lines()
+    );
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+}
+
+#[test]
+fn gemini_p_with_a_google_sign_in_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("ya29.");
+    let (m, st) = with_standin(Options::new(Kind::GoogleOauth, &real));
+    let f = m.env.home.join(".gemini/oauth_creds.json");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(
+        &f,
+        serde_json::json!({"access_token": real, "refresh_token": canary("1//"), "token_type": "Bearer",
+            "scope": "https://www.googleapis.com/auth/cloud-platform openid",
+            "expiry_date": epoch_ms_in(10 * 86400)})
+        .to_string(),
+    )
+    .unwrap();
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", "gemini", "--no-validate"]);
+    let g = run_with_deadline(c, "moat grant gemini".into(), None, 60);
+    assert_eq!(g.code(), 0, "{}", g.stderr());
+    std::fs::remove_dir_all(m.env.home.join(".gemini")).unwrap();
+    let r = m.run_timeout(
+        "moat",
+        &["gemini", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        st.requests()
+            .iter()
+            .any(|q| q.host == "cloudcode-pa.googleapis.com"
+                && q.path.contains(":streamGenerateContent")
+                && q.contains(&real)),
+        "{}",
+        st.request_lines()
+    );
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+}

@@ -103,7 +103,7 @@ fn next_sleep(grants: &[Oauth]) -> Duration {
         .clamp(Duration::from_secs(1), MAX_SLEEP)
 }
 
-fn due(g: &Oauth) -> bool {
+pub fn due(g: &Oauth) -> bool {
     g.expires_at
         .map(|e| e <= SystemTime::now() + WINDOW)
         .unwrap_or(false)

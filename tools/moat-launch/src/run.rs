@@ -596,7 +596,7 @@ async fn lifecycle(
     res.audit = Audit::start(id);
     // Subscriptions about to expire (or expired) are renewed before the run starts.
     let oauth = crate::refresh::oauth_grants(&spec.grants).await;
-    for g in &oauth {
+    for g in oauth.iter().filter(|g| crate::refresh::due(g)) {
         match crate::refresh::refresh_one(&g.name).await {
             Ok(true) => {
                 if let Some(a) = &res.audit {
