@@ -80,22 +80,9 @@ fn no_artifact_holds(m: &Moat, secret: &str) {
     assert!(hits.is_empty(), "{secret} found in {hits:?}");
 }
 
-/// The container's files, environment and command lines hold no `secret`.
+/// The container's environment, command lines and files hold none of `secrets` (one
+/// `docker export`, searched for every secret at once).
 fn container_holds_none(name: &str, secrets: &[&str]) {
-    for s in secrets {
-        let export = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker export {name} | grep -a -c -F '{s}' || true"
-            ))
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&export.stdout).trim(),
-            "0",
-            "token in the container's files"
-        );
-    }
     let procs = Command::new("docker")
         .args([
             "exec",
@@ -107,10 +94,29 @@ fn container_holds_none(name: &str, secrets: &[&str]) {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&procs.stdout);
-    assert!(out.contains("HTTPS_PROXY="), "docker exec worked: {out}");
+    assert!(
+        out.contains("HTTPS_PROXY=") && out.contains("sk-ant-oat01-moatProxyInjected"),
+        "docker exec worked and the placeholder is there: {out}{}",
+        String::from_utf8_lossy(&procs.stderr)
+    );
     for s in secrets {
         assert!(!out.contains(s), "token in the container's processes");
     }
+    let pats: Vec<String> = secrets.iter().map(|s| format!("-e '{s}'")).collect();
+    let export = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker export {name} > /dev/null && docker export {name} | grep -a -c -F {} || true",
+            pats.join(" ")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&export.stdout).trim(),
+        "0",
+        "token in the container's files {}",
+        String::from_utf8_lossy(&export.stderr)
+    );
 }
 
 fn messages_with(st: &Standin, token: &str) -> usize {
@@ -177,7 +183,7 @@ fn claude_subscription_is_renewed_during_the_run_and_never_enters_the_container(
     let (m, st) = with_standin(o);
     // Renewed 5 minutes before expiry: 12 s after the grant.
     grant_claude_subscription(&m, &real, &refresh, 5 * 60 + 12);
-    std::fs::write(m.ws.join("moat.yaml"), "hooks:\n  pre_run: sleep 25\n").unwrap();
+    std::fs::write(m.ws.join("moat.yaml"), "hooks:\n  pre_run: sleep 35\n").unwrap();
     let r = m.run_timeout(
         "moat",
         &["claude", "--no-sandbox", "-d", "-p", "say hello"],
@@ -195,15 +201,25 @@ fn claude_subscription_is_renewed_during_the_run_and_never_enters_the_container(
     m.wait_state(&id, &["running"], 600);
     let name = format!("moat-{id}");
     // Wait for the renewal (bounded), then look inside while pre_run still sleeps.
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(40);
     while st.refreshes().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let refreshes = st.refreshes();
     assert_eq!(refreshes.len(), 1, "one renewal: {}", st.request_lines());
+    eprintln!("renewed {:?} after the run started", t0.elapsed());
     assert_eq!(refreshes[0].refresh_token, refresh);
     let new_access = refreshes[0].new_access_token.clone();
     let new_refresh = refreshes[0].new_refresh_token.clone();
+    let dir = m.moat_home().join("runs").join(&id);
+    assert_eq!(
+        m.metadata(&id)["state"],
+        "running",
+        "{}\n{}",
+        std::fs::read_to_string(dir.join("launch.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("logs.jsonl")).unwrap_or_default()
+    );
     container_holds_none(&name, &[&real, &refresh, &new_access, &new_refresh]);
 
     let end = m.wait_state(&id, &["stopped", "failed"], 300);
@@ -446,4 +462,50 @@ fn gemini_p_with_a_google_sign_in_prints_the_streamed_answer() {
     );
     r.leaks_nothing(&real);
     no_artifact_holds(&m, &real);
+}
+
+/// `claude.base_url`: Claude Code talks to the proxy's relay (ANTHROPIC_BASE_URL), which
+/// forwards to the configured URL with the subscription injected. The URL here is the
+/// stand-in's own host (the only one with a certificate the proxy trusts), so this shows
+/// the configuration works end to end; it cannot tell the relay path from the CONNECT path.
+#[test]
+fn claude_base_url_goes_through_the_relay_with_the_key_injected() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-oat01-");
+    let (m, st) = with_standin(Options::new(Kind::AnthropicOauth, &real));
+    grant_claude_subscription(&m, &real, &canary("sk-ant-ort01-"), 30 * 86400);
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        "claude:\n  base_url: https://api.anthropic.com\n  sync_logs: false\n",
+    )
+    .unwrap();
+    let r = m.run_timeout(
+        "moat",
+        &["claude", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+    // sync_logs: false keeps no session logs.
+    let id = m.run_ids().pop().unwrap();
+    assert!(!m.moat_home().join("runs").join(&id).join("claude").exists());
 }
