@@ -63,7 +63,10 @@ pub fn hosts(c: &Credential) -> Vec<String> {
         ("anthropic", _) => vec![ANTHROPIC_HOST.into()],
         ("openai", "chatgpt") => vec!["chatgpt.com".into()],
         ("openai", _) => vec!["api.openai.com".into()],
-        ("gemini", "oauth") => vec!["cloudcode-pa.googleapis.com".into()],
+        ("gemini", "oauth") => vec![
+            "cloudcode-pa.googleapis.com".into(),
+            "oauth2.googleapis.com".into(),
+        ],
         ("gemini", _) => vec!["generativelanguage.googleapis.com".into()],
         ("npm", _) => strs(c.config.get("registries"))
             .into_iter()
@@ -151,7 +154,9 @@ pub fn records(c: &Credential) -> Result<Vec<(&'static str, Value)>> {
             let t = c.need_secret("access_token")?;
             let mut r = inject(
                 c,
-                &["cloudcode-pa.googleapis.com"],
+                // The Gemini CLI checks its token at oauth2.googleapis.com/tokeninfo (with
+                // the token as a bearer) before anything else.
+                &["cloudcode-pa.googleapis.com", "oauth2.googleapis.com"],
                 "Authorization",
                 format!("Bearer {t}"),
             );

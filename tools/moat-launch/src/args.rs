@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
        moat-launch wt BRANCH [OPTIONS] [PATH] [-- COMMAND...]
+       moat-launch claude|codex|gemini [OPTIONS] [-p PROMPT] [PATH] [-- CLI ARGS...]
+       moat-launch claude|codex|gemini sessions [--json]
        moat-launch attach|logs|trace|stop|destroy [OPTIONS] [RUN]
        moat-launch list [--json] [--promoted]
        moat-launch status|clean [OPTIONS]
@@ -26,6 +28,9 @@ pub const HELP: &str =
 Commands:
     run [PATH] [-- CMD...]   start a run in workspace PATH (default: .)
     wt BRANCH [PATH] [-- CMD...]  run on a git worktree of PATH for BRANCH
+    claude|codex|gemini [PATH] [-- ARGS...]
+                             run Claude Code, Codex or the Gemini CLI in PATH
+    claude|codex|gemini sessions  list the runs whose session logs were kept
     attach [-i[=false]] [RUN]  follow a run (Ctrl+C detaches, twice stops; -i: its TTY)
     list                     list runs (--promoted: the promoted copies)
     status                   show runs, images, Docker and CA health
@@ -58,6 +63,11 @@ Run options:
     --runtime RUNTIME        container runtime: docker
     -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
     --no-snapshots           no pre-run snapshot of the workspace
+
+Agent options (claude, codex, gemini; with the run options):
+    -p, --prompt PROMPT      answer PROMPT and exit (non-interactive)
+    --keep-prompts           keep the CLI's own permission and trust prompts
+    --resume RUN             continue the session kept by RUN (needs sync_logs)
 
 Other options:
     -n, --lines N            logs: print the last N lines
@@ -92,14 +102,23 @@ pub struct RunArgs {
     pub runtime: Option<String>,
     pub worktree: Option<String>,
     pub no_snapshots: bool,
+    /// `claude`, `codex` or `gemini` for the agent subcommands.
+    pub agent: Option<String>,
+    pub prompt: Option<String>,
+    pub keep_prompts: bool,
+    pub resume: Option<String>,
 }
 
 #[derive(Debug)]
 pub enum Command {
     Help,
     Version,
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     Supervise(String),
+    Sessions {
+        cli: String,
+        json: bool,
+    },
     Attach {
         run: Option<String>,
         interactive: Option<bool>,
@@ -200,7 +219,7 @@ where
         Some(Value(v)) => {
             let sub = string(v, "command")?;
             match sub.as_str() {
-                "run" => parse_run(&mut p).map(Command::Run),
+                "run" => parse_run(&mut p).map(|r| Command::Run(Box::new(r))),
                 "wt" | "worktree" => {
                     let branch = match p.next().map_err(lex)? {
                         Some(Value(v)) => string(v, "branch")?,
@@ -216,11 +235,9 @@ where
                         return Err(usage("wt: the branch is given twice (--worktree)"));
                     }
                     r.worktree = Some(branch);
-                    Ok(Command::Run(r))
+                    Ok(Command::Run(Box::new(r)))
                 }
-                "claude" | "codex" | "gemini" => Err(Error::unavailable(format!(
-                    "`moat {sub}` is not built yet; use `moat run -- {sub}` with an image that carries it"
-                ))),
+                "claude" | "codex" | "gemini" => parse_agent(&mut p, &sub),
                 "__supervise" => {
                     let id = one_run(&mut p)?.ok_or_else(|| usage("__supervise needs a run id"))?;
                     Ok(Command::Supervise(id))
@@ -270,8 +287,40 @@ where
     }
 }
 
+fn parse_agent(p: &mut lexopt::Parser, cli: &str) -> Result<Command> {
+    if let Ok(mut raw) = p.raw_args()
+        && raw.peek() == Some("sessions".as_ref())
+    {
+        raw.next();
+        let json = json_only(p)?;
+        return Ok(Command::Sessions {
+            cli: cli.to_string(),
+            json,
+        });
+    }
+    let mut r = RunArgs {
+        agent: Some(cli.to_string()),
+        ..Default::default()
+    };
+    parse_run_into(p, &mut r)?;
+    if r.interactive && r.prompt.is_some() {
+        return Err(usage("-p answers one prompt without a terminal; drop -i"));
+    }
+    if r.prompt.is_none() && !r.detach {
+        // Without a prompt the CLI is interactive: it needs this terminal.
+        r.interactive = true;
+    }
+    Ok(Command::Run(Box::new(r)))
+}
+
 fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
     let mut r = RunArgs::default();
+    parse_run_into(p, &mut r)?;
+    Ok(r)
+}
+
+fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
+    let agent = r.agent.is_some();
     loop {
         // `--` ends the options; everything after it is the command, verbatim.
         if let Ok(mut raw) = p.raw_args()
@@ -279,7 +328,7 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
         {
             raw.next();
             let cmd: Vec<String> = raw.map(|s| string(s, "command")).collect::<Result<_>>()?;
-            if cmd.is_empty() {
+            if cmd.is_empty() && !agent {
                 return Err(usage("no command after --"));
             }
             r.command = Some(cmd);
@@ -308,6 +357,13 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
                 r.worktree = Some(string(p.value().map_err(lex)?, "--worktree")?)
             }
             Long("no-snapshots") => r.no_snapshots = true,
+            Short('p') | Long("prompt") if agent => {
+                r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)
+            }
+            Long("keep-prompts") if agent => r.keep_prompts = true,
+            Long("resume") if agent => {
+                r.resume = Some(string(p.value().map_err(lex)?, "--resume")?)
+            }
             Short('h') | Long("help") => return Err(help_exit()),
             Value(v) if r.path.is_none() => r.path = Some(PathBuf::from(v)),
             Value(v) => {
@@ -319,7 +375,7 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<RunArgs> {
             _ => return Err(usage(a.unexpected().to_string())),
         }
     }
-    Ok(r)
+    Ok(())
 }
 
 fn help_exit() -> Error {
@@ -600,7 +656,7 @@ mod tests {
 
     fn run(args: &[&str]) -> RunArgs {
         match parse_from(args.iter().copied()).unwrap() {
-            Command::Run(r) => r,
+            Command::Run(r) => *r,
             c => panic!("{c:?}"),
         }
     }
@@ -622,6 +678,25 @@ mod tests {
     fn run_command_may_carry_dashes() {
         let r = run(&["run", "--", "sh", "-c", "echo --x"]);
         assert_eq!(r.command.unwrap(), ["sh", "-c", "echo --x"]);
+    }
+
+    #[test]
+    fn agents_take_a_prompt_and_pass_the_rest() {
+        match parse_from(["claude", "-p", "hi", "ws", "--", "--model", "x"]).unwrap() {
+            Command::Run(r) => {
+                assert_eq!(r.agent.as_deref(), Some("claude"));
+                assert_eq!(r.prompt.as_deref(), Some("hi"));
+                assert_eq!(r.path, Some(PathBuf::from("ws")));
+                assert_eq!(r.command.unwrap(), ["--model", "x"]);
+                assert!(!r.interactive);
+            }
+            c => panic!("{c:?}"),
+        }
+        assert!(matches!(
+            parse_from(["codex", "sessions", "--json"]).unwrap(),
+            Command::Sessions { json: true, .. }
+        ));
+        assert!(parse_from(["run", "-p", "x"]).is_err());
     }
 
     #[test]

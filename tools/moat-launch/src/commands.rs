@@ -731,6 +731,56 @@ pub fn status(json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `moat claude|codex|gemini sessions`: the runs whose session logs were kept, newest last.
+pub fn sessions(cli_name: &str, json: bool) -> Result<()> {
+    let store = store()?;
+    let (_, sub) = crate::agent::log_dir(cli_name);
+    let mut out = String::new();
+    let mut any = false;
+    for m in store.all()? {
+        let dir = store.dir(&m.id).join(sub);
+        let files = count_files(&dir);
+        if files == 0 {
+            continue;
+        }
+        any = true;
+        if json {
+            out.push_str(&moat_core::jsonl::line(
+                "session",
+                &serde_json::json!({"run": m.id, "name": m.name, "agent": cli_name, "state": m.state.as_str(), "created_at": m.created_at, "logs": dir, "files": files}),
+            )?);
+        } else {
+            out.push_str(&format!(
+                "{}  {:<20} {:<8} {}  {}\n",
+                m.id,
+                m.name,
+                m.state.as_str(),
+                m.created_at,
+                dir.display()
+            ));
+        }
+    }
+    if !any && !json {
+        eprintln!(
+            "moat-launch: no {cli_name} sessions kept yet (a `moat {cli_name}` run with sync_logs keeps them)"
+        );
+    }
+    cli::write_stdout(out.as_bytes())
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

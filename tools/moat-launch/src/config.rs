@@ -33,6 +33,9 @@ pub struct Config {
     pub snapshots: Snapshots,
     pub services: BTreeMap<String, ServiceConfig>,
     pub language_servers: Vec<String>,
+    pub claude: AgentSection,
+    pub codex: AgentSection,
+    pub gemini: AgentSection,
 }
 
 /// `snapshots:`. Only the pre-run and manual snapshots exist; the git-commit, build and
@@ -104,6 +107,17 @@ pub struct ServiceConfig {
     pub env: BTreeMap<String, String>,
     pub image: Option<String>,
     pub wait: Option<bool>,
+}
+
+/// `claude:`, `codex:`, `gemini:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct AgentSection {
+    pub version: Option<String>,
+    pub base_url: Option<String>,
+    pub sync_logs: Option<bool>,
+    /// Local MCP servers: name → {command, args, env, cwd}.
+    pub mcp: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -199,6 +213,15 @@ pub struct RunSpec {
     pub services: BTreeMap<String, ServiceConfig>,
     #[serde(default)]
     pub language_servers: Vec<String>,
+    /// `moat claude|codex|gemini`: the agent CLI to install and run.
+    #[serde(default)]
+    pub agent_cli: Option<crate::agent::AgentSpec>,
+    /// The CLI's local MCP servers (name, config as the CLI wants it).
+    #[serde(default)]
+    pub agent_mcp: Vec<(String, Value)>,
+    /// The npm registry the agent's CLI is installed from (the host's npm configuration).
+    #[serde(default)]
+    pub npm_registry: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -253,13 +276,7 @@ const TOP: &[&str] = &[
 ];
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run).
-const INERT: &[&str] = &[
-    "claude",
-    "codex",
-    "gemini",
-    "mcp",
-    "tracing",
-];
+const INERT: &[&str] = &["claude", "codex", "gemini", "mcp", "tracing"];
 
 /// Known keys below a path (`*` = any key of a user map, `[]` = list items).
 fn known_keys(path: &str) -> Option<&'static [&'static str]> {
@@ -270,13 +287,20 @@ fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "container" => &["memory", "cpus", "dns"],
         "volumes[]" => &["name", "target", "readonly", "type"],
         "services.*" => &["env", "image", "wait"],
-        "claude" => &["base_url", "sync_logs", "plugins", "marketplaces", "mcp"],
+        "claude" => &[
+            "version",
+            "base_url",
+            "sync_logs",
+            "plugins",
+            "marketplaces",
+            "mcp",
+        ],
         "claude.marketplaces.*" => &["source", "repo", "ref"],
         "claude.mcp.*" | "gemini.mcp.*" | "codex.mcp.*" => {
             &["command", "args", "env", "grant", "cwd"]
         }
-        "codex" => &["sync_logs", "mcp"],
-        "gemini" => &["sync_logs", "mcp"],
+        "codex" => &["version", "sync_logs", "mcp"],
+        "gemini" => &["version", "sync_logs", "mcp"],
         "mcp[]" => &["name", "url", "auth"],
         "mcp[].auth" => &["grant", "header"],
         "snapshots" => &["disabled", "triggers", "exclude", "retention"],
@@ -952,6 +976,52 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         max_count: c.snapshots.retention.max_count.unwrap_or(10),
         delete_initial: c.snapshots.retention.delete_initial,
     };
+    let mut command = args.command.clone().or(c.command.clone());
+    let mut agent_cli = None;
+    let mut agent_mcp = vec![];
+    if let Some(cli) = &args.agent {
+        let sec = match cli.as_str() {
+            "claude" => &c.claude,
+            "codex" => &c.codex,
+            _ => &c.gemini,
+        };
+        let version = sec
+            .version
+            .clone()
+            .unwrap_or_else(|| crate::agent::default_version(cli).to_string());
+        crate::agent::check_version(&version)
+            .map_err(|m| Error::config(format!("{cli}.version: {m}")))?;
+        if let Some(u) = &sec.base_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(Error::config(format!(
+                "{cli}.base_url: {u:?} is not an http:// or https:// URL"
+            )));
+        }
+        for (n, v) in &sec.mcp {
+            if v.get("command").and_then(Value::as_str).is_none() {
+                return Err(Error::config(format!(
+                    "{cli}.mcp.{n}: a local MCP server needs `command`"
+                )));
+            }
+            agent_mcp.push((n.clone(), v.clone()));
+        }
+        let spec = crate::agent::AgentSpec {
+            cli: cli.clone(),
+            version,
+            prompt: args.prompt.clone(),
+            args: args.command.clone().unwrap_or_default(),
+            keep_prompts: args.keep_prompts,
+            sync_logs: sec.sync_logs.unwrap_or(true),
+            base_url: sec.base_url.clone(),
+            resume: args.resume.clone(),
+        };
+        command = Some(crate::agent::command(&spec));
+        if grants.is_empty() {
+            grants.push(crate::agent::default_grant(cli).to_string());
+        }
+        agent_cli = Some(spec);
+    }
     Ok(RunSpec {
         name,
         agent,
@@ -959,7 +1029,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         grants,
         env,
         binds,
-        command: args.command.clone().or(c.command.clone()),
+        command,
         interactive: args.interactive || c.interactive,
         dependencies: c.dependencies.clone(),
         hooks: c.hooks.clone(),
@@ -981,6 +1051,11 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         worktree: None,
         services: c.services.clone(),
         language_servers: c.language_servers.clone(),
+        npm_registry: agent_cli
+            .as_ref()
+            .and_then(|_| crate::agent::host_npm_registry()),
+        agent_cli,
+        agent_mcp,
     })
 }
 
@@ -1194,8 +1269,7 @@ mod tests {
             policy: None,
             allow_hosts: vec![],
             runtime: None,
-            worktree: None,
-            no_snapshots: false,
+            ..Default::default()
         };
         let spec = resolve(&args, &loaded, &ws).unwrap();
         assert_eq!(spec.secrets.len(), 2);

@@ -168,6 +168,13 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
         .map(|s| s.to_string())
         .collect();
     pk.extend(packages.iter().cloned());
+    if spec.agent_cli.is_some() && !base.starts_with("node:") {
+        for p in ["nodejs", "npm"] {
+            if !pk.iter().any(|x| x == p) {
+                pk.push(p.into());
+            }
+        }
+    }
     line(&format!(
         "RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends {} >/dev/null && rm -rf /var/lib/apt/lists/*",
         pk.join(" ")
@@ -184,6 +191,11 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
         "RUN {user} && mkdir -p /home/moatuser /workspace && chown {uid}:{gid} /home/moatuser"
     ));
     line("RUN printf '[http]\\n\\tproxyAuthMethod = basic\\n' >> /etc/gitconfig");
+    if let Some(a) = &spec.agent_cli {
+        for l in crate::agent::dockerfile_lines(a, spec.npm_registry.as_deref()) {
+            line(&l);
+        }
+    }
     line("COPY moat-init /usr/local/bin/moat-init");
     line("RUN chmod 0755 /usr/local/bin/moat-init");
     if ca {
@@ -404,6 +416,7 @@ pub async fn ensure(
     ctx: &Context,
     rebuild: bool,
     proxy_url: &str,
+    ca_pem: Option<&[u8]>,
     log: &mut dyn Write,
 ) -> Result<bool> {
     if !rebuild && docker::image_id(d, &ctx.tag).await?.is_some() {
@@ -422,6 +435,13 @@ pub async fn ensure(
     let mut args = HashMap::new();
     for k in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"] {
         args.insert(k.to_string(), proxy_url.to_string());
+    }
+    if let Some(pem) = ca_pem {
+        // Public; lets an agent CLI's npm install trust the build-time proxy.
+        args.insert(
+            "MOAT_BUILD_CA".to_string(),
+            String::from_utf8_lossy(pem).trim().to_string(),
+        );
     }
     let mut labels = HashMap::from([(LABEL_IMAGE.to_string(), "1".to_string())]);
     if let Ok(h) = moat_core::MoatHome::from_env() {

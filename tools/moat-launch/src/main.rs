@@ -3,6 +3,8 @@
 //! trace, stop, destroy, clean and status.
 #![forbid(unsafe_code)]
 
+mod agent;
+mod agent_run;
 mod args;
 mod attach;
 mod aws;
@@ -13,9 +15,10 @@ mod docker;
 mod image;
 mod network;
 mod promote;
+mod refresh;
 mod run;
-mod snapshot;
 mod services;
+mod snapshot;
 mod store;
 mod system;
 mod tty;
@@ -47,8 +50,9 @@ fn real_main() -> Result<()> {
     match args::parse_from(std::env::args_os().skip(1))? {
         Command::Help => cli::write_stdout(format!("{}\n\n{}", args::USAGE, args::HELP).as_bytes()),
         Command::Version => cli::print_version("moat-launch"),
-        Command::Run(r) => exit_with(run::start(r)?),
+        Command::Run(r) => exit_with(run::start(*r)?),
         Command::Supervise(id) => runtime()?.block_on(run::supervise(&id)),
+        Command::Sessions { cli, json } => commands::sessions(&cli, json),
         Command::Attach { run, interactive } => {
             let store = commands::store()?;
             commands::reconcile_all(&store)?;

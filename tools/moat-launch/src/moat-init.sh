@@ -88,6 +88,12 @@ unset MOAT_PROXY_ADDR MOAT_TTY_SIZE MOAT_SERVICE_ADDRS MOAT_DOCKER_GID
 export HOME=/home/moatuser USER=moatuser LOGNAME=moatuser
 
 uid=$(id -u moatuser) && gid=$(id -g moatuser) || die "the image has no moatuser"
+
+# An agent's HOME files (placeholders only), staged by the launcher.
+if [ -d /run/moat/agent-home ]; then
+	cp -R /run/moat/agent-home/. "$HOME"/ || die "cannot set up the agent's files in $HOME"
+	chown -R "$uid:$gid" "$HOME" || die "cannot give $HOME to moatuser"
+fi
 drop() {
 	setpriv --reuid="$uid" --regid="$gid" --init-groups \
 		--inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"

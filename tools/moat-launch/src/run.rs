@@ -238,6 +238,10 @@ struct Resources {
     sidecars: Vec<String>,
     proxy: Option<Child>,
     proxy_pump: Option<tokio::task::JoinHandle<()>>,
+    /// The proxy's rules pipe, open for replacement rule sets, and the task renewing
+    /// subscriptions that writes them.
+    rules_pipe: Option<std::sync::Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
     ssh: Option<Child>,
     ssh_pump: Option<tokio::task::JoinHandle<()>>,
     /// The AWS credential endpoint's accept loop.
@@ -351,6 +355,8 @@ pub async fn supervise(id: &str) -> Result<()> {
         sidecars: vec![],
         proxy: None,
         proxy_pump: None,
+        rules_pipe: None,
+        refresher: None,
         ssh: None,
         ssh_pump: None,
         aws: None,
@@ -435,6 +441,11 @@ async fn stop_proxy(r: &mut Resources) {
         t.abort();
         let _ = t.await;
     }
+    if let Some(t) = r.refresher.take() {
+        t.abort();
+        let _ = t.await;
+    }
+    r.rules_pipe = None;
     if let Some(mut p) = r.proxy.take() {
         terminate(&mut p).await;
     }
@@ -556,16 +567,16 @@ async fn terminate(p: &mut Child) {
     let _ = p.kill().await;
 }
 
-struct GrantRules {
-    inject: Vec<String>,
+pub struct GrantRules {
+    pub inject: Vec<String>,
     inject_hosts: Vec<String>,
-    env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
     ssh: Vec<String>,
     aws: Option<moat_core::rules::AwsRole>,
 }
 
 /// `moat-grant rules NAME...`: the lines stay in memory, bound for the proxy's stdin.
-async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
+pub async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
     let mut out = GrantRules {
         inject: vec![],
         inject_hosts: vec![],
@@ -686,7 +697,28 @@ async fn lifecycle(
         }
         phase("pre-run snapshot");
     }
-    let rules = grant_rules(&spec.grants).await?;
+    // Subscriptions about to expire (or expired) are renewed before the run starts.
+    let oauth = crate::refresh::oauth_grants(&spec.grants).await;
+    for g in oauth.iter().filter(|g| crate::refresh::due(g)) {
+        match crate::refresh::refresh_one(&g.name).await {
+            Ok(true) => {
+                if let Some(a) = &res.audit {
+                    a.event(
+                        "grant_refreshed",
+                        serde_json::json!({"run": id, "grant": g.name}),
+                    );
+                }
+            }
+            Ok(false) => {}
+            Err(e) => eprintln!("moat: warning: {e}"),
+        }
+    }
+    let oauth = if oauth.is_empty() {
+        oauth
+    } else {
+        crate::refresh::oauth_grants(&spec.grants).await
+    };
+    let mut rules = grant_rules(&spec.grants).await?;
     let ssh_dir = if rules.ssh.is_empty() {
         None
     } else {
@@ -694,6 +726,17 @@ async fn lifecycle(
     };
     // The proxy's token; the AWS credential endpoint asks for it too.
     let token = moat_core::hex(&moat_core::random_bytes::<32>());
+
+    // An agent CLI: its HOME files (placeholders), session logs, base URL relay.
+    let agent = match &spec.agent_cli {
+        Some(a) => Some(crate::agent_run::prepare(home, store, id, spec, a, &rules)?),
+        None => None,
+    };
+    let transform = agent
+        .as_ref()
+        .map(|a| a.transform.clone())
+        .unwrap_or_else(|| std::sync::Arc::new(|v: Vec<String>| v));
+    rules.inject = transform(std::mem::take(&mut rules.inject));
 
     // secrets: resolved here, on the host, before anything is built or started. The values
     // live only in this process's memory and the container's environment.
@@ -824,6 +867,13 @@ async fn lifecycle(
                 .into_iter()
                 .map(|h| format!("{h}:80")),
         );
+        if let Some(a) = spec
+            .npm_registry
+            .as_deref()
+            .and_then(crate::agent::registry_allowance)
+        {
+            allow.push(a);
+        }
     }
     for h in &allow {
         cmd.arg("--allow").arg(h);
@@ -835,27 +885,50 @@ async fn lifecycle(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::io("starting moat-proxy", e))?;
+    let mut extra: Vec<String> = vec![];
+    for r in &spec.net_rules {
+        extra.push(format!("{}\n", serde_json::to_string(r)?));
+    }
+    if let Some(a) = &agent {
+        extra.extend(a.relays.iter().cloned());
+    }
     {
         let mut stdin = proxy.stdin.take().expect("piped");
-        for l in &rules.inject {
+        for l in rules.inject.iter().chain(extra.iter()) {
             stdin
                 .write_all(l.as_bytes())
                 .await
                 .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
         }
-        for r in &spec.net_rules {
-            let l = format!("{}\n", serde_json::to_string(r)?);
+        if oauth.is_empty() {
             stdin
-                .write_all(l.as_bytes())
+                .shutdown()
                 .await
                 .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
+        } else {
+            // The pipe stays open: renewed tokens arrive as a new rule set.
+            stdin
+                .write_all(crate::refresh::rules_end().as_bytes())
+                .await
+                .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
+            stdin
+                .flush()
+                .await
+                .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
+            let pipe = std::sync::Arc::new(tokio::sync::Mutex::new(stdin));
+            res.rules_pipe = Some(pipe.clone());
+            res.refresher = Some(tokio::spawn(crate::refresh::keep_fresh(
+                spec.grants.clone(),
+                oauth.clone(),
+                extra.clone(),
+                pipe,
+                transform.clone(),
+                res.audit.as_ref().map(|a| a.tx.clone()),
+                id.to_string(),
+            )));
         }
-        stdin
-            .shutdown()
-            .await
-            .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
     }
-    drop(rules.inject);
+    drop(std::mem::take(&mut rules.inject));
     let stdout = proxy.stdout.take().expect("piped");
     let proxy_pid = proxy.id();
     res.proxy = Some(proxy);
@@ -887,7 +960,8 @@ async fn lifecycle(
     }
 
     let built = if needs_build {
-        image::ensure(&d, &ctx, spec.rebuild, &proxy_url, &mut err).await?
+        let pem = std::fs::read(&ca).ok();
+        image::ensure(&d, &ctx, spec.rebuild, &proxy_url, pem.as_deref(), &mut err).await?
     } else {
         false
     };
@@ -958,6 +1032,16 @@ async fn lifecycle(
         check_route_name(home, id, &spec.name)?;
         env.extend(endpoint_env(&spec.name, &spec.ports, rp));
     }
+    if let Some(a) = &agent {
+        for (k, v) in &a.env {
+            env.push(format!("{k}={v}"));
+        }
+        if let Some(name) = &a.base_relay {
+            env.push(format!(
+                "ANTHROPIC_BASE_URL=http://{pip}:{pport}/relay/{token}/{name}"
+            ));
+        }
+    }
     let mut binds = vec![format!("{}:/workspace", spec.workspace.display())];
     for Bind {
         source,
@@ -997,6 +1081,9 @@ async fn lifecycle(
     }
     if let Some(d) = &ssh_dir {
         binds.push(format!("{}:/run/moat/ssh", d.display()));
+    }
+    if let Some(a) = &agent {
+        binds.extend(a.binds.iter().cloned());
     }
     if let Some(d) = &aws_dir {
         binds.push(format!("{}:{}:ro", d.display(), crate::aws::MOUNT));

@@ -1,5 +1,7 @@
 //! Arguments plus `MOAT_PROXY_*` environment become one validated [`Config`]. Rules are read
-//! here, to EOF, before the proxy listens; an error names the line and the grant, never a value.
+//! here, to EOF or to a `rules_end` record, before the proxy listens; an error names the line
+//! and the grant, never a value. After a `rules_end` the pipe stays open: every later batch of
+//! records ended by `rules_end` replaces the whole rule set (see [`Rulebook`]).
 
 use crate::args::{ServeArgs, USAGE};
 use crate::inject::Injector;
@@ -7,12 +9,14 @@ use crate::policy::{Mode, NetRule, Policy};
 use moat_core::host::{HostPattern, canonical_authority, canonical_host, split_host_port};
 use moat_core::rules::{InjectRule, TYPE_INJECT};
 use moat_core::{Error, MoatHome, Result, cli, fsutil, jsonl};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub const TYPE_NET_RULE: &str = "net_rule";
+/// Ends one complete rule set on the rules pipe; the pipe may then carry replacements.
+pub const TYPE_RULES_END: &str = "rules_end";
 
 /// `--connect-to HOST:PORT:ADDR:PORT2`: requests for HOST:PORT dial ADDR:PORT2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +39,72 @@ pub struct Config {
     pub header_timeout: Duration,
     pub max_connections: usize,
     pub relays: Vec<crate::relay::Relay>,
+    /// How a replacement rule set becomes injector, policy and relays.
+    pub rulebook: Rulebook,
+    /// The rules pipe, still open after a `rules_end`: replacements follow.
+    pub updates: Option<Box<dyn BufRead + Send>>,
+}
+
+/// What a rule set is combined with: the fixed policy mode and allowances and the relays
+/// from the command line. A replacement swaps injections, per-host rules and pipe relays;
+/// `--allow`, `--relay` and the policy mode stay as started.
+#[derive(Clone)]
+pub struct Rulebook {
+    pub mode: Mode,
+    pub allow: Vec<HostPattern>,
+    pub cli_relays: Vec<crate::relay::Relay>,
+}
+
+impl Rulebook {
+    /// Validate a rule set and build what the proxy serves with.
+    pub fn build(&self, rules: Rules) -> Result<(Injector, Policy, Vec<crate::relay::Relay>)> {
+        let (inject, net_rules, pipe_relays) = rules;
+        let psl = crate::psl::Suffixes::load();
+        for r in &inject {
+            for h in &r.hosts {
+                if let Ok(p) = HostPattern::parse(h)
+                    && p.is_wildcard()
+                    && let Some(s) = psl.covered_by(p.host())
+                {
+                    return Err(Error::data(format!(
+                        "grant {}: host pattern {p} covers the public suffix {s}, where anyone can create names; list the hosts instead",
+                        r.grant
+                    )));
+                }
+            }
+        }
+        let injector = Injector::new(inject).map_err(Error::data)?;
+        let mut relays = crate::relay::defaults();
+        relays.extend(pipe_relays);
+        relays.extend(self.cli_relays.iter().cloned());
+        let policy = Policy::new(
+            self.mode,
+            self.allow.clone(),
+            injector.patterns(),
+            net_rules,
+        );
+        Ok((injector, policy, relays))
+    }
+}
+
+/// Read one rule set from `r`: lines up to a `rules_end` record (true) or EOF (false).
+/// Returns None at EOF with nothing read.
+pub fn read_batch(r: &mut dyn BufRead) -> std::io::Result<Option<(String, bool)>> {
+    let mut text = String::new();
+    let mut any = false;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(any.then_some((text, false)));
+        }
+        any = true;
+        if let Ok(Some(rec)) = jsonl::parse(&line)
+            && rec.kind == TYPE_RULES_END
+        {
+            return Ok(Some((text, true)));
+        }
+        text.push_str(&line);
+    }
 }
 
 fn env_list(name: &str) -> Vec<String> {
@@ -152,46 +222,43 @@ impl Config {
             .map(PathBuf::from)
             .or_else(|| env_nonempty("MOAT_PROXY_TRACE").map(PathBuf::from));
 
-        let (inject, net_rules, pipe_relays) = match a.rules.as_deref() {
+        let mut updates: Option<Box<dyn BufRead + Send>> = None;
+        let rules = match a.rules.as_deref() {
             None => (Vec::new(), Vec::new(), Vec::new()),
             Some("-") => {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|e| Error::io("reading rules from stdin", e))?;
+                let mut input: Box<dyn BufRead + Send> =
+                    Box::new(std::io::BufReader::new(std::io::stdin()));
+                let (s, ended) = read_batch(&mut input)
+                    .map_err(|e| Error::io("reading rules from stdin", e))?
+                    .unwrap_or_default();
+                if ended {
+                    updates = Some(input);
+                }
                 parse_rules(&s, "stdin")?
             }
             Some(f) => {
-                let data = std::fs::read(f).map_err(|e| Error::io(format!("reading {f}"), e))?;
+                let mut data = Vec::new();
+                std::fs::File::open(f)
+                    .and_then(|mut h| h.read_to_end(&mut data))
+                    .map_err(|e| Error::io(format!("reading {f}"), e))?;
                 let s = String::from_utf8(data)
                     .map_err(|_| Error::data(format!("{f}: rules are not UTF-8")))?;
                 parse_rules(&s, f)?
             }
         };
-        let psl = crate::psl::Suffixes::load();
-        for r in &inject {
-            for h in &r.hosts {
-                if let Ok(p) = HostPattern::parse(h)
-                    && p.is_wildcard()
-                    && let Some(s) = psl.covered_by(p.host())
-                {
-                    return Err(Error::data(format!(
-                        "grant {}: host pattern {p} covers the public suffix {s}, where anyone can create names; list the hosts instead",
-                        r.grant
-                    )));
-                }
-            }
-        }
-        let injector = Injector::new(inject).map_err(Error::data)?;
-        let mut relays = crate::relay::defaults();
-        relays.extend(pipe_relays);
+        let mut cli_relays = Vec::new();
         for s in a.relay {
-            relays.push(
+            cli_relays.push(
                 crate::relay::parse_spec(&s)
                     .map_err(|e| cli::usage_error(format!("--relay {s:?}: {e}"), USAGE))?,
             );
         }
-        let policy = Policy::new(mode, allow, injector.patterns(), net_rules);
+        let rulebook = Rulebook {
+            mode,
+            allow,
+            cli_relays,
+        };
+        let (injector, policy, relays) = rulebook.build(rules)?;
         Ok(Config {
             listen,
             token,
@@ -204,6 +271,8 @@ impl Config {
             header_timeout: Duration::from_secs(a.header_timeout.unwrap_or(30).max(1)),
             max_connections: a.max_connections.unwrap_or(1024).max(1),
             relays,
+            rulebook,
+            updates,
         })
     }
 }

@@ -72,6 +72,13 @@ impl Injector {
     }
 
     /// All host patterns of all rules (strict policy allows them).
+    /// The grant names the rules came from, each once (no secrets).
+    pub fn grants(&self) -> Vec<String> {
+        let mut g: Vec<String> = self.rules.iter().map(|r| r.grant.clone()).collect();
+        g.dedup();
+        g
+    }
+
     pub fn patterns(&self) -> Vec<HostPattern> {
         self.rules
             .iter()

@@ -64,13 +64,71 @@ fn run() -> Result<()> {
     }
 }
 
+/// Rule sets after the first, each ended by `rules_end`, replace the rules in force; a set
+/// that does not validate is refused (`rules_refused`, naming the line) and the old rules
+/// stay. A batch cut short by EOF is not a complete set and is ignored.
+fn replace_rules(
+    mut input: Box<dyn std::io::BufRead + Send>,
+    st: &proxy::State,
+    book: &config::Rulebook,
+) {
+    let mut n = 0u64;
+    loop {
+        let (text, ended) = match config::read_batch(&mut input) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!(
+                    "moat-proxy: reading replacement rules: {}",
+                    moat_core::error::io_msg(&e)
+                );
+                return;
+            }
+        };
+        if !ended {
+            st.sinks.event(
+                "rules_refused",
+                &serde_json::json!({"reason": "the rules pipe closed before rules_end"}),
+            );
+            return;
+        }
+        n += 1;
+        let built = config::parse_rules(&text, "stdin").and_then(|r| book.build(r));
+        match built {
+            Ok((injector, policy, relays)) => {
+                let grants = injector.grants();
+                *st.live
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(proxy::Live {
+                    injector,
+                    policy,
+                    relays,
+                });
+                st.sinks.event(
+                    "rules_replaced",
+                    &serde_json::json!({"set": n, "grants": grants}),
+                );
+            }
+            Err(e) => st.sinks.event(
+                "rules_refused",
+                &serde_json::json!({"set": n, "reason": e.msg}),
+            ),
+        }
+    }
+}
+
 async fn serve(cfg: Config) -> Result<()> {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     let ca = ca::Ca::load_or_create(&cfg.ca_dir)?;
     let sinks = Arc::new(trace::Sinks::new(cfg.trace.as_deref())?);
-    let allow_policy = Arc::new(cfg.policy);
-    let p2 = allow_policy.clone();
+    // Dialing private addresses depends on `--allow` only, which a rule replacement keeps.
+    let p2 = Arc::new(crate::policy::Policy::new(
+        cfg.rulebook.mode,
+        cfg.rulebook.allow.clone(),
+        vec![],
+        vec![],
+    ));
     let dial = Arc::new(upstream::DialPolicy {
         connect_to: cfg.connect_to.clone(),
         private_ok: Box::new(move |h, p| p2.explicitly_allows_port(h, p)),
@@ -102,20 +160,26 @@ async fn serve(cfg: Config) -> Result<()> {
     let (sd_tx, sd_rx) = watch::channel(false);
     let st = Arc::new(proxy::State {
         token: cfg.token,
-        injector: cfg.injector,
-        policy: allow_policy,
+        live: std::sync::RwLock::new(Arc::new(proxy::Live {
+            injector: cfg.injector,
+            policy: cfg.policy,
+            relays: cfg.relays,
+        })),
         ca,
         sinks: sinks.clone(),
         client,
         client_h1,
         header_timeout: cfg.header_timeout,
         shutdown: sd_rx,
-        relays: cfg.relays,
     });
     sinks.event(
         "listening",
         &serde_json::json!({"addr": addr.to_string(), "ca": st.ca.cert_path.display().to_string()}),
     );
+    if let Some(input) = cfg.updates {
+        let (st2, book) = (st.clone(), cfg.rulebook.clone());
+        std::thread::spawn(move || replace_rules(input, &st2, &book));
+    }
 
     let max = cfg.max_connections;
     let sem = Arc::new(Semaphore::new(max));

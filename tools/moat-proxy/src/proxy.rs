@@ -46,17 +46,32 @@ const MAX_BUF_BYTES: usize = 256 * 1024;
 /// holds this much.
 pub const TLS_SEND_BUF: usize = 256 * 1024;
 
+/// The rules in force: replaced as a whole when a new rule set arrives on the rules pipe.
+/// A request takes one snapshot and keeps it to the end.
+pub struct Live {
+    pub injector: Injector,
+    pub policy: Policy,
+    pub relays: Vec<crate::relay::Relay>,
+}
+
 pub struct State {
     pub token: Option<String>,
-    pub injector: Injector,
-    pub policy: Arc<Policy>,
+    pub live: std::sync::RwLock<Arc<Live>>,
     pub ca: Ca,
     pub sinks: Arc<Sinks>,
     pub client: Client<Connector, Body>,
     pub client_h1: Client<Connector, Body>,
     pub header_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
-    pub relays: Vec<crate::relay::Relay>,
+}
+
+impl State {
+    pub fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -292,7 +307,14 @@ async fn relay(mut req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
             "moat-proxy: wrong relay token\n",
         );
     }
-    let Some(r) = st.relays.iter().rev().find(|r| r.name == name).cloned() else {
+    let Some(r) = st
+        .live()
+        .relays
+        .iter()
+        .rev()
+        .find(|r| r.name == name)
+        .cloned()
+    else {
         return refuse(
             &st,
             StatusCode::NOT_FOUND,
@@ -593,6 +615,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Response<Body> {
+    let live = st.live();
     let scheme = if t.tls { "https" } else { "http" };
     let pq = req
         .uri()
@@ -611,7 +634,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         rule,
         kind,
         message,
-    } = st.policy.check(&t.host, t.port, method.as_str(), &pq)
+    } = live.policy.check(&t.host, t.port, method.as_str(), &pq)
     {
         return deny(&st, ctx, &t, &method, &path, rule, kind, message);
     }
@@ -667,7 +690,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    let grants = st.injector.apply(&mut headers, &t.host, t.port, t.tls);
+    let grants = live.injector.apply(&mut headers, &t.host, t.port, t.tls);
     if !grants.is_empty() {
         // Masking reads response bodies as they pass; a compressed body would carry an
         // echoed credential where masking cannot see it and the client's decoder can.
@@ -799,7 +822,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         body.boxed_unsync()
     } else {
         // The request carried a credential: mask it wherever the response reflects it.
-        let secrets = st.injector.secrets(&t.host, t.port, t.tls);
+        let secrets = live.injector.secrets(&t.host, t.port, t.tls);
         for v in parts.headers.values_mut() {
             if !secrets.contains(v.as_bytes()) {
                 continue;

@@ -510,6 +510,8 @@ pub struct Proxy {
     pub trace: PathBuf,
     pub events: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<String>>,
+    /// The rules pipe, kept open when the rules ended with a `rules_end` record.
+    pub stdin: Option<std::process::ChildStdin>,
 }
 
 pub fn inject_rule(grant: &str, hosts: &[&str], header: &str, value: &str) -> String {
@@ -598,12 +600,9 @@ impl Proxy {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(rules.as_bytes())
-            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(rules.as_bytes()).unwrap();
+        let stdin = rules.contains("\"rules_end\"").then_some(stdin);
         let stdout = child.stdout.take().unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev2 = events.clone();
@@ -651,6 +650,7 @@ impl Proxy {
             trace,
             events,
             stderr,
+            stdin,
         }
     }
 

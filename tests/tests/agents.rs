@@ -1,0 +1,511 @@
+//! `moat claude` / `moat codex` / `moat gemini` end to end: the real CLIs from their npm
+//! packages, installed in the run's image at build time through the build-time proxy, run in
+//! a real container against loopback stand-ins for the providers (`moat_standins`), reached
+//! through the run's proxy with `MOAT_PROXY_CONNECT_TO` and trusted through
+//! `MOAT_PROXY_EXTRA_CA`. The stand-ins answer only the real credential; the container holds
+//! placeholders. The image is built once (its tag is a hash of its content, the same for
+//! every MOAT_HOME) and shared by every test.
+
+use moat_e2e::{Moat, docker_ready, run_with_deadline};
+use moat_standins::{Kind, Options, Standin};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const ANSWER: &str = "Hello from the moat stand-in, streamed in pieces.";
+
+fn canary(prefix: &str) -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}E2eCanary{n:x}DoNotLeak0123456789abcdefABCDEF")
+}
+
+fn with_standin(opts: Options) -> (Moat, Standin) {
+    let st = Standin::start_with(opts);
+    let mut m = Moat::new();
+    m.env
+        .env("MOAT_PROXY_CONNECT_TO", st.connect_to().join(","))
+        .env("MOAT_PROXY_EXTRA_CA", st.ca_pem_path());
+    (m, st)
+}
+
+fn epoch_ms_in(secs: i64) -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    now + secs * 1000
+}
+
+/// `moat grant anthropic`, imported from a Claude Code sign-in in the test's HOME (then the
+/// file is removed: from here on the token lives only in moat's encrypted store).
+fn grant_claude_subscription(m: &Moat, access: &str, refresh: &str, expires_in_secs: i64) {
+    let f = m.env.home.join(".claude/.credentials.json");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(
+        &f,
+        serde_json::json!({"claudeAiOauth": {
+            "accessToken": access,
+            "refreshToken": refresh,
+            "expiresAt": epoch_ms_in(expires_in_secs),
+            "scopes": ["user:inference", "user:profile"],
+            "subscriptionType": "max"
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", "anthropic", "--no-validate"]);
+    let r = run_with_deadline(c, "moat grant anthropic".into(), None, 60);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    std::fs::remove_dir_all(m.env.home.join(".claude")).unwrap();
+}
+
+fn grant_stdin(m: &Moat, provider: &str, secret: &str) {
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", provider, "--token-stdin", "--no-validate"]);
+    let r = run_with_deadline(
+        c,
+        format!("moat grant {provider}"),
+        Some(secret.as_bytes()),
+        60,
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+}
+
+/// Nothing under MOAT_HOME holds `secret` (logs, traces, audit, spec, staged files).
+fn no_artifact_holds(m: &Moat, secret: &str) {
+    let hits = moat_testkit::files_containing(m.moat_home(), secret.as_bytes());
+    assert!(hits.is_empty(), "{secret} found in {hits:?}");
+}
+
+/// The container's environment, command lines and files hold none of `secrets` (one
+/// `docker export`, searched for every secret at once).
+fn container_holds_none(name: &str, secrets: &[&str]) {
+    let procs = Command::new("docker")
+        .args([
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cat /home/moatuser/.claude/.credentials.json 2>/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&procs.stdout);
+    assert!(
+        out.contains("HTTPS_PROXY=") && out.contains("sk-ant-oat01-moatProxyInjected"),
+        "docker exec worked and the placeholder is there: {out}{}",
+        String::from_utf8_lossy(&procs.stderr)
+    );
+    for s in secrets {
+        assert!(!out.contains(s), "token in the container's processes");
+    }
+    let pats: Vec<String> = secrets.iter().map(|s| format!("-e '{s}'")).collect();
+    let export = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker export {name} > /dev/null && docker export {name} | grep -a -c -F {} || true",
+            pats.join(" ")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&export.stdout).trim(),
+        "0",
+        "token in the container's files {}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+}
+
+fn messages_with(st: &Standin, token: &str) -> usize {
+    st.requests()
+        .iter()
+        .filter(|r| r.path_only() == "/v1/messages" && r.contains(token) && r.status == 200)
+        .count()
+}
+
+#[test]
+fn claude_p_with_an_api_key_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-api03-");
+    let (m, st) = with_standin(Options::new(Kind::AnthropicApiKey, &real));
+    grant_stdin(&m, "anthropic", &real);
+    let r = m.run_timeout(
+        "moat",
+        &["claude", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\nrequests:\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+    // Claude Code's transcript landed in the run directory (sync_logs defaults to on).
+    let id = m.run_ids().pop().unwrap();
+    let logs = m.moat_home().join("runs").join(&id).join("claude");
+    let kept = moat_testkit::files_containing(&logs, b"streamed in pieces");
+    assert!(!kept.is_empty(), "no session log under {}", logs.display());
+    let s = m.run_timeout("moat", &["claude", "sessions"], None, 60);
+    assert_eq!(s.code(), 0, "{}", s.stderr());
+    assert!(s.stdout().contains(&id), "{}", s.stdout());
+}
+
+/// A subscription whose access token expires a few seconds into the run: the supervisor
+/// renews it on the host at the stand-in's token endpoint, the store keeps the new tokens,
+/// the proxy takes the new rule set, and Claude Code (started after a pre_run pause)
+/// reaches the API with the new token injected; the container never holds either token.
+#[test]
+fn claude_subscription_is_renewed_during_the_run_and_never_enters_the_container() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-oat01-");
+    let refresh = canary("sk-ant-ort01-");
+    let mut o = Options::new(Kind::AnthropicOauth, &real);
+    o.refresh_token = Some(refresh.clone());
+    let (m, st) = with_standin(o);
+    // Renewed 5 minutes before expiry: 12 s after the grant.
+    grant_claude_subscription(&m, &real, &refresh, 5 * 60 + 12);
+    std::fs::write(m.ws.join("moat.yaml"), "hooks:\n  pre_run: sleep 35\n").unwrap();
+    let r = m.run_timeout(
+        "moat",
+        &["claude", "--no-sandbox", "-d", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}",
+        r.stdout(),
+        r.stderr()
+    );
+    let id = r.stdout().trim().to_string();
+    m.wait_state(&id, &["running"], 600);
+    let name = format!("moat-{id}");
+    // Wait for the renewal (bounded), then look inside while pre_run still sleeps.
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(40);
+    while st.refreshes().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refreshes = st.refreshes();
+    assert_eq!(refreshes.len(), 1, "one renewal: {}", st.request_lines());
+    eprintln!("renewed {:?} after the run started", t0.elapsed());
+    assert_eq!(refreshes[0].refresh_token, refresh);
+    let new_access = refreshes[0].new_access_token.clone();
+    let new_refresh = refreshes[0].new_refresh_token.clone();
+    let dir = m.moat_home().join("runs").join(&id);
+    assert_eq!(
+        m.metadata(&id)["state"],
+        "running",
+        "{}\n{}",
+        std::fs::read_to_string(dir.join("launch.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("logs.jsonl")).unwrap_or_default()
+    );
+    container_holds_none(&name, &[&real, &refresh, &new_access, &new_refresh]);
+
+    let end = m.wait_state(&id, &["stopped", "failed"], 300);
+    let logs = std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("logs.jsonl"))
+        .unwrap_or_default();
+    assert_eq!(end["state"], "stopped", "{logs}\n{}", st.request_lines());
+    assert!(logs.contains(ANSWER), "{logs}\n{}", st.request_lines());
+    // Claude Code's calls after the renewal carried the new token, none the old one.
+    assert!(
+        messages_with(&st, &new_access) >= 1,
+        "{}",
+        st.request_lines()
+    );
+    assert_eq!(messages_with(&st, &real), 0, "{}", st.request_lines());
+    // The store holds the new tokens.
+    let rules = Command::new(moat_testkit::bin("moat-grant"))
+        .args(["rules", "anthropic"])
+        .env("HOME", &m.env.home)
+        .env("MOAT_HOME", m.moat_home())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        text.contains(&new_access),
+        "the store has the renewed token"
+    );
+    assert!(!text.contains(&real));
+    // The audit log says so; nothing under MOAT_HOME holds any of the tokens.
+    let audit =
+        std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("audit/log.jsonl"))
+            .unwrap_or_default();
+    assert!(audit.contains("grant_refreshed"), "{audit}");
+    for s in [&real, &refresh, &new_access, &new_refresh] {
+        no_artifact_holds(&m, s);
+    }
+}
+
+#[test]
+fn codex_exec_with_an_api_key_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-proj-");
+    let (m, st) = with_standin(Options::new(Kind::OpenAiApiKey, &real));
+    grant_stdin(&m, "openai", &real);
+    let r = m.run_timeout(
+        "moat",
+        &["codex", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\nrequests:\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    // The answer came from api.openai.com with the real key injected; never on chatgpt.com.
+    assert!(
+        st.requests().iter().any(|q| q.host == "api.openai.com"
+            && q.path_only() == "/v1/responses"
+            && q.contains(&real)),
+        "{}",
+        st.request_lines()
+    );
+    assert!(
+        !st.requests()
+            .iter()
+            .any(|q| q.host.ends_with("chatgpt.com") && q.contains(&real)),
+        "the API key went to chatgpt.com"
+    );
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+}
+
+#[test]
+fn gemini_p_with_an_api_key_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("AIza");
+    let (m, st) = with_standin(Options::new(Kind::GeminiApiKey, &real));
+    grant_stdin(&m, "gemini", &real);
+    let r = m.run_timeout(
+        "moat",
+        &["gemini", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\nrequests:\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        st.requests()
+            .iter()
+            .any(|q| q.host == "generativelanguage.googleapis.com"
+                && q.path.contains(":streamGenerateContent")
+                && q.contains(&real)),
+        "{}",
+        st.request_lines()
+    );
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+}
+
+#[test]
+fn codex_exec_with_a_chatgpt_sign_in_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 10 * 86400;
+    let real = moat_standins::fake_jwt(&serde_json::json!({"exp": exp, "canary": canary("c")}));
+    let (m, st) = with_standin(Options::new(Kind::ChatGpt, &real));
+    let f = m.env.home.join(".codex/auth.json");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(
+        &f,
+        serde_json::json!({"OPENAI_API_KEY": null, "tokens": {
+            "id_token": moat_standins::chatgpt_id_token(),
+            "access_token": real,
+            "refresh_token": canary("rt_"),
+            "account_id": "00000000-0000-4000-8000-00000000c0de"
+        }, "last_refresh": "2026-01-01T00:00:00Z"})
+        .to_string(),
+    )
+    .unwrap();
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", "openai", "--no-validate"]);
+    let g = run_with_deadline(c, "moat grant openai".into(), None, 60);
+    assert_eq!(g.code(), 0, "{}", g.stderr());
+    std::fs::remove_dir_all(m.env.home.join(".codex")).unwrap();
+    let r = m.run_timeout(
+        "moat",
+        &["codex", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        st.requests().iter().any(|q| q.host == "chatgpt.com"
+            && q.path.starts_with("/backend-api/codex/responses")
+            && q.contains(&real)),
+        "{}",
+        st.request_lines()
+    );
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+}
+
+#[test]
+fn gemini_p_with_a_google_sign_in_prints_the_streamed_answer() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("ya29.");
+    let (m, st) = with_standin(Options::new(Kind::GoogleOauth, &real));
+    let f = m.env.home.join(".gemini/oauth_creds.json");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(
+        &f,
+        serde_json::json!({"access_token": real, "refresh_token": canary("1//"), "token_type": "Bearer",
+            "scope": "https://www.googleapis.com/auth/cloud-platform openid",
+            "expiry_date": epoch_ms_in(10 * 86400)})
+        .to_string(),
+    )
+    .unwrap();
+    let mut c = m.env.cmd("moat");
+    c.args(["grant", "gemini", "--no-validate"]);
+    let g = run_with_deadline(c, "moat grant gemini".into(), None, 60);
+    assert_eq!(g.code(), 0, "{}", g.stderr());
+    std::fs::remove_dir_all(m.env.home.join(".gemini")).unwrap();
+    let r = m.run_timeout(
+        "moat",
+        &["gemini", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        st.requests()
+            .iter()
+            .any(|q| q.host == "cloudcode-pa.googleapis.com"
+                && q.path.contains(":streamGenerateContent")
+                && q.contains(&real)),
+        "{}",
+        st.request_lines()
+    );
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+}
+
+/// `claude.base_url`: Claude Code talks to the proxy's relay (ANTHROPIC_BASE_URL), which
+/// forwards to the configured URL with the subscription injected. The URL here is the
+/// stand-in's own host (the only one with a certificate the proxy trusts), so this shows
+/// the configuration works end to end; it cannot tell the relay path from the CONNECT path.
+#[test]
+fn claude_base_url_goes_through_the_relay_with_the_key_injected() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-oat01-");
+    let (m, st) = with_standin(Options::new(Kind::AnthropicOauth, &real));
+    grant_claude_subscription(&m, &real, &canary("sk-ant-ort01-"), 30 * 86400);
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        "claude:\n  base_url: https://api.anthropic.com\n  sync_logs: false\n",
+    )
+    .unwrap();
+    let r = m.run_timeout(
+        "moat",
+        &["claude", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(
+        r.stdout().contains(ANSWER),
+        "stdout: {}\nstderr: {}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
+    r.leaks_nothing(&real);
+    no_artifact_holds(&m, &real);
+    // sync_logs: false keeps no session logs.
+    let id = m.run_ids().pop().unwrap();
+    assert!(!m.moat_home().join("runs").join(&id).join("claude").exists());
+}
