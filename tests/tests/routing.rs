@@ -106,8 +106,26 @@ fn two_runs_of_one_workspace_each_reachable_by_name() {
             &format!("URL=http://web.{name}.localhost:{port} HOST=web.{name}.localhost:{port}"),
             10,
         );
-        let meta = m.launch(&["list", "--json"]);
-        assert!(meta.stdout().contains(name));
+        // `moat list` names the run's endpoints and their URLs.
+        let list = m.launch(&["list", "--json"]);
+        let row = list
+            .stdout()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["id"] == id.as_str())
+            .expect("the run in list --json");
+        assert_eq!(
+            row["endpoints"]["web"],
+            format!("https://web.{name}.localhost:{port}/").as_str(),
+            "{row}"
+        );
+        let table = m.launch(&["list"]).stdout();
+        let line = table.lines().find(|l| l.starts_with(name)).unwrap();
+        assert!(
+            table.starts_with("NAME") && table.lines().next().unwrap().contains("ENDPOINTS"),
+            "{table}"
+        );
+        assert!(line.split_whitespace().any(|w| w == "web"), "{table}");
         ids.push(id);
     }
     // No host port was published: the router reaches each container on its run network.

@@ -136,7 +136,7 @@ pub fn list(json: bool, promoted: bool) -> Result<()> {
                     "id": m.id, "name": m.name, "state": m.state.as_str(), "services": m.services,
                     "created_at": m.created_at, "image": m.image, "exit_code": m.exit_code,
                     "reason": m.reason, "workspace": m.workspace,
-                    "worktree_branch": m.worktree_branch,
+                    "worktree_branch": m.worktree_branch, "endpoints": m.endpoints,
                 }),
             )?);
         }
@@ -146,22 +146,36 @@ pub fn list(json: bool, promoted: bool) -> Result<()> {
             return Ok(());
         }
         let w = runs.iter().map(|m| m.name.len()).max().unwrap_or(4).max(4);
-        out.push_str(&format!(
-            "{:<w$}  {:<16}  {:<8}  {:<8}  AGE\n",
-            "NAME", "RUN ID", "STATE", "SERVICES"
-        ));
-        for m in &runs {
-            let svc = if m.services.is_empty() {
+        let joined = |v: Vec<&str>| {
+            if v.is_empty() {
                 "-".to_string()
             } else {
-                m.services.join(",")
-            };
+                v.join(",")
+            }
+        };
+        let rows: Vec<(String, String)> = runs
+            .iter()
+            .map(|m| {
+                (
+                    joined(m.services.iter().map(String::as_str).collect()),
+                    joined(m.endpoints.keys().map(String::as_str).collect()),
+                )
+            })
+            .collect();
+        let sw = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(8);
+        let ew = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(9);
+        out.push_str(&format!(
+            "{:<w$}  {:<16}  {:<8}  {:<sw$}  {:<ew$}  AGE\n",
+            "NAME", "RUN ID", "STATE", "SERVICES", "ENDPOINTS"
+        ));
+        for (m, (svc, eps)) in runs.iter().zip(&rows) {
             out.push_str(&format!(
-                "{:<w$}  {:<16}  {:<8}  {:<8}  {}\n",
+                "{:<w$}  {:<16}  {:<8}  {:<sw$}  {:<ew$}  {}\n",
                 m.name,
                 m.id,
                 m.state.as_str(),
                 svc,
+                eps,
                 age(m)
             ));
         }

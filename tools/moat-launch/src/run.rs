@@ -145,6 +145,19 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         interactive: spec.interactive,
         detached: spec.detach,
         services: vec![],
+        endpoints: match spec.router_port {
+            Some(rp) => spec
+                .ports
+                .keys()
+                .map(|ep| {
+                    (
+                        ep.clone(),
+                        format!("https://{ep}.{}.localhost:{rp}/", spec.name),
+                    )
+                })
+                .collect(),
+            None => Default::default(),
+        },
         created_at: now_rfc3339(),
         started_at: None,
         stopped_at: None,

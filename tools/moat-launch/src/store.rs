@@ -69,6 +69,9 @@ pub struct Metadata {
     pub detached: bool,
     #[serde(default)]
     pub services: Vec<String>,
+    /// `ports:` endpoints and their URLs through the hostname router.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub endpoints: std::collections::BTreeMap<String, String>,
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
@@ -282,6 +285,7 @@ mod tests {
             interactive: false,
             detached: false,
             services: vec![],
+            endpoints: Default::default(),
             created_at: at.into(),
             started_at: None,
             stopped_at: None,
