@@ -59,6 +59,17 @@ impl Moat {
         self.run_timeout("moat-launch", args, None, 300)
     }
 
+    /// `moat-launch run --no-sandbox -- sh -c SCRIPT` in the workspace, allowing for an
+    /// image build (ten minutes).
+    pub fn sh(&self, script: &str) -> Run {
+        self.run_timeout(
+            "moat-launch",
+            &["run", "--no-sandbox", "--", "sh", "-c", script],
+            None,
+            600,
+        )
+    }
+
     pub fn moat_home(&self) -> &Path {
         &self.env.moat_home
     }
