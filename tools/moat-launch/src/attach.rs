@@ -3,7 +3,7 @@
 //! ends. Ctrl+C detaches; Ctrl+C twice within 500 ms stops the run.
 
 use crate::store::{State, Store, supervisor_gone};
-use moat_core::{Error, Result};
+use moat_core::Result;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -83,10 +83,7 @@ pub fn follow(store: &Store, id: &str, from_start: bool) -> Result<i32> {
         t.logs = size("logs.jsonl");
         t.launch = size("launch.log");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the runtime", e))?;
+    let rt = crate::commands::rt()?;
     rt.block_on(async {
         let mut first_int: Option<Instant> = None;
         let mut stopping = false;

@@ -10,7 +10,8 @@ use moat_core::{Error, MoatHome, Result, cli};
 use std::io::{BufRead, Write};
 use std::time::{Duration, SystemTime};
 
-fn rt() -> Result<tokio::runtime::Runtime> {
+/// A one-thread runtime for a command's Docker calls.
+pub(crate) fn rt() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -625,7 +626,8 @@ fn proxy_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
+/// Bytes of the files below `p` (0 when unreadable).
+pub(crate) fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
         return 0;
     };

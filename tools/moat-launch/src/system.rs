@@ -6,7 +6,7 @@
 use crate::docker::{self, LABEL_HOME, LABEL_IMAGE, LABEL_RUN};
 use crate::store::{Metadata, Store};
 use bollard::Docker;
-use moat_core::{Error, Result, cli};
+use moat_core::{Result, cli};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,10 +153,7 @@ fn short(id: &str) -> &str {
 
 pub fn command(store: &Store, want_containers: bool, json: bool, all: bool) -> Result<()> {
     let runs = store.all()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the runtime", e))?;
+    let rt = crate::commands::rt()?;
     let mut out = String::new();
     if want_containers {
         let rows = rt.block_on(async {

@@ -63,26 +63,6 @@ struct Row {
     bytes: Option<u64>,
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-fn rt() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the runtime", e))
-}
-
 async fn docker_rows(d: &Docker, home: &str) -> Result<Vec<Row>> {
     let filters = HashMap::from([(
         "label".to_string(),
@@ -127,7 +107,7 @@ fn all_rows(store: &Store, d: Option<&Docker>, rt: &tokio::runtime::Runtime) -> 
                 volume: v.file_name().to_string_lossy().to_string(),
                 kind: "bind",
                 location: v.path().display().to_string(),
-                bytes: Some(dir_size(&v.path())),
+                bytes: Some(crate::commands::dir_size(&v.path())),
             });
         }
     }
@@ -195,7 +175,7 @@ fn remove(store: &Store, d: Option<&Docker>, rt: &tokio::runtime::Runtime, r: &R
 
 pub fn command(store: &Store, cmd: VolumesCmd) -> Result<()> {
     let runs = store.all()?;
-    let rt = rt()?;
+    let rt = crate::commands::rt()?;
     let d = rt.block_on(docker::connect()).ok();
     let rows = all_rows(store, d.as_ref(), &rt)?;
     match cmd {
