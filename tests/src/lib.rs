@@ -70,6 +70,23 @@ impl Moat {
         )
     }
 
+    /// `moat-launch run -d --no-sandbox ARGS...`, asserted to succeed; the new run's id once
+    /// it is running.
+    pub fn detached(&self, args: &[&str]) -> String {
+        let before = self.run_ids();
+        let mut all = vec!["run", "-d", "--no-sandbox"];
+        all.extend_from_slice(args);
+        let r = self.launch(&all);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        let id = self
+            .run_ids()
+            .into_iter()
+            .find(|i| !before.contains(i))
+            .expect("a new run");
+        self.wait_state(&id, &["running"], 60);
+        id
+    }
+
     pub fn moat_home(&self) -> &Path {
         &self.env.moat_home
     }

@@ -233,18 +233,7 @@ fn a_snapshot_restores_what_the_run_deleted() {
     assert_eq!(r.code(), 64, "{}", r.stderr());
 
     // A running run's workspace is not restored under it without --force.
-    let r = m.launch(&[
-        "run",
-        "-d",
-        "--no-sandbox",
-        "--no-snapshots",
-        "--",
-        "sleep",
-        "60",
-    ]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    let live = m.run_ids().into_iter().find(|i| *i != id).unwrap();
-    m.wait_state(&live, &["running"], 60);
+    let live = m.detached(&["--no-snapshots", "--", "sleep", "60"]);
     let s = m.launch(&["snapshot", &live]);
     assert_eq!(s.code(), 0, "{}", s.stderr());
     let sid = s.stdout().trim().to_string();
@@ -423,18 +412,8 @@ fn system_lists_exactly_the_images_and_containers_of_this_home() {
         return;
     }
     let m = Moat::new();
-    let r = m.launch(&[
-        "run",
-        "-d",
-        "--no-sandbox",
-        "--no-snapshots",
-        "--",
-        "sleep",
-        "60",
-    ]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    let id = m.run_ids().pop().unwrap();
-    let meta = m.wait_state(&id, &["running"], 60);
+    let id = m.detached(&["--no-snapshots", "--", "sleep", "60"]);
+    let meta = m.metadata(&id);
 
     let c = m.launch(&["system", "containers", "--json"]);
     assert_eq!(c.code(), 0, "{}", c.stderr());
