@@ -8,7 +8,7 @@ pub const USAGE: &str =
     "usage: moat-proxy serve --listen ADDR:PORT [--rules FILE|-] [--token-file FILE | --no-auth]
                         [--policy permissive|strict] [--allow HOST]... [--trace FILE]
                         [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]... [--ca-dir DIR]
-                        [--relay NAME=URL]...
+                        [--relay NAME=URL]... [--tunnel HOST:PORT]...
        moat-proxy ca-path
        moat-proxy start|stop|router [--port PORT]
        moat-proxy status [--port PORT] [--json]
@@ -42,6 +42,8 @@ Options for serve:
     --header-timeout SECS    time a client has to send request headers (default 30)
     --max-connections N      client connections served at once (default 1024)
     --relay NAME=URL         serve /relay/TOKEN/NAME/... and /mcp/TOKEN/NAME from URL; repeatable
+    --tunnel HOST:PORT       pass CONNECT to HOST:PORT through as raw bytes, not intercepted
+                             (SSH to a granted host); repeatable
 
 Options for start, stop, status and router:
     --port PORT              the router's port (default MOAT_PROXY_PORT, else 8080)
@@ -52,7 +54,8 @@ Other options:
     -V, --version            show the version
 
 Environment: MOAT_HOME, MOAT_PROXY_POLICY, MOAT_PROXY_ALLOW, MOAT_PROXY_CONNECT_TO,
-MOAT_PROXY_EXTRA_CA, MOAT_PROXY_TRACE, MOAT_PROXY_TOKEN_FILE, MOAT_PROXY_PORT, SSL_CERT_FILE.
+MOAT_PROXY_EXTRA_CA, MOAT_PROXY_TRACE, MOAT_PROXY_TOKEN_FILE, MOAT_PROXY_TUNNEL, MOAT_PROXY_PORT,
+SSL_CERT_FILE.
 ";
 
 #[derive(Debug, Default)]
@@ -70,6 +73,7 @@ pub struct ServeArgs {
     pub header_timeout: Option<u64>,
     pub max_connections: Option<usize>,
     pub relay: Vec<String>,
+    pub tunnel: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -185,6 +189,7 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<ServeArgs> {
                 a.max_connections = Some(p.value().map_err(le)?.parse().map_err(le)?)
             }
             Long("relay") => a.relay.push(string(p.value().map_err(le)?, "--relay")?),
+            Long("tunnel") => a.tunnel.push(string(p.value().map_err(le)?, "--tunnel")?),
             Short('h') | Long("help") => {
                 cli::write_stdout(HELP.as_bytes())?;
                 std::process::exit(0);

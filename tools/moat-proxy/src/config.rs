@@ -39,6 +39,8 @@ pub struct Config {
     pub header_timeout: Duration,
     pub max_connections: usize,
     pub relays: Vec<crate::relay::Relay>,
+    /// `--tunnel HOST:PORT`: CONNECT targets passed through uninspected (canonical host).
+    pub tunnels: Vec<(String, u16)>,
     /// How a replacement rule set becomes injector, policy and relays.
     pub rulebook: Rulebook,
     /// The rules pipe, still open after a `rules_end`: replacements follow.
@@ -212,6 +214,18 @@ impl Config {
                     .map_err(|e| cli::usage_error(format!("--connect-to {s:?}: {e}"), USAGE))?,
             );
         }
+        let mut tunnels = Vec::new();
+        for s in env_list("MOAT_PROXY_TUNNEL").into_iter().chain(a.tunnel) {
+            let bad = |why: &str| cli::usage_error(format!("--tunnel {s:?}: {why}"), USAGE);
+            let Some((_, p)) = s.rsplit_once(':') else {
+                return Err(bad("expected HOST:PORT, such as github.com:22"));
+            };
+            if p.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(bad("the port must be 1 to 65535"));
+            }
+            let (h, port) = canonical_authority(&s, 0).map_err(|e| bad(&e.to_string()))?;
+            tunnels.push((h, port));
+        }
         let mut extra_ca: Vec<PathBuf> = env_list("MOAT_PROXY_EXTRA_CA")
             .into_iter()
             .map(PathBuf::from)
@@ -271,6 +285,7 @@ impl Config {
             header_timeout: Duration::from_secs(a.header_timeout.unwrap_or(30).max(1)),
             max_connections: a.max_connections.unwrap_or(1024).max(1),
             relays,
+            tunnels,
             rulebook,
             updates,
         })

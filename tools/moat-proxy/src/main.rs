@@ -171,6 +171,8 @@ async fn serve(cfg: Config) -> Result<()> {
         client_h1,
         header_timeout: cfg.header_timeout,
         shutdown: sd_rx,
+        tunnels: cfg.tunnels,
+        dial,
     });
     sinks.event(
         "listening",

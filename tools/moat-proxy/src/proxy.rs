@@ -63,6 +63,9 @@ pub struct State {
     pub client_h1: Client<Connector, Body>,
     pub header_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// `--tunnel` targets: CONNECT passes through as raw bytes.
+    pub tunnels: Vec<(String, u16)>,
+    pub dial: Arc<crate::upstream::DialPolicy>,
 }
 
 impl State {
@@ -221,7 +224,7 @@ async fn outer(
         return r;
     }
     if req.method() == Method::CONNECT {
-        return connect(req, st, permit);
+        return connect(req, st, permit).await;
     }
     match req.uri().scheme_str() {
         Some("http") => {}
@@ -423,7 +426,7 @@ fn misdirected(st: &State, req: &Request<Incoming>) -> Response<Body> {
     )
 }
 
-fn connect(
+async fn connect(
     req: Request<Incoming>,
     st: Arc<State>,
     permit: Arc<OwnedSemaphorePermit>,
@@ -445,10 +448,67 @@ fn connect(
         );
     };
     let on_upgrade = hyper::upgrade::on(req);
+    if st.tunnels.iter().any(|(h, p)| *h == host && *p == port) {
+        return raw_tunnel(on_upgrade, host, port, st, permit).await;
+    }
     tokio::spawn(async move {
         let _permit = permit;
         if let Ok(up) = on_upgrade.await {
             intercept(up, host, port, st).await;
+        }
+    });
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::OK;
+    r
+}
+
+/// A `--tunnel` target (SSH to a granted host): dialed under the same address checks as
+/// any upstream before the client hears 200, then bytes pass through both ways uninspected;
+/// one trace record with the byte counts when it closes.
+async fn raw_tunnel(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    host: String,
+    port: u16,
+    st: Arc<State>,
+    permit: Arc<OwnedSemaphorePermit>,
+) -> Response<Body> {
+    let ctx = ReqCtx::new(
+        st.sinks.clone(),
+        "CONNECT",
+        format!("tcp://{}", display_host(&host, port)),
+    );
+    ctx.set_policy("tunnel".into());
+    let dialed = async {
+        let addrs = crate::upstream::resolve(&st.dial, &host, port).await?;
+        crate::upstream::dial_tcp(&addrs, &host).await
+    }
+    .await;
+    let mut up = match dialed {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = e.to_string();
+            ctx.set_status(502);
+            ctx.set_error("upstream", msg.clone());
+            return text(StatusCode::BAD_GATEWAY, format!("moat-proxy: {msg}\n"));
+        }
+    };
+    ctx.set_status(200);
+    let mut shutdown = st.shutdown.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let Ok(client) = on_upgrade.await else {
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut up) => match r {
+                Ok((to_up, to_client)) => {
+                    ctx.add_in(to_up);
+                    ctx.add_out(to_client);
+                }
+                Err(e) => ctx.set_error("tunnel", moat_core::error::io_msg(&e)),
+            },
+            _ = shutdown.wait_for(|s| *s) => {}
         }
     });
     let mut r = Response::new(full(Bytes::new()));
