@@ -19,6 +19,7 @@ mod refresh;
 mod run;
 mod services;
 mod snapshot;
+mod ssh_client;
 mod store;
 mod system;
 mod tty;

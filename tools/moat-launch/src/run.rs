@@ -737,6 +737,12 @@ async fn lifecycle(
     } else {
         Some(start_ssh_filter(home, id, &rules.ssh, res).await?)
     };
+    // ssh in the container reaches the granted hosts through proxy tunnels.
+    let ssh_client = if rules.ssh.is_empty() {
+        None
+    } else {
+        Some(crate::ssh_client::prepare(&dir, &rules.ssh)?)
+    };
     // The proxy's token; the AWS credential endpoint asks for it too.
     let token = moat_core::hex(&moat_core::random_bytes::<32>());
 
@@ -890,6 +896,9 @@ async fn lifecycle(
     }
     for h in &allow {
         cmd.arg("--allow").arg(h);
+    }
+    for t in ssh_client.iter().flat_map(|c| c.tunnels()) {
+        cmd.arg("--tunnel").arg(t);
     }
     let mut proxy = cmd
         .stdin(Stdio::piped())
@@ -1100,6 +1109,9 @@ async fn lifecycle(
     }
     if let Some(d) = &aws_dir {
         binds.push(format!("{}:{}:ro", d.display(), crate::aws::MOUNT));
+    }
+    if let Some(c) = &ssh_client {
+        binds.extend(c.binds());
     }
     if spec.dependencies.iter().any(|d| d == "docker:host") {
         let (sock, gid) = docker_host_socket()?;
