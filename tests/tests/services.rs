@@ -38,6 +38,31 @@ echo "host all all 0.0.0.0/0 scram-sha-256" >> "$D/pg_hba.conf"
 exec su postgres -s /bin/sh -c "exec postgres -D $D -c listen_addresses='*' -k /tmp"
 "#;
 
+/// MariaDB from bookworm standing in for MySQL, initialised the way the official MySQL
+/// image is: root's password from MYSQL_ROOT_PASSWORD, the database MYSQL_DATABASE, root
+/// allowed over the network. It listens only once that is done.
+const MYSQL_DOCKERFILE: &str = "FROM debian:bookworm-slim
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends mariadb-server >/dev/null && rm -rf /var/lib/apt/lists/*
+COPY entry.sh /entry.sh
+CMD [\"sh\", \"/entry.sh\"]
+";
+const MYSQL_ENTRY: &str = r#"set -eu
+mkdir -p /run/mysqld && chown mysql /run/mysqld
+mariadbd --user=mysql --skip-networking --socket=/tmp/init.sock >/dev/null 2>&1 &
+i=0
+until mariadb -S /tmp/init.sock -e 'select 1' >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -lt 300 ] || exit 1; sleep 0.1
+done
+mariadb -S /tmp/init.sock <<SQL
+ALTER USER root@localhost IDENTIFIED BY '$MYSQL_ROOT_PASSWORD';
+CREATE USER root@'%' IDENTIFIED BY '$MYSQL_ROOT_PASSWORD';
+GRANT ALL ON *.* TO root@'%' WITH GRANT OPTION;
+CREATE DATABASE \`$MYSQL_DATABASE\`;
+SQL
+mariadb-admin -S /tmp/init.sock -uroot -p"$MYSQL_ROOT_PASSWORD" shutdown
+exec mariadbd --user=mysql --bind-address=0.0.0.0
+"#;
+
 /// The Redis sidecar image, built from Debian packages the first time.
 fn redis_image() -> String {
     local_image(
@@ -424,6 +449,49 @@ echo "PWLEN=${#MOAT_POSTGRES_PASSWORD}"
     assert!(out.contains("PWLEN=32"), "{out}");
     assert!(r.stderr().contains("postgres is ready"), "{}", r.stderr());
     // The run is recorded as ended before Docker's clean-up; the sidecar goes right after.
+    wait_gone(&m.run_ids().pop().unwrap());
+}
+
+#[test]
+fn a_mysql_sidecar_is_waited_for_and_answers_the_mysql_client_with_the_injected_credentials() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let image = local_image(
+        "mysql-sidecar",
+        &[("Dockerfile", MYSQL_DOCKERFILE), ("entry.sh", MYSQL_ENTRY)],
+    );
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        format!("dependencies: [mysql@8, mysql-client]\nservices:\n  mysql:\n    image: {image}\n"),
+    )
+    .unwrap();
+    // No retry loop: the first query only works if the run waited for mysqladmin ping.
+    let script = r#"
+q() { mysql -h "$MOAT_MYSQL_HOST" -P "$MOAT_MYSQL_PORT" -u "$MOAT_MYSQL_USER" -p"$1" "$MOAT_MYSQL_DB" -N -B -e "$2" 2>&1; }
+echo "ANSWER=$(q "$MOAT_MYSQL_PASSWORD" 'create table t (v text); insert into t values ("from-the-run"); select v from t')"
+echo "WRONG=$(q not-the-password 'select 1')"
+echo "URL=$MOAT_MYSQL_URL"
+echo "PWLEN=${#MOAT_MYSQL_PASSWORD}"
+"#;
+    let r = m.run_timeout(
+        "moat-launch",
+        &["run", "--no-sandbox", "--", "bash", "-c", script],
+        None,
+        600,
+    );
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    assert!(out.contains("ANSWER=from-the-run"), "{out}\n{}", r.stderr());
+    let wrong = out.lines().find(|l| l.starts_with("WRONG=")).unwrap();
+    assert!(wrong.contains("Access denied"), "{out}");
+    assert!(
+        out.contains("URL=mysql://root:") && out.contains("@mysql:3306/moat"),
+        "{out}"
+    );
+    assert!(out.contains("PWLEN=32"), "{out}");
+    assert!(r.stderr().contains("mysql is ready"), "{}", r.stderr());
     wait_gone(&m.run_ids().pop().unwrap());
 }
 
