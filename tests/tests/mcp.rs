@@ -263,3 +263,168 @@ fn claude_calls_a_remote_mcp_tool_through_the_relay_and_never_holds_its_credenti
         assert!(hits.is_empty(), "credential found in {hits:?}");
     }
 }
+
+/// `moat run` (no agent CLI): the relay exists and `MOAT_MCP_<NAME>_URL` / `_HEADER` tell
+/// a program where it is; under `--policy strict` too. Only the stub is swapped: a request
+/// with any other value reaches the server as sent (and is refused there).
+#[test]
+fn moat_run_gets_the_relay_in_its_environment_and_only_the_stub_is_swapped() {
+    if !docker_ready() {
+        return;
+    }
+    let mcp_secret = unique("mcpE2eCanary");
+    let mut o = Options::new(Kind::GitHub, "unused");
+    o.mcp = Some(McpServer {
+        path: "/mcp".into(),
+        header: "X-Docs-Key".into(),
+        credential: mcp_secret.clone(),
+        tool: "marker".into(),
+        result: "MARKER".into(),
+    });
+    let st = Standin::start_with(o);
+    let mut m = Moat::new();
+    m.env
+        .env("MOAT_PROXY_CONNECT_TO", st.connect_to().join(","))
+        .env("MOAT_PROXY_EXTRA_CA", st.ca_pem_path());
+    let url = format!("https://{}/mcp", moat_standins::MCP_HOST);
+    grant(
+        &m,
+        &["mcp", "docs", "--url", &url, "--header", "X-Docs-Key"],
+        &mcp_secret,
+    );
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        format!(
+            "mcp:\n  - name: docs\n    url: {url}\n    auth:\n      grant: mcp:docs\n      header: X-Docs-Key\n"
+        ),
+    )
+    .unwrap();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+    let script = format!(
+        "for h in \"$MOAT_MCP_DOCS_HEADER\" 'X-Docs-Key: my-own-value'; do \
+         curl -s -w ' %{{http_code}}\\n' -H \"$h\" -H 'content-type: application/json' \
+         -H 'accept: application/json, text/event-stream' --data '{init}' \"$MOAT_MCP_DOCS_URL\"; done"
+    );
+    let r = m.run_timeout(
+        "moat",
+        &[
+            "run",
+            "--no-sandbox",
+            "--policy",
+            "strict",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        None,
+        300,
+    );
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let out = r.stdout();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines[0].contains("moat-standin-mcp")
+            && lines[0].ends_with(" 200")
+            && lines[1].ends_with(" 401"),
+        "{}\n{}\n{}",
+        r.stdout(),
+        r.stderr(),
+        st.request_lines()
+    );
+    let seen: Vec<_> = st
+        .requests()
+        .into_iter()
+        .filter(|q| q.host == moat_standins::MCP_HOST)
+        .collect();
+    assert_eq!(seen.len(), 2, "{}", st.request_lines());
+    assert_eq!(seen[0].header("x-docs-key"), Some(mcp_secret.as_str()));
+    assert_eq!(seen[1].header("x-docs-key"), Some("my-own-value"));
+    r.leaks_nothing(&mcp_secret);
+    let hits = moat_testkit::files_containing(m.moat_home(), mcp_secret.as_bytes());
+    assert!(hits.is_empty(), "credential found in {hits:?}");
+}
+
+/// Codex and the Gemini CLI connect to the server at startup through the relay with the
+/// stub in their configuration (Codex's `http_headers`, Gemini's `headers`): the server
+/// sees the handshake with the real credential.
+fn cli_handshakes(cli: &str, kind: Kind, provider: &str, key: &str) {
+    let mcp_secret = unique("mcpE2eCanary");
+    let mut o = Options::new(kind, key);
+    o.mcp = Some(McpServer {
+        path: "/mcp".into(),
+        header: "X-Docs-Key".into(),
+        credential: mcp_secret.clone(),
+        tool: "marker".into(),
+        result: "MARKER".into(),
+    });
+    let st = Standin::start_with(o);
+    let mut m = Moat::new();
+    m.env
+        .env("MOAT_PROXY_CONNECT_TO", st.connect_to().join(","))
+        .env("MOAT_PROXY_EXTRA_CA", st.ca_pem_path());
+    grant(&m, &[provider], key);
+    let url = format!("https://{}/mcp", moat_standins::MCP_HOST);
+    grant(
+        &m,
+        &["mcp", "docs", "--url", &url, "--header", "X-Docs-Key"],
+        &mcp_secret,
+    );
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        format!(
+            "mcp:\n  - name: docs\n    url: {url}\n    auth:\n      grant: mcp:docs\n      header: X-Docs-Key\n"
+        ),
+    )
+    .unwrap();
+    let r = m.run_timeout("moat", &[cli, "--no-sandbox", "-p", "say hello"], None, 900);
+    let requests = st.request_lines();
+    assert_eq!(r.code(), 0, "{}\n{}\n{requests}", r.stdout(), r.stderr());
+    assert!(r.stdout().contains(ANSWER), "{}\n{requests}", r.stdout());
+    let seen: Vec<_> = st
+        .requests()
+        .into_iter()
+        .filter(|q| q.host == moat_standins::MCP_HOST)
+        .collect();
+    for want in ["\"initialize\"", "\"tools/list\""] {
+        assert!(
+            seen.iter().any(|q| q.contains(want)
+                && q.header("x-docs-key") == Some(mcp_secret.as_str())
+                && q.status == 200),
+            "{cli}: no {want} with the credential:\n{requests}"
+        );
+    }
+    assert!(seen.iter().all(|q| q.status != 401), "{requests}");
+    r.leaks_nothing(&mcp_secret);
+    for s in [&mcp_secret, &key.to_string()] {
+        let hits = moat_testkit::files_containing(m.moat_home(), s.as_bytes());
+        assert!(hits.is_empty(), "credential found in {hits:?}");
+    }
+}
+
+#[test]
+fn codex_connects_to_a_remote_mcp_server_through_the_relay() {
+    if !docker_ready() {
+        return;
+    }
+    cli_handshakes(
+        "codex",
+        Kind::OpenAiApiKey,
+        "openai",
+        &unique("sk-proj-E2eCanary"),
+    );
+}
+
+#[test]
+fn gemini_connects_to_a_remote_mcp_server_through_the_relay() {
+    if !docker_ready() {
+        return;
+    }
+    cli_handshakes(
+        "gemini",
+        Kind::GeminiApiKey,
+        "gemini",
+        &unique("AIzaE2eCanary"),
+    );
+}
