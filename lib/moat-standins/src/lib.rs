@@ -84,6 +84,9 @@ pub struct Options {
     /// `tool_result` yet is answered with a `tool_use` block calling it (no input); the
     /// request that carries the result gets the text answer.
     pub tool_use: Option<String>,
+    /// Also serve every route under this path prefix (e.g. `/gateway`), as an API gateway
+    /// in front of the provider would; requests are recorded with the path as sent.
+    pub base_path: Option<String>,
 }
 
 impl Options {
@@ -96,6 +99,7 @@ impl Options {
             event_delay: Duration::from_millis(80),
             mcp: None,
             tool_use: None,
+            base_path: None,
         }
     }
 }

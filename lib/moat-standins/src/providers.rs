@@ -66,10 +66,19 @@ pub(crate) async fn handle(state: Arc<State>, mut req: http::Request<Incoming>) 
         Ok(b) => b.to_bytes().to_vec(),
         Err(_) => Vec::new(),
     };
+    let sent_path = parts.uri.path().to_string();
+    let routed = state
+        .opts
+        .base_path
+        .as_deref()
+        .and_then(|b| sent_path.strip_prefix(b))
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(&sent_path)
+        .to_string();
     let r = Req {
         method: parts.method.to_string(),
         host,
-        path: parts.uri.path().to_string(),
+        path: routed,
         query: parts.uri.query().unwrap_or("").to_string(),
         headers: parts.headers.clone(),
         body,
@@ -78,7 +87,7 @@ pub(crate) async fn handle(state: Arc<State>, mut req: http::Request<Incoming>) 
         Some(on) => websocket(&state, &r, on),
         None => route(&state, &r),
     };
-    let mut path = r.path.clone();
+    let mut path = sent_path;
     if !r.query.is_empty() {
         path.push('?');
         path.push_str(&r.query);
