@@ -466,19 +466,22 @@ fn gemini_p_with_a_google_sign_in_prints_the_streamed_answer() {
 
 /// `claude.base_url`: Claude Code talks to the proxy's relay (ANTHROPIC_BASE_URL), which
 /// forwards to the configured URL with the subscription injected. The URL here is the
-/// stand-in's own host (the only one with a certificate the proxy trusts), so this shows
-/// the configuration works end to end; it cannot tell the relay path from the CONNECT path.
+/// stand-in's own host (the only one with a certificate the proxy trusts) under a path
+/// prefix, as a gateway would be: only the relay puts the prefix in front of the API's
+/// paths, so a Messages request under it shows the traffic took the relay.
 #[test]
 fn claude_base_url_goes_through_the_relay_with_the_key_injected() {
     if !docker_ready() {
         return;
     }
     let real = canary("sk-ant-oat01-");
-    let (m, st) = with_standin(Options::new(Kind::AnthropicOauth, &real));
+    let mut o = Options::new(Kind::AnthropicOauth, &real);
+    o.base_path = Some("/gateway".into());
+    let (m, st) = with_standin(o);
     grant_claude_subscription(&m, &real, &canary("sk-ant-ort01-"), 30 * 86400);
     std::fs::write(
         m.ws.join("moat.yaml"),
-        "claude:\n  base_url: https://api.anthropic.com\n  sync_logs: false\n",
+        "claude:\n  base_url: https://api.anthropic.com/gateway\n  sync_logs: false\n",
     )
     .unwrap();
     let r = m.run_timeout(
@@ -502,7 +505,15 @@ fn claude_base_url_goes_through_the_relay_with_the_key_injected() {
         r.stderr(),
         st.request_lines()
     );
-    assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
+    assert!(
+        st.requests()
+            .iter()
+            .any(|q| q.path_only() == "/gateway/v1/messages"
+                && q.status == 200
+                && q.contains(&real)),
+        "no Messages request through the relay:\n{}",
+        st.request_lines()
+    );
     r.leaks_nothing(&real);
     no_artifact_holds(&m, &real);
     // sync_logs: false keeps no session logs.

@@ -20,6 +20,10 @@ pub struct InjectRule {
     /// The stand-in the container holds for this credential, if it holds one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placeholder: Option<String>,
+    /// Inject only into a request whose `header` is exactly `placeholder` (the stub a
+    /// remote MCP server's entry carries); any other request passes as the client sent it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stub_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

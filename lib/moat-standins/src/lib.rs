@@ -48,6 +48,24 @@ pub enum Kind {
     GitHub,
 }
 
+/// The host a stand-in serves a remote MCP server on (with [`Options::mcp`]).
+pub const MCP_HOST: &str = "mcp.standin.test";
+
+/// A remote MCP server (Streamable HTTP: JSON-RPC 2.0 over POST) on [`MCP_HOST`]: it
+/// answers `initialize`, `tools/list` (one tool) and `tools/call` (as an event stream),
+/// takes notifications with 202, and answers 401 unless `header` carries `credential`.
+#[derive(Debug, Clone)]
+pub struct McpServer {
+    /// The path it serves (e.g. `/mcp`); every other path is 404.
+    pub path: String,
+    pub header: String,
+    pub credential: String,
+    /// The one tool it lists.
+    pub tool: String,
+    /// The text a call of the tool returns.
+    pub result: String,
+}
+
 /// How a stand-in behaves; [`Options::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -60,6 +78,15 @@ pub struct Options {
     pub answer: String,
     /// Pause between two streamed events.
     pub event_delay: Duration,
+    /// Also serve a remote MCP server on [`MCP_HOST`].
+    pub mcp: Option<McpServer>,
+    /// Anthropic: a Messages request that offers this tool (in `tools`) and carries no
+    /// `tool_result` yet is answered with a `tool_use` block calling it (no input); the
+    /// request that carries the result gets the text answer.
+    pub tool_use: Option<String>,
+    /// Also serve every route under this path prefix (e.g. `/gateway`), as an API gateway
+    /// in front of the provider would; requests are recorded with the path as sent.
+    pub base_path: Option<String>,
 }
 
 impl Options {
@@ -70,6 +97,9 @@ impl Options {
             refresh_token: None,
             answer: "Hello from the moat stand-in, streamed in pieces.".into(),
             event_delay: Duration::from_millis(80),
+            mcp: None,
+            tool_use: None,
+            base_path: None,
         }
     }
 }

@@ -66,10 +66,19 @@ pub(crate) async fn handle(state: Arc<State>, mut req: http::Request<Incoming>) 
         Ok(b) => b.to_bytes().to_vec(),
         Err(_) => Vec::new(),
     };
+    let sent_path = parts.uri.path().to_string();
+    let routed = state
+        .opts
+        .base_path
+        .as_deref()
+        .and_then(|b| sent_path.strip_prefix(b))
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(&sent_path)
+        .to_string();
     let r = Req {
         method: parts.method.to_string(),
         host,
-        path: parts.uri.path().to_string(),
+        path: routed,
         query: parts.uri.query().unwrap_or("").to_string(),
         headers: parts.headers.clone(),
         body,
@@ -78,7 +87,7 @@ pub(crate) async fn handle(state: Arc<State>, mut req: http::Request<Incoming>) 
         Some(on) => websocket(&state, &r, on),
         None => route(&state, &r),
     };
-    let mut path = r.path.clone();
+    let mut path = sent_path;
     if !r.query.is_empty() {
         path.push('?');
         path.push_str(&r.query);
@@ -164,6 +173,12 @@ fn route(state: &State, r: &Req) -> Response<Body> {
     let style = style_of(&r.host);
     let m = r.method.as_str();
     let p = r.path.as_str();
+    if r.host == crate::MCP_HOST {
+        return match &state.opts.mcp {
+            Some(server) => mcp(server, r),
+            None => not_found(style),
+        };
+    }
     // Token endpoints first: they take no access token.
     match (r.host.as_str(), m, p) {
         ("console.anthropic.com" | "platform.claude.com", "POST", "/v1/oauth/token")
@@ -540,6 +555,12 @@ fn anthropic(opts: &crate::Options, r: &Req) -> Response<Body> {
                 .unwrap_or("claude-standin");
             let stream = j.get("stream").and_then(Value::as_bool).unwrap_or(false);
             let id = format!("msg_standin{}", unix_now());
+            if let Some(tool) = &opts.tool_use
+                && offers_tool(&j, tool)
+                && !has_tool_result(&j)
+            {
+                return tool_use(opts, &id, model, tool, stream);
+            }
             if !stream {
                 return json_resp(
                     StatusCode::OK,
@@ -604,6 +625,134 @@ fn anthropic(opts: &crate::Options, r: &Req) -> Response<Body> {
         ),
         _ => not_found(Style::Anthropic),
     }
+}
+
+/// Whether a Messages request lists `tool` in `tools`.
+fn offers_tool(j: &Value, tool: &str) -> bool {
+    j["tools"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["name"] == tool))
+}
+
+/// Whether any message carries a `tool_result` block.
+fn has_tool_result(j: &Value) -> bool {
+    j["messages"].as_array().is_some_and(|ms| {
+        ms.iter().any(|m| {
+            m["content"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
+        })
+    })
+}
+
+/// A turn that calls `tool` with no input.
+fn tool_use(
+    opts: &crate::Options,
+    id: &str,
+    model: &str,
+    tool: &str,
+    stream: bool,
+) -> Response<Body> {
+    let call_id = format!("toolu_standin{}", unix_now());
+    if !stream {
+        return json_resp(
+            StatusCode::OK,
+            json!({"id":id,"type":"message","role":"assistant","model":model,
+                "content":[{"type":"tool_use","id":call_id,"name":tool,"input":{}}],
+                "stop_reason":"tool_use","stop_sequence":null,
+                "usage":{"input_tokens":12,"output_tokens":9}}),
+        );
+    }
+    let ev = vec![
+        named_event(
+            "message_start",
+            &json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","model":model,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}),
+        ),
+        named_event(
+            "content_block_start",
+            &json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":call_id,"name":tool,"input":{}}}),
+        ),
+        named_event(
+            "content_block_delta",
+            &json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{}"}}),
+        ),
+        named_event(
+            "content_block_stop",
+            &json!({"type":"content_block_stop","index":0}),
+        ),
+        named_event(
+            "message_delta",
+            &json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":9}}),
+        ),
+        named_event("message_stop", &json!({"type":"message_stop"})),
+    ];
+    sse(ev, opts.event_delay)
+}
+
+// ---------------------------------------------------------------- a remote MCP server
+
+fn rpc_result(id: &Value, result: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"result":result})
+}
+
+fn mcp(server: &crate::McpServer, r: &Req) -> Response<Body> {
+    if r.path != server.path {
+        return json_resp(StatusCode::NOT_FOUND, json!({"error":"not found"}));
+    }
+    if r.header(&server.header) != Some(server.credential.as_str()) {
+        return json_resp(
+            StatusCode::UNAUTHORIZED,
+            json!({"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"missing or wrong credential"}}),
+        );
+    }
+    if r.method != "POST" {
+        // No server-initiated stream, no session to end.
+        return full(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "");
+    }
+    let j = r.json();
+    let Some(id) = j.get("id").filter(|id| !id.is_null()) else {
+        // A notification (or a response): accepted, nothing to say.
+        return full(StatusCode::ACCEPTED, "text/plain", "");
+    };
+    let method = j["method"].as_str().unwrap_or_default();
+    let answer = match method {
+        "initialize" => rpc_result(
+            id,
+            json!({
+                "protocolVersion": j["params"]["protocolVersion"].as_str().unwrap_or("2025-06-18"),
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "moat-standin-mcp", "version": "1.0.0"},
+            }),
+        ),
+        "ping" => rpc_result(id, json!({})),
+        "tools/list" => rpc_result(
+            id,
+            json!({"tools": [{
+                "name": server.tool,
+                "description": "Returns the stand-in's marker text. Call it when asked for the marker.",
+                "inputSchema": {"type": "object", "properties": {}},
+            }]}),
+        ),
+        "tools/call" if j["params"]["name"] == server.tool.as_str() => {
+            // As an event stream, as servers do for calls that may take a while.
+            let msg = rpc_result(
+                id,
+                json!({"content": [{"type": "text", "text": server.result}], "isError": false}),
+            );
+            return sse(vec![named_event("message", &msg)], Duration::ZERO);
+        }
+        _ => {
+            json!({"jsonrpc":"2.0","id":id,"error":{"code":-32601,"message":format!("method {method:?} not found")}})
+        }
+    };
+    let mut resp = json_resp(StatusCode::OK, answer);
+    if method == "initialize" {
+        resp.headers_mut().insert(
+            "mcp-session-id",
+            HeaderValue::from_static("moat-standin-session"),
+        );
+    }
+    resp
 }
 
 // ---------------------------------------------------------------- OpenAI

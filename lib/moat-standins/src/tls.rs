@@ -27,6 +27,7 @@ pub const HOSTS: &[&str] = &[
     "play.googleapis.com",
     "api.github.com",
     "github.com",
+    crate::MCP_HOST,
 ];
 
 pub(crate) struct Certs {

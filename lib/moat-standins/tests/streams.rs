@@ -581,3 +581,94 @@ fn time_to_first_event_through_the_proxy_is_close_to_direct() {
     assert!(p - d < 0.1, "direct {d:.4}s, proxied {p:.4}s");
     assert!(standin.requests().iter().all(|r| r.status == 200));
 }
+
+/// The remote MCP server: 401 without its credential; `initialize`, the `initialized`
+/// notification (202), `tools/list` and a `tools/call` answered as an event stream; and
+/// the Anthropic stand-in's `tool_use` turn for a request that offers the tool.
+#[test]
+fn the_mcp_server_speaks_streamable_http_and_the_model_calls_its_tool() {
+    let mut o = Options::new(Kind::AnthropicApiKey, "sk-ant-key");
+    o.mcp = Some(moat_standins::McpServer {
+        path: "/mcp".into(),
+        header: "X-Docs-Key".into(),
+        credential: "mcp-secret".into(),
+        tool: "marker".into(),
+        result: "MARKER-123".into(),
+    });
+    o.tool_use = Some("mcp__docs__marker".into());
+    let s = Standin::start_with(o);
+    let h = moat_standins::MCP_HOST;
+    let url = format!("https://{h}/mcp");
+    let post = |auth: Option<&str>, body: &str| {
+        let hdr = auth.map(|a| format!("X-Docs-Key: {a}"));
+        let mut args = vec![
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "--data",
+            body,
+        ];
+        if let Some(hdr) = &hdr {
+            args.extend(["-H", hdr]);
+        }
+        args.push(&url);
+        curl_direct(&s, h, &args)
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    assert_eq!(post(None, init).0, 401);
+    assert_eq!(post(Some("moat-stub-mcp:docs"), init).0, 401);
+    let (code, body) = post(Some("mcp-secret"), init);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], 1);
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
+    assert!(v["result"]["capabilities"]["tools"].is_object());
+    assert_eq!(
+        post(
+            Some("mcp-secret"),
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+        )
+        .0,
+        202
+    );
+    let (_, body) = post(
+        Some("mcp-secret"),
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    );
+    assert!(body.contains("\"name\":\"marker\""), "{body}");
+    let (code, body) = post(
+        Some("mcp-secret"),
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"marker","arguments":{}}}"#,
+    );
+    assert_eq!(code, 200);
+    assert!(
+        body.starts_with("event: message\ndata: ") && body.contains("MARKER-123"),
+        "{body}"
+    );
+    // The model: a request offering the tool gets a tool_use turn; with the result, text.
+    let msg = |body: &str| {
+        curl_direct(
+            &s,
+            "api.anthropic.com",
+            &[
+                "-H",
+                "x-api-key: sk-ant-key",
+                "--data",
+                body,
+                "https://api.anthropic.com/v1/messages",
+            ],
+        )
+    };
+    let (_, body) = msg(
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"name":"mcp__docs__marker"}]}"#,
+    );
+    assert!(
+        body.contains("\"type\":\"tool_use\"") && body.contains("mcp__docs__marker"),
+        "{body}"
+    );
+    let (_, body) = msg(
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":"MARKER-123"}]}],"tools":[{"name":"mcp__docs__marker"}]}"#,
+    );
+    assert!(body.contains("streamed in pieces"), "{body}");
+}

@@ -34,6 +34,7 @@ fn inject(c: &Credential, hosts: &[&str], header: &str, value: String) -> Inject
         value,
         extra_headers: Vec::new(),
         placeholder: None,
+        stub_only: false,
     }
 }
 
@@ -206,7 +207,10 @@ pub fn records(c: &Credential) -> Result<Vec<(&'static str, Value)>> {
             let hs: Vec<&str> = hosts.iter().map(String::as_str).collect();
             let mut r = inject(c, &hs, header, format!("{prefix}{t}"));
             if c.provider == "mcp" {
+                // The CLI's entry for the server carries this stub; the proxy swaps it for
+                // the credential and leaves any other value the client sends alone.
                 r.placeholder = Some(format!("moat-stub-{}", c.name));
+                r.stub_only = true;
             }
             push_inject(r)?;
         }

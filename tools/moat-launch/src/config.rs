@@ -36,6 +36,8 @@ pub struct Config {
     pub claude: AgentSection,
     pub codex: AgentSection,
     pub gemini: AgentSection,
+    /// Remote MCP servers, relayed by the run's proxy (see mcp.rs).
+    pub mcp: Vec<crate::mcp::ServerConfig>,
 }
 
 /// `snapshots:`. Only the pre-run and manual snapshots exist; the git-commit, build and
@@ -222,6 +224,9 @@ pub struct RunSpec {
     /// The npm registry the agent's CLI is installed from (the host's npm configuration).
     #[serde(default)]
     pub npm_registry: Option<String>,
+    /// `mcp:`: remote MCP servers relayed by the proxy.
+    #[serde(default)]
+    pub mcp: Vec<crate::mcp::Remote>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -276,7 +281,7 @@ const TOP: &[&str] = &[
 ];
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run).
-const INERT: &[&str] = &["claude", "codex", "gemini", "mcp", "tracing"];
+const INERT: &[&str] = &["claude", "codex", "gemini", "tracing"];
 
 /// Known keys below a path (`*` = any key of a user map, `[]` = list items).
 fn known_keys(path: &str) -> Option<&'static [&'static str]> {
@@ -1022,6 +1027,9 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         }
         agent_cli = Some(spec);
     }
+    // After the agent's default grant: an MCP server's grant alone must not replace it.
+    let local: Vec<String> = agent_mcp.iter().map(|(n, _)| n.clone()).collect();
+    let mcp = crate::mcp::resolve(&c.mcp, &mut grants, &local)?;
     Ok(RunSpec {
         name,
         agent,
@@ -1056,6 +1064,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
             .and_then(|_| crate::agent::host_npm_registry()),
         agent_cli,
         agent_mcp,
+        mcp,
     })
 }
 

@@ -13,6 +13,7 @@ mod config;
 mod deps;
 mod docker;
 mod image;
+mod mcp;
 mod network;
 mod promote;
 mod refresh;

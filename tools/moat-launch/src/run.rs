@@ -66,6 +66,7 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         eprintln!("moat-launch: warning: {w}");
     }
     let mut spec = config::resolve(&args, &loaded, &workspace)?;
+    crate::mcp::check_stored(&home, &spec.mcp)?;
     if let Some(branch) = &args.worktree {
         let wt = crate::worktree::prepare(&home, &workspace, branch)?;
         crate::commands::reconcile_all(&store)?;
@@ -732,6 +733,7 @@ async fn lifecycle(
         crate::refresh::oauth_grants(&spec.grants).await
     };
     let mut rules = grant_rules(&spec.grants).await?;
+    crate::mcp::check_rules(&spec.mcp, &rules.inject)?;
     let ssh_dir = if rules.ssh.is_empty() {
         None
     } else {
@@ -874,6 +876,7 @@ async fn lifecycle(
         .arg("--trace")
         .arg(dir.join("network.jsonl"));
     let mut allow = spec.allow.clone();
+    allow.extend(crate::mcp::allowances(&spec.mcp));
     if spec.policy == "strict" {
         allow.extend(rules.inject_hosts.iter().cloned());
     }
@@ -914,6 +917,7 @@ async fn lifecycle(
     if let Some(a) = &agent {
         extra.extend(a.relays.iter().cloned());
     }
+    extra.extend(crate::mcp::relay_records(&spec.mcp)?);
     {
         let mut stdin = proxy.stdin.take().expect("piped");
         for l in rules.inject.iter().chain(extra.iter()) {
@@ -957,6 +961,11 @@ async fn lifecycle(
     // The proxy listens where it was told; while it starts, the container can be created.
     let proxy_url = format!("http://moat:{token}@{gateway}:{port}");
     let (pip, pport) = (gateway.clone(), port.to_string());
+    // Remote MCP servers: the relay's address is known now; the CLI's staged files get it.
+    let mcp_base = format!("http://{pip}:{pport}/mcp/{token}");
+    if let Some(a) = &spec.agent_cli {
+        crate::mcp::stage(&dir.join("agent-home"), &a.cli, &spec.mcp, &mcp_base)?;
+    }
     let listening = tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -1007,6 +1016,7 @@ async fn lifecycle(
     env.push(format!("NO_PROXY={no_proxy}"));
     env.push(format!("no_proxy={no_proxy}"));
     env.push(format!("MOAT_PROXY_ADDR={pip}:{pport}"));
+    env.extend(crate::mcp::env(&spec.mcp, &mcp_base));
     if !wiring.allow.is_empty() {
         env.push(format!("MOAT_SERVICE_ADDRS={}", wiring.allow.join(",")));
     }

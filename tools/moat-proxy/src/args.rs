@@ -8,7 +8,7 @@ pub const USAGE: &str =
     "usage: moat-proxy serve --listen ADDR:PORT [--rules FILE|-] [--token-file FILE | --no-auth]
                         [--policy permissive|strict] [--allow HOST]... [--trace FILE]
                         [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]... [--ca-dir DIR]
-                        [--relay NAME=URL]... [--tunnel HOST:PORT]...
+                        [--relay [mcp:]NAME=URL]... [--tunnel HOST:PORT]...
        moat-proxy ca-path
        moat-proxy start|stop|router [--port PORT]
        moat-proxy status [--port PORT] [--json]
@@ -41,7 +41,8 @@ Options for serve:
     --ca-dir DIR             interception CA directory (default MOAT_HOME/proxy/ca)
     --header-timeout SECS    time a client has to send request headers (default 30)
     --max-connections N      client connections served at once (default 1024)
-    --relay NAME=URL         serve /relay/TOKEN/NAME/... and /mcp/TOKEN/NAME from URL; repeatable
+    --relay NAME=URL         serve /relay/TOKEN/NAME/... from URL; with mcp:NAME=URL, a
+                             remote MCP server at /mcp/TOKEN/NAME[/...]; repeatable
     --tunnel HOST:PORT       pass CONNECT to HOST:PORT through as raw bytes, not intercepted
                              (SSH to a granted host); repeatable
 

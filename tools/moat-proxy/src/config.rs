@@ -322,10 +322,18 @@ pub fn parse_rules(text: &str, src: &str) -> Result<Rules> {
                 rec.str("name").unwrap_or_default(),
                 rec.str("url").unwrap_or_default(),
             );
-            relays.push(
-                crate::relay::parse_url(name, url)
-                    .map_err(|e| Error::data(format!("rules {src} line {n}: {e}")))?,
-            );
+            let mut relay = crate::relay::parse_url(name, url)
+                .map_err(|e| Error::data(format!("rules {src} line {n}: {e}")))?;
+            relay.mcp = match rec.str("kind") {
+                None | Some("relay") => false,
+                Some("mcp") => true,
+                Some(k) => {
+                    return Err(Error::data(format!(
+                        "rules {src} line {n}: relay kind {k:?} is neither relay nor mcp"
+                    )));
+                }
+            };
+            relays.push(relay);
         } else if rec.kind == TYPE_NET_RULE {
             let host = rec.str("host").unwrap_or_default().to_string();
             let rules: Vec<String> = rec

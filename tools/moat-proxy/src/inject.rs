@@ -4,6 +4,8 @@
 //! strings pass as the client sent them, so a placeholder echoed through a granted host can
 //! never be turned into the real value. A pattern without a port injects on 443 (HTTPS)
 //! only; a plain-HTTP request gets a credential only if the pattern names its port.
+//! A `stub_only` rule (a remote MCP server's grant) injects only into a request whose header
+//! is exactly the rule's stub, once; any other value, or none, passes untouched.
 
 use crate::redact::Secrets;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -18,6 +20,8 @@ struct Compiled {
     value: HeaderValue,
     extra: Vec<(HeaderName, HeaderValue)>,
     secrets: Arc<Secrets>,
+    /// Inject only over this exact client value (a remote MCP server's stub).
+    stub: Option<HeaderValue>,
 }
 
 pub struct Injector {
@@ -59,7 +63,17 @@ impl Injector {
                 extra.push((n, v));
             }
             let secrets = Arc::new(Secrets::new(crate::redact::secrets_of(value.as_bytes())));
+            let stub = match (r.stub_only, &r.placeholder) {
+                (false, _) => None,
+                (true, Some(p)) if !p.is_empty() => {
+                    Some(HeaderValue::from_str(p).map_err(|_| {
+                        format!("grant {g}: the stub has characters a header cannot carry")
+                    })?)
+                }
+                (true, _) => return Err(format!("grant {g}: stub_only needs a placeholder")),
+            };
             out.push(Compiled {
+                stub,
                 secrets,
                 grant: r.grant,
                 patterns,
@@ -116,6 +130,12 @@ impl Injector {
             if !rule_matches(&r.patterns, host, port, tls) || set.contains(&r.header) {
                 continue;
             }
+            if let Some(stub) = &r.stub {
+                let mut sent = headers.get_all(&r.header).iter();
+                if !(sent.next() == Some(stub) && sent.next().is_none()) {
+                    continue;
+                }
+            }
             headers.remove(&r.header);
             headers.insert(r.header.clone(), r.value.clone());
             set.push(r.header.clone());
@@ -168,6 +188,7 @@ mod tests {
             value: value.into(),
             extra_headers: vec![],
             placeholder: None,
+            stub_only: false,
         }
     }
 
@@ -211,6 +232,40 @@ mod tests {
             );
             assert!(h.is_empty());
         }
+    }
+
+    #[test]
+    fn a_stub_only_rule_replaces_the_stub_and_nothing_else() {
+        let mut r = rule("mcp:docs", &["mcp.example"], "X-Docs-Key", "CANARY");
+        r.placeholder = Some("moat-stub-mcp:docs".into());
+        r.stub_only = true;
+        let inj = Injector::new(vec![r]).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-docs-key", HeaderValue::from_static("moat-stub-mcp:docs"));
+        assert_eq!(
+            inj.apply(&mut h, "mcp.example", 443, true),
+            vec!["mcp:docs"]
+        );
+        assert_eq!(h["x-docs-key"], "CANARY");
+        for sent in [
+            &[][..],
+            &["the-users-own-key"][..],
+            &["moat-stub-mcp:other"][..],
+            &["moat-stub-mcp:docs", "moat-stub-mcp:docs"][..],
+            &["Moat-Stub-Mcp:Docs"][..],
+        ] {
+            let mut h = HeaderMap::new();
+            for v in sent {
+                h.append("x-docs-key", HeaderValue::from_str(v).unwrap());
+            }
+            assert!(inj.apply(&mut h, "mcp.example", 443, true).is_empty());
+            let now: Vec<_> = h.get_all("x-docs-key").iter().collect();
+            assert_eq!(now.len(), sent.len(), "{sent:?}");
+            assert!(now.iter().all(|v| v.as_bytes() != b"CANARY"));
+        }
+        let mut r = rule("mcp:x", &["mcp.example"], "X-Key", "V");
+        r.stub_only = true;
+        assert!(Injector::new(vec![r]).is_err());
     }
 
     #[test]

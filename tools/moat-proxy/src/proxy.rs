@@ -294,7 +294,13 @@ async fn relay(mut req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let Some((token, name, tail)) = crate::relay::split_path(&path) else {
+    let Some(crate::relay::RelayPath {
+        mcp,
+        token,
+        name,
+        tail,
+    }) = crate::relay::split_path(&path)
+    else {
         return refuse(
             &st,
             StatusCode::NOT_FOUND,
@@ -315,13 +321,14 @@ async fn relay(mut req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
         .relays
         .iter()
         .rev()
-        .find(|r| r.name == name)
+        .find(|r| r.name == name && r.mcp == mcp)
         .cloned()
     else {
+        let what = if mcp { "MCP server" } else { "relay" };
         return refuse(
             &st,
             StatusCode::NOT_FOUND,
-            &format!("moat-proxy: no relay named {name:?}\n"),
+            &format!("moat-proxy: no {what} named {name:?}\n"),
         );
     };
     let mut pq = format!("{}{tail}{query}", r.base);
