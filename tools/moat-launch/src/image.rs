@@ -168,6 +168,12 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
         .map(|s| s.to_string())
         .collect();
     pk.extend(packages.iter().cloned());
+    if let Some(p) = &spec.claude_plugins
+        && crate::plugins::needs_git(p)
+        && !pk.iter().any(|x| x == "git")
+    {
+        pk.push("git".into());
+    }
     if spec.agent_cli.is_some() && !base.starts_with("node:") {
         for p in ["nodejs", "npm"] {
             if !pk.iter().any(|x| x == p) {
@@ -194,6 +200,11 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
     if let Some(a) = &spec.agent_cli {
         for l in crate::agent::dockerfile_lines(a, spec.npm_registry.as_deref()) {
             line(&l);
+        }
+        if let Some(p) = &spec.claude_plugins {
+            for l in crate::plugins::dockerfile_lines(p) {
+                line(&l);
+            }
         }
     }
     line("COPY moat-init /usr/local/bin/moat-init");
@@ -378,6 +389,15 @@ pub async fn prepare(
     ];
     if let Some(pem) = ca {
         files.push(("moat-ca.crt", pem, 0o644));
+    }
+    let marketplaces = match &spec.claude_plugins {
+        Some(p) if !crate::plugins::dockerfile_lines(p).is_empty() => {
+            crate::plugins::context_files(p)?
+        }
+        _ => vec![],
+    };
+    for (n, b, m) in &marketplaces {
+        files.push((n.as_str(), b.as_slice(), *m));
     }
     let tar = tar(&files);
     let mut h = Sha256::new();

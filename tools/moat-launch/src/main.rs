@@ -14,6 +14,7 @@ mod deps;
 mod docker;
 mod image;
 mod network;
+mod plugins;
 mod promote;
 mod refresh;
 mod run;
