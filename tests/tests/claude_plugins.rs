@@ -106,6 +106,7 @@ fn plugin_settings_merge_in_order_and_local_plugins_are_installed_at_build() {
         1200,
     );
     let err = r.stderr();
+    eprintln!("{err}");
     assert_eq!(r.code(), 0, "stdout: {}\nstderr: {err}", r.stdout());
     assert!(r.stdout().contains(ANSWER), "{}\n{err}", r.stdout());
     // `moat claude` uses the claude: section: no claim that it is ignored.
@@ -139,8 +140,7 @@ fn plugin_settings_merge_in_order_and_local_plugins_are_installed_at_build() {
 
     // Installed at image build, by Claude Code itself: exactly the enabled local plugins.
     let installed: Value =
-        serde_json::from_slice(&std::fs::read(m.ws.join("seen-installed.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(m.ws.join("seen-installed.json")).unwrap()).unwrap();
     let mut ids: Vec<&str> = installed["plugins"]
         .as_object()
         .unwrap()

@@ -1088,12 +1088,21 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         worktree: None,
         services: c.services.clone(),
         language_servers: c.language_servers.clone(),
-        npm_registry: agent_cli
-            .as_ref()
-            .and_then(|_| crate::agent::host_npm_registry()),
+        npm_registry: (agent_cli.is_some() || npm_language_server(&c.language_servers))
+            .then(crate::agent::host_npm_registry)
+            .flatten(),
         agent_cli,
         agent_mcp,
         claude_plugins: None,
+    })
+}
+
+/// Whether a language server is installed with npm at image build.
+fn npm_language_server(ls: &[String]) -> bool {
+    ls.iter().any(|l| {
+        crate::deps::language_server(l)
+            .map(|e| e.run.iter().any(|r| r.starts_with("npm ")))
+            .unwrap_or(false)
     })
 }
 

@@ -221,7 +221,11 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
         line(&format!("ENV {k}={}", json_str(v)));
     }
     for r in run {
-        line(&format!("RUN [\"/bin/sh\", \"-c\", {}]", json_str(r)));
+        let r = npm_step(r, spec.npm_registry.as_deref());
+        if r.contains("$MOAT_BUILD_CA") {
+            line("ARG MOAT_BUILD_CA");
+        }
+        line(&format!("RUN [\"/bin/sh\", \"-c\", {}]", json_str(&r)));
     }
     if let Some(h) = &spec.hooks.post_build_root {
         line(&format!("RUN [\"/bin/sh\", \"-c\", {}]", json_str(h)));
@@ -238,6 +242,20 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
     line("ENTRYPOINT [\"/usr/local/bin/moat-init\"]");
     line("CMD [\"/bin/bash\"]");
     f
+}
+
+/// A registry `npm install` step (the language servers'), made to trust the build-time proxy
+/// (the moat CA in the `MOAT_BUILD_CA` build argument) and to use the host's npm registry.
+fn npm_step(step: &str, registry: Option<&str>) -> String {
+    let Some(rest) = step.strip_prefix("npm install ") else {
+        return step.to_string();
+    };
+    let reg = registry
+        .map(|r| format!(" --registry={r}"))
+        .unwrap_or_default();
+    format!(
+        "printf '%s\\n' \"$MOAT_BUILD_CA\" > /tmp/moat-build-ca.crt && NODE_EXTRA_CA_CERTS=/tmp/moat-build-ca.crt npm install{reg} {rest} && rm -f /tmp/moat-build-ca.crt && rm -rf /root/.npm"
+    )
 }
 
 /// A minimal deterministic ustar archive (mtime 0, root-owned) for the build context.

@@ -441,10 +441,13 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Marketplace name → (its `marketplace add` argument, the plugins installed from it).
+pub type InstallPlan = BTreeMap<String, (String, Vec<String>)>;
+
 /// What the image build installs: marketplace name → (its `add` argument, plugins), and
 /// the enabled plugins whose marketplace the build cannot fetch (a warning each).
-pub fn install_plan(p: &ClaudePlugins) -> (BTreeMap<String, (String, Vec<String>)>, Vec<String>) {
-    let mut plan: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+pub fn install_plan(p: &ClaudePlugins) -> (InstallPlan, Vec<String>) {
+    let mut plan = InstallPlan::new();
     let mut skipped = vec![];
     for id in p.enabled.iter().filter(|(_, on)| **on).map(|(id, _)| id) {
         let m = id.rsplit('@').next().unwrap_or_default();
@@ -710,6 +713,31 @@ mod tests {
         let e = m(json!({}));
         assert!(
             e.contains(".claude/settings.json") && e.contains("not valid JSON"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn agent_sections_are_warned_about_only_where_unused() {
+        let (c, w) = crate::config::parse(
+            "claude:\n  plugins:\n    \"a@m\": true\ncodex:\n  version: 1.0.0\ntracing:\n  disable_exec: true\n",
+            "moat.yaml",
+        )
+        .unwrap();
+        assert!(!w.iter().any(|w| w.contains("claude")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("\"tracing\"")), "{w:?}");
+        let unused = crate::config::unused_agent_sections;
+        assert_eq!(unused(&c, None), ["claude", "codex"]);
+        assert_eq!(unused(&c, Some("claude")), ["codex"]);
+        assert_eq!(unused(&c, Some("codex")), ["claude"]);
+        let e = crate::config::parse(
+            "claude:\n  plugins:\n    \"a@m\": yes please\n",
+            "moat.yaml",
+        )
+        .unwrap_err()
+        .msg;
+        assert!(
+            e.starts_with("moat.yaml:3: claude.plugins.a@m: must be true"),
             "{e}"
         );
     }
