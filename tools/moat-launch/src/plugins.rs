@@ -196,6 +196,7 @@ struct Layer {
     origin: &'static str,
     file: PathBuf,
     base: PathBuf,
+    confine: bool,
 }
 
 /// Merge everything for a `moat claude` run. `host_home` is the user's HOME (its `.claude`
@@ -211,35 +212,54 @@ pub fn merge(
 ) -> Result<ClaudePlugins> {
     let mut out = ClaudePlugins::default();
     let mut markets: BTreeMap<String, Market> = BTreeMap::new();
-    let mut inherit =
-        |name: &str, src: &Value, base: &Path, file: &Path, warnings: &mut Vec<String>| {
-            if check_name(name).is_err() || !src.is_object() {
-                warnings.push(format!(
-                    "{}: marketplace {name:?} has no usable source; left out",
-                    file.display()
-                ));
-                return;
-            }
-            if src["source"] == "directory" || src["source"] == "file" && src["path"].is_string() {
-                let p = base.join(src["path"].as_str().unwrap_or_default());
-                match local_marketplace(name, &p) {
+    // `confine`: the workspace's own settings (often committed by others) may only name a
+    // directory inside the workspace, never one elsewhere on the host.
+    let mut inherit = |name: &str, src: &Value, l: &Layer, warnings: &mut Vec<String>| {
+        let file = l.file.display();
+        if check_name(name).is_err() || !src.is_object() {
+            warnings.push(format!(
+                "{file}: marketplace {name:?} has no usable source; left out"
+            ));
+            return;
+        }
+        match src["source"].as_str() {
+            Some("directory") => {
+                let p = l.base.join(src["path"].as_str().unwrap_or_default());
+                let m = local_marketplace(name, &p).and_then(|m| match (&m, l.confine) {
+                    (Market::Dir(d), true) if !d.starts_with(&l.base) => Err(format!(
+                        "{} is outside the workspace, and the workspace's settings may not copy host directories into the image",
+                        d.display()
+                    )),
+                    _ => Ok(m),
+                });
+                match m {
                     Ok(m) => {
                         markets.insert(name.to_string(), m);
                     }
                     Err(m) => warnings.push(format!(
-                        "{}: marketplace {name:?} left out of the container: {m}",
-                        file.display()
+                        "{file}: marketplace {name:?} left out of the container: {m}"
                     )),
                 }
-            } else {
+            }
+            Some("file") => warnings.push(format!(
+                "{file}: marketplace {name:?} is a single marketplace file on this host, which the container cannot read; left out (declare its directory instead)"
+            )),
+            _ => {
                 markets.insert(name.to_string(), Market::Plain(src.clone()));
             }
-        };
+        }
+    };
     if let Some(h) = host_home {
         let known = h.join(".claude/plugins/known_marketplaces.json");
         if let Some(v) = read_json(&known)? {
+            let l = Layer {
+                origin: "host",
+                file: known,
+                base: h.to_path_buf(),
+                confine: false,
+            };
             for (name, e) in v.as_object().into_iter().flatten() {
-                inherit(name, &e["source"], h, &known, warnings);
+                inherit(name, &e["source"], &l, warnings);
             }
         }
     }
@@ -249,6 +269,7 @@ pub fn merge(
             origin: "host",
             file: h.join(".claude/settings.json"),
             base: h.to_path_buf(),
+            confine: false,
         });
     }
     if let Some(m) = moat_home {
@@ -256,12 +277,14 @@ pub fn merge(
             origin: "moat-home",
             file: m.join("claude/settings.json"),
             base: m.to_path_buf(),
+            confine: false,
         });
     }
     layers.push(Layer {
         origin: "workspace",
         file: workspace.join(".claude/settings.json"),
-        base: workspace.to_path_buf(),
+        base: std::fs::canonicalize(workspace).unwrap_or_else(|_| workspace.to_path_buf()),
+        confine: true,
     });
     for l in &layers {
         let Some(v) = read_json(&l.file)? else {
@@ -272,7 +295,7 @@ pub fn merge(
             .into_iter()
             .flatten()
         {
-            inherit(name, &e["source"], &l.base, &l.file, warnings);
+            inherit(name, &e["source"], l, warnings);
         }
         for (id, on) in v["enabledPlugins"].as_object().into_iter().flatten() {
             match on.as_bool() {
@@ -675,6 +698,62 @@ mod tests {
                 .iter()
                 .any(|(n, _, _)| n == "claude-marketplaces/local/a/.claude-plugin/plugin.json")
         );
+    }
+
+    #[test]
+    fn the_workspace_settings_cannot_copy_host_directories_into_the_image() {
+        let t = tempfile::tempdir().unwrap();
+        let (home, ws) = (t.path().join("h"), t.path().join("w"));
+        let outside = home.join("private");
+        marketplace(&outside, "evil");
+        std::fs::write(outside.join("canary.txt"), "secret").unwrap();
+        marketplace(&ws.join("inside"), "fine");
+        std::os::unix::fs::symlink(&outside, ws.join("link")).unwrap();
+        write(
+            &ws.join(".claude/settings.json"),
+            &json!({"extraKnownMarketplaces": {
+                "evil": {"source": {"source": "directory", "path": outside}},
+                "fine": {"source": {"source": "directory", "path": "inside"}}
+            }, "enabledPlugins": {"a@fine": true}}),
+        );
+        let mut w = vec![];
+        let p = merge(None, None, &ws, &AgentSection::default(), &[], &mut w).unwrap();
+        assert!(!p.directories.contains_key("evil"), "{p:?}");
+        assert!(!p.marketplaces.contains_key("evil"), "{p:?}");
+        assert!(p.directories.contains_key("fine"));
+        assert!(
+            w.len() == 1 && w[0].contains("outside the workspace"),
+            "{w:?}"
+        );
+        // Through a symlink in the workspace: the same.
+        write(
+            &ws.join(".claude/settings.json"),
+            &json!({"extraKnownMarketplaces": {"evil": {"source": {"source": "directory", "path": "link"}}}}),
+        );
+        let mut w = vec![];
+        let p = merge(None, None, &ws, &AgentSection::default(), &[], &mut w).unwrap();
+        assert!(
+            p.directories.is_empty() && w[0].contains("outside the workspace"),
+            "{w:?}"
+        );
+        // The host's own settings may (the user's own marketplace).
+        write(
+            &home.join(".claude/settings.json"),
+            &json!({"extraKnownMarketplaces": {"evil": {"source": {"source": "directory", "path": "private"}}}}),
+        );
+        std::fs::remove_file(ws.join(".claude/settings.json")).unwrap();
+        let p = merge(
+            Some(&home),
+            None,
+            &ws,
+            &AgentSection::default(),
+            &[],
+            &mut vec![],
+        )
+        .unwrap();
+        assert!(p.directories.contains_key("evil"));
+        let files = context_files(&p).unwrap();
+        assert!(files.iter().any(|(n, _, _)| n.ends_with("evil/canary.txt")));
     }
 
     #[test]
