@@ -344,10 +344,12 @@ pub fn merge(
     }
     for id in out.enabled.iter().filter(|(_, on)| **on).map(|(id, _)| id) {
         let m = id.rsplit('@').next().unwrap_or_default();
-        if m != OFFICIAL && !out.marketplaces.contains_key(m) {
+        // Inherited settings naming an unknown marketplace are the host's business (the
+        // install plan warns); moat.yaml's own are errors.
+        let from_yaml = out.origin.get(id).map(String::as_str) == Some("moat.yaml");
+        if from_yaml && m != OFFICIAL && !out.marketplaces.contains_key(m) {
             return Err(Error::config(format!(
-                "plugin {id} ({}) is from the marketplace {m:?}, which no settings file and no claude.marketplaces entry declares",
-                out.origin.get(id).map(String::as_str).unwrap_or("moat.yaml")
+                "claude.plugins.{id}: the plugin is from the marketplace {m:?}, which no settings file and no claude.marketplaces entry declares"
             ))
             .with_hint(format!(
                 "declare it in moat.yaml, e.g.\n  claude:\n    marketplaces:\n      {m}:\n        source: github\n        repo: owner/repo\nor disable the plugin with \"{id}\": false"
@@ -481,10 +483,16 @@ pub fn install_plan(p: &ClaudePlugins) -> (InstallPlan, Vec<String>) {
         };
         match arg {
             Some(a) => plan.entry(m.to_string()).or_insert((a, vec![])).1.push(id.clone()),
-            None => skipped.push(format!(
-                "plugin {id}: the image build cannot fetch marketplace {m:?} (source {}); Claude Code will try at startup",
-                p.marketplaces.get(m).map(|s| s["source"].to_string()).unwrap_or_default()
-            )),
+            None => skipped.push(match p.marketplaces.get(m) {
+                Some(src) => format!(
+                    "plugin {id}: the image build cannot fetch marketplace {m:?} (source {}); Claude Code will try at startup",
+                    src["source"]
+                ),
+                None => format!(
+                    "plugin {id} (enabled in the {} settings): no marketplace {m:?} is declared for the container, so it is not installed",
+                    p.origin.get(id).map(String::as_str).unwrap_or("inherited")
+                ),
+            }),
         }
     }
     (plan, skipped)
@@ -754,6 +762,33 @@ mod tests {
         assert!(p.directories.contains_key("evil"));
         let files = context_files(&p).unwrap();
         assert!(files.iter().any(|(n, _, _)| n.ends_with("evil/canary.txt")));
+    }
+
+    #[test]
+    fn an_inherited_plugin_of_an_unknown_marketplace_is_a_warning() {
+        let t = tempfile::tempdir().unwrap();
+        let (home, ws) = (t.path().join("h"), t.path().join("w"));
+        std::fs::create_dir_all(&ws).unwrap();
+        write(
+            &home.join(".claude/settings.json"),
+            &json!({"enabledPlugins": {"a@gone": true}}),
+        );
+        let p = merge(
+            Some(&home),
+            None,
+            &ws,
+            &AgentSection::default(),
+            &[],
+            &mut vec![],
+        )
+        .unwrap();
+        assert_eq!(p.enabled["a@gone"], true);
+        let (plan, skipped) = install_plan(&p);
+        assert!(plan.is_empty());
+        assert!(
+            skipped[0].contains("a@gone (enabled in the host settings)"),
+            "{skipped:?}"
+        );
     }
 
     #[test]
