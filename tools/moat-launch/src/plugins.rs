@@ -782,7 +782,7 @@ mod tests {
             &mut vec![],
         )
         .unwrap();
-        assert_eq!(p.enabled["a@gone"], true);
+        assert!(p.enabled["a@gone"]);
         let (plan, skipped) = install_plan(&p);
         assert!(plan.is_empty());
         assert!(
