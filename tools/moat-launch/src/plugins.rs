@@ -535,7 +535,7 @@ pub fn dockerfile_lines(p: &ClaudePlugins) -> Vec<String> {
             ));
         }
         s.push_str(&format!(
-            " else echo \"moat: warning: Claude Code plugin marketplace {m} ({}) could not be fetched at image build (see above), so {list} is not installed in the image; Claude Code will try again at startup (check the network policy, or use a directory marketplace)\" >&2; fi",
+            " else echo \"moat: warning: Claude Code plugin marketplace {m} ({}) could not be fetched at image build (see above), so these plugins are not in the image: {list}; Claude Code will try again at startup (check the network policy, or use a directory marketplace)\" >&2; fi",
             arg.replace(['"', '$', '`', '\\'], "")
         ));
     }
