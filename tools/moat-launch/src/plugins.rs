@@ -453,13 +453,20 @@ pub fn apply(files: &mut crate::agent::Files, p: &ClaudePlugins) -> Result<()> {
 }
 
 /// `marketplace add`'s argument for a source the image build can fetch.
+/// A git ref goes after `#` (Claude Code clones that branch or tag).
 fn add_arg(name: &str, src: &Value) -> Option<String> {
-    match src["source"].as_str()? {
-        "github" => src["repo"].as_str().map(str::to_string),
-        "git" | "url" => src["url"].as_str().map(str::to_string),
-        "directory" => Some(format!("{IMAGE_DIR}/{name}")),
-        _ => None,
-    }
+    let base = match src["source"].as_str()? {
+        "github" => src["repo"].as_str()?.to_string(),
+        "git" => src["url"].as_str()?.to_string(),
+        "directory" => return Some(format!("{IMAGE_DIR}/{name}")),
+        // A marketplace.json at a URL.
+        "url" => return src["url"].as_str().map(str::to_string),
+        _ => return None,
+    };
+    Some(match src["ref"].as_str() {
+        Some(r) if !r.is_empty() => format!("{base}#{r}"),
+        _ => base,
+    })
 }
 
 fn sh_quote(s: &str) -> String {
@@ -699,6 +706,7 @@ mod tests {
         assert!(skipped.is_empty());
         assert_eq!(plan["team"].1, ["a@team", "c@team"]);
         assert_eq!(plan[OFFICIAL].0, OFFICIAL_REPO);
+        assert_eq!(plan["more"].0, "https://git.example/more.git#v1");
         assert!(!plan.contains_key("local"), "a@local is disabled");
         let files = context_files(&p).unwrap();
         assert!(
