@@ -212,6 +212,8 @@ pub fn merge(
 ) -> Result<ClaudePlugins> {
     let mut out = ClaudePlugins::default();
     let mut markets: BTreeMap<String, Market> = BTreeMap::new();
+    // The workspace's own enabledPlugins, which Claude Code reads itself as project settings.
+    let mut project: BTreeMap<String, bool> = BTreeMap::new();
     // `confine`: the workspace's own settings (often committed by others) may only name a
     // directory inside the workspace, never one elsewhere on the host.
     let mut inherit = |name: &str, src: &Value, l: &Layer, warnings: &mut Vec<String>| {
@@ -300,6 +302,9 @@ pub fn merge(
         for (id, on) in v["enabledPlugins"].as_object().into_iter().flatten() {
             match on.as_bool() {
                 Some(b) if check_plugin_id(id).is_ok() => {
+                    if l.confine {
+                        project.insert(id.clone(), b);
+                    }
                     out.enabled.insert(id.clone(), b);
                     out.origin.insert(id.clone(), l.origin.to_string());
                 }
@@ -325,7 +330,16 @@ pub fn merge(
     check_plugins(&yaml.plugins)
         .map_err(|(k, m)| Error::config(format!("claude.plugins.{k}: {m}")))?;
     for (id, v) in &yaml.plugins {
-        out.enabled.insert(id.clone(), v.as_bool().unwrap_or(false));
+        let on = v.as_bool().unwrap_or(false);
+        if let Some(w) = project.get(id)
+            && *w != on
+        {
+            warnings.push(format!(
+                "claude.plugins.{id}: {on} is written to the container's user settings, but Claude Code ranks the workspace's .claude/settings.json ({w}) above them, so inside the run the plugin stays {}",
+                if *w { "enabled" } else { "disabled" }
+            ));
+        }
+        out.enabled.insert(id.clone(), on);
         out.origin.insert(id.clone(), "moat.yaml".into());
     }
     for (name, m) in markets {
@@ -676,7 +690,13 @@ mod tests {
         .unwrap();
         let mut w = vec![];
         let p = merge(Some(&home), Some(&moat), &ws, &yaml, &["go".into()], &mut w).unwrap();
-        assert!(w.is_empty(), "{w:?}");
+        // moat.yaml turns off a@local, which the workspace's settings (read by Claude Code
+        // itself, above the user settings) turn on: said.
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("claude.plugins.a@local") && w[0].contains("stays enabled"),
+            "{w:?}"
+        );
         let want: BTreeMap<String, bool> = [
             ("a@team", true),
             ("b@team", false),
