@@ -32,3 +32,40 @@ fn a_go_language_server_is_installed_and_answers_inside_the_run() {
         r.stderr()
     );
 }
+
+/// typescript and python: the servers from npm, fetched at image build through the
+/// build-time proxy (trusting the moat CA), answering inside the run.
+#[test]
+fn npm_language_servers_are_installed_through_the_build_proxy() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        "language_servers: [typescript, python]\n",
+    )
+    .unwrap();
+    let r = m.run_timeout(
+        "moat-launch",
+        &[
+            "run",
+            "--no-sandbox",
+            "--",
+            "sh",
+            "-c",
+            "typescript-language-server --version && tsc --version && pyright --version",
+        ],
+        None,
+        900,
+    );
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    assert!(out.contains("Version "), "tsc answered: {out}");
+    assert!(out.contains("pyright "), "pyright answered: {out}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.split('.').count() == 3 && first.chars().all(|c| c.is_ascii_digit() || c == '.'),
+        "typescript-language-server answered a version: {out}"
+    );
+}

@@ -38,7 +38,10 @@ pub fn prepare(
 ) -> Result<AgentRun> {
     let dir = store.dir(id);
     let si = agent::sign_in(&rules.inject, &rules.env);
-    let (files, env) = agent::home_files(a, &si, &spec.agent_mcp)?;
+    let (mut files, env) = agent::home_files(a, &si, &spec.agent_mcp)?;
+    if let Some(p) = &spec.claude_plugins {
+        crate::plugins::apply(&mut files, p)?;
+    }
     let stage = dir.join("agent-home");
     moat_core::fsutil::create_private_dir(&stage)?;
     for (rel, data) in &files {

@@ -120,6 +120,36 @@ pub struct AgentSection {
     pub sync_logs: Option<bool>,
     /// Local MCP servers: name → {command, args, env, cwd}.
     pub mcp: BTreeMap<String, Value>,
+    /// `claude.plugins`: "name@marketplace" → enabled (checked in plugins.rs).
+    pub plugins: BTreeMap<String, Value>,
+    /// `claude.marketplaces`: name → {source, repo | url | path, ref}.
+    pub marketplaces: BTreeMap<String, Value>,
+}
+
+impl AgentSection {
+    /// Whether the file sets anything in this section.
+    pub fn is_set(&self) -> bool {
+        self.version.is_some()
+            || self.base_url.is_some()
+            || self.sync_logs.is_some()
+            || !self.mcp.is_empty()
+            || !self.plugins.is_empty()
+            || !self.marketplaces.is_empty()
+    }
+}
+
+/// The agent sections a run ignores: all of them for `moat run`, the other agents' for
+/// `moat claude|codex|gemini`.
+pub fn unused_agent_sections(c: &Config, agent: Option<&str>) -> Vec<&'static str> {
+    [
+        ("claude", &c.claude),
+        ("codex", &c.codex),
+        ("gemini", &c.gemini),
+    ]
+    .into_iter()
+    .filter(|(n, s)| s.is_set() && agent != Some(*n))
+    .map(|(n, _)| n)
+    .collect()
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -227,6 +257,9 @@ pub struct RunSpec {
     /// `mcp:`: remote MCP servers relayed by the proxy.
     #[serde(default)]
     pub mcp: Vec<crate::mcp::Remote>,
+    /// `moat claude`: the merged Claude Code plugin settings (plugins.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claude_plugins: Option<crate::plugins::ClaudePlugins>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -280,8 +313,10 @@ const TOP: &[&str] = &[
     "tracing",
 ];
 
-/// Fields of the reference that are parsed but not acted on yet (said once per run).
-const INERT: &[&str] = &["claude", "codex", "gemini", "tracing"];
+/// Fields of the reference that are parsed but not acted on yet (said once per run). The
+/// agent sections are warned about by the run when it does not use them
+/// (`unused_agent_sections`).
+const INERT: &[&str] = &["tracing"];
 
 /// Known keys below a path (`*` = any key of a user map, `[]` = list items).
 fn known_keys(path: &str) -> Option<&'static [&'static str]> {
@@ -300,7 +335,7 @@ fn known_keys(path: &str) -> Option<&'static [&'static str]> {
             "marketplaces",
             "mcp",
         ],
-        "claude.marketplaces.*" => &["source", "repo", "ref"],
+        "claude.marketplaces.*" => &["source", "repo", "url", "path", "ref"],
         "claude.mcp.*" | "gemini.mcp.*" | "codex.mcp.*" => {
             &["command", "args", "env", "grant", "cwd"]
         }
@@ -596,6 +631,8 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
         crate::deps::language_server(l)
             .map_err(|m| bad(file, text, "language_servers", "language_servers", m))?;
     }
+    crate::plugins::check_plugins(&c.claude.plugins)
+        .map_err(|(k, m)| bad(file, text, &k, &format!("claude.plugins.{k}"), m))?;
     for g in &c.grants {
         if g.trim().is_empty() {
             return Err(bad(file, text, "grants", "grants", "a grant name is empty"));
@@ -1059,12 +1096,22 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         worktree: None,
         services: c.services.clone(),
         language_servers: c.language_servers.clone(),
-        npm_registry: agent_cli
-            .as_ref()
-            .and_then(|_| crate::agent::host_npm_registry()),
+        npm_registry: (agent_cli.is_some() || npm_language_server(&c.language_servers))
+            .then(crate::agent::host_npm_registry)
+            .flatten(),
         agent_cli,
         agent_mcp,
         mcp,
+        claude_plugins: None,
+    })
+}
+
+/// Whether a language server is installed with npm at image build.
+fn npm_language_server(ls: &[String]) -> bool {
+    ls.iter().any(|l| {
+        crate::deps::language_server(l)
+            .map(|e| e.run.iter().any(|r| r.starts_with("npm ")))
+            .unwrap_or(false)
     })
 }
 

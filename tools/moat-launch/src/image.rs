@@ -168,6 +168,12 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
         .map(|s| s.to_string())
         .collect();
     pk.extend(packages.iter().cloned());
+    if let Some(p) = &spec.claude_plugins
+        && crate::plugins::needs_git(p)
+        && !pk.iter().any(|x| x == "git")
+    {
+        pk.push("git".into());
+    }
     if spec.agent_cli.is_some() && !base.starts_with("node:") {
         for p in ["nodejs", "npm"] {
             if !pk.iter().any(|x| x == p) {
@@ -195,6 +201,11 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
         for l in crate::agent::dockerfile_lines(a, spec.npm_registry.as_deref()) {
             line(&l);
         }
+        if let Some(p) = &spec.claude_plugins {
+            for l in crate::plugins::dockerfile_lines(p) {
+                line(&l);
+            }
+        }
     }
     line("COPY moat-init /usr/local/bin/moat-init");
     line("RUN chmod 0755 /usr/local/bin/moat-init");
@@ -210,7 +221,11 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
         line(&format!("ENV {k}={}", json_str(v)));
     }
     for r in run {
-        line(&format!("RUN [\"/bin/sh\", \"-c\", {}]", json_str(r)));
+        let r = npm_step(r, spec.npm_registry.as_deref());
+        if r.contains("$MOAT_BUILD_CA") {
+            line("ARG MOAT_BUILD_CA");
+        }
+        line(&format!("RUN [\"/bin/sh\", \"-c\", {}]", json_str(&r)));
     }
     if let Some(h) = &spec.hooks.post_build_root {
         line(&format!("RUN [\"/bin/sh\", \"-c\", {}]", json_str(h)));
@@ -227,6 +242,20 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
     line("ENTRYPOINT [\"/usr/local/bin/moat-init\"]");
     line("CMD [\"/bin/bash\"]");
     f
+}
+
+/// A registry `npm install` step (the language servers'), made to trust the build-time proxy
+/// (the moat CA in the `MOAT_BUILD_CA` build argument) and to use the host's npm registry.
+fn npm_step(step: &str, registry: Option<&str>) -> String {
+    let Some(rest) = step.strip_prefix("npm install ") else {
+        return step.to_string();
+    };
+    let reg = registry
+        .map(|r| format!(" --registry={r}"))
+        .unwrap_or_default();
+    format!(
+        "printf '%s\\n' \"$MOAT_BUILD_CA\" > /tmp/moat-build-ca.crt && NODE_EXTRA_CA_CERTS=/tmp/moat-build-ca.crt npm install{reg} {rest} && rm -f /tmp/moat-build-ca.crt && rm -rf /root/.npm"
+    )
 }
 
 /// A minimal deterministic ustar archive (mtime 0, root-owned) for the build context.
@@ -378,6 +407,15 @@ pub async fn prepare(
     ];
     if let Some(pem) = ca {
         files.push(("moat-ca.crt", pem, 0o644));
+    }
+    let marketplaces = match &spec.claude_plugins {
+        Some(p) if !crate::plugins::dockerfile_lines(p).is_empty() => {
+            crate::plugins::context_files(p)?
+        }
+        _ => vec![],
+    };
+    for (n, b, m) in &marketplaces {
+        files.push((n.as_str(), b.as_slice(), *m));
     }
     let tar = tar(&files);
     let mut h = Sha256::new();

@@ -15,6 +15,7 @@ mod docker;
 mod image;
 mod mcp;
 mod network;
+mod plugins;
 mod promote;
 mod refresh;
 mod run;

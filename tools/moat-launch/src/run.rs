@@ -112,6 +112,7 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         &home.volumes_dir(),
     ));
     spec.docker_volumes = config::docker_volumes(&loaded.config, &spec.agent);
+    crate::plugins::prepare_run(&mut spec, &loaded, &home, args.agent.as_deref())?;
     if spec.interactive {
         spec.tty_size = crate::tty::term_size();
     }
