@@ -252,4 +252,5 @@ pub fn run_with_deadline(mut c: Command, what: String, input: Option<&[u8]>, sec
     )
 }
 
+pub mod agents;
 pub mod github;

@@ -6,78 +6,29 @@
 //! placeholders. The image is built once (its tag is a hash of its content, the same for
 //! every MOAT_HOME) and shared by every test.
 
-use moat_e2e::{Moat, docker_ready, run_with_deadline};
+use moat_e2e::agents::{
+    ANSWER, canary, epoch_ms_in, grant_signed_in, grant_token, leaves_no_trace, no_artifact_holds,
+    says_hello, with_standin,
+};
+use moat_e2e::{Moat, docker_ready};
 use moat_standins::{Kind, Options, Standin};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const ANSWER: &str = "Hello from the moat stand-in, streamed in pieces.";
-
-fn canary(prefix: &str) -> String {
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}E2eCanary{n:x}DoNotLeak0123456789abcdefABCDEF")
-}
-
-fn with_standin(opts: Options) -> (Moat, Standin) {
-    let st = Standin::start_with(opts);
-    let mut m = Moat::new();
-    m.env
-        .env("MOAT_PROXY_CONNECT_TO", st.connect_to().join(","))
-        .env("MOAT_PROXY_EXTRA_CA", st.ca_pem_path());
-    (m, st)
-}
-
-fn epoch_ms_in(secs: i64) -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    now + secs * 1000
-}
-
-/// `moat grant anthropic`, imported from a Claude Code sign-in in the test's HOME (then the
-/// file is removed: from here on the token lives only in moat's encrypted store).
+/// `moat grant anthropic`, imported from a Claude Code sign-in in the test's HOME.
 fn grant_claude_subscription(m: &Moat, access: &str, refresh: &str, expires_in_secs: i64) {
-    let f = m.env.home.join(".claude/.credentials.json");
-    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-    std::fs::write(
-        &f,
-        serde_json::json!({"claudeAiOauth": {
+    grant_signed_in(
+        m,
+        "anthropic",
+        ".claude/.credentials.json",
+        &serde_json::json!({"claudeAiOauth": {
             "accessToken": access,
             "refreshToken": refresh,
             "expiresAt": epoch_ms_in(expires_in_secs),
             "scopes": ["user:inference", "user:profile"],
             "subscriptionType": "max"
-        }})
-        .to_string(),
-    )
-    .unwrap();
-    let mut c = m.env.cmd("moat");
-    c.args(["grant", "anthropic", "--no-validate"]);
-    let r = run_with_deadline(c, "moat grant anthropic".into(), None, 60);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    std::fs::remove_dir_all(m.env.home.join(".claude")).unwrap();
-}
-
-fn grant_stdin(m: &Moat, provider: &str, secret: &str) {
-    let mut c = m.env.cmd("moat");
-    c.args(["grant", provider, "--token-stdin", "--no-validate"]);
-    let r = run_with_deadline(
-        c,
-        format!("moat grant {provider}"),
-        Some(secret.as_bytes()),
-        60,
+        }}),
     );
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-}
-
-/// Nothing under MOAT_HOME holds `secret` (logs, traces, audit, spec, staged files).
-fn no_artifact_holds(m: &Moat, secret: &str) {
-    let hits = moat_testkit::files_containing(m.moat_home(), secret.as_bytes());
-    assert!(hits.is_empty(), "{secret} found in {hits:?}");
 }
 
 /// The container's environment, command lines and files hold none of `secrets` (one
@@ -133,30 +84,10 @@ fn claude_p_with_an_api_key_prints_the_streamed_answer() {
     }
     let real = canary("sk-ant-api03-");
     let (m, st) = with_standin(Options::new(Kind::AnthropicApiKey, &real));
-    grant_stdin(&m, "anthropic", &real);
-    let r = m.run_timeout(
-        "moat",
-        &["claude", "--no-sandbox", "-p", "say hello"],
-        None,
-        900,
-    );
-    assert_eq!(
-        r.code(),
-        0,
-        "stdout: {}\nstderr: {}",
-        r.stdout(),
-        r.stderr()
-    );
-    assert!(
-        r.stdout().contains(ANSWER),
-        "stdout: {}\nstderr: {}\nrequests:\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
+    grant_token(&m, &["anthropic"], &real);
+    let r = says_hello(&m, &st, "claude");
     assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
-    r.leaks_nothing(&real);
-    no_artifact_holds(&m, &real);
+    leaves_no_trace(&r, &m, &real);
     // Claude Code's transcript landed in the run directory (sync_logs defaults to on).
     let id = m.run_ids().pop().unwrap();
     let logs = m.moat_home().join("runs").join(&id).join("claude");
@@ -264,28 +195,8 @@ fn codex_exec_with_an_api_key_prints_the_streamed_answer() {
     }
     let real = canary("sk-proj-");
     let (m, st) = with_standin(Options::new(Kind::OpenAiApiKey, &real));
-    grant_stdin(&m, "openai", &real);
-    let r = m.run_timeout(
-        "moat",
-        &["codex", "--no-sandbox", "-p", "say hello"],
-        None,
-        900,
-    );
-    assert_eq!(
-        r.code(),
-        0,
-        "stdout: {}\nstderr: {}\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
-    assert!(
-        r.stdout().contains(ANSWER),
-        "stdout: {}\nstderr: {}\nrequests:\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
+    grant_token(&m, &["openai"], &real);
+    let r = says_hello(&m, &st, "codex");
     // The answer came from api.openai.com with the real key injected; never on chatgpt.com.
     assert!(
         st.requests().iter().any(|q| q.host == "api.openai.com"
@@ -300,8 +211,7 @@ fn codex_exec_with_an_api_key_prints_the_streamed_answer() {
             .any(|q| q.host.ends_with("chatgpt.com") && q.contains(&real)),
         "the API key went to chatgpt.com"
     );
-    r.leaks_nothing(&real);
-    no_artifact_holds(&m, &real);
+    leaves_no_trace(&r, &m, &real);
 }
 
 #[test]
@@ -311,28 +221,8 @@ fn gemini_p_with_an_api_key_prints_the_streamed_answer() {
     }
     let real = canary("AIza");
     let (m, st) = with_standin(Options::new(Kind::GeminiApiKey, &real));
-    grant_stdin(&m, "gemini", &real);
-    let r = m.run_timeout(
-        "moat",
-        &["gemini", "--no-sandbox", "-p", "say hello"],
-        None,
-        900,
-    );
-    assert_eq!(
-        r.code(),
-        0,
-        "stdout: {}\nstderr: {}\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
-    assert!(
-        r.stdout().contains(ANSWER),
-        "stdout: {}\nstderr: {}\nrequests:\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
+    grant_token(&m, &["gemini"], &real);
+    let r = says_hello(&m, &st, "gemini");
     assert!(
         st.requests()
             .iter()
@@ -342,8 +232,7 @@ fn gemini_p_with_an_api_key_prints_the_streamed_answer() {
         "{}",
         st.request_lines()
     );
-    r.leaks_nothing(&real);
-    no_artifact_holds(&m, &real);
+    leaves_no_trace(&r, &m, &real);
 }
 
 #[test]
@@ -358,45 +247,18 @@ fn codex_exec_with_a_chatgpt_sign_in_prints_the_streamed_answer() {
         + 10 * 86400;
     let real = moat_standins::fake_jwt(&serde_json::json!({"exp": exp, "canary": canary("c")}));
     let (m, st) = with_standin(Options::new(Kind::ChatGpt, &real));
-    let f = m.env.home.join(".codex/auth.json");
-    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-    std::fs::write(
-        &f,
-        serde_json::json!({"OPENAI_API_KEY": null, "tokens": {
+    grant_signed_in(
+        &m,
+        "openai",
+        ".codex/auth.json",
+        &serde_json::json!({"OPENAI_API_KEY": null, "tokens": {
             "id_token": moat_standins::chatgpt_id_token(),
             "access_token": real,
             "refresh_token": canary("rt_"),
             "account_id": "00000000-0000-4000-8000-00000000c0de"
-        }, "last_refresh": "2026-01-01T00:00:00Z"})
-        .to_string(),
-    )
-    .unwrap();
-    let mut c = m.env.cmd("moat");
-    c.args(["grant", "openai", "--no-validate"]);
-    let g = run_with_deadline(c, "moat grant openai".into(), None, 60);
-    assert_eq!(g.code(), 0, "{}", g.stderr());
-    std::fs::remove_dir_all(m.env.home.join(".codex")).unwrap();
-    let r = m.run_timeout(
-        "moat",
-        &["codex", "--no-sandbox", "-p", "say hello"],
-        None,
-        900,
+        }, "last_refresh": "2026-01-01T00:00:00Z"}),
     );
-    assert_eq!(
-        r.code(),
-        0,
-        "stdout: {}\nstderr: {}\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
-    assert!(
-        r.stdout().contains(ANSWER),
-        "stdout: {}\nstderr: {}\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
+    let r = says_hello(&m, &st, "codex");
     assert!(
         st.requests().iter().any(|q| q.host == "chatgpt.com"
             && q.path.starts_with("/backend-api/codex/responses")
@@ -404,8 +266,7 @@ fn codex_exec_with_a_chatgpt_sign_in_prints_the_streamed_answer() {
         "{}",
         st.request_lines()
     );
-    r.leaks_nothing(&real);
-    no_artifact_holds(&m, &real);
+    leaves_no_trace(&r, &m, &real);
 }
 
 #[test]
@@ -415,42 +276,15 @@ fn gemini_p_with_a_google_sign_in_prints_the_streamed_answer() {
     }
     let real = canary("ya29.");
     let (m, st) = with_standin(Options::new(Kind::GoogleOauth, &real));
-    let f = m.env.home.join(".gemini/oauth_creds.json");
-    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-    std::fs::write(
-        &f,
-        serde_json::json!({"access_token": real, "refresh_token": canary("1//"), "token_type": "Bearer",
+    grant_signed_in(
+        &m,
+        "gemini",
+        ".gemini/oauth_creds.json",
+        &serde_json::json!({"access_token": real, "refresh_token": canary("1//"), "token_type": "Bearer",
             "scope": "https://www.googleapis.com/auth/cloud-platform openid",
-            "expiry_date": epoch_ms_in(10 * 86400)})
-        .to_string(),
-    )
-    .unwrap();
-    let mut c = m.env.cmd("moat");
-    c.args(["grant", "gemini", "--no-validate"]);
-    let g = run_with_deadline(c, "moat grant gemini".into(), None, 60);
-    assert_eq!(g.code(), 0, "{}", g.stderr());
-    std::fs::remove_dir_all(m.env.home.join(".gemini")).unwrap();
-    let r = m.run_timeout(
-        "moat",
-        &["gemini", "--no-sandbox", "-p", "say hello"],
-        None,
-        900,
+            "expiry_date": epoch_ms_in(10 * 86400)}),
     );
-    assert_eq!(
-        r.code(),
-        0,
-        "stdout: {}\nstderr: {}\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
-    assert!(
-        r.stdout().contains(ANSWER),
-        "stdout: {}\nstderr: {}\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
+    let r = says_hello(&m, &st, "gemini");
     assert!(
         st.requests()
             .iter()
@@ -460,8 +294,7 @@ fn gemini_p_with_a_google_sign_in_prints_the_streamed_answer() {
         "{}",
         st.request_lines()
     );
-    r.leaks_nothing(&real);
-    no_artifact_holds(&m, &real);
+    leaves_no_trace(&r, &m, &real);
 }
 
 /// `claude.base_url`: Claude Code talks to the proxy's relay (ANTHROPIC_BASE_URL), which
@@ -484,27 +317,7 @@ fn claude_base_url_goes_through_the_relay_with_the_key_injected() {
         "claude:\n  base_url: https://api.anthropic.com/gateway\n  sync_logs: false\n",
     )
     .unwrap();
-    let r = m.run_timeout(
-        "moat",
-        &["claude", "--no-sandbox", "-p", "say hello"],
-        None,
-        900,
-    );
-    assert_eq!(
-        r.code(),
-        0,
-        "stdout: {}\nstderr: {}\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
-    assert!(
-        r.stdout().contains(ANSWER),
-        "stdout: {}\nstderr: {}\n{}",
-        r.stdout(),
-        r.stderr(),
-        st.request_lines()
-    );
+    let r = says_hello(&m, &st, "claude");
     assert!(
         st.requests()
             .iter()
@@ -514,8 +327,7 @@ fn claude_base_url_goes_through_the_relay_with_the_key_injected() {
         "no Messages request through the relay:\n{}",
         st.request_lines()
     );
-    r.leaks_nothing(&real);
-    no_artifact_holds(&m, &real);
+    leaves_no_trace(&r, &m, &real);
     // sync_logs: false keeps no session logs.
     let id = m.run_ids().pop().unwrap();
     assert!(!m.moat_home().join("runs").join(&id).join("claude").exists());

@@ -6,12 +6,11 @@
 //! installed without fetching anything. A pre_run hook copies what the container holds into
 //! the workspace, where the test reads it after the run.
 
+use moat_e2e::agents::ANSWER;
 use moat_e2e::{Moat, docker_ready, run_with_deadline};
 use moat_standins::{Kind, Options, Standin};
 use serde_json::{Value, json};
 use std::path::Path;
-
-const ANSWER: &str = "Hello from the moat stand-in, streamed in pieces.";
 
 fn write_json(p: &Path, v: &Value) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -5,34 +5,10 @@
 //! (`/mcp/TOKEN/NAME`), holding the stub `moat-stub-mcp:NAME`; the proxy swaps in the
 //! credential. A unique canary credential is then searched for everywhere.
 
-use moat_e2e::{Moat, docker_ready, run_with_deadline};
-use moat_standins::{Kind, McpServer, Options, Standin};
+use moat_e2e::agents::{ANSWER, canary as unique, grant_token as grant, says_hello, with_standin};
+use moat_e2e::docker_ready;
+use moat_standins::{Kind, McpServer, Options};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-const ANSWER: &str = "Hello from the moat stand-in, streamed in pieces.";
-
-fn unique(prefix: &str) -> String {
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{n:x}DoNotLeak0123456789abcdef")
-}
-
-fn grant(m: &Moat, args: &[&str], secret: &str) {
-    let mut c = m.env.cmd("moat");
-    c.arg("grant")
-        .args(args)
-        .args(["--token-stdin", "--no-validate"]);
-    let r = run_with_deadline(
-        c,
-        format!("moat grant {}", args.join(" ")),
-        Some(secret.as_bytes()),
-        60,
-    );
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-}
 
 fn sh(name: &str, script: &str) -> String {
     let o = Command::new("docker")
@@ -63,11 +39,7 @@ fn claude_calls_a_remote_mcp_tool_through_the_relay_and_never_holds_its_credenti
         result: marker.clone(),
     });
     o.tool_use = Some("mcp__docs__marker".into());
-    let st = Standin::start_with(o);
-    let mut m = Moat::new();
-    m.env
-        .env("MOAT_PROXY_CONNECT_TO", st.connect_to().join(","))
-        .env("MOAT_PROXY_EXTRA_CA", st.ca_pem_path());
+    let (m, st) = with_standin(o);
     grant(&m, &["anthropic"], &key);
     let url = format!("https://{}/mcp", moat_standins::MCP_HOST);
 
@@ -281,11 +253,7 @@ fn moat_run_gets_the_relay_in_its_environment_and_only_the_stub_is_swapped() {
         tool: "marker".into(),
         result: "MARKER".into(),
     });
-    let st = Standin::start_with(o);
-    let mut m = Moat::new();
-    m.env
-        .env("MOAT_PROXY_CONNECT_TO", st.connect_to().join(","))
-        .env("MOAT_PROXY_EXTRA_CA", st.ca_pem_path());
+    let (m, st) = with_standin(o);
     let url = format!("https://{}/mcp", moat_standins::MCP_HOST);
     grant(
         &m,
@@ -359,11 +327,7 @@ fn cli_handshakes(cli: &str, kind: Kind, provider: &str, key: &str) {
         tool: "marker".into(),
         result: "MARKER".into(),
     });
-    let st = Standin::start_with(o);
-    let mut m = Moat::new();
-    m.env
-        .env("MOAT_PROXY_CONNECT_TO", st.connect_to().join(","))
-        .env("MOAT_PROXY_EXTRA_CA", st.ca_pem_path());
+    let (m, st) = with_standin(o);
     grant(&m, &[provider], key);
     let url = format!("https://{}/mcp", moat_standins::MCP_HOST);
     grant(
@@ -378,10 +342,8 @@ fn cli_handshakes(cli: &str, kind: Kind, provider: &str, key: &str) {
         ),
     )
     .unwrap();
-    let r = m.run_timeout("moat", &[cli, "--no-sandbox", "-p", "say hello"], None, 900);
+    let r = says_hello(&m, &st, cli);
     let requests = st.request_lines();
-    assert_eq!(r.code(), 0, "{}\n{}\n{requests}", r.stdout(), r.stderr());
-    assert!(r.stdout().contains(ANSWER), "{}\n{requests}", r.stdout());
     let seen: Vec<_> = st
         .requests()
         .into_iter()
