@@ -434,12 +434,7 @@ echo "SPLIT=$(PGPASSWORD="$MOAT_POSTGRES_PASSWORD" psql -h "$MOAT_POSTGRES_HOST"
 echo "WRONG=$(PGPASSWORD=not-the-password psql -h "$MOAT_POSTGRES_HOST" -U "$MOAT_POSTGRES_USER" -d "$MOAT_POSTGRES_DB" -tAc 'select 1' 2>&1)"
 echo "PWLEN=${#MOAT_POSTGRES_PASSWORD}"
 "#;
-    let r = m.run_timeout(
-        "moat-launch",
-        &["run", "--no-sandbox", "--", "bash", "-c", script],
-        None,
-        600,
-    );
+    let r = m.sh(script);
     let out = r.stdout();
     assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
     assert!(out.contains("ANSWER=from-the-run"), "{out}\n{}", r.stderr());
@@ -475,12 +470,7 @@ echo "WRONG=$(q not-the-password 'select 1')"
 echo "URL=$MOAT_MYSQL_URL"
 echo "PWLEN=${#MOAT_MYSQL_PASSWORD}"
 "#;
-    let r = m.run_timeout(
-        "moat-launch",
-        &["run", "--no-sandbox", "--", "bash", "-c", script],
-        None,
-        600,
-    );
+    let r = m.sh(script);
     let out = r.stdout();
     assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
     assert!(out.contains("ANSWER=from-the-run"), "{out}\n{}", r.stderr());
