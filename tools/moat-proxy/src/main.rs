@@ -16,6 +16,7 @@ mod redact;
 mod relay;
 mod router;
 mod routerctl;
+mod tlsprov;
 mod trace;
 mod upstream;
 

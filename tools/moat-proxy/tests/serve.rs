@@ -1111,7 +1111,7 @@ fn large_streams_do_not_grow_memory() {
 #[test]
 fn the_intercepting_listener_speaks_tls_1_2_and_up_only() {
     let (env, _up, p, secret) = setup(H1, &[]);
-    let run = |v: &str| {
+    let run = |v: &[&str]| {
         env.program("openssl")
             .args([
                 "s_client",
@@ -1127,27 +1127,44 @@ fn the_intercepting_listener_speaks_tls_1_2_and_up_only() {
                 "api.github.com",
                 "-CAfile",
                 p.ca.to_str().unwrap(),
-                v,
             ])
+            .args(v)
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
     };
-    let old = run("-tls1_1");
+    let old = run(&["-tls1_1"]);
     let out = String::from_utf8_lossy(&old.stdout);
     assert!(
         !old.status.success() && out.contains("Cipher is (NONE)"),
         "TLS 1.1 was accepted: {out}"
     );
+    let mut outs = Vec::new();
     for v in ["-tls1_2", "-tls1_3"] {
-        let o = run(v);
+        let o = run(&[v]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(
-            String::from_utf8_lossy(&o.stdout).contains("Verify return code: 0 (ok)"),
-            "{v}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
+            out.contains("Verify return code: 0 (ok)"),
+            "{v}: {out}{}",
             String::from_utf8_lossy(&o.stderr)
         );
+        outs.push(out);
     }
+    // OpenSSL lists AES-256-GCM first; the proxy chooses AES-128-GCM (the cheaper cipher
+    // on every byte it decrypts and encrypts again), and still serves a client that
+    // offers AES-256-GCM only.
+    assert!(
+        outs[1].contains("Cipher is TLS_AES_128_GCM_SHA256"),
+        "{}",
+        outs[1]
+    );
+    let only256 = run(&["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"]);
+    let out = String::from_utf8_lossy(&only256.stdout);
+    assert!(
+        out.contains("Cipher is TLS_AES_256_GCM_SHA384")
+            && out.contains("Verify return code: 0 (ok)"),
+        "{out}"
+    );
     p.assert_no_leak(&secret);
 }
 
