@@ -178,7 +178,7 @@ done
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo "moat/direct rps64: $(ratio "${R[moat.rps64]}" "${R[direct.rps64]}")   1MiB: $(ratio "${R[moat.mib]}" "${R[direct.mib]}") (target >= 0.60)"
-echo "moat CPU per MiB of 1 MiB downloads: ${R[moat.cpu_ms_mib]} ms (client and origin spend about 0.4 ms/MiB each, so a 0.60 ratio on a saturated machine needs about 0.5)"
+echo "moat CPU per MiB of 1 MiB downloads: ${R[moat.cpu_ms_mib]} ms (client and origin spend about 0.4 ms/MiB each, so a 0.60 ratio on a saturated machine needs about 0.45)"
 echo "moat/direct 1MiB in interleaved pairs: median $(awk '{print $3}' <<<"$sorted") (sorted: $sorted)"
 echo "moat SSE first event - direct: $(( ${R[moat.sse_p50]%.*} - ${R[direct.sse_p50]%.*} )) us (target <= 1000)"
 echo "moat p99 at 64: ${R[moat.p99]} us (target < 10000); CPU/request: ${R[moat.cpu_us]} us (target <= 60); RSS idle ${R[moat.rss_idle]} MiB (< 15), at 64 ${R[moat.rss64]} MiB (< 40)"
