@@ -182,13 +182,13 @@ impl Ca {
             vec![leaf, self.ca_der.clone()],
             self.leaf_signing.clone(),
         ));
-        let mut cfg =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| ca_err("TLS configuration", e))?
-                .with_no_client_auth()
-                .with_cert_resolver(Arc::new(Fixed(ck)));
+        let mut cfg = ServerConfig::builder_with_provider(crate::tlsprov::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ca_err("TLS configuration", e))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(ck)));
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.ignore_client_order = true;
         let cfg = Arc::new(cfg);
         let mut g = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if g.0.len() >= CACHE_CAP

@@ -16,6 +16,7 @@ mod redact;
 mod relay;
 mod router;
 mod routerctl;
+mod tlsprov;
 mod trace;
 mod upstream;
 
@@ -137,6 +138,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let tls_h1 = Arc::new(upstream::client_tls(&cfg.extra_ca, false)?);
     let mk = |tls| {
         Client::builder(TokioExecutor::new())
+            .http1_max_buf_size(upstream::UPSTREAM_MAX_BUF)
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
