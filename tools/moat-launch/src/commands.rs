@@ -373,13 +373,10 @@ pub fn destroy(run: Option<&str>) -> Result<()> {
 /// This home's moat images that no container uses. Several homes may share the engine: an
 /// image another home built (label `moat.home`) is theirs to clean.
 async fn unused_images(d: &Docker, home: &MoatHome) -> Result<Vec<String>> {
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_IMAGE}=1"),
-            format!("{}={}", docker::LABEL_HOME, home.root().display()),
-        ],
-    )]);
+    let filters = docker::label_filter([
+        format!("{LABEL_IMAGE}=1"),
+        format!("{}={}", docker::LABEL_HOME, home.root().display()),
+    ]);
     let opts = bollard::query_parameters::ListImagesOptions {
         filters: Some(filters),
         ..Default::default()

@@ -10,6 +10,16 @@ pub const LABEL_IMAGE: &str = "moat.image";
 pub const LABEL_HOME: &str = "moat.home";
 pub const LABEL_NAME: &str = "moat.name";
 
+/// A list filter matching objects that carry every one of `labels` (`KEY` or `KEY=VALUE`).
+pub fn label_filter<S: Into<String>>(
+    labels: impl IntoIterator<Item = S>,
+) -> std::collections::HashMap<String, Vec<String>> {
+    std::collections::HashMap::from([(
+        "label".to_string(),
+        labels.into_iter().map(Into::into).collect(),
+    )])
+}
+
 pub async fn connect() -> Result<Docker> {
     let d = Docker::connect_with_defaults()
         .map_err(|e| Error::unavailable(format!("connecting to Docker: {e}")))?;

@@ -416,10 +416,9 @@ pub async fn remove(d: &Docker, ids: &[String]) {
 
 /// Every container labelled with `run_id` (the run's main container and its sidecars).
 pub async fn containers_of(d: &Docker, run_id: &str) -> Vec<String> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
     let opts = bollard::query_parameters::ListContainersOptions {
         all: true,
-        filters: Some(filters),
+        filters: Some(docker::label_filter([format!("{LABEL_RUN}={run_id}")])),
         ..Default::default()
     };
     d.list_containers(Some(opts))

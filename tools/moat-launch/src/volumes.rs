@@ -64,12 +64,11 @@ struct Row {
 }
 
 async fn docker_rows(d: &Docker, home: &str) -> Result<Vec<Row>> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_VOLUME}=1"), format!("{LABEL_HOME}={home}")],
-    )]);
     let opts = bollard::query_parameters::ListVolumesOptions {
-        filters: Some(filters),
+        filters: Some(docker::label_filter([
+            format!("{LABEL_VOLUME}=1"),
+            format!("{LABEL_HOME}={home}"),
+        ])),
     };
     let r = d
         .list_volumes(Some(opts))
