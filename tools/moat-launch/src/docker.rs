@@ -66,6 +66,29 @@ pub async fn image_id(d: &Docker, name: &str) -> Result<Option<String>> {
     }
 }
 
+/// The address `container` has on `network`; None when it has none (it exited, or is not on
+/// that network). `what` names the container in an error.
+pub async fn address_on(
+    d: &Docker,
+    container: &str,
+    network: &str,
+    what: &str,
+) -> Result<Option<String>> {
+    let info = d
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|e| err(format!("inspecting {what}"), e))?;
+    Ok(info
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|mut n| n.remove(network))
+        .and_then(|e| e.ip_address)
+        .filter(|ip| !ip.is_empty()))
+}
+
 /// Does Docker have gVisor's `runsc` registered?
 pub async fn has_runsc(d: &Docker) -> Result<bool> {
     let info = d.info().await.map_err(|e| err("reading Docker info", e))?;

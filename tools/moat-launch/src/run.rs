@@ -1311,18 +1311,8 @@ async fn register_routes(
     router_port: u16,
     res: &mut Resources,
 ) -> Result<()> {
-    let info = d
-        .inspect_container(
-            container,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-        .map_err(|e| docker::err("inspecting the container", e))?;
-    let ip = info
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|n| n.get(net_name).and_then(|e| e.ip_address.clone()))
-        .filter(|ip| !ip.is_empty())
+    let ip = docker::address_on(d, container, net_name, "the container")
+        .await?
         .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
         .ok_or_else(|| {
             Error::unavailable(format!(

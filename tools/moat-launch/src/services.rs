@@ -222,18 +222,8 @@ pub async fn start(
         )
         .await
         .map_err(|err| docker::err(format!("starting the {name} sidecar"), err))?;
-        let info = d
-            .inspect_container(
-                &created.id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .map_err(|err| docker::err(format!("inspecting the {name} sidecar"), err))?;
-        car.ip = info
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|n| n.get(network).and_then(|e| e.ip_address.clone()))
-            .filter(|ip| !ip.is_empty())
+        car.ip = docker::address_on(d, &created.id, network, &format!("the {name} sidecar"))
+            .await?
             .ok_or_else(|| {
                 Error::unavailable(format!(
                     "the {name} sidecar has no address on the run's network (did it exit at once? see `docker logs {cname}`)"
