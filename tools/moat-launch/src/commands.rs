@@ -84,9 +84,7 @@ pub fn reconcile_one(store: &Store, id: &str) -> Result<()> {
         exit
     });
     if let Some(pid) = m.proxy_pid
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains("moat-proxy"))
-            .unwrap_or(false)
+        && proxy_alive(pid)
     {
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
@@ -617,6 +615,7 @@ pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
     }
 }
 
+/// Is `pid` still a moat-proxy (pids get reused)?
 fn proxy_alive(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("moat-proxy"))
