@@ -256,7 +256,8 @@ fn far_ms() -> u64 {
     now + 365 * 24 * 3600 * 1000
 }
 
-fn pretty(v: &Value) -> Vec<u8> {
+/// Pretty JSON with a final newline, as the staged files are written.
+pub(crate) fn pretty(v: &Value) -> Vec<u8> {
     let mut b = serde_json::to_vec_pretty(v).expect("json");
     b.push(b'\n');
     b
@@ -280,6 +281,15 @@ fn jwt(claims: &Value) -> String {
 
 /// Files for HOME: path relative to HOME, content.
 pub type Files = Vec<(String, Vec<u8>)>;
+
+/// Write one file of the staged HOME (`rel` below `stage`): 0600, its directories 0700.
+pub fn write_staged(stage: &std::path::Path, rel: &str, data: &[u8]) -> Result<()> {
+    let p = stage.join(rel);
+    if let Some(parent) = p.parent() {
+        moat_core::fsutil::create_private_dir(parent)?;
+    }
+    moat_core::fsutil::write_atomic(&p, data, 0o600)
+}
 
 /// Files for HOME and extra environment.
 pub fn home_files(
@@ -428,7 +438,8 @@ fn moat_grant_claude_placeholder() -> &'static str {
     "sk-ant-oat01-moatProxyInjectedPlaceholder00000000000000000000000000000000000000000000000000000000000000000AA"
 }
 
-fn toml_str(s: &str) -> String {
+/// A TOML basic string (JSON's escapes are valid TOML).
+pub(crate) fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("json string")
 }
 

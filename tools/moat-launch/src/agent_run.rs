@@ -45,11 +45,7 @@ pub fn prepare(
     let stage = dir.join("agent-home");
     moat_core::fsutil::create_private_dir(&stage)?;
     for (rel, data) in &files {
-        let p = stage.join(rel);
-        if let Some(parent) = p.parent() {
-            moat_core::fsutil::create_private_dir(parent)?;
-        }
-        moat_core::fsutil::write_atomic(&p, data, 0o600)?;
+        agent::write_staged(&stage, rel, data)?;
     }
     let mut binds = vec![format!("{}:{}:ro", stage.display(), agent::HOME_MOUNT)];
     let (in_home, sub) = agent::log_dir(&a.cli);

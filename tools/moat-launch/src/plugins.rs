@@ -459,10 +459,8 @@ pub fn apply(files: &mut crate::agent::Files, p: &ClaudePlugins) -> Result<()> {
     if !markets.is_empty() {
         v["extraKnownMarketplaces"] = Value::Object(markets);
     }
-    let mut bytes = serde_json::to_vec_pretty(&v)?;
-    bytes.push(b'\n');
     files.retain(|(n, _)| n != SETTINGS);
-    files.push((SETTINGS.into(), bytes));
+    files.push((SETTINGS.into(), crate::agent::pretty(&v)));
     Ok(())
 }
 
