@@ -142,33 +142,14 @@ pub fn serve(port: u16) -> Result<()> {
         );
         let st = Arc::new(router::State { home, ca, port });
         let sem = Arc::new(tokio::sync::Semaphore::new(1024));
-        let sig = |k| {
-            tokio::signal::unix::signal(k).map_err(|e| Error::io("installing signal handlers", e))
-        };
-        let mut term = sig(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = sig(tokio::signal::unix::SignalKind::interrupt())?;
-        loop {
-            let permit = tokio::select! {
-                p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    let st = st.clone();
-                    tokio::spawn(async move {
-                        router::serve_conn(st, tcp, peer).await;
-                        drop(permit);
-                    });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        crate::accept_until_signal(&listener, &sem, |tcp, peer, permit| {
+            let st = st.clone();
+            tokio::spawn(async move {
+                router::serve_conn(st, tcp, peer).await;
+                drop(permit);
+            });
+        })
+        .await?;
         Ok::<_, Error>(st.home.clone())
     });
     rt.shutdown_timeout(Duration::from_secs(1));
