@@ -401,6 +401,23 @@ async fn unused_images(d: &Docker, home: &MoatHome) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Ask `question? [y/N]` on stderr and read the answer from stdin; anything but yes is
+/// "nothing removed" (exit 1).
+pub(crate) fn ask(question: &str) -> Result<()> {
+    eprint!("{question}? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::io("reading the answer", e))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::no("nothing removed"))
+    }
+}
+
 pub fn clean(force: bool) -> Result<()> {
     let store = store()?;
     reconcile_all(&store)?;
@@ -422,20 +439,11 @@ pub fn clean(force: bool) -> Result<()> {
         return Ok(());
     }
     if !force {
-        eprint!(
-            "Remove {} stopped run(s) and {} unused moat image(s)? [y/N] ",
+        ask(&format!(
+            "Remove {} stopped run(s) and {} unused moat image(s)",
             runs.len(),
             images.len()
-        );
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .map_err(|e| Error::io("reading the answer", e))?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Err(Error::no("nothing removed"));
-        }
+        ))?;
     }
     for m in &runs {
         store.remove_dir(&m.id)?;

@@ -9,7 +9,6 @@ use crate::store::{Metadata, Store};
 use bollard::Docker;
 use moat_core::{Error, Result, cli};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, IsTerminal, Write};
 
 pub const LABEL_VOLUME: &str = "moat.volume";
 pub const LABEL_AGENT: &str = "moat.agent";
@@ -126,23 +125,12 @@ fn confirm(question: &str, force: bool) -> Result<()> {
     if force {
         return Ok(());
     }
-    if !std::io::stdin().is_terminal() {
+    if !cli::stdin_is_terminal() {
         return Err(Error::usage(format!(
             "{question}: not asked without a terminal; pass --force"
         )));
     }
-    eprint!("{question}? [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| Error::io("reading the answer", e))?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::no("nothing removed"))
-    }
+    crate::commands::ask(question)
 }
 
 fn remove(store: &Store, d: Option<&Docker>, rt: &tokio::runtime::Runtime, r: &Row) -> Result<()> {
