@@ -713,8 +713,10 @@ async fn lifecycle(
         phase("pre-run snapshot");
     }
     // Subscriptions about to expire (or expired) are renewed before the run starts.
-    let oauth = crate::refresh::oauth_grants(&spec.grants).await;
+    let mut oauth = crate::refresh::oauth_grants(&spec.grants).await;
+    let mut any_due = false;
     for g in oauth.iter().filter(|g| crate::refresh::due(g)) {
+        any_due = true;
         match crate::refresh::refresh_one(&g.name).await {
             Ok(true) => {
                 if let Some(a) = &res.audit {
@@ -728,11 +730,10 @@ async fn lifecycle(
             Err(e) => eprintln!("moat: warning: {e}"),
         }
     }
-    let oauth = if oauth.is_empty() {
-        oauth
-    } else {
-        crate::refresh::oauth_grants(&spec.grants).await
-    };
+    // A renewal (here or by another run) moved an expiry: read them again for the refresher.
+    if any_due {
+        oauth = crate::refresh::oauth_grants(&spec.grants).await;
+    }
     let mut rules = grant_rules(&spec.grants).await?;
     crate::mcp::check_rules(&spec.mcp, &rules.inject)?;
     let ssh_dir = if rules.ssh.is_empty() {
