@@ -238,34 +238,32 @@ pub async fn start(
 pub fn wiring(spec: &RunSpec, cars: &[Sidecar]) -> Wiring {
     let mut w = Wiring::default();
     for car in cars {
-        let Ok(dep) = spec
+        let Some(dep) = spec
             .dependencies
             .iter()
             .filter_map(|d| deps::resolve(d).ok())
             .find(|d| d.entry.name == car.service)
-            .ok_or(())
         else {
             continue;
         };
         let s = dep.entry.service.as_ref().expect("checked at load");
-        let (user, db) = (car.user.clone(), car.db.clone());
         let p = &s.prefix;
         let url = fill(
             &s.url,
-            user.as_deref().unwrap_or_default(),
+            car.user.as_deref().unwrap_or_default(),
             &car.password,
-            db.as_deref().unwrap_or_default(),
+            car.db.as_deref().unwrap_or_default(),
             &car.service,
             car.port,
         );
         w.env.push(format!("MOAT_{p}_URL={url}"));
         w.env.push(format!("MOAT_{p}_HOST={}", car.service));
         w.env.push(format!("MOAT_{p}_PORT={}", car.port));
-        if let Some(u) = user {
+        if let Some(u) = &car.user {
             w.env.push(format!("MOAT_{p}_USER={u}"));
         }
         w.env.push(format!("MOAT_{p}_PASSWORD={}", car.password));
-        if let Some(db) = db {
+        if let Some(db) = &car.db {
             w.env.push(format!("MOAT_{p}_DB={db}"));
         }
         w.hosts.push(format!("{}:{}", car.service, car.ip));
