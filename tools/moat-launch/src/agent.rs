@@ -100,11 +100,7 @@ pub fn dockerfile_lines(a: &AgentSpec, registry: Option<&str>) -> Vec<String> {
         npm.push_str(&format!(" --registry={r}"));
     }
     let npm = npm.as_str();
-    let with_ca = |cmd: &str| {
-        format!(
-            "RUN printf '%s\\n' \"$MOAT_BUILD_CA\" > /tmp/moat-build-ca.crt && NODE_EXTRA_CA_CERTS=/tmp/moat-build-ca.crt {cmd} && rm -f /tmp/moat-build-ca.crt && rm -rf /root/.npm"
-        )
-    };
+    let with_ca = |cmd: &str| format!("RUN {}", npm_with_build_ca(cmd));
     if a.cli == "gemini" {
         // Debian's node is 18; the Gemini CLI needs 20, which npm can install as a package.
         out.push(with_ca(&format!("{npm} node@20")));
@@ -119,6 +115,14 @@ pub fn dockerfile_lines(a: &AgentSpec, registry: Option<&str>) -> Vec<String> {
         }
     ));
     out
+}
+
+/// An `npm` command that trusts the build-time proxy (the moat CA in the `MOAT_BUILD_CA`
+/// build argument) and leaves neither the certificate nor npm's cache in the image.
+pub fn npm_with_build_ca(cmd: &str) -> String {
+    format!(
+        "printf '%s\\n' \"$MOAT_BUILD_CA\" > /tmp/moat-build-ca.crt && NODE_EXTRA_CA_CERTS=/tmp/moat-build-ca.crt {cmd} && rm -f /tmp/moat-build-ca.crt && rm -rf /root/.npm"
+    )
 }
 
 /// The npm registry this host's npm uses (`npm config get registry`), so the image build
@@ -298,6 +302,8 @@ pub fn home_files(
     mcp: &[(String, Value)],
 ) -> Result<(Files, Vec<(String, String)>)> {
     let ws = "/workspace";
+    // Claude Code's and the Gemini CLI's `mcpServers` object.
+    let mcp_servers = || Value::Object(mcp.iter().cloned().collect());
     let mut files = vec![];
     let mut env = vec![];
     match a.cli.as_str() {
@@ -308,11 +314,7 @@ pub fn home_files(
                 "projects": {ws: {"hasTrustDialogAccepted": !a.keep_prompts, "hasCompletedProjectOnboarding": true}},
             });
             if !mcp.is_empty() {
-                let mut m = serde_json::Map::new();
-                for (n, v) in mcp {
-                    m.insert(n.clone(), v.clone());
-                }
-                cj["mcpServers"] = Value::Object(m);
+                cj["mcpServers"] = mcp_servers();
             }
             files.push((".claude.json".into(), pretty(&cj)));
             if si.claude_oauth {
@@ -402,11 +404,7 @@ pub fn home_files(
             };
             let mut settings = json!({"security": {"auth": {"selectedType": t}}});
             if !mcp.is_empty() {
-                let mut m = serde_json::Map::new();
-                for (n, v) in mcp {
-                    m.insert(n.clone(), v.clone());
-                }
-                settings["mcpServers"] = Value::Object(m);
+                settings["mcpServers"] = mcp_servers();
             }
             files.push((".gemini/settings.json".into(), pretty(&settings)));
             if !a.keep_prompts {
