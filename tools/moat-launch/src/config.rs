@@ -507,24 +507,10 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
 fn suggest<'a>(k: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
-        .map(|c| (edit_distance(k, c), *c))
+        .map(|c| (moat_core::edit_distance(k, c), *c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
         .min()
         .map(|(_, c)| c)
-}
-
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 fn bad(file: &str, text: &str, key: &str, field: &str, msg: impl std::fmt::Display) -> Error {
