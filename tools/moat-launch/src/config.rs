@@ -1103,15 +1103,7 @@ fn npm_language_server(ls: &[String]) -> bool {
 
 /// The hostname router's port: MOAT_PROXY_PORT, else 8080.
 fn router_port() -> Result<u16> {
-    match std::env::var("MOAT_PROXY_PORT") {
-        Ok(v) if !v.is_empty() => match v.parse::<u16>() {
-            Ok(p) if p > 0 => Ok(p),
-            _ => Err(Error::config(format!(
-                "MOAT_PROXY_PORT: {v:?} is not a port number (1-65535)"
-            ))),
-        },
-        _ => Ok(8080),
-    }
+    moat_core::routes::router_port(None).map_err(Error::config)
 }
 
 /// A default name (from the workspace directory) made into one DNS label.

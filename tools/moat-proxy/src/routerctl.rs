@@ -13,23 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_PORT: u16 = 8080;
-
 /// `--port` over `MOAT_PROXY_PORT` over 8080.
 pub fn resolve_port(flag: Option<String>) -> Result<u16> {
-    let (v, what) = match flag {
-        Some(v) => (v, "--port"),
-        None => match std::env::var("MOAT_PROXY_PORT") {
-            Ok(v) if !v.is_empty() => (v, "MOAT_PROXY_PORT"),
-            _ => return Ok(DEFAULT_PORT),
-        },
-    };
-    match v.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(Error::usage(format!(
-            "{what}: {v:?} is not a port number (1-65535)"
-        ))),
-    }
+    routes::router_port(flag.as_deref()).map_err(Error::usage)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -280,7 +266,7 @@ pub fn status(port: Option<u16>, json: bool) -> Result<()> {
         .first()
         .map(|i| i.port)
         .or(port)
-        .unwrap_or(resolve_port(None).unwrap_or(DEFAULT_PORT));
+        .unwrap_or(resolve_port(None).unwrap_or(routes::DEFAULT_ROUTER_PORT));
     let live = routes::live(&home);
     let url = |ep: &str, name: &str| format!("https://{ep}.{name}.localhost:{shown_port}/");
     if json {
