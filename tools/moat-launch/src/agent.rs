@@ -142,21 +142,22 @@ pub fn host_npm_registry() -> Option<String> {
     ok.then_some(r)
 }
 
-/// `HOST:PORT` of a registry URL: the build-time proxy allows it explicitly (a mirror may
-/// sit on a private address).
-pub fn registry_allowance(url: &str) -> Option<String> {
+/// `HOST:PORT` of an http(s) URL: the host canonical (`moat_core::host`), the port made
+/// explicit; user information, path, query and fragment dropped. None for anything else.
+/// The build-time proxy allows a registry's explicitly (a mirror may sit on a private
+/// address); `claude.base_url`'s host gets the Anthropic injection.
+pub fn url_authority(url: &str) -> Option<String> {
     let (tls, rest) = match url.strip_prefix("https://") {
         Some(r) => (true, r),
         None => (false, url.strip_prefix("http://")?),
     };
-    let auth = rest.split('/').next()?.rsplit('@').next()?;
-    if auth.is_empty() {
-        return None;
-    }
-    Some(if auth.contains(':') {
-        auth.to_string()
+    let auth = rest.split(['/', '?', '#']).next()?.rsplit('@').next()?;
+    let (host, port) =
+        moat_core::host::canonical_authority(auth, if tls { 443 } else { 80 }).ok()?;
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
-        format!("{auth}:{}", if tls { 443 } else { 80 })
+        format!("{host}:{port}")
     })
 }
 
@@ -479,6 +480,24 @@ mod tests {
             ["codex", "exec", "--skip-git-repo-check", "hi"]
         );
         assert_eq!(command(&spec("gemini")), ["gemini", "--yolo", "-p", "hi"]);
+    }
+
+    #[test]
+    fn url_authorities_are_canonical_with_the_port() {
+        for (u, want) in [
+            (
+                "https://registry.example.com/",
+                Some("registry.example.com:443"),
+            ),
+            ("http://Mirror.LAN:4873/npm/?x#y", Some("mirror.lan:4873")),
+            ("https://user:pw@host.example", Some("host.example:443")),
+            ("http://[::1]/", Some("[::1]:80")),
+            ("http://127.0.0.1:8787", Some("127.0.0.1:8787")),
+            ("ftp://host.example/", None),
+            ("https:///path", None),
+        ] {
+            assert_eq!(url_authority(u).as_deref(), want, "{u}");
+        }
     }
 
     #[test]

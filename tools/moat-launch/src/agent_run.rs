@@ -75,7 +75,7 @@ pub fn prepare(
             &serde_json::json!({"name": BASE_RELAY, "url": u}),
         )?);
         base_relay = Some(BASE_RELAY.to_string());
-        base_host = Some(authority(u).ok_or_else(|| {
+        base_host = Some(agent::url_authority(u).ok_or_else(|| {
             Error::config(format!("claude.base_url: {u:?} is not an http(s) URL"))
         })?);
     }
@@ -89,33 +89,6 @@ pub fn prepare(
         relays,
         base_relay,
         transform,
-    })
-}
-
-/// `HOST:PORT` of an http(s) URL (the port made explicit).
-fn authority(u: &str) -> Option<String> {
-    let (tls, rest) = if let Some(r) = u.strip_prefix("https://") {
-        (true, r)
-    } else {
-        (false, u.strip_prefix("http://")?)
-    };
-    let auth = rest.split(['/', '?', '#']).next()?;
-    let auth = auth.rsplit('@').next()?;
-    if auth.is_empty() {
-        return None;
-    }
-    let has_port = match auth.rfind(':') {
-        Some(i) => !auth[i..].contains(']'),
-        None => false,
-    };
-    Some(if has_port {
-        auth.to_ascii_lowercase()
-    } else {
-        format!(
-            "{}:{}",
-            auth.to_ascii_lowercase(),
-            if tls { 443 } else { 80 }
-        )
     })
 }
 
@@ -160,6 +133,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::url_authority as authority;
 
     #[test]
     fn the_base_url_host_gets_the_anthropic_injection_too() {

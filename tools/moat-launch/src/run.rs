@@ -894,7 +894,7 @@ async fn lifecycle(
         if let Some(a) = spec
             .npm_registry
             .as_deref()
-            .and_then(crate::agent::registry_allowance)
+            .and_then(crate::agent::url_authority)
         {
             allow.push(a);
         }
