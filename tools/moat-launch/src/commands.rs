@@ -509,12 +509,12 @@ pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
                 label,
             )?;
             eprintln!(
-                "moat: snapshot {} of {} ({}): {} file(s), {:.1} MB",
+                "moat: snapshot {} of {} ({}): {} file(s), {}",
                 s.id,
                 m.name,
                 m.id,
                 s.files,
-                s.bytes as f64 / 1e6
+                mb(s.bytes)
             );
             cli::write_stdout(format!("{}\n", s.id).as_bytes())
         }
@@ -546,7 +546,7 @@ pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
                         s.kind,
                         s.created_at,
                         s.files,
-                        format!("{:.1} MB", s.bytes as f64 / 1e6),
+                        mb(s.bytes),
                         s.label.as_deref().unwrap_or("")
                     ));
                 }
@@ -630,6 +630,11 @@ fn proxy_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A size for people: "12.3 MB".
+pub(crate) fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
 /// Bytes of the files below `p` (0 when unreadable).
 pub(crate) fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else {
@@ -709,9 +714,9 @@ pub fn status(json: bool) -> Result<()> {
         }
     ));
     s.push_str(&format!(
-        "Runs:     {} active, {stopped} stopped, {:.1} MB on disk\n",
+        "Runs:     {} active, {stopped} stopped, {} on disk\n",
         active.len(),
-        disk as f64 / 1e6
+        mb(disk)
     ));
     for m in &active {
         let proxy = match m.proxy_pid {
@@ -730,9 +735,9 @@ pub fn status(json: bool) -> Result<()> {
         ));
     }
     s.push_str(&format!(
-        "Images:   {} moat image(s), {:.1} MB (`moat system images`)\n",
+        "Images:   {} moat image(s), {} (`moat system images`)\n",
         images.len(),
-        image_bytes as f64 / 1e6
+        mb(image_bytes)
     ));
     s.push_str(&format!(
         "Containers: {} moat container(s), {running} running (`moat system containers`)\n",
@@ -740,8 +745,8 @@ pub fn status(json: bool) -> Result<()> {
     ));
     if promoted > 0 {
         s.push_str(&format!(
-            "Promoted: {:.1} MB (`moat list --promoted`)\n",
-            promoted as f64 / 1e6
+            "Promoted: {} (`moat list --promoted`)\n",
+            mb(promoted)
         ));
     }
     cli::write_stdout(s.as_bytes())?;

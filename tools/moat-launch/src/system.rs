@@ -3,6 +3,7 @@
 //! run each belongs to. Several MOAT_HOMEs can share one engine: by default only this home's
 //! objects show (labelled with it, or belonging to one of its runs); `--all` shows every one.
 
+use crate::commands::mb;
 use crate::docker::{self, LABEL_HOME, LABEL_IMAGE, LABEL_RUN};
 use crate::store::{Metadata, Store};
 use bollard::Docker;
@@ -40,10 +41,6 @@ fn age(created: i64) -> String {
         .duration_since(t)
         .map(moat_core::timefmt::short_age)
         .unwrap_or_else(|_| "-".into())
-}
-
-fn mb(b: u64) -> String {
-    format!("{:.1} MB", b as f64 / 1e6)
 }
 
 pub async fn images(

@@ -196,7 +196,7 @@ pub fn command(store: &Store, cmd: VolumesCmd) -> Result<()> {
                         r.volume,
                         r.kind,
                         r.bytes
-                            .map(|b| format!("{:.1} MB", b as f64 / 1e6))
+                            .map(crate::commands::mb)
                             .unwrap_or_else(|| "-".into()),
                         u.len()
                     ));
