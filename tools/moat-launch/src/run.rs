@@ -253,9 +253,8 @@ struct Resources {
     sidecars: Vec<String>,
     proxy: Option<Child>,
     proxy_pump: Option<tokio::task::JoinHandle<()>>,
-    /// The proxy's rules pipe, open for replacement rule sets, and the task renewing
-    /// subscriptions that writes them.
-    rules_pipe: Option<std::sync::Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>>,
+    /// The task renewing subscriptions; it owns the proxy's rules pipe, open for
+    /// replacement rule sets, so ending it closes the pipe.
     refresher: Option<tokio::task::JoinHandle<()>>,
     ssh: Option<Child>,
     ssh_pump: Option<tokio::task::JoinHandle<()>>,
@@ -370,7 +369,6 @@ pub async fn supervise(id: &str) -> Result<()> {
         sidecars: vec![],
         proxy: None,
         proxy_pump: None,
-        rules_pipe: None,
         refresher: None,
         ssh: None,
         ssh_pump: None,
@@ -460,7 +458,6 @@ async fn stop_proxy(r: &mut Resources) {
         t.abort();
         let _ = t.await;
     }
-    r.rules_pipe = None;
     if let Some(mut p) = r.proxy.take() {
         terminate(&mut p).await;
     }
@@ -943,13 +940,11 @@ async fn lifecycle(
                 .flush()
                 .await
                 .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
-            let pipe = std::sync::Arc::new(tokio::sync::Mutex::new(stdin));
-            res.rules_pipe = Some(pipe.clone());
             res.refresher = Some(tokio::spawn(crate::refresh::keep_fresh(
                 spec.grants.clone(),
                 oauth.clone(),
                 extra.clone(),
-                pipe,
+                stdin,
                 transform.clone(),
                 res.audit.as_ref().map(|a| a.tx.clone()),
                 id.to_string(),
