@@ -68,12 +68,7 @@ pub fn reconcile_one(store: &Store, id: &str) -> Result<()> {
                     exit = st.exit_code;
                 }
             }
-            let opts = bollard::query_parameters::RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            let _ = d.remove_container(c, Some(opts)).await;
+            let _ = docker::force_remove(&d, c).await;
         }
         // Service sidecars (and anything else labelled with the run) go before the network.
         let rest = crate::services::containers_of(&d, &m.id).await;

@@ -58,6 +58,19 @@ pub fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// Remove a container, running or not, with its anonymous volumes; one already gone is fine.
+pub async fn force_remove(d: &Docker, id: &str) -> std::result::Result<(), bollard::errors::Error> {
+    let opts = bollard::query_parameters::RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match d.remove_container(id, Some(opts)).await {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 pub async fn image_id(d: &Docker, name: &str) -> Result<Option<String>> {
     match d.inspect_image(name).await {
         Ok(i) => Ok(Some(i.id.unwrap_or_default())),

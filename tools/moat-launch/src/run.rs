@@ -540,17 +540,10 @@ async fn release(r: &mut Resources) {
         moat_core::routes::unregister(&home, &name, &id);
     }
     if let Some(d) = &r.docker {
-        if let Some(c) = r.container.take() {
-            let opts = bollard::query_parameters::RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            if let Err(e) = d.remove_container(&c, Some(opts)).await
-                && !docker::is_not_found(&e)
-            {
-                eprintln!("moat: warning: removing container: {}", docker::short(&e));
-            }
+        if let Some(c) = r.container.take()
+            && let Err(e) = docker::force_remove(d, &c).await
+        {
+            eprintln!("moat: warning: removing container: {}", docker::short(&e));
         }
         let cars = std::mem::take(&mut r.sidecars);
         crate::services::remove(d, &cars).await;

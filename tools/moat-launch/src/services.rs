@@ -389,14 +389,7 @@ pub async fn wait_ready(d: &Docker, cars: &[Sidecar], log: &mut dyn Write) -> Re
 /// Remove sidecars (force); missing ones are fine.
 pub async fn remove(d: &Docker, ids: &[String]) {
     for c in ids {
-        let opts = bollard::query_parameters::RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        if let Err(e) = d.remove_container(c, Some(opts)).await
-            && !docker::is_not_found(&e)
-        {
+        if let Err(e) = docker::force_remove(d, c).await {
             eprintln!("moat: warning: removing sidecar: {}", docker::short(&e));
         }
     }
