@@ -265,6 +265,37 @@ fn an_orphaned_run_is_reconciled_by_the_next_command() {
 }
 
 #[test]
+fn volumes_rm_reconciles_an_orphaned_run_before_judging_it_busy() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        "name: orphan-vol\nvolumes:\n  - name: state\n    target: /srv/state\n",
+    )
+    .unwrap();
+    let r = m.launch(&["run", "--no-sandbox", "-d", "--", "sleep", "120"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = r.stdout().trim().to_string();
+    assert!(m.moat_home().join("volumes/orphan-vol/state").is_dir());
+    let pid = m.metadata(&id)["supervisor_pid"].as_u64().unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // The run's supervisor is gone: its record must not keep the volume "in use".
+    let rm = m.launch(&["volumes", "rm", "orphan-vol"]);
+    assert_eq!(rm.code(), 0, "{}", rm.stderr());
+    assert_eq!(m.metadata(&id)["state"], "failed");
+    assert!(!m.moat_home().join("volumes/orphan-vol").exists());
+}
+
+#[test]
 fn interactive_runs_get_a_tty_and_stdin() {
     if !docker_ready() {
         return;

@@ -22,6 +22,26 @@ pub struct Route {
     pub endpoints: BTreeMap<String, SocketAddr>,
 }
 
+/// The router's port when nothing picks another.
+pub const DEFAULT_ROUTER_PORT: u16 = 8080;
+
+/// The router's port: `flag` (the value of `--port`) over `MOAT_PROXY_PORT` over 8080, one
+/// rule for the launcher (which writes the URLs) and the router (which listens). The error
+/// names where the bad value came from.
+pub fn router_port(flag: Option<&str>) -> std::result::Result<u16, String> {
+    let (v, what) = match flag {
+        Some(v) => (v.to_string(), "--port"),
+        None => match std::env::var("MOAT_PROXY_PORT") {
+            Ok(v) if !v.is_empty() => (v, "MOAT_PROXY_PORT"),
+            _ => return Ok(DEFAULT_ROUTER_PORT),
+        },
+    };
+    match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{what}: {v:?} is not a port number (1-65535)")),
+    }
+}
+
 pub fn dir(home: &MoatHome) -> PathBuf {
     home.root().join("routes")
 }
@@ -129,6 +149,15 @@ pub fn env_suffix(endpoint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_router_port_flag_is_checked_and_named() {
+        assert_eq!(router_port(Some("9000")), Ok(9000));
+        for bad in ["0", "65536", "x", ""] {
+            let e = router_port(Some(bad)).unwrap_err();
+            assert!(e.starts_with("--port: "), "{e}");
+        }
+    }
 
     #[test]
     fn labels() {

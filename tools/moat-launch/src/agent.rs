@@ -100,11 +100,7 @@ pub fn dockerfile_lines(a: &AgentSpec, registry: Option<&str>) -> Vec<String> {
         npm.push_str(&format!(" --registry={r}"));
     }
     let npm = npm.as_str();
-    let with_ca = |cmd: &str| {
-        format!(
-            "RUN printf '%s\\n' \"$MOAT_BUILD_CA\" > /tmp/moat-build-ca.crt && NODE_EXTRA_CA_CERTS=/tmp/moat-build-ca.crt {cmd} && rm -f /tmp/moat-build-ca.crt && rm -rf /root/.npm"
-        )
-    };
+    let with_ca = |cmd: &str| format!("RUN {}", npm_with_build_ca(cmd));
     if a.cli == "gemini" {
         // Debian's node is 18; the Gemini CLI needs 20, which npm can install as a package.
         out.push(with_ca(&format!("{npm} node@20")));
@@ -119,6 +115,14 @@ pub fn dockerfile_lines(a: &AgentSpec, registry: Option<&str>) -> Vec<String> {
         }
     ));
     out
+}
+
+/// An `npm` command that trusts the build-time proxy (the moat CA in the `MOAT_BUILD_CA`
+/// build argument) and leaves neither the certificate nor npm's cache in the image.
+pub fn npm_with_build_ca(cmd: &str) -> String {
+    format!(
+        "printf '%s\\n' \"$MOAT_BUILD_CA\" > /tmp/moat-build-ca.crt && NODE_EXTRA_CA_CERTS=/tmp/moat-build-ca.crt {cmd} && rm -f /tmp/moat-build-ca.crt && rm -rf /root/.npm"
+    )
 }
 
 /// The npm registry this host's npm uses (`npm config get registry`), so the image build
@@ -138,21 +142,22 @@ pub fn host_npm_registry() -> Option<String> {
     ok.then_some(r)
 }
 
-/// `HOST:PORT` of a registry URL: the build-time proxy allows it explicitly (a mirror may
-/// sit on a private address).
-pub fn registry_allowance(url: &str) -> Option<String> {
+/// `HOST:PORT` of an http(s) URL: the host canonical (`moat_core::host`), the port made
+/// explicit; user information, path, query and fragment dropped. None for anything else.
+/// The build-time proxy allows a registry's explicitly (a mirror may sit on a private
+/// address); `claude.base_url`'s host gets the Anthropic injection.
+pub fn url_authority(url: &str) -> Option<String> {
     let (tls, rest) = match url.strip_prefix("https://") {
         Some(r) => (true, r),
         None => (false, url.strip_prefix("http://")?),
     };
-    let auth = rest.split('/').next()?.rsplit('@').next()?;
-    if auth.is_empty() {
-        return None;
-    }
-    Some(if auth.contains(':') {
-        auth.to_string()
+    let auth = rest.split(['/', '?', '#']).next()?.rsplit('@').next()?;
+    let (host, port) =
+        moat_core::host::canonical_authority(auth, if tls { 443 } else { 80 }).ok()?;
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
-        format!("{auth}:{}", if tls { 443 } else { 80 })
+        format!("{host}:{port}")
     })
 }
 
@@ -256,7 +261,8 @@ fn far_ms() -> u64 {
     now + 365 * 24 * 3600 * 1000
 }
 
-fn pretty(v: &Value) -> Vec<u8> {
+/// Pretty JSON with a final newline, as the staged files are written.
+pub(crate) fn pretty(v: &Value) -> Vec<u8> {
     let mut b = serde_json::to_vec_pretty(v).expect("json");
     b.push(b'\n');
     b
@@ -281,6 +287,15 @@ fn jwt(claims: &Value) -> String {
 /// Files for HOME: path relative to HOME, content.
 pub type Files = Vec<(String, Vec<u8>)>;
 
+/// Write one file of the staged HOME (`rel` below `stage`): 0600, its directories 0700.
+pub fn write_staged(stage: &std::path::Path, rel: &str, data: &[u8]) -> Result<()> {
+    let p = stage.join(rel);
+    if let Some(parent) = p.parent() {
+        moat_core::fsutil::create_private_dir(parent)?;
+    }
+    moat_core::fsutil::write_atomic(&p, data, 0o600)
+}
+
 /// Files for HOME and extra environment.
 pub fn home_files(
     a: &AgentSpec,
@@ -288,6 +303,8 @@ pub fn home_files(
     mcp: &[(String, Value)],
 ) -> Result<(Files, Vec<(String, String)>)> {
     let ws = "/workspace";
+    // Claude Code's and the Gemini CLI's `mcpServers` object.
+    let mcp_servers = || Value::Object(mcp.iter().cloned().collect());
     let mut files = vec![];
     let mut env = vec![];
     match a.cli.as_str() {
@@ -298,11 +315,7 @@ pub fn home_files(
                 "projects": {ws: {"hasTrustDialogAccepted": !a.keep_prompts, "hasCompletedProjectOnboarding": true}},
             });
             if !mcp.is_empty() {
-                let mut m = serde_json::Map::new();
-                for (n, v) in mcp {
-                    m.insert(n.clone(), v.clone());
-                }
-                cj["mcpServers"] = Value::Object(m);
+                cj["mcpServers"] = mcp_servers();
             }
             files.push((".claude.json".into(), pretty(&cj)));
             if si.claude_oauth {
@@ -392,11 +405,7 @@ pub fn home_files(
             };
             let mut settings = json!({"security": {"auth": {"selectedType": t}}});
             if !mcp.is_empty() {
-                let mut m = serde_json::Map::new();
-                for (n, v) in mcp {
-                    m.insert(n.clone(), v.clone());
-                }
-                settings["mcpServers"] = Value::Object(m);
+                settings["mcpServers"] = mcp_servers();
             }
             files.push((".gemini/settings.json".into(), pretty(&settings)));
             if !a.keep_prompts {
@@ -428,7 +437,8 @@ fn moat_grant_claude_placeholder() -> &'static str {
     "sk-ant-oat01-moatProxyInjectedPlaceholder00000000000000000000000000000000000000000000000000000000000000000AA"
 }
 
-fn toml_str(s: &str) -> String {
+/// A TOML basic string (JSON's escapes are valid TOML).
+pub(crate) fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("json string")
 }
 
@@ -470,6 +480,24 @@ mod tests {
             ["codex", "exec", "--skip-git-repo-check", "hi"]
         );
         assert_eq!(command(&spec("gemini")), ["gemini", "--yolo", "-p", "hi"]);
+    }
+
+    #[test]
+    fn url_authorities_are_canonical_with_the_port() {
+        for (u, want) in [
+            (
+                "https://registry.example.com/",
+                Some("registry.example.com:443"),
+            ),
+            ("http://Mirror.LAN:4873/npm/?x#y", Some("mirror.lan:4873")),
+            ("https://user:pw@host.example", Some("host.example:443")),
+            ("http://[::1]/", Some("[::1]:80")),
+            ("http://127.0.0.1:8787", Some("127.0.0.1:8787")),
+            ("ftp://host.example/", None),
+            ("https:///path", None),
+        ] {
+            assert_eq!(url_authority(u).as_deref(), want, "{u}");
+        }
     }
 
     #[test]

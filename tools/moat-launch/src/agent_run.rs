@@ -45,11 +45,7 @@ pub fn prepare(
     let stage = dir.join("agent-home");
     moat_core::fsutil::create_private_dir(&stage)?;
     for (rel, data) in &files {
-        let p = stage.join(rel);
-        if let Some(parent) = p.parent() {
-            moat_core::fsutil::create_private_dir(parent)?;
-        }
-        moat_core::fsutil::write_atomic(&p, data, 0o600)?;
+        agent::write_staged(&stage, rel, data)?;
     }
     let mut binds = vec![format!("{}:{}:ro", stage.display(), agent::HOME_MOUNT)];
     let (in_home, sub) = agent::log_dir(&a.cli);
@@ -79,7 +75,7 @@ pub fn prepare(
             &serde_json::json!({"name": BASE_RELAY, "url": u}),
         )?);
         base_relay = Some(BASE_RELAY.to_string());
-        base_host = Some(authority(u).ok_or_else(|| {
+        base_host = Some(agent::url_authority(u).ok_or_else(|| {
             Error::config(format!("claude.base_url: {u:?} is not an http(s) URL"))
         })?);
     }
@@ -93,33 +89,6 @@ pub fn prepare(
         relays,
         base_relay,
         transform,
-    })
-}
-
-/// `HOST:PORT` of an http(s) URL (the port made explicit).
-fn authority(u: &str) -> Option<String> {
-    let (tls, rest) = if let Some(r) = u.strip_prefix("https://") {
-        (true, r)
-    } else {
-        (false, u.strip_prefix("http://")?)
-    };
-    let auth = rest.split(['/', '?', '#']).next()?;
-    let auth = auth.rsplit('@').next()?;
-    if auth.is_empty() {
-        return None;
-    }
-    let has_port = match auth.rfind(':') {
-        Some(i) => !auth[i..].contains(']'),
-        None => false,
-    };
-    Some(if has_port {
-        auth.to_ascii_lowercase()
-    } else {
-        format!(
-            "{}:{}",
-            auth.to_ascii_lowercase(),
-            if tls { 443 } else { 80 }
-        )
     })
 }
 
@@ -164,6 +133,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::url_authority as authority;
 
     #[test]
     fn the_base_url_host_gets_the_anthropic_injection_too() {

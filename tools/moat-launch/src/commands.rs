@@ -68,12 +68,7 @@ pub fn reconcile_one(store: &Store, id: &str) -> Result<()> {
                     exit = st.exit_code;
                 }
             }
-            let opts = bollard::query_parameters::RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            let _ = d.remove_container(c, Some(opts)).await;
+            let _ = docker::force_remove(&d, c).await;
         }
         // Service sidecars (and anything else labelled with the run) go before the network.
         let rest = crate::services::containers_of(&d, &m.id).await;
@@ -84,9 +79,7 @@ pub fn reconcile_one(store: &Store, id: &str) -> Result<()> {
         exit
     });
     if let Some(pid) = m.proxy_pid
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains("moat-proxy"))
-            .unwrap_or(false)
+        && proxy_alive(pid)
     {
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
@@ -373,13 +366,10 @@ pub fn destroy(run: Option<&str>) -> Result<()> {
 /// This home's moat images that no container uses. Several homes may share the engine: an
 /// image another home built (label `moat.home`) is theirs to clean.
 async fn unused_images(d: &Docker, home: &MoatHome) -> Result<Vec<String>> {
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_IMAGE}=1"),
-            format!("{}={}", docker::LABEL_HOME, home.root().display()),
-        ],
-    )]);
+    let filters = docker::label_filter([
+        format!("{LABEL_IMAGE}=1"),
+        format!("{}={}", docker::LABEL_HOME, home.root().display()),
+    ]);
     let opts = bollard::query_parameters::ListImagesOptions {
         filters: Some(filters),
         ..Default::default()
@@ -406,6 +396,23 @@ async fn unused_images(d: &Docker, home: &MoatHome) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Ask `question? [y/N]` on stderr and read the answer from stdin; anything but yes is
+/// "nothing removed" (exit 1).
+pub(crate) fn ask(question: &str) -> Result<()> {
+    eprint!("{question}? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::io("reading the answer", e))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::no("nothing removed"))
+    }
+}
+
 pub fn clean(force: bool) -> Result<()> {
     let store = store()?;
     reconcile_all(&store)?;
@@ -427,20 +434,11 @@ pub fn clean(force: bool) -> Result<()> {
         return Ok(());
     }
     if !force {
-        eprint!(
-            "Remove {} stopped run(s) and {} unused moat image(s)? [y/N] ",
+        ask(&format!(
+            "Remove {} stopped run(s) and {} unused moat image(s)",
             runs.len(),
             images.len()
-        );
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .map_err(|e| Error::io("reading the answer", e))?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Err(Error::no("nothing removed"));
-        }
+        ))?;
     }
     for m in &runs {
         store.remove_dir(&m.id)?;
@@ -506,12 +504,12 @@ pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
                 label,
             )?;
             eprintln!(
-                "moat: snapshot {} of {} ({}): {} file(s), {:.1} MB",
+                "moat: snapshot {} of {} ({}): {} file(s), {}",
                 s.id,
                 m.name,
                 m.id,
                 s.files,
-                s.bytes as f64 / 1e6
+                mb(s.bytes)
             );
             cli::write_stdout(format!("{}\n", s.id).as_bytes())
         }
@@ -543,7 +541,7 @@ pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
                         s.kind,
                         s.created_at,
                         s.files,
-                        format!("{:.1} MB", s.bytes as f64 / 1e6),
+                        mb(s.bytes),
                         s.label.as_deref().unwrap_or("")
                     ));
                 }
@@ -620,10 +618,16 @@ pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
     }
 }
 
+/// Is `pid` still a moat-proxy (pids get reused)?
 fn proxy_alive(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("moat-proxy"))
         .unwrap_or(false)
+}
+
+/// A size for people: "12.3 MB".
+pub(crate) fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// Bytes of the files below `p` (0 when unreadable).
@@ -705,9 +709,9 @@ pub fn status(json: bool) -> Result<()> {
         }
     ));
     s.push_str(&format!(
-        "Runs:     {} active, {stopped} stopped, {:.1} MB on disk\n",
+        "Runs:     {} active, {stopped} stopped, {} on disk\n",
         active.len(),
-        disk as f64 / 1e6
+        mb(disk)
     ));
     for m in &active {
         let proxy = match m.proxy_pid {
@@ -726,9 +730,9 @@ pub fn status(json: bool) -> Result<()> {
         ));
     }
     s.push_str(&format!(
-        "Images:   {} moat image(s), {:.1} MB (`moat system images`)\n",
+        "Images:   {} moat image(s), {} (`moat system images`)\n",
         images.len(),
-        image_bytes as f64 / 1e6
+        mb(image_bytes)
     ));
     s.push_str(&format!(
         "Containers: {} moat container(s), {running} running (`moat system containers`)\n",
@@ -736,8 +740,8 @@ pub fn status(json: bool) -> Result<()> {
     ));
     if promoted > 0 {
         s.push_str(&format!(
-            "Promoted: {:.1} MB (`moat list --promoted`)\n",
-            promoted as f64 / 1e6
+            "Promoted: {} (`moat list --promoted`)\n",
+            mb(promoted)
         ));
     }
     cli::write_stdout(s.as_bytes())?;

@@ -507,24 +507,10 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
 fn suggest<'a>(k: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
-        .map(|c| (edit_distance(k, c), *c))
+        .map(|c| (moat_core::edit_distance(k, c), *c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
         .min()
         .map(|(_, c)| c)
-}
-
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 fn bad(file: &str, text: &str, key: &str, field: &str, msg: impl std::fmt::Display) -> Error {
@@ -1117,15 +1103,7 @@ fn npm_language_server(ls: &[String]) -> bool {
 
 /// The hostname router's port: MOAT_PROXY_PORT, else 8080.
 fn router_port() -> Result<u16> {
-    match std::env::var("MOAT_PROXY_PORT") {
-        Ok(v) if !v.is_empty() => match v.parse::<u16>() {
-            Ok(p) if p > 0 => Ok(p),
-            _ => Err(Error::config(format!(
-                "MOAT_PROXY_PORT: {v:?} is not a port number (1-65535)"
-            ))),
-        },
-        _ => Ok(8080),
-    }
+    moat_core::routes::router_port(None).map_err(Error::config)
 }
 
 /// A default name (from the workspace directory) made into one DNS label.

@@ -339,12 +339,11 @@ pub fn close_matches(word: &str, candidates: &[String]) -> Vec<String> {
     let mut scored: Vec<(usize, &String)> = candidates
         .iter()
         .filter_map(|c| {
-            let d = crate::config::edit_distance(&w, &c.to_ascii_lowercase());
+            let d = moat_core::edit_distance(&w, &c.to_ascii_lowercase());
             let cbase = c.split('@').next().unwrap_or_default();
             let near = d <= 2.max(c.len() / 3)
                 || (!base.is_empty() && (cbase == base || cbase.starts_with(&base)))
-                || crate::config::edit_distance(&base, cbase)
-                    <= if cbase.len() >= 5 { 2 } else { 1 };
+                || moat_core::edit_distance(&base, cbase) <= if cbase.len() >= 5 { 2 } else { 1 };
             near.then_some((d, c))
         })
         .collect();

@@ -10,6 +10,16 @@ pub const LABEL_IMAGE: &str = "moat.image";
 pub const LABEL_HOME: &str = "moat.home";
 pub const LABEL_NAME: &str = "moat.name";
 
+/// A list filter matching objects that carry every one of `labels` (`KEY` or `KEY=VALUE`).
+pub fn label_filter<S: Into<String>>(
+    labels: impl IntoIterator<Item = S>,
+) -> std::collections::HashMap<String, Vec<String>> {
+    std::collections::HashMap::from([(
+        "label".to_string(),
+        labels.into_iter().map(Into::into).collect(),
+    )])
+}
+
 pub async fn connect() -> Result<Docker> {
     let d = Docker::connect_with_defaults()
         .map_err(|e| Error::unavailable(format!("connecting to Docker: {e}")))?;
@@ -48,12 +58,48 @@ pub fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// Remove a container, running or not, with its anonymous volumes; one already gone is fine.
+pub async fn force_remove(d: &Docker, id: &str) -> std::result::Result<(), bollard::errors::Error> {
+    let opts = bollard::query_parameters::RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match d.remove_container(id, Some(opts)).await {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 pub async fn image_id(d: &Docker, name: &str) -> Result<Option<String>> {
     match d.inspect_image(name).await {
         Ok(i) => Ok(Some(i.id.unwrap_or_default())),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(err(format!("inspecting image {name}"), e)),
     }
+}
+
+/// The address `container` has on `network`; None when it has none (it exited, or is not on
+/// that network). `what` names the container in an error.
+pub async fn address_on(
+    d: &Docker,
+    container: &str,
+    network: &str,
+    what: &str,
+) -> Result<Option<String>> {
+    let info = d
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|e| err(format!("inspecting {what}"), e))?;
+    Ok(info
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|mut n| n.remove(network))
+        .and_then(|e| e.ip_address)
+        .filter(|ip| !ip.is_empty()))
 }
 
 /// Does Docker have gVisor's `runsc` registered?

@@ -253,9 +253,7 @@ fn npm_step(step: &str, registry: Option<&str>) -> String {
     let reg = registry
         .map(|r| format!(" --registry={r}"))
         .unwrap_or_default();
-    format!(
-        "printf '%s\\n' \"$MOAT_BUILD_CA\" > /tmp/moat-build-ca.crt && NODE_EXTRA_CA_CERTS=/tmp/moat-build-ca.crt npm install{reg} {rest} && rm -f /tmp/moat-build-ca.crt && rm -rf /root/.npm"
-    )
+    crate::agent::npm_with_build_ca(&format!("npm install{reg} {rest}"))
 }
 
 /// A minimal deterministic ustar archive (mtime 0, root-owned) for the build context.

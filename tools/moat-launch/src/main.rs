@@ -81,7 +81,12 @@ fn real_main() -> Result<()> {
         Command::Stop(run) => commands::stop(run.as_deref()),
         Command::Destroy(run) => commands::destroy(run.as_deref()),
         Command::Clean { force } => commands::clean(force),
-        Command::Volumes(v) => volumes::command(&commands::store()?, v),
+        Command::Volumes(v) => {
+            // A run whose supervisor died must not count as using its volumes.
+            let store = commands::store()?;
+            commands::reconcile_all(&store)?;
+            volumes::command(&store, v)
+        }
         Command::Snapshot(s) => commands::snapshot(s),
         Command::Promote { run, to, force } => {
             let store = commands::store()?;

@@ -302,10 +302,6 @@ fn headers(r: &Remote) -> Option<Value> {
     }
 }
 
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("json string")
-}
-
 /// Add the servers to the CLI's staged configuration in `stage` (the HOME files moat-init
 /// copies): Claude Code's `.claude.json`, Codex's `.codex/config.toml`, the Gemini CLI's
 /// `.gemini/settings.json`. `base` is `http://PROXY:PORT/mcp/TOKEN`.
@@ -330,12 +326,7 @@ pub fn stage(stage: &Path, cli: &str, remotes: &[Remote], base: &str) -> Result<
         if let Some(m) = servers.as_object_mut() {
             add(m);
         }
-        let mut b = serde_json::to_vec_pretty(&v)?;
-        b.push(b'\n');
-        if let Some(parent) = p.parent() {
-            moat_core::fsutil::create_private_dir(parent)?;
-        }
-        moat_core::fsutil::write_atomic(&p, &b, 0o600)
+        crate::agent::write_staged(stage, rel, &crate::agent::pretty(&v))
     };
     match cli {
         "claude" => json_file(".claude.json", &|m| {
@@ -368,20 +359,17 @@ pub fn stage(stage: &Path, cli: &str, remotes: &[Remote], base: &str) -> Result<
                 toml.push_str(&format!(
                     "\n[mcp_servers.{}]\nurl = {}\n",
                     r.name,
-                    toml_str(&url(r))
+                    crate::agent::toml_str(&url(r))
                 ));
                 if let (Some(h), Some(stub)) = (&r.header, r.stub()) {
                     toml.push_str(&format!(
                         "http_headers = {{ {} = {} }}\n",
-                        toml_str(h),
-                        toml_str(&stub)
+                        crate::agent::toml_str(h),
+                        crate::agent::toml_str(&stub)
                     ));
                 }
             }
-            if let Some(parent) = p.parent() {
-                moat_core::fsutil::create_private_dir(parent)?;
-            }
-            moat_core::fsutil::write_atomic(&p, toml.as_bytes(), 0o600)
+            crate::agent::write_staged(stage, ".codex/config.toml", toml.as_bytes())
         }
         other => Err(Error::software(format!("unknown agent {other}"))),
     }

@@ -34,9 +34,8 @@ fn claim(name: &str) -> bool {
 }
 
 async fn spares(d: &Docker) -> Vec<String> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_SPARE}=1")])]);
     let opts = bollard::query_parameters::ListNetworksOptions {
-        filters: Some(filters),
+        filters: Some(docker::label_filter([format!("{LABEL_SPARE}=1")])),
     };
     d.list_networks(Some(opts))
         .await

@@ -45,16 +45,18 @@ pub struct ClaudePlugins {
     pub origin: BTreeMap<String, String>,
 }
 
+/// A plugin or marketplace name: 1-128 letters, digits, '.', '_', '-'.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
 /// The user's plugin id: `name@marketplace`, both of letters, digits, `.`, `_`, `-`.
 pub fn check_plugin_id(id: &str) -> std::result::Result<(), String> {
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 128
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    };
     match id.split_once('@') {
-        Some((n, m)) if ok(n) && ok(m) => Ok(()),
+        Some((n, m)) if is_name(n) && is_name(m) => Ok(()),
         _ => Err(format!(
             "{id:?} is not a plugin id; write it as \"plugin-name@marketplace\" (letters, digits, '.', '_', '-')"
         )),
@@ -62,12 +64,7 @@ pub fn check_plugin_id(id: &str) -> std::result::Result<(), String> {
 }
 
 fn check_name(n: &str) -> std::result::Result<(), String> {
-    if n.is_empty()
-        || n.len() > 128
-        || !n
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
+    if !is_name(n) {
         return Err(format!(
             "{n:?} is not a marketplace name (letters, digits, '.', '_', '-')"
         ));
@@ -459,10 +456,8 @@ pub fn apply(files: &mut crate::agent::Files, p: &ClaudePlugins) -> Result<()> {
     if !markets.is_empty() {
         v["extraKnownMarketplaces"] = Value::Object(markets);
     }
-    let mut bytes = serde_json::to_vec_pretty(&v)?;
-    bytes.push(b'\n');
     files.retain(|(n, _)| n != SETTINGS);
-    files.push((SETTINGS.into(), bytes));
+    files.push((SETTINGS.into(), crate::agent::pretty(&v)));
     Ok(())
 }
 

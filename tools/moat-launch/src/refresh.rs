@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, Command};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 
 /// Renew this long before the access token expires.
 pub const WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -115,7 +115,7 @@ pub async fn keep_fresh(
     grants: Vec<String>,
     mut oauth: Vec<Oauth>,
     extra: Vec<String>,
-    pipe: Arc<Mutex<ChildStdin>>,
+    mut pipe: ChildStdin,
     transform: Arc<dyn Fn(Vec<String>) -> Vec<String> + Send + Sync>,
     audit: Option<mpsc::UnboundedSender<String>>,
     run: String,
@@ -154,16 +154,14 @@ pub async fn keep_fresh(
         let mut set = transform(rules.inject);
         set.extend(extra.iter().cloned());
         set.push(rules_end());
-        let mut p = pipe.lock().await;
         let mut ok = true;
         for l in &set {
-            if p.write_all(l.as_bytes()).await.is_err() {
+            if pipe.write_all(l.as_bytes()).await.is_err() {
                 ok = false;
                 break;
             }
         }
-        let _ = p.flush().await;
-        drop(p);
+        let _ = pipe.flush().await;
         if !ok {
             eprintln!(
                 "moat: warning: the proxy's rules pipe is closed; renewed tokens not handed over"

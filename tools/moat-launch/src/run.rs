@@ -253,9 +253,8 @@ struct Resources {
     sidecars: Vec<String>,
     proxy: Option<Child>,
     proxy_pump: Option<tokio::task::JoinHandle<()>>,
-    /// The proxy's rules pipe, open for replacement rule sets, and the task renewing
-    /// subscriptions that writes them.
-    rules_pipe: Option<std::sync::Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>>,
+    /// The task renewing subscriptions; it owns the proxy's rules pipe, open for
+    /// replacement rule sets, so ending it closes the pipe.
     refresher: Option<tokio::task::JoinHandle<()>>,
     ssh: Option<Child>,
     ssh_pump: Option<tokio::task::JoinHandle<()>>,
@@ -370,7 +369,6 @@ pub async fn supervise(id: &str) -> Result<()> {
         sidecars: vec![],
         proxy: None,
         proxy_pump: None,
-        rules_pipe: None,
         refresher: None,
         ssh: None,
         ssh_pump: None,
@@ -460,7 +458,6 @@ async fn stop_proxy(r: &mut Resources) {
         t.abort();
         let _ = t.await;
     }
-    r.rules_pipe = None;
     if let Some(mut p) = r.proxy.take() {
         terminate(&mut p).await;
     }
@@ -543,17 +540,10 @@ async fn release(r: &mut Resources) {
         moat_core::routes::unregister(&home, &name, &id);
     }
     if let Some(d) = &r.docker {
-        if let Some(c) = r.container.take() {
-            let opts = bollard::query_parameters::RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            if let Err(e) = d.remove_container(&c, Some(opts)).await
-                && !docker::is_not_found(&e)
-            {
-                eprintln!("moat: warning: removing container: {}", docker::short(&e));
-            }
+        if let Some(c) = r.container.take()
+            && let Err(e) = docker::force_remove(d, &c).await
+        {
+            eprintln!("moat: warning: removing container: {}", docker::short(&e));
         }
         let cars = std::mem::take(&mut r.sidecars);
         crate::services::remove(d, &cars).await;
@@ -713,8 +703,10 @@ async fn lifecycle(
         phase("pre-run snapshot");
     }
     // Subscriptions about to expire (or expired) are renewed before the run starts.
-    let oauth = crate::refresh::oauth_grants(&spec.grants).await;
+    let mut oauth = crate::refresh::oauth_grants(&spec.grants).await;
+    let mut any_due = false;
     for g in oauth.iter().filter(|g| crate::refresh::due(g)) {
+        any_due = true;
         match crate::refresh::refresh_one(&g.name).await {
             Ok(true) => {
                 if let Some(a) = &res.audit {
@@ -728,11 +720,10 @@ async fn lifecycle(
             Err(e) => eprintln!("moat: warning: {e}"),
         }
     }
-    let oauth = if oauth.is_empty() {
-        oauth
-    } else {
-        crate::refresh::oauth_grants(&spec.grants).await
-    };
+    // A renewal (here or by another run) moved an expiry: read them again for the refresher.
+    if any_due {
+        oauth = crate::refresh::oauth_grants(&spec.grants).await;
+    }
     let mut rules = grant_rules(&spec.grants).await?;
     crate::mcp::check_rules(&spec.mcp, &rules.inject)?;
     let ssh_dir = if rules.ssh.is_empty() {
@@ -893,7 +884,7 @@ async fn lifecycle(
         if let Some(a) = spec
             .npm_registry
             .as_deref()
-            .and_then(crate::agent::registry_allowance)
+            .and_then(crate::agent::url_authority)
         {
             allow.push(a);
         }
@@ -942,13 +933,11 @@ async fn lifecycle(
                 .flush()
                 .await
                 .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
-            let pipe = std::sync::Arc::new(tokio::sync::Mutex::new(stdin));
-            res.rules_pipe = Some(pipe.clone());
             res.refresher = Some(tokio::spawn(crate::refresh::keep_fresh(
                 spec.grants.clone(),
                 oauth.clone(),
                 extra.clone(),
-                pipe,
+                stdin,
                 transform.clone(),
                 res.audit.as_ref().map(|a| a.tx.clone()),
                 id.to_string(),
@@ -1311,18 +1300,8 @@ async fn register_routes(
     router_port: u16,
     res: &mut Resources,
 ) -> Result<()> {
-    let info = d
-        .inspect_container(
-            container,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-        .map_err(|e| docker::err("inspecting the container", e))?;
-    let ip = info
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|n| n.get(net_name).and_then(|e| e.ip_address.clone()))
-        .filter(|ip| !ip.is_empty())
+    let ip = docker::address_on(d, container, net_name, "the container")
+        .await?
         .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
         .ok_or_else(|| {
             Error::unavailable(format!(

@@ -222,18 +222,8 @@ pub async fn start(
         )
         .await
         .map_err(|err| docker::err(format!("starting the {name} sidecar"), err))?;
-        let info = d
-            .inspect_container(
-                &created.id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .map_err(|err| docker::err(format!("inspecting the {name} sidecar"), err))?;
-        car.ip = info
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|n| n.get(network).and_then(|e| e.ip_address.clone()))
-            .filter(|ip| !ip.is_empty())
+        car.ip = docker::address_on(d, &created.id, network, &format!("the {name} sidecar"))
+            .await?
             .ok_or_else(|| {
                 Error::unavailable(format!(
                     "the {name} sidecar has no address on the run's network (did it exit at once? see `docker logs {cname}`)"
@@ -248,34 +238,32 @@ pub async fn start(
 pub fn wiring(spec: &RunSpec, cars: &[Sidecar]) -> Wiring {
     let mut w = Wiring::default();
     for car in cars {
-        let Ok(dep) = spec
+        let Some(dep) = spec
             .dependencies
             .iter()
             .filter_map(|d| deps::resolve(d).ok())
             .find(|d| d.entry.name == car.service)
-            .ok_or(())
         else {
             continue;
         };
         let s = dep.entry.service.as_ref().expect("checked at load");
-        let (user, db) = (car.user.clone(), car.db.clone());
         let p = &s.prefix;
         let url = fill(
             &s.url,
-            user.as_deref().unwrap_or_default(),
+            car.user.as_deref().unwrap_or_default(),
             &car.password,
-            db.as_deref().unwrap_or_default(),
+            car.db.as_deref().unwrap_or_default(),
             &car.service,
             car.port,
         );
         w.env.push(format!("MOAT_{p}_URL={url}"));
         w.env.push(format!("MOAT_{p}_HOST={}", car.service));
         w.env.push(format!("MOAT_{p}_PORT={}", car.port));
-        if let Some(u) = user {
+        if let Some(u) = &car.user {
             w.env.push(format!("MOAT_{p}_USER={u}"));
         }
         w.env.push(format!("MOAT_{p}_PASSWORD={}", car.password));
-        if let Some(db) = db {
+        if let Some(db) = &car.db {
             w.env.push(format!("MOAT_{p}_DB={db}"));
         }
         w.hosts.push(format!("{}:{}", car.service, car.ip));
@@ -401,14 +389,7 @@ pub async fn wait_ready(d: &Docker, cars: &[Sidecar], log: &mut dyn Write) -> Re
 /// Remove sidecars (force); missing ones are fine.
 pub async fn remove(d: &Docker, ids: &[String]) {
     for c in ids {
-        let opts = bollard::query_parameters::RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        if let Err(e) = d.remove_container(c, Some(opts)).await
-            && !docker::is_not_found(&e)
-        {
+        if let Err(e) = docker::force_remove(d, c).await {
             eprintln!("moat: warning: removing sidecar: {}", docker::short(&e));
         }
     }
@@ -416,10 +397,9 @@ pub async fn remove(d: &Docker, ids: &[String]) {
 
 /// Every container labelled with `run_id` (the run's main container and its sidecars).
 pub async fn containers_of(d: &Docker, run_id: &str) -> Vec<String> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_RUN}={run_id}")])]);
     let opts = bollard::query_parameters::ListContainersOptions {
         all: true,
-        filters: Some(filters),
+        filters: Some(docker::label_filter([format!("{LABEL_RUN}={run_id}")])),
         ..Default::default()
     };
     d.list_containers(Some(opts))

@@ -3,11 +3,11 @@
 //! run each belongs to. Several MOAT_HOMEs can share one engine: by default only this home's
 //! objects show (labelled with it, or belonging to one of its runs); `--all` shows every one.
 
+use crate::commands::mb;
 use crate::docker::{self, LABEL_HOME, LABEL_IMAGE, LABEL_RUN};
 use crate::store::{Metadata, Store};
 use bollard::Docker;
 use moat_core::{Result, cli};
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone)]
@@ -43,14 +43,6 @@ fn age(created: i64) -> String {
         .unwrap_or_else(|_| "-".into())
 }
 
-fn mb(b: u64) -> String {
-    format!("{:.1} MB", b as f64 / 1e6)
-}
-
-fn label_filter(l: &str) -> HashMap<String, Vec<String>> {
-    HashMap::from([("label".to_string(), vec![l.to_string()])])
-}
-
 pub async fn images(
     d: &Docker,
     store: &Store,
@@ -58,7 +50,7 @@ pub async fn images(
     all: bool,
 ) -> Result<Vec<ImageRow>> {
     let opts = bollard::query_parameters::ListImagesOptions {
-        filters: Some(label_filter(&format!("{LABEL_IMAGE}=1"))),
+        filters: Some(docker::label_filter([format!("{LABEL_IMAGE}=1")])),
         ..Default::default()
     };
     let list = d
@@ -108,7 +100,7 @@ pub async fn containers(
     let opts = bollard::query_parameters::ListContainersOptions {
         all: true,
         size: true,
-        filters: Some(label_filter(LABEL_RUN)),
+        filters: Some(docker::label_filter([LABEL_RUN])),
         ..Default::default()
     };
     let list = d

@@ -9,7 +9,6 @@ use crate::store::{Metadata, Store};
 use bollard::Docker;
 use moat_core::{Error, Result, cli};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, IsTerminal, Write};
 
 pub const LABEL_VOLUME: &str = "moat.volume";
 pub const LABEL_AGENT: &str = "moat.agent";
@@ -64,12 +63,11 @@ struct Row {
 }
 
 async fn docker_rows(d: &Docker, home: &str) -> Result<Vec<Row>> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_VOLUME}=1"), format!("{LABEL_HOME}={home}")],
-    )]);
     let opts = bollard::query_parameters::ListVolumesOptions {
-        filters: Some(filters),
+        filters: Some(docker::label_filter([
+            format!("{LABEL_VOLUME}=1"),
+            format!("{LABEL_HOME}={home}"),
+        ])),
     };
     let r = d
         .list_volumes(Some(opts))
@@ -127,23 +125,12 @@ fn confirm(question: &str, force: bool) -> Result<()> {
     if force {
         return Ok(());
     }
-    if !std::io::stdin().is_terminal() {
+    if !cli::stdin_is_terminal() {
         return Err(Error::usage(format!(
             "{question}: not asked without a terminal; pass --force"
         )));
     }
-    eprint!("{question}? [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| Error::io("reading the answer", e))?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::no("nothing removed"))
-    }
+    crate::commands::ask(question)
 }
 
 fn remove(store: &Store, d: Option<&Docker>, rt: &tokio::runtime::Runtime, r: &Row) -> Result<()> {
@@ -209,7 +196,7 @@ pub fn command(store: &Store, cmd: VolumesCmd) -> Result<()> {
                         r.volume,
                         r.kind,
                         r.bytes
-                            .map(|b| format!("{:.1} MB", b as f64 / 1e6))
+                            .map(crate::commands::mb)
                             .unwrap_or_else(|| "-".into()),
                         u.len()
                     ));

@@ -213,15 +213,6 @@ pub fn prepare(home: &MoatHome, workspace: &Path, branch: &str) -> Result<Worktr
         }
     };
     let path = base_dir(home).join(&repo_id).join(branch);
-    let branch_exists = git_ok(
-        &main_top,
-        &[
-            "show-ref",
-            "--verify",
-            "-q",
-            &format!("refs/heads/{branch}"),
-        ],
-    );
     if path.exists() {
         // Ours from an earlier run: it must be a worktree of this repository on this branch.
         let theirs = common_dir(&path).map_err(|_| {
@@ -254,6 +245,15 @@ pub fn prepare(home: &MoatHome, workspace: &Path, branch: &str) -> Result<Worktr
             created_branch: false,
         });
     }
+    let branch_exists = git_ok(
+        &main_top,
+        &[
+            "show-ref",
+            "--verify",
+            "-q",
+            &format!("refs/heads/{branch}"),
+        ],
+    );
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;

@@ -25,7 +25,7 @@ use config::Config;
 use moat_core::{Error, Result, cli};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 fn main() {
     cli::run_main("moat-proxy", run)
@@ -187,10 +187,29 @@ async fn serve(cfg: Config) -> Result<()> {
 
     let max = cfg.max_connections;
     let sem = Arc::new(Semaphore::new(max));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::io("installing signal handlers", e))?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| Error::io("installing signal handlers", e))?;
+    accept_until_signal(&listener, &sem, |tcp, _, permit| {
+        tokio::spawn(proxy::serve_client(st.clone(), tcp, permit));
+    })
+    .await?;
+    drop(listener);
+    let _ = sd_tx.send(true);
+    // Drain: every connection task holds a permit until it is done.
+    let _ = tokio::time::timeout(Duration::from_secs(30), sem.acquire_many(max as u32)).await;
+    sinks.sync(Duration::from_secs(5));
+    Ok(())
+}
+
+/// Accept connections until SIGTERM or SIGINT, at most as many at once as `sem` has
+/// permits: each accepted connection goes to `serve` with a permit, to hold until it is done.
+async fn accept_until_signal(
+    listener: &tokio::net::TcpListener,
+    sem: &Arc<Semaphore>,
+    mut serve: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr, OwnedSemaphorePermit),
+) -> Result<()> {
+    let sig =
+        |k| tokio::signal::unix::signal(k).map_err(|e| Error::io("installing signal handlers", e));
+    let mut term = sig(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = sig(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         let permit = tokio::select! {
             p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -203,9 +222,7 @@ async fn serve(cfg: Config) -> Result<()> {
             _ = int.recv() => break,
         };
         match accepted {
-            Ok((tcp, _)) => {
-                tokio::spawn(proxy::serve_client(st.clone(), tcp, permit));
-            }
+            Ok((tcp, peer)) => serve(tcp, peer, permit),
             Err(e) => {
                 // EMFILE and friends: back off instead of ending the accept loop.
                 eprintln!(
@@ -217,10 +234,5 @@ async fn serve(cfg: Config) -> Result<()> {
             }
         }
     }
-    drop(listener);
-    let _ = sd_tx.send(true);
-    // Drain: every connection task holds a permit until it is done.
-    let _ = tokio::time::timeout(Duration::from_secs(30), sem.acquire_many(max as u32)).await;
-    sinks.sync(Duration::from_secs(5));
     Ok(())
 }

@@ -13,23 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_PORT: u16 = 8080;
-
 /// `--port` over `MOAT_PROXY_PORT` over 8080.
 pub fn resolve_port(flag: Option<String>) -> Result<u16> {
-    let (v, what) = match flag {
-        Some(v) => (v, "--port"),
-        None => match std::env::var("MOAT_PROXY_PORT") {
-            Ok(v) if !v.is_empty() => (v, "MOAT_PROXY_PORT"),
-            _ => return Ok(DEFAULT_PORT),
-        },
-    };
-    match v.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(Error::usage(format!(
-            "{what}: {v:?} is not a port number (1-65535)"
-        ))),
-    }
+    routes::router_port(flag.as_deref()).map_err(Error::usage)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,33 +128,14 @@ pub fn serve(port: u16) -> Result<()> {
         );
         let st = Arc::new(router::State { home, ca, port });
         let sem = Arc::new(tokio::sync::Semaphore::new(1024));
-        let sig = |k| {
-            tokio::signal::unix::signal(k).map_err(|e| Error::io("installing signal handlers", e))
-        };
-        let mut term = sig(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = sig(tokio::signal::unix::SignalKind::interrupt())?;
-        loop {
-            let permit = tokio::select! {
-                p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-            };
-            match accepted {
-                Ok((tcp, peer)) => {
-                    let st = st.clone();
-                    tokio::spawn(async move {
-                        router::serve_conn(st, tcp, peer).await;
-                        drop(permit);
-                    });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        crate::accept_until_signal(&listener, &sem, |tcp, peer, permit| {
+            let st = st.clone();
+            tokio::spawn(async move {
+                router::serve_conn(st, tcp, peer).await;
+                drop(permit);
+            });
+        })
+        .await?;
         Ok::<_, Error>(st.home.clone())
     });
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -299,7 +266,7 @@ pub fn status(port: Option<u16>, json: bool) -> Result<()> {
         .first()
         .map(|i| i.port)
         .or(port)
-        .unwrap_or(resolve_port(None).unwrap_or(DEFAULT_PORT));
+        .unwrap_or(resolve_port(None).unwrap_or(routes::DEFAULT_ROUTER_PORT));
     let live = routes::live(&home);
     let url = |ep: &str, name: &str| format!("https://{ep}.{name}.localhost:{shown_port}/");
     if json {

@@ -3,7 +3,7 @@
 
 use crate::commands::{self, COMMANDS};
 use crate::manpage;
-use moat_core::{Error, Result, cli};
+use moat_core::{Error, Result, cli, edit_distance};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -104,21 +104,6 @@ fn suggestion(word: &str) -> Option<String> {
         .filter(|(d, n)| *d <= 2.max(n.len() / 3) && *d < n.len())
         .min()
         .map(|(_, n)| n)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut cur = vec![i; b.len() + 1];
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Directories searched for tools: the one holding this binary, then PATH.
