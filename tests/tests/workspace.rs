@@ -352,6 +352,17 @@ fn promote_survives_clean_and_the_audit_log_verifies_from_the_copy() {
     // Twice needs --force.
     assert_eq!(m.launch(&["promote", &id]).code(), 73);
     assert_eq!(m.launch(&["promote", &id, "--force"]).code(), 0);
+    // --force replaces a promoted copy, never a directory of the user's.
+    let mine = m.env.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("thesis.tex"), "years of work").unwrap();
+    let r = m.launch(&["promote", &id, "--to", mine.to_str().unwrap(), "--force"]);
+    assert_eq!(r.code(), 73, "{}", r.stderr());
+    assert!(r.stderr().contains("not a promoted run"), "{}", r.stderr());
+    assert_eq!(
+        std::fs::read_to_string(mine.join("thesis.tex")).unwrap(),
+        "years of work"
+    );
     let elsewhere = m.env.path().join("kept");
     let r = m.launch(&["promote", &id, "--to", elsewhere.to_str().unwrap()]);
     assert_eq!(r.code(), 0, "{}", r.stderr());

@@ -80,7 +80,8 @@ Other options:
     --to DIR                 promote: where to copy (default MOAT_HOME/promoted/RUN)
     --all                    system: every moat object on the engine; volumes prune: all
     --force                  clean, volumes rm|prune: do not ask; snapshot restore: even
-                             while the run runs; promote: replace; image bootstrap: rebuild
+                             while the run runs; promote: replace an earlier promoted
+                             copy; image bootstrap: rebuild
     -h, --help               show this help
     -V, --version            show the version
 ";

@@ -157,7 +157,19 @@ pub fn promote(store: &Store, run: &str, to: Option<&Path>, force: bool) -> Resu
                 moat_core::exit::CANTCREAT,
                 format!("{} already exists", dst.display()),
             )
-            .with_hint("--force replaces it"));
+            .with_hint("--force replaces it if it is an earlier promoted copy"));
+        }
+        // --force replaces what promote made, never a directory of the user's: replacing
+        // deletes it whole, and `--to ~ --force` must not cost anyone their home.
+        if !empty && !dst.join("promoted.json").is_file() {
+            return Err(Error::new(
+                moat_core::exit::CANTCREAT,
+                format!(
+                    "{} already exists and is not a promoted run (it has no promoted.json); --force replaces only those",
+                    dst.display()
+                ),
+            )
+            .with_hint("choose a new or empty directory"));
         }
     }
     let parent = dst
