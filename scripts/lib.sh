@@ -6,9 +6,10 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # Free space where the build (target/) and Docker's images live: the suite needs about
 # 20 GB, and "No space left on device" halfway through a run says less than this line.
 disk_report() {
-  local docker_root=/var/lib/docker
+  local docker_root=/var/lib/docker build=${CARGO_TARGET_DIR:-$PWD}
   [ -d "$docker_root" ] || docker_root=/
-  say "disk: $(df -h --output=avail "${CARGO_TARGET_DIR:-$PWD}" | tail -1 | tr -d ' ') free for the build, $(df -h --output=avail "$docker_root" | tail -1 | tr -d ' ') for Docker"
+  [ -d "$build" ] || build=$PWD
+  say "disk: $(df -h --output=avail "$build" | tail -1 | tr -d ' ') free for the build, $(df -h --output=avail "$docker_root" | tail -1 | tr -d ' ') for Docker"
 }
 
 as_root() {
