@@ -3,13 +3,19 @@
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Free space where the build (target/) and Docker's images live: the suite needs about
-# 20 GB, and "No space left on device" halfway through a run says less than this line.
+# Free space where the build (target/) and Docker's images live: a fresh CI run used
+# 2-4 GB of target/, 8 GB of images and 1 GB of agent CLIs, and "No space left on
+# device" halfway through a run says less than this line.
 disk_report() {
   local docker_root=/var/lib/docker build=${CARGO_TARGET_DIR:-$PWD}
   [ -d "$docker_root" ] || docker_root=/
   [ -d "$build" ] || build=$PWD
   say "disk: $(df -h --output=avail "$build" | tail -1 | tr -d ' ') free for the build, $(df -h --output=avail "$docker_root" | tail -1 | tr -d ' ') for Docker"
+  local kib
+  kib=$(df --output=avail "$docker_root" | tail -1)
+  if [ "$kib" -lt $((12 * 1024 * 1024)) ]; then
+    echo "scripts/test: less than 12 GB free for Docker's images; the end-to-end tests build about 8 GB of them and may fail with 'No space left on device'" >&2
+  fi
 }
 
 as_root() {
