@@ -754,6 +754,8 @@ pub fn status(json: bool) -> Result<()> {
 /// `moat claude|codex|gemini sessions`: the runs whose session logs were kept, newest last.
 pub fn sessions(cli_name: &str, json: bool) -> Result<()> {
     let store = store()?;
+    // A session whose supervisor died shows as ended, as in `list`.
+    reconcile_all(&store)?;
     let (_, sub) = crate::agent::log_dir(cli_name);
     let mut out = String::new();
     let mut any = false;
