@@ -88,6 +88,18 @@ pub fn says_hello(m: &Moat, st: &Standin, cli: &str) -> Run {
     r
 }
 
+/// The stand-in answered a request to `host` whose path `path_ok` accepts and which carried
+/// `secret` (the proxy injected it): the provider's real endpoint was reached with the grant.
+pub fn assert_reached(st: &Standin, host: &str, path_ok: impl Fn(&str) -> bool, secret: &str) {
+    assert!(
+        st.requests()
+            .iter()
+            .any(|q| q.host == host && path_ok(q.path_only()) && q.contains(secret)),
+        "no request to {host} carried the credential:\n{}",
+        st.request_lines()
+    );
+}
+
 /// Nothing under MOAT_HOME holds `secret` (logs, traces, audit, spec, staged files).
 pub fn no_artifact_holds(m: &Moat, secret: &str) {
     let hits = moat_testkit::files_containing(m.moat_home(), secret.as_bytes());

@@ -7,8 +7,8 @@
 //! every MOAT_HOME) and shared by every test.
 
 use moat_e2e::agents::{
-    ANSWER, canary, epoch_ms_in, grant_signed_in, grant_token, leaves_no_trace, no_artifact_holds,
-    says_hello, with_standin,
+    ANSWER, assert_reached, canary, epoch_ms_in, grant_signed_in, grant_token, leaves_no_trace,
+    no_artifact_holds, says_hello, with_standin,
 };
 use moat_e2e::{Moat, docker_ready};
 use moat_standins::{Kind, Options, Standin};
@@ -198,13 +198,7 @@ fn codex_exec_with_an_api_key_prints_the_streamed_answer() {
     grant_token(&m, &["openai"], &real);
     let r = says_hello(&m, &st, "codex");
     // The answer came from api.openai.com with the real key injected; never on chatgpt.com.
-    assert!(
-        st.requests().iter().any(|q| q.host == "api.openai.com"
-            && q.path_only() == "/v1/responses"
-            && q.contains(&real)),
-        "{}",
-        st.request_lines()
-    );
+    assert_reached(&st, "api.openai.com", |p| p == "/v1/responses", &real);
     assert!(
         !st.requests()
             .iter()
@@ -223,15 +217,8 @@ fn gemini_p_with_an_api_key_prints_the_streamed_answer() {
     let (m, st) = with_standin(Options::new(Kind::GeminiApiKey, &real));
     grant_token(&m, &["gemini"], &real);
     let r = says_hello(&m, &st, "gemini");
-    assert!(
-        st.requests()
-            .iter()
-            .any(|q| q.host == "generativelanguage.googleapis.com"
-                && q.path.contains(":streamGenerateContent")
-                && q.contains(&real)),
-        "{}",
-        st.request_lines()
-    );
+    let streamed = |p: &str| p.contains(":streamGenerateContent");
+    assert_reached(&st, "generativelanguage.googleapis.com", streamed, &real);
     leaves_no_trace(&r, &m, &real);
 }
 
@@ -259,13 +246,8 @@ fn codex_exec_with_a_chatgpt_sign_in_prints_the_streamed_answer() {
         }, "last_refresh": "2026-01-01T00:00:00Z"}),
     );
     let r = says_hello(&m, &st, "codex");
-    assert!(
-        st.requests().iter().any(|q| q.host == "chatgpt.com"
-            && q.path.starts_with("/backend-api/codex/responses")
-            && q.contains(&real)),
-        "{}",
-        st.request_lines()
-    );
+    let responses = |p: &str| p.starts_with("/backend-api/codex/responses");
+    assert_reached(&st, "chatgpt.com", responses, &real);
     leaves_no_trace(&r, &m, &real);
 }
 
@@ -285,15 +267,8 @@ fn gemini_p_with_a_google_sign_in_prints_the_streamed_answer() {
             "expiry_date": epoch_ms_in(10 * 86400)}),
     );
     let r = says_hello(&m, &st, "gemini");
-    assert!(
-        st.requests()
-            .iter()
-            .any(|q| q.host == "cloudcode-pa.googleapis.com"
-                && q.path.contains(":streamGenerateContent")
-                && q.contains(&real)),
-        "{}",
-        st.request_lines()
-    );
+    let streamed = |p: &str| p.contains(":streamGenerateContent");
+    assert_reached(&st, "cloudcode-pa.googleapis.com", streamed, &real);
     leaves_no_trace(&r, &m, &real);
 }
 
