@@ -128,6 +128,18 @@ fn two_runs_of_one_workspace_each_reachable_by_name() {
         assert!(line.split_whitespace().any(|w| w == "web"), "{table}");
         ids.push(id);
     }
+    // A name a running agent holds is its host name: a third run may not take it until
+    // that run stops (75, try again later), and the first keeps its route.
+    let r = m.launch(&["run", "--no-sandbox", "-d", "--name", "dark-mode"]);
+    assert_eq!(r.code(), 75, "{}", r.stderr());
+    assert!(
+        r.stderr().contains(&format!(
+            "another running agent is named dark-mode ({})",
+            ids[0]
+        )),
+        "{}",
+        r.stderr()
+    );
     // No host port was published: the router reaches each container on its run network.
     for id in &ids {
         let o = Command::new("docker")

@@ -1278,10 +1278,14 @@ fn check_route_name(home: &MoatHome, id: &str, name: &str) -> Result<()> {
         && r.run_id != id
         && moat_core::routes::run_is_live(home, &r.run_id)
     {
-        return Err(Error::usage(format!(
-            "another running agent is named {name} ({}), and the name is its host name",
-            r.run_id
-        ))
+        // Not a usage error: the same command works once the other run stops.
+        return Err(Error::new(
+            moat_core::exit::TEMPFAIL,
+            format!(
+                "another running agent is named {name} ({}), and the name is its host name",
+                r.run_id
+            ),
+        )
         .with_hint("give this run another --name, or stop the other one"));
     }
     Ok(())
