@@ -390,3 +390,120 @@ fn gemini_connects_to_a_remote_mcp_server_through_the_relay() {
         &unique("AIzaE2eCanary"),
     );
 }
+
+/// A local stdio MCP server for the test: one tool, `whoami`, which asks api.github.com who
+/// the `GITHUB_TOKEN` it was given belongs to (with curl, through the run's proxy) and
+/// reports the answer, that token, its working directory and `LEVEL`.
+const WHOAMI: &str = r#"
+const { execFileSync } = require('child_process');
+const rl = require('readline').createInterface({ input: process.stdin });
+const send = (id, result) => process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id, result }) + '\n');
+rl.on('line', (line) => {
+  const m = JSON.parse(line);
+  if (m.id === undefined) return;
+  if (m.method === 'initialize') {
+    send(m.id, { protocolVersion: m.params.protocolVersion, capabilities: { tools: {} }, serverInfo: { name: 'whoami', version: '1' } });
+  } else if (m.method === 'tools/list') {
+    send(m.id, { tools: [{ name: 'whoami', description: 'Who the GitHub token belongs to', inputSchema: { type: 'object', properties: {} } }] });
+  } else if (m.method === 'tools/call') {
+    let user;
+    try {
+      user = execFileSync('curl', ['-sS', '-H', 'Authorization: Bearer ' + process.env.GITHUB_TOKEN, 'https://api.github.com/user']).toString();
+    } catch (e) { user = 'curl failed: ' + e.message; }
+    const text = `user=${user.replace(/\s+/g, '')} token=${process.env.GITHUB_TOKEN} cwd=${process.cwd()} level=${process.env.LEVEL}`;
+    send(m.id, { content: [{ type: 'text', text }] });
+  } else {
+    process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id: m.id, error: { code: -32601, message: 'no such method' } }) + '\n');
+  }
+});
+"#;
+
+/// `claude.mcp`: Claude Code starts a local server inside the run. Its `grant: github`
+/// gives it the placeholder as `GITHUB_TOKEN` (and adds the grant to the run); the proxy
+/// swaps the placeholder on the way to api.github.com, whose stand-in answers only the real
+/// token; `cwd:` and `env:` arrive as written. The real token is nowhere in the container,
+/// the model's requests or MOAT_HOME.
+#[test]
+fn claude_calls_a_local_mcp_server_whose_grant_reaches_github_through_the_proxy() {
+    if !docker_ready() {
+        return;
+    }
+    let key = unique("sk-ant-api03-E2eCanary");
+    let gh = unique("ghp_E2eCanary");
+    let mut o = Options::new(Kind::AnthropicApiKey, &key);
+    o.tool_use = Some("mcp__gh__whoami".into());
+    let (mut m, st) = with_standin(o);
+    // api.github.com goes to a GitHub stand-in; the rest to the Anthropic one.
+    let github = moat_standins::Standin::start_with(Options::new(Kind::GitHub, &gh));
+    let mut to: Vec<String> = st
+        .connect_to()
+        .into_iter()
+        .filter(|c| !c.starts_with("api.github.com:"))
+        .collect();
+    to.extend(
+        github
+            .connect_to()
+            .into_iter()
+            .filter(|c| c.starts_with("api.github.com:")),
+    );
+    let cas = m.env.path().join("standin-cas.pem");
+    std::fs::write(&cas, format!("{}{}", st.ca_pem(), github.ca_pem())).unwrap();
+    m.env
+        .env("MOAT_PROXY_CONNECT_TO", to.join(","))
+        .env("MOAT_PROXY_EXTRA_CA", &cas);
+    grant(&m, &["anthropic"], &key);
+    grant(&m, &["github"], &gh);
+    std::fs::write(m.ws.join("whoami.js"), WHOAMI).unwrap();
+    // Tool search off: this Claude Code otherwise defers MCP tools behind its ToolSearch
+    // tool, a turn the stand-in model does not play.
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        "env:\n  ENABLE_TOOL_SEARCH: \"false\"\nclaude:\n  mcp:\n    gh:\n      command: node\n      args: [/workspace/whoami.js]\n      grant: github\n      cwd: /tmp\n      env:\n        LEVEL: debug\n",
+    )
+    .unwrap();
+    let r = says_hello(&m, &st, "claude");
+
+    // The tool's answer went back to the model: GitHub's stand-in knew the user (so the
+    // real token arrived there), while the server itself held only the placeholder.
+    let lines = format!("{}\n{}", st.request_lines(), github.request_lines());
+    let results: Vec<String> = st
+        .requests()
+        .into_iter()
+        .filter(|q| q.path_only() == "/v1/messages" && q.contains("tool_result"))
+        .map(|q| String::from_utf8_lossy(&q.body).into_owned())
+        .collect();
+    let result = results
+        .iter()
+        .find(|b| b.contains("moat-standin"))
+        .unwrap_or_else(|| panic!("no tool_result with GitHub's answer:\n{results:?}\n{lines}"));
+    assert!(
+        result.contains("token=ghp_moatProxyInjectedPlaceholder")
+            && result.contains("cwd=/tmp")
+            && result.contains("level=debug"),
+        "{result}"
+    );
+    assert!(
+        github.requests().iter().any(|q| q.host == "api.github.com"
+            && q.path_only() == "/user"
+            && q.header("authorization") == Some(format!("Bearer {gh}").as_str())
+            && q.status == 200),
+        "{lines}"
+    );
+    // The run's trace names the grant for that request; nothing holds the real tokens.
+    let id = m.run_ids().pop().unwrap();
+    let trace = std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("network.jsonl"))
+        .unwrap_or_default();
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains("api.github.com/user") && l.contains("\"grant\":\"github\"")),
+        "{trace}"
+    );
+    assert!(
+        st.requests().iter().all(|q| !q.contains(&gh)),
+        "the GitHub token reached the model"
+    );
+    for s in [&gh, &key] {
+        moat_e2e::agents::leaves_no_trace(&r, &m, s);
+    }
+}

@@ -296,15 +296,28 @@ pub fn write_staged(stage: &std::path::Path, rel: &str, data: &[u8]) -> Result<(
     moat_core::fsutil::write_atomic(&p, data, 0o600)
 }
 
-/// Files for HOME and extra environment.
+/// Files for HOME and extra environment. `mcp` are the local MCP servers, each with its
+/// command, args and env as [`crate::local_mcp::resolve`] made them.
 pub fn home_files(
     a: &AgentSpec,
     si: &SignIn,
-    mcp: &[(String, Value)],
+    mcp: &[(crate::local_mcp::Local, Value)],
 ) -> Result<(Files, Vec<(String, String)>)> {
     let ws = "/workspace";
-    // Claude Code's and the Gemini CLI's `mcpServers` object.
-    let mcp_servers = || Value::Object(mcp.iter().cloned().collect());
+    // Claude Code's and the Gemini CLI's `mcpServers` object (Claude Code wants the type).
+    let mcp_servers = |stdio_type: bool| {
+        Value::Object(
+            mcp.iter()
+                .map(|(l, v)| {
+                    let mut v = v.clone();
+                    if stdio_type {
+                        v["type"] = json!("stdio");
+                    }
+                    (l.name.clone(), v)
+                })
+                .collect(),
+        )
+    };
     let mut files = vec![];
     let mut env = vec![];
     match a.cli.as_str() {
@@ -315,7 +328,7 @@ pub fn home_files(
                 "projects": {ws: {"hasTrustDialogAccepted": !a.keep_prompts, "hasCompletedProjectOnboarding": true}},
             });
             if !mcp.is_empty() {
-                cj["mcpServers"] = mcp_servers();
+                cj["mcpServers"] = mcp_servers(true);
             }
             files.push((".claude.json".into(), pretty(&cj)));
             if si.claude_oauth {
@@ -350,21 +363,34 @@ pub fn home_files(
             toml.push_str(&format!(
                 "\n[projects.\"{ws}\"]\ntrust_level = \"trusted\"\n"
             ));
-            for (n, v) in mcp {
-                toml.push_str(&format!("\n[mcp_servers.{}]\n", toml_key(n)));
+            let strs = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).map(toml_str).collect())
+                    .unwrap_or_default()
+            };
+            for (l, v) in mcp {
+                toml.push_str(&format!("\n[mcp_servers.{}]\n", toml_key(&l.name)));
                 if let Some(c) = v["command"].as_str() {
                     toml.push_str(&format!("command = {}\n", toml_str(c)));
                 }
-                if let Some(args) = v["args"].as_array() {
-                    let a: Vec<String> = args
+                toml.push_str(&format!("args = [{}]\n", strs(&v["args"]).join(", ")));
+                // Codex starts a server with a short list of its own variables: the proxy's
+                // settings, its CA and the secrets the wrapper reads must be passed by name.
+                let mut pass: Vec<String> = crate::local_mcp::CODEX_PASS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                pass.extend(crate::local_mcp::secrets_read(l));
+                let pass: Vec<String> = pass.iter().map(|s| toml_str(s)).collect();
+                toml.push_str(&format!("env_vars = [{}]\n", pass.join(", ")));
+                if let Some(env) = v["env"].as_object().filter(|e| !e.is_empty()) {
+                    let kv: Vec<String> = env
                         .iter()
-                        .filter_map(Value::as_str)
-                        .map(toml_str)
+                        .map(|(k, x)| {
+                            format!("{} = {}", toml_key(k), toml_str(x.as_str().unwrap_or("")))
+                        })
                         .collect();
-                    toml.push_str(&format!("args = [{}]\n", a.join(", ")));
-                }
-                if let Some(u) = v["url"].as_str() {
-                    toml.push_str(&format!("url = {}\n", toml_str(u)));
+                    toml.push_str(&format!("env = {{ {} }}\n", kv.join(", ")));
                 }
             }
             files.push((".codex/config.toml".into(), toml.into_bytes()));
@@ -405,7 +431,7 @@ pub fn home_files(
             };
             let mut settings = json!({"security": {"auth": {"selectedType": t}}});
             if !mcp.is_empty() {
-                settings["mcpServers"] = mcp_servers();
+                settings["mcpServers"] = mcp_servers(false);
             }
             files.push((".gemini/settings.json".into(), pretty(&settings)));
             if !a.keep_prompts {

@@ -38,7 +38,12 @@ pub fn prepare(
 ) -> Result<AgentRun> {
     let dir = store.dir(id);
     let si = agent::sign_in(&rules.inject, &rules.env);
-    let (mut files, env) = agent::home_files(a, &si, &spec.agent_mcp)?;
+    let local = spec
+        .agent_mcp
+        .iter()
+        .map(|l| Ok((l.clone(), crate::local_mcp::resolve(l, &rules.grant_env)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let (mut files, env) = agent::home_files(a, &si, &local)?;
     if let Some(p) = &spec.claude_plugins {
         crate::plugins::apply(&mut files, p)?;
     }

@@ -248,9 +248,9 @@ pub struct RunSpec {
     /// `moat claude|codex|gemini`: the agent CLI to install and run.
     #[serde(default)]
     pub agent_cli: Option<crate::agent::AgentSpec>,
-    /// The CLI's local MCP servers (name, config as the CLI wants it).
+    /// The CLI's local MCP servers (`claude.mcp` etc.), checked.
     #[serde(default)]
-    pub agent_mcp: Vec<(String, Value)>,
+    pub agent_mcp: Vec<crate::local_mcp::Local>,
     /// The npm registry the agent's CLI is installed from (the host's npm configuration).
     #[serde(default)]
     pub npm_registry: Option<String>,
@@ -763,7 +763,7 @@ fn check_name(n: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn check_env_name(k: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_env_name(k: &str) -> std::result::Result<(), String> {
     let ok = !k.is_empty()
         && !k.starts_with(|c: char| c.is_ascii_digit())
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -1026,13 +1026,9 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
                 "{cli}.base_url: {u:?} is not an http:// or https:// URL"
             )));
         }
+        let secret_names = c.secrets.keys().cloned().collect();
         for (n, v) in &sec.mcp {
-            if v.get("command").and_then(Value::as_str).is_none() {
-                return Err(Error::config(format!(
-                    "{cli}.mcp.{n}: a local MCP server needs `command`"
-                )));
-            }
-            agent_mcp.push((n.clone(), v.clone()));
+            agent_mcp.push(crate::local_mcp::parse(cli, n, v, &secret_names)?);
         }
         let spec = crate::agent::AgentSpec {
             cli: cli.clone(),
@@ -1051,7 +1047,12 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         agent_cli = Some(spec);
     }
     // After the agent's default grant: an MCP server's grant alone must not replace it.
-    let local: Vec<String> = agent_mcp.iter().map(|(n, _)| n.clone()).collect();
+    for g in agent_mcp.iter().filter_map(|l| l.grant.as_ref()) {
+        if !grants.contains(g) {
+            grants.push(g.clone());
+        }
+    }
+    let local: Vec<String> = agent_mcp.iter().map(|l| l.name.clone()).collect();
     let mcp = crate::mcp::resolve(&c.mcp, &mut grants, &local)?;
     Ok(RunSpec {
         name,

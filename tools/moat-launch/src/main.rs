@@ -13,6 +13,7 @@ mod config;
 mod deps;
 mod docker;
 mod image;
+mod local_mcp;
 mod mcp;
 mod network;
 mod plugins;

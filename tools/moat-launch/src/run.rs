@@ -576,6 +576,8 @@ pub struct GrantRules {
     pub inject: Vec<String>,
     inject_hosts: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The same placeholders with the grant each came from: (grant, variable, value).
+    pub grant_env: Vec<(String, String, String)>,
     ssh: Vec<String>,
     aws: Option<moat_core::rules::AwsRole>,
 }
@@ -586,6 +588,7 @@ pub async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
         inject: vec![],
         inject_hosts: vec![],
         env: vec![],
+        grant_env: vec![],
         ssh: vec![],
         aws: None,
     };
@@ -630,6 +633,8 @@ pub async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
             }
             moat_core::rules::TYPE_ENV => {
                 let p: moat_core::rules::EnvPlaceholder = r.decode()?;
+                out.grant_env
+                    .push((p.grant, p.name.clone(), p.value.clone()));
                 out.env.push((p.name, p.value));
             }
             moat_core::rules::TYPE_SSH => out.ssh.push(format!("{}\n", l.trim())),
