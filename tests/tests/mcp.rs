@@ -391,11 +391,21 @@ fn gemini_connects_to_a_remote_mcp_server_through_the_relay() {
     );
 }
 
-/// A local stdio MCP server for the test: one tool, `whoami`, which asks api.github.com who
-/// the `GITHUB_TOKEN` it was given belongs to (with curl, through the run's proxy) and
-/// reports the answer, that token, its working directory and `LEVEL`.
+/// A local stdio MCP server for the tests. At start it asks api.github.com who the
+/// `GITHUB_TOKEN` it was given belongs to (with curl, through the run's proxy) and writes
+/// what it found, with that token, its working directory and `LEVEL`, to
+/// /workspace/local-mcp-seen.txt; its one tool, `whoami`, reports the same.
 const WHOAMI: &str = r#"
 const { execFileSync } = require('child_process');
+const fs = require('fs');
+const seen = () => {
+  let user;
+  try {
+    user = execFileSync('curl', ['-sS', '-H', 'Authorization: Bearer ' + process.env.GITHUB_TOKEN, 'https://api.github.com/user']).toString();
+  } catch (e) { user = 'curl failed: ' + e.message; }
+  return `user=${user.replace(/\s+/g, '')} token=${process.env.GITHUB_TOKEN} cwd=${process.cwd()} level=${process.env.LEVEL}`;
+};
+fs.writeFileSync('/workspace/local-mcp-seen.txt', seen() + '\n');
 const rl = require('readline').createInterface({ input: process.stdin });
 const send = (id, result) => process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id, result }) + '\n');
 rl.on('line', (line) => {
@@ -406,35 +416,30 @@ rl.on('line', (line) => {
   } else if (m.method === 'tools/list') {
     send(m.id, { tools: [{ name: 'whoami', description: 'Who the GitHub token belongs to', inputSchema: { type: 'object', properties: {} } }] });
   } else if (m.method === 'tools/call') {
-    let user;
-    try {
-      user = execFileSync('curl', ['-sS', '-H', 'Authorization: Bearer ' + process.env.GITHUB_TOKEN, 'https://api.github.com/user']).toString();
-    } catch (e) { user = 'curl failed: ' + e.message; }
-    const text = `user=${user.replace(/\s+/g, '')} token=${process.env.GITHUB_TOKEN} cwd=${process.cwd()} level=${process.env.LEVEL}`;
-    send(m.id, { content: [{ type: 'text', text }] });
+    send(m.id, { content: [{ type: 'text', text: seen() }] });
   } else {
     process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id: m.id, error: { code: -32601, message: 'no such method' } }) + '\n');
   }
 });
 "#;
 
-/// `claude.mcp`: Claude Code starts a local server inside the run. Its `grant: github`
-/// gives it the placeholder as `GITHUB_TOKEN` (and adds the grant to the run); the proxy
-/// swaps the placeholder on the way to api.github.com, whose stand-in answers only the real
-/// token; `cwd:` and `env:` arrive as written. The real token is nowhere in the container,
-/// the model's requests or MOAT_HOME.
-#[test]
-fn claude_calls_a_local_mcp_server_whose_grant_reaches_github_through_the_proxy() {
-    if !docker_ready() {
-        return;
-    }
-    let key = unique("sk-ant-api03-E2eCanary");
-    let gh = unique("ghp_E2eCanary");
-    let mut o = Options::new(Kind::AnthropicApiKey, &key);
-    o.tool_use = Some("mcp__gh__whoami".into());
+/// A moat whose proxies send api.github.com to a GitHub stand-in that accepts only `gh`
+/// and everything else to the `o` stand-in; both grants stored; the workspace holds the
+/// WHOAMI server and a moat.yaml that gives `cli` it as a local server with `grant:
+/// github`, `cwd: /tmp` and `env: LEVEL: debug`.
+fn local_server_set_up(
+    cli: &str,
+    o: Options,
+    provider: &str,
+    key: &str,
+    gh: &str,
+) -> (
+    moat_e2e::Moat,
+    moat_standins::Standin,
+    moat_standins::Standin,
+) {
     let (mut m, st) = with_standin(o);
-    // api.github.com goes to a GitHub stand-in; the rest to the Anthropic one.
-    let github = moat_standins::Standin::start_with(Options::new(Kind::GitHub, &gh));
+    let github = moat_standins::Standin::start_with(Options::new(Kind::GitHub, gh));
     let mut to: Vec<String> = st
         .connect_to()
         .into_iter()
@@ -451,21 +456,60 @@ fn claude_calls_a_local_mcp_server_whose_grant_reaches_github_through_the_proxy(
     m.env
         .env("MOAT_PROXY_CONNECT_TO", to.join(","))
         .env("MOAT_PROXY_EXTRA_CA", &cas);
-    grant(&m, &["anthropic"], &key);
-    grant(&m, &["github"], &gh);
+    grant(&m, &[provider], key);
+    grant(&m, &["github"], gh);
     std::fs::write(m.ws.join("whoami.js"), WHOAMI).unwrap();
     // Tool search off: this Claude Code otherwise defers MCP tools behind its ToolSearch
     // tool, a turn the stand-in model does not play.
     std::fs::write(
         m.ws.join("moat.yaml"),
-        "env:\n  ENABLE_TOOL_SEARCH: \"false\"\nclaude:\n  mcp:\n    gh:\n      command: node\n      args: [/workspace/whoami.js]\n      grant: github\n      cwd: /tmp\n      env:\n        LEVEL: debug\n",
+        format!(
+            "env:\n  ENABLE_TOOL_SEARCH: \"false\"\n{cli}:\n  mcp:\n    gh:\n      command: node\n      args: [/workspace/whoami.js]\n      grant: github\n      cwd: /tmp\n      env:\n        LEVEL: debug\n"
+        ),
     )
     .unwrap();
+    (m, st, github)
+}
+
+/// What a WHOAMI report must say: GitHub's stand-in knew the user (so the real token
+/// arrived there, put in by the proxy) while the server held only the placeholder, in the
+/// directory and with the variable moat.yaml gave it.
+fn assert_whoami(report: &str, github: &moat_standins::Standin, gh: &str) {
+    assert!(
+        report.contains("\"login\":\"moat-standin\"")
+            && report.contains("token=ghp_moatProxyInjectedPlaceholder")
+            && report.contains("cwd=/tmp")
+            && report.contains("level=debug"),
+        "{report}\n{}",
+        github.request_lines()
+    );
+    assert!(
+        github.requests().iter().any(|q| q.host == "api.github.com"
+            && q.path_only() == "/user"
+            && q.header("authorization") == Some(format!("Bearer {gh}").as_str())
+            && q.status == 200),
+        "{}",
+        github.request_lines()
+    );
+}
+
+/// `claude.mcp`: Claude Code starts a local server inside the run and calls its tool. Its
+/// `grant: github` gives it the placeholder as `GITHUB_TOKEN` (and adds the grant to the
+/// run); the proxy swaps the placeholder on the way to api.github.com. The real token is
+/// nowhere in the container, the model's requests or MOAT_HOME.
+#[test]
+fn claude_calls_a_local_mcp_server_whose_grant_reaches_github_through_the_proxy() {
+    if !docker_ready() {
+        return;
+    }
+    let key = unique("sk-ant-api03-E2eCanary");
+    let gh = unique("ghp_E2eCanary");
+    let mut o = Options::new(Kind::AnthropicApiKey, &key);
+    o.tool_use = Some("mcp__gh__whoami".into());
+    let (m, st, github) = local_server_set_up("claude", o, "anthropic", &key, &gh);
     let r = says_hello(&m, &st, "claude");
 
-    // The tool's answer went back to the model: GitHub's stand-in knew the user (so the
-    // real token arrived there), while the server itself held only the placeholder.
-    let lines = format!("{}\n{}", st.request_lines(), github.request_lines());
+    // The tool's answer went back to the model.
     let results: Vec<String> = st
         .requests()
         .into_iter()
@@ -475,20 +519,13 @@ fn claude_calls_a_local_mcp_server_whose_grant_reaches_github_through_the_proxy(
     let result = results
         .iter()
         .find(|b| b.contains("moat-standin"))
-        .unwrap_or_else(|| panic!("no tool_result with GitHub's answer:\n{results:?}\n{lines}"));
-    assert!(
-        result.contains("token=ghp_moatProxyInjectedPlaceholder")
-            && result.contains("cwd=/tmp")
-            && result.contains("level=debug"),
-        "{result}"
-    );
-    assert!(
-        github.requests().iter().any(|q| q.host == "api.github.com"
-            && q.path_only() == "/user"
-            && q.header("authorization") == Some(format!("Bearer {gh}").as_str())
-            && q.status == 200),
-        "{lines}"
-    );
+        .unwrap_or_else(|| {
+            panic!(
+                "no tool_result with GitHub's answer:\n{results:?}\n{}",
+                st.request_lines()
+            )
+        });
+    assert_whoami(&result.replace("\\\"", "\""), &github, &gh);
     // The run's trace names the grant for that request; nothing holds the real tokens.
     let id = m.run_ids().pop().unwrap();
     let trace = std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("network.jsonl"))
@@ -506,4 +543,45 @@ fn claude_calls_a_local_mcp_server_whose_grant_reaches_github_through_the_proxy(
     for s in [&gh, &key] {
         moat_e2e::agents::leaves_no_trace(&r, &m, s);
     }
+}
+
+/// `codex.mcp` and `gemini.mcp`: the CLI starts the local server when its session starts,
+/// with the placeholder, the proxy's settings (Codex passes them only by name, through
+/// `env_vars`), `cwd:` and `env:`; the server's request reaches GitHub with the real token.
+fn cli_starts_a_local_server(cli: &str, kind: Kind, provider: &str, key: &str) {
+    let gh = unique("ghp_E2eCanary");
+    let (m, st, github) = local_server_set_up(cli, Options::new(kind, key), provider, key, &gh);
+    let r = says_hello(&m, &st, cli);
+    let report = std::fs::read_to_string(m.ws.join("local-mcp-seen.txt"))
+        .unwrap_or_else(|e| panic!("{cli} did not start the local server ({e})"));
+    assert_whoami(&report, &github, &gh);
+    for s in [&gh, &key.to_string()] {
+        moat_e2e::agents::leaves_no_trace(&r, &m, s);
+    }
+}
+
+#[test]
+fn codex_starts_a_local_mcp_server_with_the_grant_and_the_proxy() {
+    if !docker_ready() {
+        return;
+    }
+    cli_starts_a_local_server(
+        "codex",
+        Kind::OpenAiApiKey,
+        "openai",
+        &unique("sk-proj-E2eCanary"),
+    );
+}
+
+#[test]
+fn gemini_starts_a_local_mcp_server_with_the_grant_and_the_proxy() {
+    if !docker_ready() {
+        return;
+    }
+    cli_starts_a_local_server(
+        "gemini",
+        Kind::GeminiApiKey,
+        "gemini",
+        &unique("AIzaE2eCanary"),
+    );
 }

@@ -304,14 +304,23 @@ pub fn home_files(
     mcp: &[(crate::local_mcp::Local, Value)],
 ) -> Result<(Files, Vec<(String, String)>)> {
     let ws = "/workspace";
-    // Claude Code's and the Gemini CLI's `mcpServers` object (Claude Code wants the type).
-    let mcp_servers = |stdio_type: bool| {
+    // Claude Code's and the Gemini CLI's `mcpServers` object. Claude Code wants the type;
+    // the Gemini CLI drops the proxy's variables (their values hold the run's proxy token)
+    // and secret-looking ones from what a server inherits, so they are named in `env`,
+    // which it expands from its own environment.
+    let mcp_servers = |cli: &str| {
         Value::Object(
             mcp.iter()
                 .map(|(l, v)| {
                     let mut v = v.clone();
-                    if stdio_type {
+                    if cli == "claude" {
                         v["type"] = json!("stdio");
+                    }
+                    if cli == "gemini" {
+                        let env = v["env"].as_object_mut().expect("resolve writes env");
+                        for k in crate::local_mcp::pass_by_name(l) {
+                            env.entry(k.clone()).or_insert(json!(format!("${{{k}}}")));
+                        }
                     }
                     (l.name.clone(), v)
                 })
@@ -328,7 +337,7 @@ pub fn home_files(
                 "projects": {ws: {"hasTrustDialogAccepted": !a.keep_prompts, "hasCompletedProjectOnboarding": true}},
             });
             if !mcp.is_empty() {
-                cj["mcpServers"] = mcp_servers(true);
+                cj["mcpServers"] = mcp_servers("claude");
             }
             files.push((".claude.json".into(), pretty(&cj)));
             if si.claude_oauth {
@@ -376,12 +385,10 @@ pub fn home_files(
                 toml.push_str(&format!("args = [{}]\n", strs(&v["args"]).join(", ")));
                 // Codex starts a server with a short list of its own variables: the proxy's
                 // settings, its CA and the secrets the wrapper reads must be passed by name.
-                let mut pass: Vec<String> = crate::local_mcp::CODEX_PASS
+                let pass: Vec<String> = crate::local_mcp::pass_by_name(l)
                     .iter()
-                    .map(|s| s.to_string())
+                    .map(|s| toml_str(s))
                     .collect();
-                pass.extend(crate::local_mcp::secrets_read(l));
-                let pass: Vec<String> = pass.iter().map(|s| toml_str(s)).collect();
                 toml.push_str(&format!("env_vars = [{}]\n", pass.join(", ")));
                 if let Some(env) = v["env"].as_object().filter(|e| !e.is_empty()) {
                     let kv: Vec<String> = env
@@ -431,7 +438,7 @@ pub fn home_files(
             };
             let mut settings = json!({"security": {"auth": {"selectedType": t}}});
             if !mcp.is_empty() {
-                settings["mcpServers"] = mcp_servers(false);
+                settings["mcpServers"] = mcp_servers("gemini");
             }
             files.push((".gemini/settings.json".into(), pretty(&settings)));
             if !a.keep_prompts {

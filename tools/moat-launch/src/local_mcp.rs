@@ -187,7 +187,7 @@ pub fn resolve(l: &Local, grant_env: &[(String, String, String)]) -> Result<Valu
             grant_env.iter().filter(|(gr, _, _)| gr == g).collect();
         let Some((_, _, placeholder)) = mine.first() else {
             return Err(Error::config(format!(
-                "mcp.{}: the grant {g} gives the run no environment variable to hand the server",
+                "the local MCP server {}: the grant {g} gives the run no environment variable to hand the server",
                 l.name
             ))
             .with_hint("grants with a placeholder variable: github, and the API keys of anthropic, openai and gemini"));
@@ -223,9 +223,11 @@ pub fn resolve(l: &Local, grant_env: &[(String, String, String)]) -> Result<Valu
     Ok(json!({"command": command, "args": args, "env": env}))
 }
 
-/// The variables Codex must pass to a local server: it starts servers with a short list of
-/// its own, and a server without the proxy's settings and CA has no way out of the run.
-pub const CODEX_PASS: &[&str] = &[
+/// The run's variables a local server needs and Codex and the Gemini CLI do not hand down
+/// on their own (Codex passes a short list; Gemini drops the proxy's settings, whose values
+/// carry the proxy token): without the proxy's settings and CA a server has no way out of
+/// the run.
+const RUN_VARS: &[&str] = &[
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "http_proxy",
@@ -239,12 +241,20 @@ pub const CODEX_PASS: &[&str] = &[
     "NODE_EXTRA_CA_CERTS",
 ];
 
-/// The `secrets:` names a server's wrapper reads (Codex must pass them too).
-pub fn secrets_read(l: &Local) -> BTreeSet<String> {
+/// The `secrets:` names a server's wrapper reads.
+fn secrets_read(l: &Local) -> BTreeSet<String> {
     l.env
         .values()
         .flat_map(|v| secret_refs(v).into_iter().map(String::from))
         .collect()
+}
+
+/// What a CLI that does not hand its environment down must pass to `l` by name: the run's
+/// proxy and CA variables and the secrets its wrapper reads.
+pub fn pass_by_name(l: &Local) -> Vec<String> {
+    let mut v: Vec<String> = RUN_VARS.iter().map(|s| s.to_string()).collect();
+    v.extend(secrets_read(l));
+    v
 }
 
 #[cfg(test)]
@@ -361,5 +371,7 @@ mod tests {
             )
         );
         assert_eq!(secrets_read(&l), secrets(&["MY_KEY"]));
+        assert!(pass_by_name(&l).contains(&"MY_KEY".to_string()));
+        assert!(pass_by_name(&l).contains(&"HTTPS_PROXY".to_string()));
     }
 }
