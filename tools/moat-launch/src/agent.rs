@@ -213,10 +213,10 @@ pub struct SignIn {
     pub claude_oauth: bool,
     pub chatgpt: Option<String>,
     pub google_oauth: bool,
-    pub env: Vec<(String, String)>,
+    pub env: Vec<moat_core::rules::EnvPlaceholder>,
 }
 
-pub fn sign_in(inject: &[String], env: &[(String, String)]) -> SignIn {
+pub fn sign_in(inject: &[String], env: &[moat_core::rules::EnvPlaceholder]) -> SignIn {
     let mut s = SignIn {
         env: env.to_vec(),
         ..Default::default()
@@ -422,8 +422,8 @@ pub fn home_files(
                     let key = si
                         .env
                         .iter()
-                        .find(|(k, _)| k == "OPENAI_API_KEY")
-                        .map(|(_, v)| v.clone())
+                        .find(|p| p.name == "OPENAI_API_KEY")
+                        .map(|p| p.value.clone())
                         .unwrap_or_default();
                     json!({"OPENAI_API_KEY": key})
                 }

@@ -41,7 +41,7 @@ pub fn prepare(
     let local = spec
         .agent_mcp
         .iter()
-        .map(|l| Ok((l.clone(), crate::local_mcp::resolve(l, &rules.grant_env)?)))
+        .map(|l| Ok((l.clone(), crate::local_mcp::resolve(l, &rules.env)?)))
         .collect::<Result<Vec<_>>>()?;
     let (mut files, env) = agent::home_files(a, &si, &local)?;
     if let Some(p) = &spec.claude_plugins {

@@ -171,8 +171,8 @@ fn sh_value(s: &str) -> String {
 }
 
 /// A server as the CLIs take it: `command`, `args` and literal `env`. `grant_env` are the
-/// run's placeholder variables, as (grant, variable, placeholder).
-pub fn resolve(l: &Local, grant_env: &[(String, String, String)]) -> Result<Value> {
+/// run's placeholder variables.
+pub fn resolve(l: &Local, grant_env: &[moat_core::rules::EnvPlaceholder]) -> Result<Value> {
     let mut env = BTreeMap::new();
     let mut from_secrets = vec![];
     for (k, v) in &l.env {
@@ -183,21 +183,20 @@ pub fn resolve(l: &Local, grant_env: &[(String, String, String)]) -> Result<Valu
         }
     }
     if let Some(g) = &l.grant {
-        let mine: Vec<&(String, String, String)> =
-            grant_env.iter().filter(|(gr, _, _)| gr == g).collect();
-        let Some((_, _, placeholder)) = mine.first() else {
+        let mine: Vec<_> = grant_env.iter().filter(|p| &p.grant == g).collect();
+        let Some(first) = mine.first() else {
             return Err(Error::config(format!(
                 "the local MCP server {}: the grant {g} gives the run no environment variable to hand the server",
                 l.name
             ))
             .with_hint("grants with a placeholder variable: github, and the API keys of anthropic, openai and gemini"));
         };
-        for (_, var, value) in &mine {
-            env.entry(var.clone()).or_insert_with(|| value.clone());
+        for p in &mine {
+            env.entry(p.name.clone()).or_insert_with(|| p.value.clone());
         }
         if let Some(var) = grant_var(g) {
             env.entry(var.to_string())
-                .or_insert_with(|| placeholder.clone());
+                .or_insert_with(|| first.value.clone());
         }
     }
     let (command, args) = if l.cwd.is_none() && from_secrets.is_empty() {
@@ -312,9 +311,14 @@ mod tests {
             &secrets(&[]),
         )
         .unwrap();
+        let ph = |grant: &str, name: &str, value: &str| moat_core::rules::EnvPlaceholder {
+            grant: grant.into(),
+            name: name.into(),
+            value: value.into(),
+        };
         let ge = vec![
-            ("github".into(), "GH_TOKEN".into(), "ghp_placeholder".into()),
-            ("npm".into(), "NPM_TOKEN".into(), "npm_placeholder".into()),
+            ph("github", "GH_TOKEN", "ghp_placeholder"),
+            ph("npm", "NPM_TOKEN", "npm_placeholder"),
         ];
         let v = resolve(&l, &ge).unwrap();
         assert_eq!(v["command"], "node");

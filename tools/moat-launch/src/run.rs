@@ -575,9 +575,8 @@ async fn terminate(p: &mut Child) {
 pub struct GrantRules {
     pub inject: Vec<String>,
     inject_hosts: Vec<String>,
-    pub env: Vec<(String, String)>,
-    /// The same placeholders with the grant each came from: (grant, variable, value).
-    pub grant_env: Vec<(String, String, String)>,
+    /// The placeholder variables, each with the grant it came from.
+    pub env: Vec<moat_core::rules::EnvPlaceholder>,
     ssh: Vec<String>,
     aws: Option<moat_core::rules::AwsRole>,
 }
@@ -588,7 +587,6 @@ pub async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
         inject: vec![],
         inject_hosts: vec![],
         env: vec![],
-        grant_env: vec![],
         ssh: vec![],
         aws: None,
     };
@@ -632,10 +630,7 @@ pub async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
                 out.inject.push(format!("{}\n", l.trim()));
             }
             moat_core::rules::TYPE_ENV => {
-                let p: moat_core::rules::EnvPlaceholder = r.decode()?;
-                out.grant_env
-                    .push((p.grant, p.name.clone(), p.value.clone()));
-                out.env.push((p.name, p.value));
+                out.env.push(r.decode()?);
             }
             moat_core::rules::TYPE_SSH => out.ssh.push(format!("{}\n", l.trim())),
             moat_core::rules::TYPE_AWS_ROLE => out.aws = Some(r.decode()?),
@@ -1021,8 +1016,8 @@ async fn lifecycle(
     env.push("GIT_CONFIG_COUNT=1".into());
     env.push("GIT_CONFIG_KEY_0=http.proxyAuthMethod".into());
     env.push("GIT_CONFIG_VALUE_0=basic".into());
-    for (k, v) in &rules.env {
-        env.push(format!("{k}={v}"));
+    for p in &rules.env {
+        env.push(format!("{}={}", p.name, p.value));
     }
     if spec.grants.iter().any(|g| g == "github") {
         env.push("GIT_TERMINAL_PROMPT=0".into());
