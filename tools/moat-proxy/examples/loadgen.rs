@@ -4,7 +4,10 @@
 //! (HTTP/1.1) with a certificate from a CA made at start (written to FILE) and prints
 //! `ADDR` on stdout. `loadgen load --url https://bench.test/small (--direct ADDR | --proxy
 //! HOST:PORT [--token T]) --cacert FILE --concurrency N --seconds S [--new-conn] [--sse]`
-//! runs workers for S seconds and prints one JSON line of results.
+//! runs workers for S seconds and prints one JSON line of results. `loadgen relay
+//! --upstream ADDR --cacert FILE --ca-out FILE [--name bench.test]` is a bare TLS relay to
+//! the origin (the floor for any intercepting proxy; see [`relay`]), reached with `load
+//! --direct`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -29,36 +32,108 @@ async fn main() {
     match args.get(1).map(String::as_str) {
         Some("origin") => origin(&args).await,
         Some("load") => load(&args).await,
-        _ => eprintln!("usage: loadgen origin|load ..."),
+        Some("relay") => relay(&args).await,
+        _ => eprintln!("usage: loadgen origin|relay|load ..."),
     }
 }
 
-async fn origin(args: &[String]) {
-    let name = arg(args, "--name").unwrap_or("bench.test".into());
+/// A TLS server configuration for `name`, its certificate signed by a CA made here and
+/// written to `ca_out`.
+fn server_config(name: String, ca_out: &str) -> rustls::ServerConfig {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut cp = rcgen::CertificateParams::default();
     cp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     cp.distinguished_name
-        .push(rcgen::DnType::CommonName, "bench origin CA");
+        .push(rcgen::DnType::CommonName, "bench test CA");
     let ca = cp.self_signed(&ca_key).unwrap();
-    std::fs::write(arg(args, "--ca-out").expect("--ca-out"), ca.pem()).unwrap();
+    std::fs::write(ca_out, ca.pem()).unwrap();
     let issuer = rcgen::Issuer::new(cp, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
     let leaf = rcgen::CertificateParams::new(vec![name])
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap()
+}
+
+fn client_config(ca_file: &str, alpn: &[u8]) -> rustls::ClientConfig {
+    let ca = std::fs::read(ca_file).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg
+}
+
+/// The least any intercepting proxy does: end the client's TLS, open TLS to the origin,
+/// and pass the bytes between the two (decrypt, re-encrypt), with no HTTP, policy,
+/// injection, masking or tracing. Its throughput is the ceiling for a proxy that must
+/// read what passes through it, on this machine.
+async fn relay(args: &[String]) {
+    let name = arg(args, "--name").unwrap_or("bench.test".into());
+    let upstream = arg(args, "--upstream").expect("--upstream");
+    let acc = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
+        name.clone(),
+        &arg(args, "--ca-out").expect("--ca-out"),
+    )));
+    let conn = tokio_rustls::TlsConnector::from(Arc::new(client_config(
+        &arg(args, "--cacert").expect("--cacert"),
+        b"http/1.1",
+    )));
+    let l = tokio::net::TcpListener::bind(arg(args, "--listen").unwrap_or("127.0.0.1:0".into()))
+        .await
+        .unwrap();
+    println!("{}", l.local_addr().unwrap());
+    loop {
+        let Ok((tcp, _)) = l.accept().await else {
+            continue;
+        };
+        let (acc, conn, name, upstream) =
+            (acc.clone(), conn.clone(), name.clone(), upstream.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(mut down) = acc.accept(tcp).await else {
+                return;
+            };
+            let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let _ = up.set_nodelay(true);
+            let Ok(mut up) = conn
+                .connect(
+                    name.try_into().unwrap(),
+                    tokio::io::BufReader::with_capacity(64 * 1024, up),
+                )
+                .await
+            else {
+                return;
+            };
+            let _ =
+                tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, 64 * 1024, 64 * 1024)
+                    .await;
+        });
+    }
+}
+
+async fn origin(args: &[String]) {
+    let name = arg(args, "--name").unwrap_or("bench.test".into());
+    let cfg = server_config(name, &arg(args, "--ca-out").expect("--ca-out"));
     let acc = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = tokio::net::TcpListener::bind(arg(args, "--listen").unwrap_or("127.0.0.1:0".into()))
         .await
@@ -177,19 +252,7 @@ async fn connect(o: &Opts) -> Sender {
 }
 
 async fn load(args: &[String]) {
-    let ca = std::fs::read(arg(args, "--cacert").expect("--cacert")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = client_config(&arg(args, "--cacert").expect("--cacert"), b"http/1.1");
     let o = Arc::new(Opts {
         url: arg(args, "--url").expect("--url").parse().unwrap(),
         direct: arg(args, "--direct"),
