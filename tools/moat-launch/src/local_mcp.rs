@@ -41,17 +41,35 @@ fn grant_var(grant: &str) -> Option<&'static str> {
 
 /// `${secrets.NAME}` references in `s`, in order.
 fn secret_refs(s: &str) -> Vec<&str> {
+    pieces(s)
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Secret(n) => Some(n),
+            Piece::Text(_) => None,
+        })
+        .collect()
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Secret(&'a str),
+}
+
+/// `s` cut at each complete `${secrets.NAME}`; an unclosed `${secrets.` stays text.
+fn pieces(s: &str) -> Vec<Piece<'_>> {
     let mut out = vec![];
     let mut rest = s;
     while let Some(i) = rest.find("${secrets.") {
         let after = &rest[i + "${secrets.".len()..];
-        match after.find('}') {
-            Some(j) => {
-                out.push(&after[..j]);
-                rest = &after[j + 1..];
-            }
-            None => break,
+        let Some(j) = after.find('}') else { break };
+        if i > 0 {
+            out.push(Piece::Text(&rest[..i]));
         }
+        out.push(Piece::Secret(&after[..j]));
+        rest = &after[j + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
     }
     out
 }
@@ -153,21 +171,16 @@ fn sh_quote(s: &str) -> String {
 
 /// `s` for `sh`, with each `${secrets.NAME}` read from the variable NAME when it runs.
 fn sh_value(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("${secrets.") {
-        let after = &rest[i + "${secrets.".len()..];
-        let Some(j) = after.find('}') else { break };
-        if i > 0 {
-            out.push_str(&sh_quote(&rest[..i]));
-        }
-        out.push_str(&format!("\"${{{}}}\"", &after[..j]));
-        rest = &after[j + 1..];
+    let p = pieces(s);
+    if p.is_empty() {
+        return sh_quote("");
     }
-    if !rest.is_empty() || out.is_empty() {
-        out.push_str(&sh_quote(rest));
-    }
-    out
+    p.iter()
+        .map(|p| match p {
+            Piece::Text(t) => sh_quote(t),
+            Piece::Secret(n) => format!("\"${{{n}}}\""),
+        })
+        .collect()
 }
 
 /// A server as the CLIs take it: `command`, `args` and literal `env`. `grant_env` are the
