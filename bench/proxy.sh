@@ -8,8 +8,10 @@
 # direct (the 1 MiB ratio also as the median of interleaved direct/moat-proxy pairs, less
 # exposed to load drift). For 1 MiB downloads it also measures a bare TLS relay (loadgen
 # relay: end the client's TLS, open TLS to the origin, copy bytes; no HTTP, policy,
-# injection, masking or trace), the least any intercepting proxy must do, so the 1 MiB
-# ratio can be read against what this machine allows at all. It asserts nothing.
+# injection, masking or trace), the least any intercepting proxy must do, and a plain TCP
+# relay (loadgen relay --plain: the client's TLS reaches the origin), the cost of any third
+# process on the path, so the 1 MiB ratio can be read against what this machine allows at
+# all. It asserts nothing.
 #
 # usage: bench/proxy.sh [SECONDS-PER-MEASUREMENT]     (default 5)
 set -euo pipefail
@@ -67,6 +69,11 @@ relay_pid=$!
 pids+=($relay_pid)
 for _ in $(seq 50); do [ -s "$work/relay.addr" ] && break; sleep 0.1; done
 relay_addr=$(cat "$work/relay.addr")
+"$L" relay --plain --upstream "127.0.0.1:$oport" >"$work/tcprelay.addr" &
+tcprelay_pid=$!
+pids+=($tcprelay_pid)
+for _ in $(seq 50); do [ -s "$work/tcprelay.addr" ] && break; sleep 0.1; done
+tcprelay_addr=$(cat "$work/tcprelay.addr")
 moat_ca=$(sed -n '1s/.*"ca":"\([^"]*\)".*/\1/p' "$work/moat.out")
 
 # squid with ssl-bump, if installed
@@ -168,6 +175,8 @@ echo "measuring moat-proxy ..." >&2
 run moat --proxy "$moat_addr" --token "$(cat "$work/token")" --cacert "$moat_ca"
 echo "measuring a bare TLS relay (1 MiB only) ..." >&2
 mib_only relay "$relay_pid" --direct "$relay_addr" --cacert "$work/relay-ca.pem"
+echo "measuring a plain TCP relay (1 MiB only) ..." >&2
+mib_only tcprelay "$tcprelay_pid" --direct "$tcprelay_addr" --cacert "$work/origin-ca.pem"
 names="direct moat"
 if [ -n "$squid_addr" ]; then
 	echo "measuring squid-openssl ssl-bump ..." >&2
@@ -181,13 +190,15 @@ fi
 # The machine's load drifts between the direct and the proxy runs above; the 1 MiB ratios
 # are also measured in interleaved rounds (direct, bare relay, moat-proxy, 2 s each),
 # medians shown.
-echo "measuring 1 MiB direct/relay/moat-proxy rounds ..." >&2
-pairs=() rpairs=()
+echo "measuring 1 MiB direct/TCP relay/TLS relay/moat-proxy rounds ..." >&2
+pairs=() rpairs=() tpairs=()
 for _ in 1 2 3 4 5; do
 	d=$("$L" load --url https://bench.test/1m --direct "$origin" --cacert "$work/origin-ca.pem" --concurrency 4 --seconds 2)
+	p=$("$L" load --url https://bench.test/1m --direct "$tcprelay_addr" --cacert "$work/origin-ca.pem" --concurrency 4 --seconds 2)
 	r=$("$L" load --url https://bench.test/1m --direct "$relay_addr" --cacert "$work/relay-ca.pem" --concurrency 4 --seconds 2)
 	m=$("$L" load --url https://bench.test/1m --proxy "$moat_addr" --token "$(cat "$work/token")" --cacert "$moat_ca" --concurrency 4 --seconds 2)
 	pairs+=("$(awk -v a="$(json "$m" mib_per_s)" -v b="$(json "$d" mib_per_s)" 'BEGIN { printf "%.2f", a / b }')")
+	tpairs+=("$(awk -v a="$(json "$p" mib_per_s)" -v b="$(json "$d" mib_per_s)" 'BEGIN { printf "%.2f", a / b }')")
 	rpairs+=("$(awk -v a="$(json "$r" mib_per_s)" -v b="$(json "$d" mib_per_s)" 'BEGIN { printf "%.2f", a / b }')")
 done
 # squid's throughput swings from run to run (about 9,000 to 14,000 requests/s at 64 on
@@ -205,6 +216,7 @@ if [ -n "$squid_addr" ]; then
 fi
 sorted=$(printf '%s\n' "${pairs[@]}" | sort -n | tr '\n' ' ')
 rsorted=$(printf '%s\n' "${rpairs[@]}" | sort -n | tr '\n' ' ')
+tsorted=$(printf '%s\n' "${tpairs[@]}" | sort -n | tr '\n' ' ')
 
 printf '\n%-34s' "metric"; for n in $names; do printf '%14s' "$n"; done; echo
 for m in rps1 rps16 rps64 p50 p99 nc_rps nc_p50 nc_p99 mib cpu_ms_mib sse_p50 cpu_us rss_idle rss64; do
@@ -213,11 +225,13 @@ for m in rps1 rps16 rps64 p50 p99 nc_rps nc_p50 nc_p99 mib cpu_ms_mib sse_p50 cp
 	echo
 done
 echo "bare TLS relay, 1 MiB: ${R[relay.mib]} MiB/s, ${R[relay.cpu_ms_mib]} ms CPU per MiB"
+echo "plain TCP relay, 1 MiB: ${R[tcprelay.mib]} MiB/s, ${R[tcprelay.cpu_ms_mib]} ms CPU per MiB"
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo "moat/direct rps64: $(ratio "${R[moat.rps64]}" "${R[direct.rps64]}")   1MiB: $(ratio "${R[moat.mib]}" "${R[direct.mib]}") (target >= 0.60)"
 echo "moat CPU per MiB of 1 MiB downloads: ${R[moat.cpu_ms_mib]} ms; bare TLS relay: ${R[relay.cpu_ms_mib]} ms"
-echo "1MiB in interleaved rounds, medians: moat/direct $(awk '{print $3}' <<<"$sorted") (sorted: $sorted); bare relay/direct $(awk '{print $3}' <<<"$rsorted") (sorted: $rsorted)"
+echo "1MiB in interleaved rounds, medians of the ratio to direct: moat $(awk '{print $3}' <<<"$sorted") (sorted: $sorted)"
+echo "    bare TLS relay $(awk '{print $3}' <<<"$rsorted") (sorted: $rsorted); plain TCP relay, no cryptography $(awk '{print $3}' <<<"$tsorted") (sorted: $tsorted)"
 echo "moat SSE first event - direct: $(( ${R[moat.sse_p50]%.*} - ${R[direct.sse_p50]%.*} )) us (target <= 1000)"
 echo "moat p99 at 64: ${R[moat.p99]} us (target < 10000); CPU/request: ${R[moat.cpu_us]} us (target <= 60); RSS idle ${R[moat.rss_idle]} MiB (< 15), at 64 ${R[moat.rss64]} MiB (< 40)"
 if [ -n "$squid_addr" ]; then

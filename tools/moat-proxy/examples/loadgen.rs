@@ -5,9 +5,9 @@
 //! `ADDR` on stdout. `loadgen load --url https://bench.test/small (--direct ADDR | --proxy
 //! HOST:PORT [--token T]) --cacert FILE --concurrency N --seconds S [--new-conn] [--sse]`
 //! runs workers for S seconds and prints one JSON line of results. `loadgen relay
-//! --upstream ADDR --cacert FILE --ca-out FILE [--name bench.test]` is a bare TLS relay to
-//! the origin (the floor for any intercepting proxy; see [`relay`]), reached with `load
-//! --direct`.
+//! --upstream ADDR --cacert FILE --ca-out FILE [--name bench.test] [--plain]` is a bare TLS
+//! relay to the origin (the floor for any intercepting proxy; see [`relay`]), or with
+//! `--plain` a TCP relay, reached with `load --direct`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -84,18 +84,25 @@ fn client_config(ca_file: &str, alpn: &[u8]) -> rustls::ClientConfig {
 /// The least any intercepting proxy does: end the client's TLS, open TLS to the origin,
 /// and pass the bytes between the two (decrypt, re-encrypt), with no HTTP, policy,
 /// injection, masking or tracing. Its throughput is the ceiling for a proxy that must
-/// read what passes through it, on this machine.
+/// read what passes through it, on this machine. With `--plain` it passes the TCP bytes
+/// alone (the client's TLS reaches the origin): the cost of a third process on the path,
+/// with no cryptography at all.
 async fn relay(args: &[String]) {
     let name = arg(args, "--name").unwrap_or("bench.test".into());
     let upstream = arg(args, "--upstream").expect("--upstream");
-    let acc = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
-        name.clone(),
-        &arg(args, "--ca-out").expect("--ca-out"),
-    )));
-    let conn = tokio_rustls::TlsConnector::from(Arc::new(client_config(
-        &arg(args, "--cacert").expect("--cacert"),
-        b"http/1.1",
-    )));
+    let plain = args.iter().any(|a| a == "--plain");
+    let tls = (!plain).then(|| {
+        (
+            tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
+                name.clone(),
+                &arg(args, "--ca-out").expect("--ca-out"),
+            ))),
+            tokio_rustls::TlsConnector::from(Arc::new(client_config(
+                &arg(args, "--cacert").expect("--cacert"),
+                b"http/1.1",
+            ))),
+        )
+    });
     let l = tokio::net::TcpListener::bind(arg(args, "--listen").unwrap_or("127.0.0.1:0".into()))
         .await
         .unwrap();
@@ -104,10 +111,24 @@ async fn relay(args: &[String]) {
         let Ok((tcp, _)) = l.accept().await else {
             continue;
         };
-        let (acc, conn, name, upstream) =
-            (acc.clone(), conn.clone(), name.clone(), upstream.clone());
+        let (tls, name, upstream) = (tls.clone(), name.clone(), upstream.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            let Some((acc, conn)) = tls else {
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = up.set_nodelay(true);
+                let mut down = tcp;
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut down,
+                    &mut up,
+                    64 * 1024,
+                    64 * 1024,
+                )
+                .await;
+                return;
+            };
             let Ok(mut down) = acc.accept(tcp).await else {
                 return;
             };
