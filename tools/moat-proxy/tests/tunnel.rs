@@ -112,6 +112,51 @@ fn a_listed_target_is_a_raw_tunnel_and_is_traced() {
     p.assert_no_leak(&p.token);
 }
 
+/// Bulk data both ways at once, as a clone over SSH: 4 MiB out and the same echoed back while
+/// it is still being sent, arriving whole and in order, with a half-close passed on, and the
+/// trace counting every byte.
+#[test]
+fn a_tunnel_carries_bulk_data_both_ways_at_once() {
+    const N: usize = 4 << 20;
+    let env = TestEnv::new();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let mut w = s.try_clone().unwrap();
+        // echo until the client's half-close, then close
+        std::io::copy(&mut &s, &mut w).unwrap();
+    });
+    let ct = format!("bulk.test:22:127.0.0.1:{port}");
+    let p = Proxy::start(&env, "", &["--tunnel", "bulk.test:22", "--connect-to", &ct]);
+    let (status, r) = connect(&p, "bulk.test:22", Some(&p.token));
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(r.buffer().is_empty());
+    let mut s = r.into_inner();
+    let data: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        for chunk in sent.chunks(100_000) {
+            w.write_all(chunk).unwrap();
+        }
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert_eq!(back.len(), N);
+    assert!(back == data, "the echo differs from what was sent");
+
+    let t = p.wait_trace(1);
+    let rec = t
+        .iter()
+        .find(|r| r["url"] == "tcp://bulk.test:22")
+        .unwrap_or_else(|| panic!("no tunnel record: {t:?}"));
+    assert_eq!(rec["bytes_in"], N, "{rec}");
+    assert_eq!(rec["bytes_out"], N, "{rec}");
+}
+
 #[test]
 fn a_tunnel_needs_the_token_and_obeys_the_address_checks() {
     let env = TestEnv::new();
