@@ -64,16 +64,17 @@ moat_pid=$!
 pids+=($moat_pid)
 for _ in $(seq 50); do [ -s "$work/moat.out" ] && break; sleep 0.1; done
 moat_addr=$(sed -n '1s/.*"addr":"\([^"]*\)".*/\1/p' "$work/moat.out")
-"$L" relay --name bench.test --upstream "127.0.0.1:$oport" --cacert "$work/origin-ca.pem" --ca-out "$work/relay-ca.pem" >"$work/relay.addr" &
-relay_pid=$!
-pids+=($relay_pid)
-for _ in $(seq 50); do [ -s "$work/relay.addr" ] && break; sleep 0.1; done
-relay_addr=$(cat "$work/relay.addr")
-"$L" relay --plain --upstream "127.0.0.1:$oport" >"$work/tcprelay.addr" &
-tcprelay_pid=$!
-pids+=($tcprelay_pid)
-for _ in $(seq 50); do [ -s "$work/tcprelay.addr" ] && break; sleep 0.1; done
-tcprelay_addr=$(cat "$work/tcprelay.addr")
+# the two relays, for the 1 MiB floor: `start_relay NAME ARGS...` sets NAME_pid and NAME_addr
+start_relay() {
+	local name=$1; shift
+	"$L" relay --upstream "127.0.0.1:$oport" "$@" >"$work/$name.addr" &
+	pids+=($!)
+	printf -v "${name}_pid" %s $!
+	for _ in $(seq 50); do [ -s "$work/$name.addr" ] && break; sleep 0.1; done
+	printf -v "${name}_addr" %s "$(cat "$work/$name.addr")"
+}
+start_relay relay --name bench.test --cacert "$work/origin-ca.pem" --ca-out "$work/relay-ca.pem"
+start_relay tcprelay --plain
 moat_ca=$(sed -n '1s/.*"ca":"\([^"]*\)".*/\1/p' "$work/moat.out")
 
 # squid with ssl-bump, if installed
@@ -124,6 +125,18 @@ hz=$(getconf CLK_TCK)
 json() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 
 declare -A R
+mib_only() { # name pid-or-empty via-args... -> R[name.mib], R[name.cpu_ms_mib] (with a pid)
+	local name=$1 pid=$2; shift 2
+	local t0 t1 out
+	[ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+	out=$("$L" load --url https://bench.test/1m "$@" --concurrency 4 --seconds "$S")
+	R[$name.mib]=$(json "$out" mib_per_s)
+	if [ -n "$pid" ]; then
+		# CPU time per MiB passed: unlike throughput, barely moved by other load on the machine
+		t1=$(cpu_ticks "$pid")
+		R[$name.cpu_ms_mib]=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v b="$(json "$out" bytes)" 'BEGIN { printf "%.3f", d / hz * 1e3 / (b / 1048576) }')
+	fi
+}
 run() { # name via-args... -> sets R[name.metric]
 	local name=$1; shift
 	local pid=${PID_OF[$name]:-}
@@ -145,26 +158,9 @@ run() { # name via-args... -> sets R[name.metric]
 	done
 	out=$("$L" load --url https://bench.test/small "$@" --concurrency 64 --seconds "$S" --new-conn)
 	R[$name.nc_p50]=$(json "$out" p50_us); R[$name.nc_p99]=$(json "$out" p99_us); R[$name.nc_rps]=$(json "$out" rps)
-	[ -n "$pid" ] && t0=$(cpu_ticks "$pid")
-	out=$("$L" load --url https://bench.test/1m "$@" --concurrency 4 --seconds "$S")
-	R[$name.mib]=$(json "$out" mib_per_s)
-	if [ -n "$pid" ]; then
-		# CPU time per MiB passed: unlike throughput, barely moved by other load on the machine
-		t1=$(cpu_ticks "$pid")
-		R[$name.cpu_ms_mib]=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v b="$(json "$out" bytes)" 'BEGIN { printf "%.3f", d / hz * 1e3 / (b / 1048576) }')
-	fi
+	mib_only "$name" "$pid" "$@"
 	out=$("$L" load --url https://bench.test/sse "$@" --concurrency 1 --seconds 2 --sse)
 	R[$name.sse_p50]=$(json "$out" p50_us)
-}
-
-mib_only() { # name pid via-args... -> R[name.mib], R[name.cpu_ms_mib]
-	local name=$1 pid=$2; shift 2
-	local t0 t1 out
-	t0=$(cpu_ticks "$pid")
-	out=$("$L" load --url https://bench.test/1m "$@" --concurrency 4 --seconds "$S")
-	t1=$(cpu_ticks "$pid")
-	R[$name.mib]=$(json "$out" mib_per_s)
-	R[$name.cpu_ms_mib]=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v b="$(json "$out" bytes)" 'BEGIN { printf "%.3f", d / hz * 1e3 / (b / 1048576) }')
 }
 
 declare -A PID_OF
@@ -187,9 +183,15 @@ else
 	echo "squid-openssl not available; comparing with direct only" >&2
 fi
 
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# ratio of field $3 of two loadgen results
+ratio_of() { ratio "$(json "$1" "$3")" "$(json "$2" "$3")"; }
+sorted() { printf '%s\n' "$@" | sort -n | tr '\n' ' '; }
+median() { awk '{print $3}' <<<"$1"; }
+
 # The machine's load drifts between the direct and the proxy runs above; the 1 MiB ratios
-# are also measured in interleaved rounds (direct, bare relay, moat-proxy, 2 s each),
-# medians shown.
+# are also measured in interleaved rounds (direct, TCP relay, TLS relay, moat-proxy, 2 s
+# each), medians of 5 shown.
 echo "measuring 1 MiB direct/TCP relay/TLS relay/moat-proxy rounds ..." >&2
 pairs=() rpairs=() tpairs=()
 for _ in 1 2 3 4 5; do
@@ -197,9 +199,9 @@ for _ in 1 2 3 4 5; do
 	p=$("$L" load --url https://bench.test/1m --direct "$tcprelay_addr" --cacert "$work/origin-ca.pem" --concurrency 4 --seconds 2)
 	r=$("$L" load --url https://bench.test/1m --direct "$relay_addr" --cacert "$work/relay-ca.pem" --concurrency 4 --seconds 2)
 	m=$("$L" load --url https://bench.test/1m --proxy "$moat_addr" --token "$(cat "$work/token")" --cacert "$moat_ca" --concurrency 4 --seconds 2)
-	pairs+=("$(awk -v a="$(json "$m" mib_per_s)" -v b="$(json "$d" mib_per_s)" 'BEGIN { printf "%.2f", a / b }')")
-	tpairs+=("$(awk -v a="$(json "$p" mib_per_s)" -v b="$(json "$d" mib_per_s)" 'BEGIN { printf "%.2f", a / b }')")
-	rpairs+=("$(awk -v a="$(json "$r" mib_per_s)" -v b="$(json "$d" mib_per_s)" 'BEGIN { printf "%.2f", a / b }')")
+	pairs+=("$(ratio_of "$m" "$d" mib_per_s)")
+	tpairs+=("$(ratio_of "$p" "$d" mib_per_s)")
+	rpairs+=("$(ratio_of "$r" "$d" mib_per_s)")
 done
 # squid's throughput swings from run to run (about 9,000 to 14,000 requests/s at 64 on
 # one machine); the moat/squid ratio is also measured in interleaved rounds, median shown.
@@ -210,13 +212,13 @@ if [ -n "$squid_addr" ]; then
 	for _ in 1 2 3 4 5; do
 		m=$("$L" load --url https://bench.test/small --proxy "$moat_addr" --token "$(cat "$work/token")" --cacert "$moat_ca" --concurrency 64 --seconds 2)
 		q=$("$L" load --url https://bench.test/small --proxy "$squid_addr" --cacert "$work/squid/ca.crt" --concurrency 64 --seconds 2)
-		sqr+=("$(awk -v a="$(json "$m" rps)" -v b="$(json "$q" rps)" 'BEGIN { printf "%.2f", a / b }')")
+		sqr+=("$(ratio_of "$m" "$q" rps)")
 	done
-	sqsorted=$(printf '%s\n' "${sqr[@]}" | sort -n | tr '\n' ' ')
+	sqsorted=$(sorted "${sqr[@]}")
 fi
-sorted=$(printf '%s\n' "${pairs[@]}" | sort -n | tr '\n' ' ')
-rsorted=$(printf '%s\n' "${rpairs[@]}" | sort -n | tr '\n' ' ')
-tsorted=$(printf '%s\n' "${tpairs[@]}" | sort -n | tr '\n' ' ')
+msorted=$(sorted "${pairs[@]}")
+rsorted=$(sorted "${rpairs[@]}")
+tsorted=$(sorted "${tpairs[@]}")
 
 printf '\n%-34s' "metric"; for n in $names; do printf '%14s' "$n"; done; echo
 for m in rps1 rps16 rps64 p50 p99 nc_rps nc_p50 nc_p99 mib cpu_ms_mib sse_p50 cpu_us rss_idle rss64; do
@@ -227,16 +229,15 @@ done
 echo "bare TLS relay, 1 MiB: ${R[relay.mib]} MiB/s, ${R[relay.cpu_ms_mib]} ms CPU per MiB"
 echo "plain TCP relay, 1 MiB: ${R[tcprelay.mib]} MiB/s, ${R[tcprelay.cpu_ms_mib]} ms CPU per MiB"
 echo
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo "moat/direct rps64: $(ratio "${R[moat.rps64]}" "${R[direct.rps64]}")   1MiB: $(ratio "${R[moat.mib]}" "${R[direct.mib]}") (target >= 0.60)"
 echo "moat CPU per MiB of 1 MiB downloads: ${R[moat.cpu_ms_mib]} ms; bare TLS relay: ${R[relay.cpu_ms_mib]} ms"
-echo "1MiB in interleaved rounds, medians of the ratio to direct: moat $(awk '{print $3}' <<<"$sorted") (sorted: $sorted)"
-echo "    bare TLS relay $(awk '{print $3}' <<<"$rsorted") (sorted: $rsorted); plain TCP relay, no cryptography $(awk '{print $3}' <<<"$tsorted") (sorted: $tsorted)"
+echo "1MiB in interleaved rounds, medians of the ratio to direct: moat $(median "$msorted") (sorted: $msorted)"
+echo "    bare TLS relay $(median "$rsorted") (sorted: $rsorted); plain TCP relay, no cryptography $(median "$tsorted") (sorted: $tsorted)"
 echo "moat SSE first event - direct: $(( ${R[moat.sse_p50]%.*} - ${R[direct.sse_p50]%.*} )) us (target <= 1000)"
 echo "moat p99 at 64: ${R[moat.p99]} us (target < 10000); CPU/request: ${R[moat.cpu_us]} us (target <= 60); RSS idle ${R[moat.rss_idle]} MiB (< 15), at 64 ${R[moat.rss64]} MiB (< 40)"
 if [ -n "$squid_addr" ]; then
 	echo "moat/squid rps64: $(ratio "${R[moat.rps64]}" "${R[squid.rps64]}") (target >= 2)   CPU/request moat/squid: $(ratio "${R[moat.cpu_us]}" "${R[squid.cpu_us]:-0}")"
-	echo "moat/squid rps64 in interleaved rounds: median $(awk '{print $3}' <<<"$sqsorted") (sorted: $sqsorted)"
+	echo "moat/squid rps64 in interleaved rounds: median $(median "$sqsorted") (sorted: $sqsorted)"
 fi
 # the measured path was the real one: every request traced, every credential use recorded
 echo "moat records: $(wc -l <"$work/trace.jsonl") trace lines, $(grep -c '"type":"credential_used"' "$work/moat.out") credential_used events"
