@@ -114,42 +114,33 @@ async fn relay(args: &[String]) {
         let (tls, name, upstream) = (tls.clone(), name.clone(), upstream.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let Some((acc, conn)) = tls else {
-                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let _ = up.set_nodelay(true);
-                let mut down = tcp;
-                let _ = tokio::io::copy_bidirectional_with_sizes(
-                    &mut down,
-                    &mut up,
-                    64 * 1024,
-                    64 * 1024,
-                )
-                .await;
-                return;
-            };
-            let Ok(mut down) = acc.accept(tcp).await else {
-                return;
-            };
             let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
                 return;
             };
             let _ = up.set_nodelay(true);
-            let Ok(mut up) = conn
-                .connect(
-                    name.try_into().unwrap(),
-                    tokio::io::BufReader::with_capacity(64 * 1024, up),
-                )
-                .await
-            else {
+            let Some((acc, conn)) = tls else {
+                pipe(tcp, up).await;
                 return;
             };
-            let _ =
-                tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, 64 * 1024, 64 * 1024)
-                    .await;
+            let Ok(down) = acc.accept(tcp).await else {
+                return;
+            };
+            let up = tokio::io::BufReader::with_capacity(64 * 1024, up);
+            let Ok(up) = conn.connect(name.try_into().unwrap(), up).await else {
+                return;
+            };
+            pipe(down, up).await;
         });
     }
+}
+
+/// Copy both ways, 64 KiB at a time, until both sides are done.
+async fn pipe<A, B>(mut a: A, mut b: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 64 * 1024, 64 * 1024).await;
 }
 
 async fn origin(args: &[String]) {
