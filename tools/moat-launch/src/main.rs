@@ -7,6 +7,7 @@ mod agent;
 mod agent_run;
 mod args;
 mod attach;
+mod audit_writer;
 mod aws;
 mod commands;
 mod config;

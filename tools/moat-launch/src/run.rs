@@ -7,10 +7,11 @@
 //! Secrets: injection rules go from `moat-grant rules`' stdout pipe straight into the proxy's
 //! stdin pipe; this process holds them only in memory and never logs them.
 
+use crate::audit_writer::Audit;
 use crate::config::{self, Bind, RunSpec};
 use crate::docker::{self, LABEL_RUN};
 use crate::image;
-use crate::store::{AuditSeal, Metadata, State, Store};
+use crate::store::{AuditRecord, Metadata, State, Store};
 use bollard::Docker;
 use futures_util::StreamExt;
 use moat_core::timefmt::now_rfc3339;
@@ -22,7 +23,6 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 /// `MOAT_LAUNCH_TIMING=1`: phase timings on the supervisor's stderr (launch.log).
 fn phase(what: &str) {
@@ -265,90 +265,6 @@ struct Resources {
     route: Option<(String, String)>,
 }
 
-struct Audit {
-    tx: mpsc::UnboundedSender<String>,
-    writer: tokio::task::JoinHandle<()>,
-    child: Child,
-}
-
-impl Audit {
-    fn start(run_id: &str) -> Option<Audit> {
-        let bin = tool("moat-audit");
-        let mut child = match Command::new(&bin)
-            .args(["append", "--run", run_id])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!(
-                    "moat: warning: cannot start moat-audit ({}); this run has no audit log",
-                    moat_core::error::io_msg(&e)
-                );
-                return None;
-            }
-        };
-        let mut stdin = child.stdin.take().expect("piped");
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let writer = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                if stdin.write_all(line.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-            let _ = stdin.shutdown().await;
-        });
-        Some(Audit { tx, writer, child })
-    }
-
-    fn event(&self, kind: &str, body: serde_json::Value) {
-        if let Ok(l) = moat_core::jsonl::line(kind, &body) {
-            let _ = self.tx.send(l);
-        }
-    }
-
-    /// Close the input and wait; returns what moat-audit's `audit_closed` record says.
-    async fn finish(self) -> Option<AuditSeal> {
-        let Audit {
-            tx,
-            writer,
-            mut child,
-        } = self;
-        drop(tx);
-        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
-        let mut seal = None;
-        if let Some(out) = child.stdout.take() {
-            let mut lines = BufReader::new(out).lines();
-            let read = async {
-                while let Ok(Some(l)) = lines.next_line().await {
-                    if let Ok(Some(r)) = moat_core::jsonl::parse(&l)
-                        && r.kind == "audit_closed"
-                        && let (Some(size), Some(root)) =
-                            (r.get("tree_size").and_then(|v| v.as_u64()), r.str("root"))
-                    {
-                        seal = Some(AuditSeal {
-                            tree_size: size,
-                            root: root.to_string(),
-                        });
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
-        }
-        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-            Ok(Ok(s)) if !s.success() => eprintln!("moat: warning: moat-audit exited with {s}"),
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill().await;
-                eprintln!("moat: warning: moat-audit did not finish in time");
-            }
-        }
-        seal
-    }
-}
-
 pub async fn supervise(id: &str) -> Result<()> {
     let home = MoatHome::from_env()?;
     let store = Store::new(home.clone());
@@ -431,8 +347,8 @@ pub async fn supervise(id: &str) -> Result<()> {
         phase("audit finished");
     }
     let recorded = store.update(id, |m| {
-        if seal.is_some() {
-            m.audit = seal.clone();
+        if let Some(seal) = &seal {
+            m.audit = Some(AuditRecord::Sealed(seal.clone()));
         }
         m.exit_code = exit_code;
         m.error_code = error_code;
@@ -676,7 +592,11 @@ async fn lifecycle(
 ) -> Result<i64> {
     let dir = store.dir(id);
     phase("supervisor");
-    res.audit = Audit::start(id);
+    if spec.no_audit {
+        crate::audit_writer::disabled(store, id)?;
+    } else {
+        res.audit = Some(Audit::start(id).await?);
+    }
     if !spec.snapshots.disabled && spec.snapshots.pre_run {
         let (d, rid, ws, sp) = (
             dir.clone(),
@@ -1244,7 +1164,14 @@ async fn lifecycle(
         register_routes(home, &d, id, spec, &created.id, &net_name, rp, res).await?;
     }
     let logs = tokio::spawn(capture_logs(attached.output, dir.join("logs.jsonl")));
-    let code = wait_exit(&d, &created.id).await?;
+    // The record is not optional: a writer that dies takes the run's network with it.
+    let died = res.audit.as_ref().map(|a| a.died());
+    let code = tokio::select! {
+        c = wait_exit(&d, &created.id) => c?,
+        Some(why) = async { match died { Some(f) => Some(f.await), None => None } } => {
+            return Err(crate::audit_writer::cut_off(res.proxy.as_mut(), &d, &created.id, why).await);
+        }
+    };
     phase("container exited");
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
     phase("logs drained");
