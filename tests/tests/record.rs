@@ -1,6 +1,8 @@
 //! The record of a run is not optional (issue #17 part 6; DESIGN promise 10's last sentence
 //! and promise 7): a run whose audit writer cannot start does not run, a writer killed
-//! mid-run takes the run's network with it, and `--no-audit` is said and recorded.
+//! mid-run takes the run's network with it, `--no-audit` is said and recorded, and the run's
+//! output is in the audit log as `log_chunk` hashes that `moat audit` checks (THREATS J1 for
+//! logs.jsonl: an edited, cut or extended output file is detected).
 
 use moat_e2e::{Moat, docker_ready};
 use std::process::Command;
@@ -215,4 +217,78 @@ fn killing_the_audit_writer_stops_the_runs_network_and_fails_the_run() {
         assert!(Instant::now() < deadline, "the container is still there");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// THREATS J1/J2 for the run's output: a changed line, a line added after the run and a
+/// cut tail of logs.jsonl each fail `moat audit` (exit 1); the untouched file verifies.
+#[test]
+fn the_runs_output_is_in_the_audit_log_and_a_changed_log_file_is_caught() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let r = m.sh("for i in $(seq 1 450); do echo out-line-$i; done; echo err-line >&2");
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = newest_run(&m);
+    let dir = run_dir(&m, &id);
+    let audit = std::fs::read_to_string(dir.join("audit").join("log.jsonl")).unwrap();
+    let chunks: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["event"].clone())
+        .filter(|e| e["type"] == "log_chunk")
+        .collect();
+    let lines: u64 = chunks.iter().map(|c| c["lines"].as_u64().unwrap()).sum();
+    assert_eq!(lines, 451, "{chunks:?}");
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    let logs_path = dir.join("logs.jsonl");
+    let original = std::fs::read_to_string(&logs_path).unwrap();
+    let len: u64 = chunks.iter().map(|c| c["length"].as_u64().unwrap()).sum();
+    assert_eq!(len, original.len() as u64);
+
+    let a = m.run_timeout("moat", &["audit", &id], None, 60);
+    assert_eq!(a.code(), 0, "{}{}", a.stdout(), a.stderr());
+    assert!(
+        a.stdout().contains("logs.jsonl: 451 lines in"),
+        "{}",
+        a.stdout()
+    );
+
+    // One line changed: caught, and named by its line range.
+    std::fs::write(
+        &logs_path,
+        original.replace("out-line-300\"", "out-line-3OO\""),
+    )
+    .unwrap();
+    let a = m.run_timeout("moat", &["audit", &id], None, 60);
+    assert_eq!(a.code(), 1, "{}{}", a.stdout(), a.stderr());
+    let said = format!("{}{}", a.stdout(), a.stderr());
+    assert!(
+        said.contains("logs.jsonl lines ")
+            && said.contains("differ from what the audit log recorded"),
+        "{said}"
+    );
+
+    // A line added after the run ended: caught.
+    std::fs::write(
+        &logs_path,
+        format!("{original}{{\"ts\":\"x\",\"stream\":\"stdout\",\"line\":\"added\"}}\n"),
+    )
+    .unwrap();
+    let a = m.run_timeout("moat", &["audit", &id], None, 60);
+    assert_eq!(a.code(), 1, "{}{}", a.stdout(), a.stderr());
+    let said = format!("{}{}", a.stdout(), a.stderr());
+    assert!(said.contains("after the run ended"), "{said}");
+
+    // Lines removed from the end: caught.
+    let cut = &original[..original.len() - 40];
+    std::fs::write(&logs_path, cut).unwrap();
+    let a = m.run_timeout("moat", &["audit", &id], None, 60);
+    assert_eq!(a.code(), 1, "{}{}", a.stdout(), a.stderr());
+    let said = format!("{}{}", a.stdout(), a.stderr());
+    assert!(said.contains("cut short"), "{said}");
+
+    std::fs::write(&logs_path, &original).unwrap();
+    let a = m.run_timeout("moat", &["audit", &id], None, 60);
+    assert_eq!(a.code(), 0, "{}{}", a.stdout(), a.stderr());
 }

@@ -15,6 +15,7 @@ mod deps;
 mod docker;
 mod image;
 mod local_mcp;
+mod log_chunks;
 mod mcp;
 mod network;
 mod plugins;

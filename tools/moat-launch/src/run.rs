@@ -23,6 +23,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 /// `MOAT_LAUNCH_TIMING=1`: phase timings on the supervisor's stderr (launch.log).
 fn phase(what: &str) {
@@ -1163,7 +1164,11 @@ async fn lifecycle(
     if let Some(rp) = spec.router_port {
         register_routes(home, &d, id, spec, &created.id, &net_name, rp, res).await?;
     }
-    let logs = tokio::spawn(capture_logs(attached.output, dir.join("logs.jsonl")));
+    let logs = tokio::spawn(capture_logs(
+        attached.output,
+        dir.join("logs.jsonl"),
+        (id.to_string(), res.audit.as_ref().map(|a| a.tx.clone())),
+    ));
     // The record is not optional: a writer that dies takes the run's network with it.
     let died = res.audit.as_ref().map(|a| a.died());
     let code = tokio::select! {
@@ -1375,6 +1380,7 @@ async fn capture_logs(
         >,
     >,
     path: PathBuf,
+    (run, audit): (String, Option<mpsc::UnboundedSender<String>>),
 ) {
     let mut file = match std::fs::OpenOptions::new()
         .create(true)
@@ -1391,14 +1397,33 @@ async fn capture_logs(
             return;
         }
     };
+    let at = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut chunks = crate::log_chunks::Chunker::new(&run, at, audit);
     let mut partial: HashMap<&'static str, Vec<u8>> = HashMap::new();
-    let write = |stream: &'static str, bytes: &[u8], file: &mut std::fs::File| {
+    let write = |stream: &'static str,
+                 bytes: &[u8],
+                 file: &mut std::fs::File,
+                 chunks: &mut crate::log_chunks::Chunker| {
         let line = String::from_utf8_lossy(bytes);
         let line = line.strip_suffix('\r').unwrap_or(&line);
         let rec = serde_json::json!({"ts": now_rfc3339(), "stream": stream, "line": line});
-        let _ = writeln!(file, "{rec}");
+        let rec = format!("{rec}\n");
+        if file.write_all(rec.as_bytes()).is_ok() {
+            chunks.add(rec.as_bytes());
+        }
     };
-    while let Some(Ok(out)) = s.next().await {
+    let mut tick = tokio::time::interval(crate::log_chunks::EVERY);
+    loop {
+        let out = tokio::select! {
+            o = s.next() => match o {
+                Some(Ok(o)) => o,
+                _ => break,
+            },
+            _ = tick.tick() => {
+                chunks.flush(false);
+                continue;
+            }
+        };
         let (stream, msg) = match out {
             bollard::container::LogOutput::StdOut { message }
             | bollard::container::LogOutput::Console { message } => ("stdout", message),
@@ -1409,12 +1434,13 @@ async fn capture_logs(
         buf.extend_from_slice(&msg);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
-            write(stream, &line[..line.len() - 1], &mut file);
+            write(stream, &line[..line.len() - 1], &mut file, &mut chunks);
         }
     }
     for (stream, buf) in partial {
         if !buf.is_empty() {
-            write(stream, &buf, &mut file);
+            write(stream, &buf, &mut file, &mut chunks);
         }
     }
+    chunks.flush(true);
 }
