@@ -22,6 +22,7 @@ mod plugins;
 mod promote;
 mod refresh;
 mod run;
+mod secrets_socket;
 mod services;
 mod snapshot;
 mod ssh_client;

@@ -261,6 +261,8 @@ struct Resources {
     ssh_pump: Option<tokio::task::JoinHandle<()>>,
     /// The AWS credential endpoint's accept loop.
     aws: Option<tokio::task::JoinHandle<()>>,
+    /// The `secrets:` endpoint (secrets_socket.rs).
+    secrets: Option<tokio::task::JoinHandle<()>>,
     audit: Option<Audit>,
     /// The hostname route registered for this run: (name, run id).
     route: Option<(String, String)>,
@@ -290,6 +292,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         ssh: None,
         ssh_pump: None,
         aws: None,
+        secrets: None,
         audit: None,
         route: None,
     };
@@ -368,6 +371,10 @@ pub async fn supervise(id: &str) -> Result<()> {
 async fn stop_proxy(r: &mut Resources) {
     // The credential endpoint holds a sender into the audit log: it goes before the log closes.
     if let Some(t) = r.aws.take() {
+        t.abort();
+        let _ = t.await;
+    }
+    if let Some(t) = r.secrets.take() {
         t.abort();
         let _ = t.await;
     }
@@ -673,7 +680,7 @@ async fn lifecycle(
     rules.inject = transform(std::mem::take(&mut rules.inject));
 
     // secrets: resolved here, on the host, before anything is built or started. The values
-    // live only in this process's memory and the container's environment.
+    // live only in this process's memory until moat-init fetches them (secrets_socket.rs).
     let secrets = if spec.secrets.is_empty() {
         vec![]
     } else {
@@ -689,6 +696,21 @@ async fn lifecycle(
         }
         resolved
     };
+    let secrets_dir = if secrets.is_empty() {
+        None
+    } else {
+        let sockets = home.root().join("sockets").join(id);
+        moat_core::fsutil::create_private_dir(&sockets)?;
+        let plain: Vec<(String, String)> = secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        let t = moat_core::hex(&moat_core::random_bytes::<32>());
+        let (dir, task) = crate::secrets_socket::start(&sockets, &plain, &t)?;
+        res.secrets = Some(task);
+        Some((dir, t))
+    };
+    drop(secrets);
     phase("secrets");
 
     let aws_dir = match &rules.aws {
@@ -946,8 +968,8 @@ async fn lifecycle(
     for (k, v) in &spec.env {
         env.push(format!("{k}={v}"));
     }
-    for (k, v) in &secrets {
-        env.push(format!("{k}={}", v.expose()));
+    if let Some((_, t)) = &secrets_dir {
+        env.push(format!("{}={t}", crate::secrets_socket::TOKEN_VAR));
     }
     if let Some(role) = &rules.aws {
         env.extend(crate::aws::container_env(role));
@@ -1030,6 +1052,13 @@ async fn lifecycle(
     }
     if let Some(d) = &aws_dir {
         binds.push(format!("{}:{}:ro", d.display(), crate::aws::MOUNT));
+    }
+    if let Some((d, _)) = &secrets_dir {
+        binds.push(format!(
+            "{}:{}:ro",
+            d.display(),
+            crate::secrets_socket::MOUNT
+        ));
     }
     if let Some(c) = &ssh_client {
         binds.extend(c.binds());
