@@ -227,11 +227,31 @@ fn the_runs_output_is_in_the_audit_log_and_a_changed_log_file_is_caught() {
         return;
     }
     let m = Moat::new();
-    let r = m.sh("for i in $(seq 1 450); do echo out-line-$i; done; echo err-line >&2");
+    // Under the strict policy a request for another host is refused: the refusal is in the
+    // audit log too (README: every request the policy refused).
+    let r = m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--policy",
+        "strict",
+        "--",
+        "sh",
+        "-c",
+        "curl -s -o /dev/null http://refused.invalid/; \
+         for i in $(seq 1 450); do echo out-line-$i; done; echo err-line >&2",
+    ]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = newest_run(&m);
     let dir = run_dir(&m, &id);
     let audit = std::fs::read_to_string(dir.join("audit").join("log.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["event"]["type"] == "policy_denied"
+                && v["event"]["host"] == "refused.invalid"),
+        "no policy_denied for refused.invalid in {audit}"
+    );
     let chunks: Vec<serde_json::Value> = audit
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
