@@ -207,6 +207,11 @@ impl Audit {
         }
     }
 
+    /// The reason, if the writer is already gone.
+    pub fn dead(&self) -> Option<String> {
+        self.died.borrow().clone()
+    }
+
     /// Close the input and wait; returns what moat-audit's `audit_closed` record says.
     pub async fn finish(self) -> Option<AuditSeal> {
         let Audit {

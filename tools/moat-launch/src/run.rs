@@ -1170,6 +1170,11 @@ async fn lifecycle(
         .attach_container(&created.id, Some(attach_opts))
         .await
         .map_err(|e| docker::err("attaching to the container", e))?;
+    if let Some(why) = res.audit.as_ref().and_then(|a| a.dead()) {
+        return Err(Error::software(format!(
+            "{why}; the container was not started"
+        )));
+    }
     d.start_container(
         &created.id,
         None::<bollard::query_parameters::StartContainerOptions>,
