@@ -239,3 +239,44 @@ fn secrets_reach_the_command_and_hook_but_no_engine_state_holds_them() {
         &format!("{}{}", r.stdout(), r.stderr()),
     );
 }
+
+/// THREATS B5's other side: no silent run without the secrets. The run's real entrypoint,
+/// given a secrets token but no endpoint to fetch from, refuses to start the command.
+#[test]
+fn the_entrypoint_refuses_to_start_without_its_secrets() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let r = m.sh("true");
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = m.run_ids().pop().expect("a run");
+    let image = m.metadata(&id)["image"]
+        .as_str()
+        .expect("an image")
+        .to_string();
+    let o = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--cap-add",
+            "NET_ADMIN",
+            "-e",
+            "MOAT_PROXY_ADDR=127.0.0.1:9",
+            "-e",
+            "MOAT_SECRETS_TOKEN=0123456789abcdef",
+            &image,
+            "sh",
+            "-c",
+            "echo the-command-ran",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{out}{err}");
+    assert!(!out.contains("the-command-ran"), "{out}");
+    assert!(err.contains("cannot fetch the run's secrets"), "{err}");
+}
