@@ -115,6 +115,18 @@ fn open_rw(path: &std::path::Path) -> Result<File> {
 
 /// Append records from `input` to the run's log until `input` ends.
 pub fn run(home: &MoatHome, opts: &Options, input: impl Read + Send + 'static) -> Result<Summary> {
+    run_with_ready(home, opts, input, |_| {})
+}
+
+/// [`run`], calling `ready` with the log's size once the log is open, recovered and signed
+/// over: from then on every record that arrives is appended. A caller that must not go on
+/// without an audit log (the launcher) waits for this.
+pub fn run_with_ready(
+    home: &MoatHome,
+    opts: &Options,
+    input: impl Read + Send + 'static,
+    ready: impl FnOnce(u64),
+) -> Result<Summary> {
     store::check_run_id(&opts.run)?;
     let dir = home.run_audit_dir(&opts.run);
     home.ensure_dir(&dir)?;
@@ -135,6 +147,7 @@ pub fn run(home: &MoatHome, opts: &Options, input: impl Read + Send + 'static) -
         // checkpoints file later is itself detectable.
         w.checkpoint()?;
     }
+    ready(w.frontier.size());
 
     let (tx, rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(16);
     std::thread::spawn(move || read_batches(input, tx));

@@ -8,6 +8,7 @@ pub mod append;
 pub mod bundle;
 pub mod entry;
 pub mod jcs;
+pub mod logs;
 pub mod merkle;
 pub mod note;
 pub mod report;

@@ -31,7 +31,16 @@ fn run() -> Result<()> {
                 interval,
                 every,
             };
-            let s = append::run(&home, &opts, std::io::stdin())?;
+            // `audit_ready` once the log is open and signed over: the launcher starts nothing
+            // of a run before it sees this line.
+            let s = append::run_with_ready(&home, &opts, std::io::stdin(), |size| {
+                let mut out = std::io::stdout().lock();
+                let _ = moat_core::jsonl::emit(
+                    &mut out,
+                    "audit_ready",
+                    &serde_json::json!({"run": opts.run, "tree_size": size}),
+                );
+            })?;
             // One record when the input ends: what was signed last, so a caller (the
             // launcher) can keep it elsewhere and later notice a log rolled back behind it.
             let mut out = std::io::stdout().lock();
@@ -158,7 +167,12 @@ fn verify_run(run: Option<&str>, json: bool) -> Result<()> {
     let mut v = verify::Verifier::new(&origin, &notes, &key);
     let torn = verify::feed_reader(&mut v, &mut std::io::BufReader::with_capacity(1 << 20, f))
         .map_err(|e| Error::io(format!("reading {}", log_path.display()), e))?;
-    let (r, _) = v.finish(torn, torn_cp.is_some());
+    let (mut r, _) = v.finish(torn, torn_cp.is_some());
+    // The run's output, when it is there beside the audit directory.
+    if let Some(run_dir) = audit_dir.parent() {
+        moat_audit::logs::check(&mut r, &log_path, &run_dir.join("logs.jsonl"))
+            .map_err(|e| Error::io("checking logs.jsonl against the audit log", e))?;
+    }
     finish(&run, "run", &r, json)
 }
 

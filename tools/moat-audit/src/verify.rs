@@ -25,6 +25,8 @@ pub enum FaultKind {
     Unsigned,
     /// A bundle with nothing in it.
     Empty,
+    /// The run's logs.jsonl differs from the `log_chunk` records (see logs.rs).
+    LogsModified,
 }
 
 impl FaultKind {
@@ -39,6 +41,7 @@ impl FaultKind {
             FaultKind::Forged => "forged",
             FaultKind::Unsigned => "unsigned",
             FaultKind::Empty => "empty",
+            FaultKind::LogsModified => "logs_modified",
         }
     }
 }

@@ -41,7 +41,12 @@ fn append_then_verify() {
         events(20).as_bytes(),
     );
     a.success();
-    let closed = &a.records()[0];
+    // First the writer says it is ready (the log is open and signed over), then closed.
+    let recs = a.records();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0].kind, "audit_ready");
+    assert_eq!(recs[0].get("tree_size").unwrap(), 0);
+    let closed = &recs[1];
     assert_eq!(closed.kind, "audit_closed");
     assert_eq!(closed.get("appended").unwrap(), 25);
     assert_eq!(closed.get("tree_size").unwrap(), 25);

@@ -63,6 +63,7 @@ Run options:
     --runtime RUNTIME        container runtime: docker
     -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
     --no-snapshots           no pre-run snapshot of the workspace
+    --no-audit               run without an audit log (warned; recorded in metadata)
 
 Agent options (claude, codex, gemini; with the run options):
     -p, --prompt PROMPT      answer PROMPT and exit (non-interactive)
@@ -103,6 +104,8 @@ pub struct RunArgs {
     pub runtime: Option<String>,
     pub worktree: Option<String>,
     pub no_snapshots: bool,
+    /// `--no-audit`: run without an audit log (loudly).
+    pub no_audit: bool,
     /// `claude`, `codex` or `gemini` for the agent subcommands.
     pub agent: Option<String>,
     pub prompt: Option<String>,
@@ -358,6 +361,7 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
                 r.worktree = Some(string(p.value().map_err(lex)?, "--worktree")?)
             }
             Long("no-snapshots") => r.no_snapshots = true,
+            Long("no-audit") => r.no_audit = true,
             Short('p') | Long("prompt") if agent => {
                 r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)
             }
@@ -673,6 +677,14 @@ mod tests {
         assert_eq!(r.path, Some(PathBuf::from("ws")));
         assert!(r.detach);
         assert_eq!(r.command.unwrap(), ["curl", "-s", "x"]);
+    }
+
+    #[test]
+    fn no_audit_is_a_flag_of_run_wt_and_the_agents() {
+        assert!(!run(&["run"]).no_audit);
+        assert!(run(&["run", "--no-audit"]).no_audit);
+        assert!(run(&["wt", "b", "--no-audit"]).no_audit);
+        assert!(run(&["claude", "-p", "hi", "--no-audit"]).no_audit);
     }
 
     #[test]

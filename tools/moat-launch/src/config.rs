@@ -234,6 +234,9 @@ pub struct RunSpec {
     pub router_port: Option<u16>,
     #[serde(default)]
     pub snapshots: SnapshotSpec,
+    /// `--no-audit` (a flag only, never from a file): the run has no audit log.
+    #[serde(default)]
+    pub no_audit: bool,
     /// `volumes:` entries of `type: volume`.
     #[serde(default)]
     pub docker_volumes: Vec<DockerVolume>,
@@ -1079,6 +1082,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         ports: c.ports.clone(),
         router_port,
         snapshots,
+        no_audit: args.no_audit,
         docker_volumes: vec![],
         worktree: None,
         services: c.services.clone(),

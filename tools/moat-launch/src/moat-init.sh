@@ -99,6 +99,26 @@ drop() {
 		--inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"
 }
 
+# secrets: are not in the container's configuration: fetched once from the run's supervisor
+# (one NAME=BASE64 a line) and exported for the pre_run hook and the command. No file holds them.
+if [ -n "${MOAT_SECRETS_TOKEN:-}" ]; then
+	resp=$(curl -sf --noproxy '*' --max-time 30 --unix-socket /run/moat/secrets/secrets.sock \
+		-H "Authorization: Bearer $MOAT_SECRETS_TOKEN" http://moat/secrets) ||
+		die "cannot fetch the run's secrets from its supervisor; refusing to start without them"
+	unset MOAT_SECRETS_TOKEN
+	set -f
+	for item in $resp; do
+		name=${item%%=*}
+		case "$name" in "" | [0-9]* | *[!A-Za-z0-9_]*) die "a bad secret name from the supervisor" ;; esac
+		# The x keeps a value's trailing newlines from the command substitution.
+		value=$(printf '%s' "${item#*=}" | base64 -d && printf x) || die "cannot decode the secret $name"
+		export "$name=${value%x}"
+	done
+	set +f
+	unset resp item name value
+fi
+unset MOAT_SECRETS_TOKEN
+
 # A fresh Docker volume (volumes: with type: volume) belongs to root: give its top to moatuser.
 set -f
 for t in ${MOAT_VOLUME_CHOWN:-}; do

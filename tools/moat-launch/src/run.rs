@@ -7,10 +7,11 @@
 //! Secrets: injection rules go from `moat-grant rules`' stdout pipe straight into the proxy's
 //! stdin pipe; this process holds them only in memory and never logs them.
 
+use crate::audit_writer::Audit;
 use crate::config::{self, Bind, RunSpec};
 use crate::docker::{self, LABEL_RUN};
 use crate::image;
-use crate::store::{AuditSeal, Metadata, State, Store};
+use crate::store::{AuditRecord, Metadata, State, Store};
 use bollard::Docker;
 use futures_util::StreamExt;
 use moat_core::timefmt::now_rfc3339;
@@ -260,93 +261,11 @@ struct Resources {
     ssh_pump: Option<tokio::task::JoinHandle<()>>,
     /// The AWS credential endpoint's accept loop.
     aws: Option<tokio::task::JoinHandle<()>>,
+    /// The `secrets:` endpoint (secrets_socket.rs).
+    secrets: Option<tokio::task::JoinHandle<()>>,
     audit: Option<Audit>,
     /// The hostname route registered for this run: (name, run id).
     route: Option<(String, String)>,
-}
-
-struct Audit {
-    tx: mpsc::UnboundedSender<String>,
-    writer: tokio::task::JoinHandle<()>,
-    child: Child,
-}
-
-impl Audit {
-    fn start(run_id: &str) -> Option<Audit> {
-        let bin = tool("moat-audit");
-        let mut child = match Command::new(&bin)
-            .args(["append", "--run", run_id])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!(
-                    "moat: warning: cannot start moat-audit ({}); this run has no audit log",
-                    moat_core::error::io_msg(&e)
-                );
-                return None;
-            }
-        };
-        let mut stdin = child.stdin.take().expect("piped");
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let writer = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                if stdin.write_all(line.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-            let _ = stdin.shutdown().await;
-        });
-        Some(Audit { tx, writer, child })
-    }
-
-    fn event(&self, kind: &str, body: serde_json::Value) {
-        if let Ok(l) = moat_core::jsonl::line(kind, &body) {
-            let _ = self.tx.send(l);
-        }
-    }
-
-    /// Close the input and wait; returns what moat-audit's `audit_closed` record says.
-    async fn finish(self) -> Option<AuditSeal> {
-        let Audit {
-            tx,
-            writer,
-            mut child,
-        } = self;
-        drop(tx);
-        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
-        let mut seal = None;
-        if let Some(out) = child.stdout.take() {
-            let mut lines = BufReader::new(out).lines();
-            let read = async {
-                while let Ok(Some(l)) = lines.next_line().await {
-                    if let Ok(Some(r)) = moat_core::jsonl::parse(&l)
-                        && r.kind == "audit_closed"
-                        && let (Some(size), Some(root)) =
-                            (r.get("tree_size").and_then(|v| v.as_u64()), r.str("root"))
-                    {
-                        seal = Some(AuditSeal {
-                            tree_size: size,
-                            root: root.to_string(),
-                        });
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
-        }
-        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-            Ok(Ok(s)) if !s.success() => eprintln!("moat: warning: moat-audit exited with {s}"),
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill().await;
-                eprintln!("moat: warning: moat-audit did not finish in time");
-            }
-        }
-        seal
-    }
 }
 
 pub async fn supervise(id: &str) -> Result<()> {
@@ -373,6 +292,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         ssh: None,
         ssh_pump: None,
         aws: None,
+        secrets: None,
         audit: None,
         route: None,
     };
@@ -431,8 +351,8 @@ pub async fn supervise(id: &str) -> Result<()> {
         phase("audit finished");
     }
     let recorded = store.update(id, |m| {
-        if seal.is_some() {
-            m.audit = seal.clone();
+        if let Some(seal) = &seal {
+            m.audit = Some(AuditRecord::Sealed(seal.clone()));
         }
         m.exit_code = exit_code;
         m.error_code = error_code;
@@ -451,6 +371,10 @@ pub async fn supervise(id: &str) -> Result<()> {
 async fn stop_proxy(r: &mut Resources) {
     // The credential endpoint holds a sender into the audit log: it goes before the log closes.
     if let Some(t) = r.aws.take() {
+        t.abort();
+        let _ = t.await;
+    }
+    if let Some(t) = r.secrets.take() {
         t.abort();
         let _ = t.await;
     }
@@ -676,7 +600,11 @@ async fn lifecycle(
 ) -> Result<i64> {
     let dir = store.dir(id);
     phase("supervisor");
-    res.audit = Audit::start(id);
+    if spec.no_audit {
+        crate::audit_writer::disabled(store, id)?;
+    } else {
+        res.audit = Some(Audit::start(id).await?);
+    }
     if !spec.snapshots.disabled && spec.snapshots.pre_run {
         let (d, rid, ws, sp) = (
             dir.clone(),
@@ -752,7 +680,7 @@ async fn lifecycle(
     rules.inject = transform(std::mem::take(&mut rules.inject));
 
     // secrets: resolved here, on the host, before anything is built or started. The values
-    // live only in this process's memory and the container's environment.
+    // live only in this process's memory until moat-init fetches them (secrets_socket.rs).
     let secrets = if spec.secrets.is_empty() {
         vec![]
     } else {
@@ -768,6 +696,21 @@ async fn lifecycle(
         }
         resolved
     };
+    let secrets_dir = if secrets.is_empty() {
+        None
+    } else {
+        let sockets = home.root().join("sockets").join(id);
+        moat_core::fsutil::create_private_dir(&sockets)?;
+        let plain: Vec<(String, String)> = secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        let t = moat_core::hex(&moat_core::random_bytes::<32>());
+        let (dir, task) = crate::secrets_socket::start(&sockets, &plain, &t)?;
+        res.secrets = Some(task);
+        Some((dir, t))
+    };
+    drop(secrets);
     phase("secrets");
 
     let aws_dir = match &rules.aws {
@@ -1025,8 +968,8 @@ async fn lifecycle(
     for (k, v) in &spec.env {
         env.push(format!("{k}={v}"));
     }
-    for (k, v) in &secrets {
-        env.push(format!("{k}={}", v.expose()));
+    if let Some((_, t)) = &secrets_dir {
+        env.push(format!("{}={t}", crate::secrets_socket::TOKEN_VAR));
     }
     if let Some(role) = &rules.aws {
         env.extend(crate::aws::container_env(role));
@@ -1109,6 +1052,13 @@ async fn lifecycle(
     }
     if let Some(d) = &aws_dir {
         binds.push(format!("{}:{}:ro", d.display(), crate::aws::MOUNT));
+    }
+    if let Some((d, _)) = &secrets_dir {
+        binds.push(format!(
+            "{}:{}:ro",
+            d.display(),
+            crate::secrets_socket::MOUNT
+        ));
     }
     if let Some(c) = &ssh_client {
         binds.extend(c.binds());
@@ -1220,6 +1170,11 @@ async fn lifecycle(
         .attach_container(&created.id, Some(attach_opts))
         .await
         .map_err(|e| docker::err("attaching to the container", e))?;
+    if let Some(why) = res.audit.as_ref().and_then(|a| a.dead()) {
+        return Err(Error::software(format!(
+            "{why}; the container was not started"
+        )));
+    }
     d.start_container(
         &created.id,
         None::<bollard::query_parameters::StartContainerOptions>,
@@ -1243,8 +1198,19 @@ async fn lifecycle(
     if let Some(rp) = spec.router_port {
         register_routes(home, &d, id, spec, &created.id, &net_name, rp, res).await?;
     }
-    let logs = tokio::spawn(capture_logs(attached.output, dir.join("logs.jsonl")));
-    let code = wait_exit(&d, &created.id).await?;
+    let logs = tokio::spawn(capture_logs(
+        attached.output,
+        dir.join("logs.jsonl"),
+        (id.to_string(), res.audit.as_ref().map(|a| a.tx.clone())),
+    ));
+    // The record is not optional: a writer that dies takes the run's network with it.
+    let died = res.audit.as_ref().map(|a| a.died());
+    let code = tokio::select! {
+        c = wait_exit(&d, &created.id) => c?,
+        Some(why) = async { match died { Some(f) => Some(f.await), None => None } } => {
+            return Err(crate::audit_writer::cut_off(res.proxy.as_mut(), &d, &created.id, why).await);
+        }
+    };
     phase("container exited");
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
     phase("logs drained");
@@ -1448,6 +1414,7 @@ async fn capture_logs(
         >,
     >,
     path: PathBuf,
+    (run, audit): (String, Option<mpsc::UnboundedSender<String>>),
 ) {
     let mut file = match std::fs::OpenOptions::new()
         .create(true)
@@ -1464,14 +1431,33 @@ async fn capture_logs(
             return;
         }
     };
+    let at = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut chunks = crate::log_chunks::Chunker::new(&run, at, audit);
     let mut partial: HashMap<&'static str, Vec<u8>> = HashMap::new();
-    let write = |stream: &'static str, bytes: &[u8], file: &mut std::fs::File| {
+    let write = |stream: &'static str,
+                 bytes: &[u8],
+                 file: &mut std::fs::File,
+                 chunks: &mut crate::log_chunks::Chunker| {
         let line = String::from_utf8_lossy(bytes);
         let line = line.strip_suffix('\r').unwrap_or(&line);
         let rec = serde_json::json!({"ts": now_rfc3339(), "stream": stream, "line": line});
-        let _ = writeln!(file, "{rec}");
+        let rec = format!("{rec}\n");
+        if file.write_all(rec.as_bytes()).is_ok() {
+            chunks.add(rec.as_bytes());
+        }
     };
-    while let Some(Ok(out)) = s.next().await {
+    let mut tick = tokio::time::interval(crate::log_chunks::EVERY);
+    loop {
+        let out = tokio::select! {
+            o = s.next() => match o {
+                Some(Ok(o)) => o,
+                _ => break,
+            },
+            _ = tick.tick() => {
+                chunks.flush(false);
+                continue;
+            }
+        };
         let (stream, msg) = match out {
             bollard::container::LogOutput::StdOut { message }
             | bollard::container::LogOutput::Console { message } => ("stdout", message),
@@ -1482,12 +1468,13 @@ async fn capture_logs(
         buf.extend_from_slice(&msg);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
-            write(stream, &line[..line.len() - 1], &mut file);
+            write(stream, &line[..line.len() - 1], &mut file, &mut chunks);
         }
     }
     for (stream, buf) in partial {
         if !buf.is_empty() {
-            write(stream, &buf, &mut file);
+            write(stream, &buf, &mut file, &mut chunks);
         }
     }
+    chunks.flush(true);
 }

@@ -80,12 +80,26 @@ pub struct Metadata {
     /// The audit log as moat-audit left it when the run ended, kept apart from the log so
     /// a log later cut back behind it can be noticed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit: Option<AuditSeal>,
+    pub audit: Option<AuditRecord>,
     /// `--worktree`: the branch, and the main checkout the worktree belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree_branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree_repo: Option<PathBuf>,
+}
+
+/// `audit` in metadata.json: the seal, or `"disabled"` for a run started with `--no-audit`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum AuditRecord {
+    Sealed(AuditSeal),
+    Off(AuditOff),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOff {
+    Disabled,
 }
 
 /// From moat-audit's `audit_closed` record.
