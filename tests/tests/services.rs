@@ -215,7 +215,11 @@ fn a_redis_sidecar_answers_only_to_the_runs_generated_password() {
     assert_eq!(pw.len(), 32, "{pw}");
     assert!(pw.chars().all(|c| c.is_ascii_alphanumeric()));
     assert_eq!(m.metadata(&id)["services"], serde_json::json!(["redis"]));
-    assert_eq!(containers_of(&id).len(), 2, "main container and sidecar");
+    assert_eq!(
+        containers_of(&id).len(),
+        3,
+        "main container, sidecar and its guard"
+    );
 
     let logs = m.launch(&["logs", &id]).stdout();
     // A real query through the injected variables works...
@@ -469,6 +473,8 @@ echo "ANSWER=$(q "$MOAT_MYSQL_PASSWORD" 'create table t (v text); insert into t 
 echo "WRONG=$(q not-the-password 'select 1')"
 echo "URL=$MOAT_MYSQL_URL"
 echo "PWLEN=${#MOAT_MYSQL_PASSWORD}"
+echo "OUTFILE=$(q "$MOAT_MYSQL_PASSWORD" "select 'x' into outfile '/tmp/moat-outfile'" | tr '\n' ' ')"
+echo "GRANTS=$(q "$MOAT_MYSQL_PASSWORD" 'show grants' | tr '\n' ' ')"
 "#;
     let r = m.sh(script);
     let out = r.stdout();
@@ -476,8 +482,20 @@ echo "PWLEN=${#MOAT_MYSQL_PASSWORD}"
     assert!(out.contains("ANSWER=from-the-run"), "{out}\n{}", r.stderr());
     let wrong = out.lines().find(|l| l.starts_with("WRONG=")).unwrap();
     assert!(wrong.contains("Access denied"), "{out}");
+    // The run's account has its database and no server privilege (FILE, SUPER, ...).
     assert!(
-        out.contains("URL=mysql://root:") && out.contains("@mysql:3306/moat"),
+        out.contains("URL=mysql://moat_agent:") && out.contains("@mysql:3306/moat"),
+        "{out}"
+    );
+    let outfile = out.lines().find(|l| l.starts_with("OUTFILE=")).unwrap();
+    assert!(outfile.contains("Access denied"), "{out}");
+    let grants = out.lines().find(|l| l.starts_with("GRANTS=")).unwrap();
+    assert!(grants.contains("ON `moat`.*"), "{out}");
+    // On the server as a whole: USAGE (log in), nothing more.
+    assert!(grants.contains("GRANT USAGE ON *.*"), "{out}");
+    assert_eq!(grants.matches(" ON *.*").count(), 1, "{out}");
+    assert!(
+        !grants.contains("FILE") && !grants.contains("SUPER"),
         "{out}"
     );
     assert!(out.contains("PWLEN=32"), "{out}");
@@ -507,4 +525,163 @@ fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
         "{}",
         r.stderr()
     );
+}
+
+/// A host service on 0.0.0.0 that hands `canary` to whoever connects, and counts them.
+fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (h2, canary) = (hits.clone(), canary.to_string());
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = c.write_all(canary.as_bytes());
+        }
+    });
+    (port, hits)
+}
+
+fn docker_out(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// THREATS L5 (and E2 for sidecars): the postgres sidecar as a pivot. The run's account is
+/// not a superuser: `COPY ... FROM PROGRAM` (a shell in the sidecar) is refused and it cannot
+/// make itself one, yet it owns its database. The administrator's password is not in the
+/// run's container. From inside the sidecar (root, `docker exec`), nothing answers: not a
+/// host service on 0.0.0.0 (docker0, the run network's gateway, the host's addresses), not
+/// the run's proxy, not an address outside. On a sidecar with no firewall and superuser
+/// credentials, the program runs and the service hands out its canary.
+#[test]
+fn a_postgres_sidecar_is_no_pivot() {
+    if !docker_ready() {
+        return;
+    }
+    let nonce = moat_core::hex(&moat_core::random_bytes::<6>());
+    let canary = format!("CANARY-{nonce}");
+    let (port, hits) = host_service(&canary);
+    let m = Moat::new();
+    let image = local_image(
+        "postgres-sidecar",
+        &[
+            ("Dockerfile", POSTGRES_DOCKERFILE),
+            ("entry.sh", POSTGRES_ENTRY),
+        ],
+    );
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
+    )
+    .unwrap();
+    let script = r#"
+q() { psql "$MOAT_POSTGRES_URL" -XqtAc "$1" 2>&1 | tr '\n' ' '; }
+echo "OWN=$(q 'create table t (v text); insert into t values ($$mine$$); select v from t')"
+echo "PROGRAM=$(q "copy t from program 'echo pwned > /tmp/pwned; echo x'")"
+echo "SUPER=$(q 'alter role current_user superuser')"
+echo "GRANT=$(q 'grant pg_execute_server_program to current_user')"
+echo "ISSUPER=$(q 'select rolsuper from pg_roles where rolname = current_user')"
+echo "WHO=$MOAT_POSTGRES_USER"
+echo DONE
+for i in $(seq 1 600); do [ -f /workspace/go ] && break; sleep 0.1; done
+"#;
+    let r = m.run_timeout(
+        "moat-launch",
+        &["run", "--no-sandbox", "-d", "--", "bash", "-c", script],
+        None,
+        600,
+    );
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let id = r.stdout().trim().to_string();
+    m.wait_log(&id, "DONE", 180);
+    let logs = m.launch(&["logs", &id]).stdout();
+    let line = |k: &str| {
+        logs.lines()
+            .find(|l| l.contains(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("OWN").contains("mine"), "{logs}");
+    let program = line("PROGRAM");
+    assert!(
+        program.contains("ERROR") && program.contains("pg_execute_server_program"),
+        "{logs}"
+    );
+    assert!(line("SUPER").contains("ERROR"), "{logs}");
+    assert!(line("GRANT").contains("ERROR"), "{logs}");
+    assert!(line("ISSUPER").contains("ISSUPER=f"), "{logs}");
+    assert!(line("WHO").contains("WHO=moat_agent"), "{logs}");
+    let sidecar = format!("moat-{id}-postgres");
+    let pwned = Command::new("docker")
+        .args(["exec", &sidecar, "test", "-e", "/tmp/pwned"])
+        .status()
+        .unwrap();
+    assert!(!pwned.success(), "COPY FROM PROGRAM ran in the sidecar");
+
+    // The administrator's password stays out of the run's container.
+    let side_env = docker_out(&["inspect", "--format", "{{json .Config.Env}}", &sidecar]);
+    let admin: Vec<String> = serde_json::from_str(&side_env).unwrap();
+    let admin = admin
+        .iter()
+        .find_map(|e| e.strip_prefix("POSTGRES_PASSWORD="))
+        .unwrap()
+        .to_string();
+    assert_eq!(admin.len(), 32);
+    let main_env = docker_out(&[
+        "inspect",
+        "--format",
+        "{{json .Config.Env}}",
+        &format!("moat-{id}"),
+    ]);
+    assert!(main_env.contains("MOAT_POSTGRES_PASSWORD="), "{main_env}");
+    assert!(
+        !main_env.contains(&admin),
+        "the administrator's password is in the run"
+    );
+
+    // From inside the sidecar, as root: nothing answers.
+    let proxy = m.metadata(&id)["proxy_addr"].as_str().unwrap().to_string();
+    let (gw, pport) = proxy.rsplit_once(':').unwrap();
+    let mut targets = vec![
+        format!("172.17.0.1 {port}"),
+        format!("{gw} {port}"),
+        format!("{gw} {pport}"),
+        "1.1.1.1 443".to_string(),
+    ];
+    let hostname = Command::new("hostname").arg("-I").output().unwrap();
+    for a in String::from_utf8_lossy(&hostname.stdout)
+        .split_whitespace()
+        .filter(|a| !a.contains(':'))
+    {
+        targets.push(format!("{a} {port}"));
+    }
+    let probe = format!(
+        r#"probe() {{ if timeout 3 bash -c "exec 3<>/dev/tcp/$1/$2; head -c 64 <&3" 2>/dev/null; then echo " OPEN $1:$2"; else echo "CLOSED $1:$2"; fi; }}
+{}
+if timeout 3 getent hosts example.com >/dev/null 2>&1; then echo DNS-OPEN; else echo DNS-CLOSED; fi
+"#,
+        targets
+            .iter()
+            .map(|t| format!("probe {t}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let out = docker_out(&["exec", &sidecar, "bash", "-c", &probe]);
+    assert_eq!(out.matches("CLOSED ").count(), targets.len(), "{out}");
+    assert!(!out.contains(" OPEN "), "reached from the sidecar: {out}");
+    assert!(!out.contains(&canary), "{out}");
+    assert!(out.contains("DNS-CLOSED"), "{out}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the host service was reached from the sidecar"
+    );
+
+    std::fs::write(m.ws.join("go"), "").unwrap();
+    m.wait_state(&id, &["stopped", "failed"], 60);
+    wait_gone(&id);
+    assert!(m.env.files_containing(admin.as_bytes()).is_empty());
+    assert!(m.env.files_containing(canary.as_bytes()).is_empty());
 }
