@@ -172,12 +172,17 @@ fn rm_sidecar(id: &str) {
 
 const SCRIPT: &str = r#"
 cli() { redis-cli -h "$MOAT_REDIS_HOST" -p "$MOAT_REDIS_PORT" --no-auth-warning "$@" 2>&1; }
-echo "SET=$(cli -a "$MOAT_REDIS_PASSWORD" SET moatkey value-from-the-run)"
-echo "GET=$(cli -a "$MOAT_REDIS_PASSWORD" GET moatkey)"
-echo "URLSUM=$(printf %s "$MOAT_REDIS_URL" | sha256sum | cut -c1-64)"
+me() { cli --user "$MOAT_REDIS_USER" --pass "$MOAT_REDIS_PASSWORD" "$@"; }
+echo "SET=$(me SET moatkey value-from-the-run)"
+echo "GET=$(me GET moatkey)"
+echo "URLGET=$(redis-cli -u "$MOAT_REDIS_URL" --no-auth-warning GET moatkey 2>&1)"
+echo "CONFIG=$(me CONFIG SET dir /tmp)"
+echo "REPLICA=$(me REPLICAOF 192.0.2.1 6379)"
+echo "ACL=$(me ACL SETUSER default on nopass)"
 echo "WRONG=$(cli -a wrong-password-xyz GET moatkey)"
 echo "NONE=$(cli GET moatkey)"
 echo "PWSUM=$(printf %s "$MOAT_REDIS_PASSWORD" | sha256sum | cut -c1-64)"
+echo "USER=$MOAT_REDIS_USER"
 echo "URLHOST=${MOAT_REDIS_URL##*@}"
 if timeout 3 bash -c "exec 3<>/dev/tcp/$MOAT_REDIS_HOST/7777" 2>/dev/null; then echo OTHERPORT-OPEN; else echo OTHERPORT-CLOSED; fi
 echo DONE
@@ -185,7 +190,7 @@ for i in $(seq 1 600); do [ -f /workspace/go ] && break; sleep 0.1; done
 "#;
 
 #[test]
-fn a_redis_sidecar_answers_only_to_the_runs_generated_password() {
+fn a_redis_sidecar_answers_only_to_the_runs_generated_account() {
     if !docker_ready() {
         return;
     }
@@ -226,17 +231,22 @@ fn a_redis_sidecar_answers_only_to_the_runs_generated_password() {
     assert!(logs.contains("SET=OK"), "{logs}");
     assert!(logs.contains("GET=value-from-the-run"), "{logs}");
     assert!(logs.contains("URLHOST=redis:6379"), "{logs}");
-    let url = format!("redis://:{pw}@redis:6379");
-    let url_sum = moat_core::hex(&sha256(url.as_bytes()));
-    assert!(logs.contains(&format!("URLSUM={url_sum}")), "{logs}");
+    assert!(logs.contains("URLGET=value-from-the-run"), "{logs}");
+    // The run's account is not the administrator: no CONFIG, REPLICAOF or ACL (THREATS L5).
+    assert!(logs.contains("USER=moat_agent"), "{logs}");
+    for k in ["CONFIG=", "REPLICA=", "ACL="] {
+        let l = logs.lines().find(|l| l.starts_with(k)).unwrap();
+        assert!(l.contains("NOPERM"), "{logs}");
+    }
     // ...and the same query without it, or with another password, is refused.
     let wrong = logs.lines().find(|l| l.starts_with("WRONG=")).unwrap();
     assert!(wrong.contains("WRONGPASS"), "{logs}");
     assert!(!wrong.contains("value-from-the-run"), "{logs}");
     assert!(logs.contains("NONE=NOAUTH"), "{logs}");
-    // What the run was given is what the sidecar requires.
+    // The administrator's password (the sidecar's --requirepass) is not the run's.
     let sum = moat_core::hex(&sha256(pw.as_bytes()));
-    assert!(logs.contains(&format!("PWSUM={sum}")), "{logs}");
+    assert!(logs.contains("PWSUM="), "{logs}");
+    assert!(!logs.contains(&format!("PWSUM={sum}")), "{logs}");
     // The firewall opens the sidecar's port, not the sidecar: its other listener (which
     // answers inside the sidecar) is out of reach.
     assert!(logs.contains("OTHERPORT-CLOSED"), "{logs}");
