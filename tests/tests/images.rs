@@ -303,6 +303,7 @@ fn a_build_hook_reaches_only_the_runs_proxy() {
     // The hook's text is unique, so the image is built, not taken from the cache.
     let hook = format!(
         "for ip in {ips}; do if timeout 2 bash -c \"exec 3<>/dev/tcp/$ip/{port}; head -c 64 <&3\" >>/etc/moat-probe 2>/dev/null; then echo \"OPEN $ip\" >>/etc/moat-probe; fi; done; \
+         if timeout 2 bash -c 'exec 3<>/dev/tcp/1.1.1.1/443' 2>/dev/null; then echo 'OPEN 1.1.1.1' >>/etc/moat-probe; fi; \
          if timeout 3 getent hosts example.com >/dev/null 2>&1; then echo DNS-OPEN >>/etc/moat-probe; fi; \
          echo \"VIA-PROXY $(curl -s -m 20 http://build-standin.example/{nonce})\" >>/etc/moat-probe; echo probed-{nonce}",
         ips = targets.join(" ")

@@ -179,6 +179,8 @@ echo "URLGET=$(redis-cli -u "$MOAT_REDIS_URL" --no-auth-warning GET moatkey 2>&1
 echo "CONFIG=$(me CONFIG SET dir /tmp)"
 echo "REPLICA=$(me REPLICAOF 192.0.2.1 6379)"
 echo "ACL=$(me ACL SETUSER default on nopass)"
+echo "RESTORE=$(me RESTORE otherkey 0 payload)"
+echo "MIGRATE=$(me MIGRATE 127.0.0.1 7777 moatkey 0 1000)"
 echo "WRONG=$(cli -a wrong-password-xyz GET moatkey)"
 echo "NONE=$(cli GET moatkey)"
 echo "PWSUM=$(printf %s "$MOAT_REDIS_PASSWORD" | sha256sum | cut -c1-64)"
@@ -232,9 +234,10 @@ fn a_redis_sidecar_answers_only_to_the_runs_generated_account() {
     assert!(logs.contains("GET=value-from-the-run"), "{logs}");
     assert!(logs.contains("URLHOST=redis:6379"), "{logs}");
     assert!(logs.contains("URLGET=value-from-the-run"), "{logs}");
-    // The run's account is not the administrator: no CONFIG, REPLICAOF or ACL (THREATS L5).
+    // The run's account is not the administrator: no CONFIG, REPLICAOF, ACL, RESTORE or
+    // MIGRATE (THREATS L5).
     assert!(logs.contains("USER=moat_agent"), "{logs}");
-    for k in ["CONFIG=", "REPLICA=", "ACL="] {
+    for k in ["CONFIG=", "REPLICA=", "ACL=", "RESTORE=", "MIGRATE="] {
         let l = logs.lines().find(|l| l.starts_with(k)).unwrap();
         assert!(l.contains("NOPERM"), "{logs}");
     }
@@ -649,6 +652,28 @@ for i in $(seq 1 600); do [ -f /workspace/go ] && break; sleep 0.1; done
     assert!(
         !main_env.contains(&admin),
         "the administrator's password is in the run"
+    );
+
+    // It shares its guard's namespace, without the capabilities to change its rules or to
+    // send around them.
+    let host_cfg = docker_out(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NetworkMode}} {{json .HostConfig.CapDrop}} {{json .HostConfig.CapAdd}}",
+        &sidecar,
+    ]);
+    let guard = docker_out(&[
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        &format!("{sidecar}-guard"),
+    ]);
+    assert_eq!(
+        host_cfg.trim(),
+        format!(
+            "container:{} [\"NET_RAW\",\"NET_ADMIN\"] null",
+            guard.trim()
+        ),
     );
 
     // From inside the sidecar, as root: nothing answers.
