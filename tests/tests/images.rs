@@ -283,11 +283,18 @@ fn a_build_hook_reaches_only_the_runs_proxy() {
     let canary = format!("CANARY-{nonce}");
     let (port, hits) = host_service(&canary);
     let standin = http_standin(&format!("STANDIN-{nonce}"));
+    // HTTPS too (CONNECT, as npm uses it): a GitHub API stand-in, which says 401 without a token.
+    let gh = moat_e2e::github::GithubStandIn::start("not-granted");
     let mut m = Moat::new();
-    m.env.env(
-        "MOAT_PROXY_CONNECT_TO",
-        format!("build-standin.example:80:127.0.0.1:{standin}"),
-    );
+    m.env
+        .env(
+            "MOAT_PROXY_CONNECT_TO",
+            format!(
+                "build-standin.example:80:127.0.0.1:{standin},{}",
+                gh.connect_to()
+            ),
+        )
+        .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
     let mut targets: Vec<String> = (17..=31).map(|n| format!("172.{n}.0.1")).collect();
     targets.extend((0..=15).map(|n| format!("192.168.{}.1", n * 16)));
     let hostname = std::process::Command::new("hostname")
@@ -305,7 +312,8 @@ fn a_build_hook_reaches_only_the_runs_proxy() {
         "for ip in {ips}; do if timeout 2 bash -c \"exec 3<>/dev/tcp/$ip/{port}; head -c 64 <&3\" >>/etc/moat-probe 2>/dev/null; then echo \"OPEN $ip\" >>/etc/moat-probe; fi; done; \
          if timeout 2 bash -c 'exec 3<>/dev/tcp/1.1.1.1/443' 2>/dev/null; then echo 'OPEN 1.1.1.1' >>/etc/moat-probe; fi; \
          if timeout 3 getent hosts example.com >/dev/null 2>&1; then echo DNS-OPEN >>/etc/moat-probe; fi; \
-         echo \"VIA-PROXY $(curl -s -m 20 http://build-standin.example/{nonce})\" >>/etc/moat-probe; echo probed-{nonce}",
+         echo \"VIA-PROXY $(curl -s -m 20 http://build-standin.example/{nonce})\" >>/etc/moat-probe; \
+         echo \"VIA-TLS $(curl -s -m 20 -o /dev/null -w '%{{http_code}}' https://api.github.com/user)\" >>/etc/moat-probe; echo probed-{nonce}",
         ips = targets.join(" ")
     );
     std::fs::write(
@@ -330,6 +338,7 @@ fn a_build_hook_reaches_only_the_runs_proxy() {
         out.contains(&format!("VIA-PROXY STANDIN-{nonce}")),
         "the proxy did not carry the hook's request: {out}"
     );
+    assert!(out.contains("VIA-TLS 401"), "{out}");
     assert!(!out.contains("OPEN "), "reached from the build: {out}");
     assert!(!out.contains("DNS-OPEN"), "{out}");
     assert!(!out.contains(&canary), "{out}");

@@ -47,7 +47,8 @@ const READY: Duration = Duration::from_secs(30);
 pub struct Relay {
     pub container: String,
     task: tokio::task::JoinHandle<()>,
-    socket: PathBuf,
+    /// The run's directory holding the unix socket; removed with the relay.
+    dir: PathBuf,
 }
 
 impl Relay {
@@ -102,7 +103,7 @@ impl Relay {
         let relay = Relay {
             container: String::new(),
             task,
-            socket,
+            dir: dir.to_path_buf(),
         };
         let id = match create_and_start(d, &format!("moat-{run_id}-build"), body, started).await {
             Ok(id) => id,
@@ -139,7 +140,7 @@ impl Relay {
             );
         }
         self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
