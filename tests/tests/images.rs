@@ -356,6 +356,10 @@ fn a_build_hook_reaches_only_the_runs_proxy() {
         "{trace}"
     );
     assert!(m.env.files_containing(canary.as_bytes()).is_empty());
+    // The run network's gateway (where the proxy listens) was among the addresses tried.
+    let proxy = m.metadata(&id)["proxy_addr"].as_str().unwrap().to_string();
+    let gw = proxy.rsplit_once(':').unwrap().0;
+    assert!(targets.iter().any(|t| t == gw), "{gw} not probed");
     let image = m.metadata(&id)["image"].as_str().unwrap().to_string();
     let _ = std::process::Command::new("docker")
         .args(["rmi", "-f", &image])
