@@ -368,6 +368,7 @@ fn the_registry_is_listed_and_unknown_dependencies_are_refused() {
         "MOAT_POSTGRES_PASSWORD",
         "MOAT_POSTGRES_DB",
         "pg_isready",
+        "moat_agent",
     ] {
         assert!(i.stdout().contains(want), "{want}: {}", i.stdout());
     }

@@ -482,7 +482,8 @@ pub fn info(name: &str, json: bool) -> Result<()> {
         if let Some(s) = &e.service {
             line("Port:", s.port.to_string());
             line("Variables:", e.service_vars().join(" "));
-            line("User:", s.user.clone().unwrap_or_default());
+            line("Admin:", s.user.clone().unwrap_or_default());
+            line("Account:", s.agent_user.clone().unwrap_or_default());
             line("Database:", s.db.clone().unwrap_or_default());
             line("Ready when:", s.ready.join(" "));
             line(
