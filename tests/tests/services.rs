@@ -721,3 +721,41 @@ if timeout 3 getent hosts example.com >/dev/null 2>&1; then echo DNS-OPEN; else 
     assert!(m.env.files_containing(admin.as_bytes()).is_empty());
     assert!(m.env.files_containing(canary.as_bytes()).is_empty());
 }
+
+/// `wait: false` starts the command at once; the run's account is made in the background as
+/// soon as the server answers, so the command's retries end with that account (never the
+/// administrator's).
+#[test]
+fn without_waiting_the_runs_postgres_account_still_arrives() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let image = local_image(
+        "postgres-sidecar",
+        &[
+            ("Dockerfile", POSTGRES_DOCKERFILE),
+            ("entry.sh", POSTGRES_ENTRY),
+        ],
+    );
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        format!(
+            "dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n    wait: false\n"
+        ),
+    )
+    .unwrap();
+    let script = r#"
+for i in $(seq 1 240); do
+  a=$(psql "$MOAT_POSTGRES_URL" -XqtAc 'select current_user, rolsuper from pg_roles where rolname = current_user' 2>/dev/null) && break
+  sleep 0.25
+done
+echo "ANSWER=$a"
+"#;
+    let r = m.sh(script);
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    assert!(out.contains("ANSWER=moat_agent|f"), "{out}\n{}", r.stderr());
+    assert!(!r.stderr().contains("postgres is ready"), "{}", r.stderr());
+    wait_gone(&m.run_ids().pop().unwrap());
+}
