@@ -230,3 +230,138 @@ fn git_dependency_imports_the_hosts_identity() {
         .stdout_has("GIT_AUTHOR_NAME=Moat E2E")
         .stdout_has("GIT_AUTHOR_EMAIL=e2e@example.org");
 }
+
+/// A host service on 0.0.0.0 that hands `canary` to whoever connects, and counts them.
+fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (h2, canary) = (hits.clone(), canary.to_string());
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = c.write_all(canary.as_bytes());
+        }
+    });
+    (port, hits)
+}
+
+/// A plain HTTP stand-in on loopback that answers every request with `body`; the run's proxy
+/// reaches it as `build-standin.example` through MOAT_PROXY_CONNECT_TO.
+fn http_standin(body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let body = body.to_string();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// THREATS L4 (and E2 for builds): a `post_build_root` hook, root at build time, tries the
+/// host directly: a service on 0.0.0.0 through docker0's address, every Docker bridge gateway
+/// a run network can have and the host's own addresses, and DNS. None of it answers and the
+/// service sees no connection; the same hook's curl through the run's proxy reaches an allowed
+/// stand-in and is in the run's network trace. On a build with host networking (or on a bridge
+/// without a firewall) the service hands out its canary.
+#[test]
+fn a_build_hook_reaches_only_the_runs_proxy() {
+    if !docker_ready() {
+        return;
+    }
+    let nonce = moat_core::hex(&moat_core::random_bytes::<6>());
+    let canary = format!("CANARY-{nonce}");
+    let (port, hits) = host_service(&canary);
+    let standin = http_standin(&format!("STANDIN-{nonce}"));
+    // HTTPS too (CONNECT, as npm uses it): a GitHub API stand-in, which says 401 without a token.
+    let gh = moat_e2e::github::GithubStandIn::start("not-granted");
+    let mut m = Moat::new();
+    m.env
+        .env(
+            "MOAT_PROXY_CONNECT_TO",
+            format!(
+                "build-standin.example:80:127.0.0.1:{standin},{}",
+                gh.connect_to()
+            ),
+        )
+        .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
+    let mut targets: Vec<String> = (17..=31).map(|n| format!("172.{n}.0.1")).collect();
+    targets.extend((0..=15).map(|n| format!("192.168.{}.1", n * 16)));
+    let hostname = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .unwrap();
+    targets.extend(
+        String::from_utf8_lossy(&hostname.stdout)
+            .split_whitespace()
+            .filter(|a| !a.contains(':'))
+            .map(String::from),
+    );
+    // The hook's text is unique, so the image is built, not taken from the cache.
+    let hook = format!(
+        "for ip in {ips}; do if timeout 2 bash -c \"exec 3<>/dev/tcp/$ip/{port}; head -c 64 <&3\" >>/etc/moat-probe 2>/dev/null; then echo \"OPEN $ip\" >>/etc/moat-probe; fi; done; \
+         if timeout 2 bash -c 'exec 3<>/dev/tcp/1.1.1.1/443' 2>/dev/null; then echo 'OPEN 1.1.1.1' >>/etc/moat-probe; fi; \
+         if timeout 3 getent hosts example.com >/dev/null 2>&1; then echo DNS-OPEN >>/etc/moat-probe; fi; \
+         echo \"VIA-PROXY $(curl -s -m 20 http://build-standin.example/{nonce})\" >>/etc/moat-probe; \
+         echo \"VIA-TLS $(curl -s -m 20 -o /dev/null -w '%{{http_code}}' https://api.github.com/user)\" >>/etc/moat-probe; echo probed-{nonce}",
+        ips = targets.join(" ")
+    );
+    std::fs::write(
+        m.ws.join("agent.yaml"),
+        format!(
+            "name: l4\nhooks:\n  post_build_root: {}\n",
+            serde_json::to_string(&hook).unwrap()
+        ),
+    )
+    .unwrap();
+    let r = m.run_timeout(
+        "moat-launch",
+        &["run", "--no-sandbox", "--", "cat", "/etc/moat-probe"],
+        None,
+        600,
+    );
+    let (out, err) = (r.stdout(), r.stderr());
+    assert_eq!(r.code(), 0, "{out}\n{err}");
+    assert!(err.contains("building image moat/run:"), "{err}");
+    assert!(err.contains(&format!("probed-{nonce}")), "{err}");
+    assert!(
+        out.contains(&format!("VIA-PROXY STANDIN-{nonce}")),
+        "the proxy did not carry the hook's request: {out}"
+    );
+    assert!(out.contains("VIA-TLS 401"), "{out}");
+    assert!(!out.contains("OPEN "), "reached from the build: {out}");
+    assert!(!out.contains("DNS-OPEN"), "{out}");
+    assert!(!out.contains(&canary), "{out}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the host service was reached from the build"
+    );
+    // The hook's request is in the run's network trace, like the run's own traffic.
+    let id = m.run_ids().pop().unwrap();
+    let trace = std::fs::read_to_string(m.moat_home().join("runs").join(&id).join("network.jsonl"))
+        .unwrap();
+    assert!(
+        trace.contains("build-standin.example") && trace.contains(&nonce),
+        "{trace}"
+    );
+    assert!(m.env.files_containing(canary.as_bytes()).is_empty());
+    // The run network's gateway (where the proxy listens) was among the addresses tried.
+    let proxy = m.metadata(&id)["proxy_addr"].as_str().unwrap().to_string();
+    let gw = proxy.rsplit_once(':').unwrap().0;
+    assert!(targets.iter().any(|t| t == gw), "{gw} not probed");
+    let image = m.metadata(&id)["image"].as_str().unwrap().to_string();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &image])
+        .output();
+}

@@ -172,12 +172,19 @@ fn rm_sidecar(id: &str) {
 
 const SCRIPT: &str = r#"
 cli() { redis-cli -h "$MOAT_REDIS_HOST" -p "$MOAT_REDIS_PORT" --no-auth-warning "$@" 2>&1; }
-echo "SET=$(cli -a "$MOAT_REDIS_PASSWORD" SET moatkey value-from-the-run)"
-echo "GET=$(cli -a "$MOAT_REDIS_PASSWORD" GET moatkey)"
-echo "URLSUM=$(printf %s "$MOAT_REDIS_URL" | sha256sum | cut -c1-64)"
+me() { cli --user "$MOAT_REDIS_USER" --pass "$MOAT_REDIS_PASSWORD" "$@"; }
+echo "SET=$(me SET moatkey value-from-the-run)"
+echo "GET=$(me GET moatkey)"
+echo "URLGET=$(redis-cli -u "$MOAT_REDIS_URL" --no-auth-warning GET moatkey 2>&1)"
+echo "CONFIG=$(me CONFIG SET dir /tmp)"
+echo "REPLICA=$(me REPLICAOF 192.0.2.1 6379)"
+echo "ACL=$(me ACL SETUSER default on nopass)"
+echo "RESTORE=$(me RESTORE otherkey 0 payload)"
+echo "MIGRATE=$(me MIGRATE 127.0.0.1 7777 moatkey 0 1000)"
 echo "WRONG=$(cli -a wrong-password-xyz GET moatkey)"
 echo "NONE=$(cli GET moatkey)"
 echo "PWSUM=$(printf %s "$MOAT_REDIS_PASSWORD" | sha256sum | cut -c1-64)"
+echo "USER=$MOAT_REDIS_USER"
 echo "URLHOST=${MOAT_REDIS_URL##*@}"
 if timeout 3 bash -c "exec 3<>/dev/tcp/$MOAT_REDIS_HOST/7777" 2>/dev/null; then echo OTHERPORT-OPEN; else echo OTHERPORT-CLOSED; fi
 echo DONE
@@ -185,7 +192,7 @@ for i in $(seq 1 600); do [ -f /workspace/go ] && break; sleep 0.1; done
 "#;
 
 #[test]
-fn a_redis_sidecar_answers_only_to_the_runs_generated_password() {
+fn a_redis_sidecar_answers_only_to_the_runs_generated_account() {
     if !docker_ready() {
         return;
     }
@@ -215,24 +222,34 @@ fn a_redis_sidecar_answers_only_to_the_runs_generated_password() {
     assert_eq!(pw.len(), 32, "{pw}");
     assert!(pw.chars().all(|c| c.is_ascii_alphanumeric()));
     assert_eq!(m.metadata(&id)["services"], serde_json::json!(["redis"]));
-    assert_eq!(containers_of(&id).len(), 2, "main container and sidecar");
+    assert_eq!(
+        containers_of(&id).len(),
+        3,
+        "main container, sidecar and its guard"
+    );
 
     let logs = m.launch(&["logs", &id]).stdout();
     // A real query through the injected variables works...
     assert!(logs.contains("SET=OK"), "{logs}");
     assert!(logs.contains("GET=value-from-the-run"), "{logs}");
     assert!(logs.contains("URLHOST=redis:6379"), "{logs}");
-    let url = format!("redis://:{pw}@redis:6379");
-    let url_sum = moat_core::hex(&sha256(url.as_bytes()));
-    assert!(logs.contains(&format!("URLSUM={url_sum}")), "{logs}");
+    assert!(logs.contains("URLGET=value-from-the-run"), "{logs}");
+    // The run's account is not the administrator: no CONFIG, REPLICAOF, ACL, RESTORE or
+    // MIGRATE (THREATS L5).
+    assert!(logs.contains("USER=moat_agent"), "{logs}");
+    for k in ["CONFIG=", "REPLICA=", "ACL=", "RESTORE=", "MIGRATE="] {
+        let l = logs.lines().find(|l| l.starts_with(k)).unwrap();
+        assert!(l.contains("NOPERM"), "{logs}");
+    }
     // ...and the same query without it, or with another password, is refused.
     let wrong = logs.lines().find(|l| l.starts_with("WRONG=")).unwrap();
     assert!(wrong.contains("WRONGPASS"), "{logs}");
     assert!(!wrong.contains("value-from-the-run"), "{logs}");
     assert!(logs.contains("NONE=NOAUTH"), "{logs}");
-    // What the run was given is what the sidecar requires.
+    // The administrator's password (the sidecar's --requirepass) is not the run's.
     let sum = moat_core::hex(&sha256(pw.as_bytes()));
-    assert!(logs.contains(&format!("PWSUM={sum}")), "{logs}");
+    assert!(logs.contains("PWSUM="), "{logs}");
+    assert!(!logs.contains(&format!("PWSUM={sum}")), "{logs}");
     // The firewall opens the sidecar's port, not the sidecar: its other listener (which
     // answers inside the sidecar) is out of reach.
     assert!(logs.contains("OTHERPORT-CLOSED"), "{logs}");
@@ -351,6 +368,7 @@ fn the_registry_is_listed_and_unknown_dependencies_are_refused() {
         "MOAT_POSTGRES_PASSWORD",
         "MOAT_POSTGRES_DB",
         "pg_isready",
+        "moat_agent",
     ] {
         assert!(i.stdout().contains(want), "{want}: {}", i.stdout());
     }
@@ -469,6 +487,8 @@ echo "ANSWER=$(q "$MOAT_MYSQL_PASSWORD" 'create table t (v text); insert into t 
 echo "WRONG=$(q not-the-password 'select 1')"
 echo "URL=$MOAT_MYSQL_URL"
 echo "PWLEN=${#MOAT_MYSQL_PASSWORD}"
+echo "OUTFILE=$(q "$MOAT_MYSQL_PASSWORD" "select 'x' into outfile '/tmp/moat-outfile'" | tr '\n' ' ')"
+echo "GRANTS=$(q "$MOAT_MYSQL_PASSWORD" 'show grants' | tr '\n' ' ')"
 "#;
     let r = m.sh(script);
     let out = r.stdout();
@@ -476,8 +496,20 @@ echo "PWLEN=${#MOAT_MYSQL_PASSWORD}"
     assert!(out.contains("ANSWER=from-the-run"), "{out}\n{}", r.stderr());
     let wrong = out.lines().find(|l| l.starts_with("WRONG=")).unwrap();
     assert!(wrong.contains("Access denied"), "{out}");
+    // The run's account has its database and no server privilege (FILE, SUPER, ...).
     assert!(
-        out.contains("URL=mysql://root:") && out.contains("@mysql:3306/moat"),
+        out.contains("URL=mysql://moat_agent:") && out.contains("@mysql:3306/moat"),
+        "{out}"
+    );
+    let outfile = out.lines().find(|l| l.starts_with("OUTFILE=")).unwrap();
+    assert!(outfile.contains("Access denied"), "{out}");
+    let grants = out.lines().find(|l| l.starts_with("GRANTS=")).unwrap();
+    assert!(grants.contains("ON `moat`.*"), "{out}");
+    // On the server as a whole: USAGE (log in), nothing more.
+    assert!(grants.contains("GRANT USAGE ON *.*"), "{out}");
+    assert_eq!(grants.matches(" ON *.*").count(), 1, "{out}");
+    assert!(
+        !grants.contains("FILE") && !grants.contains("SUPER"),
         "{out}"
     );
     assert!(out.contains("PWLEN=32"), "{out}");
@@ -507,4 +539,223 @@ fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
         "{}",
         r.stderr()
     );
+}
+
+/// A host service on 0.0.0.0 that hands `canary` to whoever connects, and counts them.
+fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (h2, canary) = (hits.clone(), canary.to_string());
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = c.write_all(canary.as_bytes());
+        }
+    });
+    (port, hits)
+}
+
+fn docker_out(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// THREATS L5 (and E2 for sidecars): the postgres sidecar as a pivot. The run's account is
+/// not a superuser: `COPY ... FROM PROGRAM` (a shell in the sidecar) is refused and it cannot
+/// make itself one, yet it owns its database. The administrator's password is not in the
+/// run's container. From inside the sidecar (root, `docker exec`), nothing answers: not a
+/// host service on 0.0.0.0 (docker0, the run network's gateway, the host's addresses), not
+/// the run's proxy, not an address outside. On a sidecar with no firewall and superuser
+/// credentials, the program runs and the service hands out its canary.
+#[test]
+fn a_postgres_sidecar_is_no_pivot() {
+    if !docker_ready() {
+        return;
+    }
+    let nonce = moat_core::hex(&moat_core::random_bytes::<6>());
+    let canary = format!("CANARY-{nonce}");
+    let (port, hits) = host_service(&canary);
+    let m = Moat::new();
+    let image = local_image(
+        "postgres-sidecar",
+        &[
+            ("Dockerfile", POSTGRES_DOCKERFILE),
+            ("entry.sh", POSTGRES_ENTRY),
+        ],
+    );
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
+    )
+    .unwrap();
+    let script = r#"
+q() { psql "$MOAT_POSTGRES_URL" -XqtAc "$1" 2>&1 | tr '\n' ' '; }
+echo "OWN=$(q 'create table t (v text); insert into t values ($$mine$$); select v from t')"
+echo "PROGRAM=$(q "copy t from program 'echo pwned > /tmp/pwned; echo x'")"
+echo "SUPER=$(q 'alter role current_user superuser')"
+echo "GRANT=$(q 'grant pg_execute_server_program to current_user')"
+echo "ISSUPER=$(q 'select rolsuper from pg_roles where rolname = current_user')"
+echo "WHO=$MOAT_POSTGRES_USER"
+echo DONE
+for i in $(seq 1 600); do [ -f /workspace/go ] && break; sleep 0.1; done
+"#;
+    let r = m.run_timeout(
+        "moat-launch",
+        &["run", "--no-sandbox", "-d", "--", "bash", "-c", script],
+        None,
+        600,
+    );
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let id = r.stdout().trim().to_string();
+    m.wait_log(&id, "DONE", 180);
+    let logs = m.launch(&["logs", &id]).stdout();
+    let line = |k: &str| {
+        logs.lines()
+            .find(|l| l.contains(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("OWN").contains("mine"), "{logs}");
+    let program = line("PROGRAM");
+    assert!(
+        program.contains("ERROR") && program.contains("pg_execute_server_program"),
+        "{logs}"
+    );
+    assert!(line("SUPER").contains("ERROR"), "{logs}");
+    assert!(line("GRANT").contains("ERROR"), "{logs}");
+    assert!(line("ISSUPER").contains("ISSUPER=f"), "{logs}");
+    assert!(line("WHO").contains("WHO=moat_agent"), "{logs}");
+    let sidecar = format!("moat-{id}-postgres");
+    let pwned = Command::new("docker")
+        .args(["exec", &sidecar, "test", "-e", "/tmp/pwned"])
+        .status()
+        .unwrap();
+    assert!(!pwned.success(), "COPY FROM PROGRAM ran in the sidecar");
+
+    // The administrator's password stays out of the run's container.
+    let side_env = docker_out(&["inspect", "--format", "{{json .Config.Env}}", &sidecar]);
+    let admin: Vec<String> = serde_json::from_str(&side_env).unwrap();
+    let admin = admin
+        .iter()
+        .find_map(|e| e.strip_prefix("POSTGRES_PASSWORD="))
+        .unwrap()
+        .to_string();
+    assert_eq!(admin.len(), 32);
+    let main_env = docker_out(&[
+        "inspect",
+        "--format",
+        "{{json .Config.Env}}",
+        &format!("moat-{id}"),
+    ]);
+    assert!(main_env.contains("MOAT_POSTGRES_PASSWORD="), "{main_env}");
+    assert!(
+        !main_env.contains(&admin),
+        "the administrator's password is in the run"
+    );
+
+    // It shares its guard's namespace, without the capabilities to change its rules or to
+    // send around them.
+    let host_cfg = docker_out(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NetworkMode}} {{json .HostConfig.CapDrop}} {{json .HostConfig.CapAdd}}",
+        &sidecar,
+    ]);
+    let guard = docker_out(&[
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        &format!("{sidecar}-guard"),
+    ]);
+    assert_eq!(
+        host_cfg.trim(),
+        format!(
+            "container:{} [\"NET_RAW\",\"NET_ADMIN\"] null",
+            guard.trim()
+        ),
+    );
+
+    // From inside the sidecar, as root: nothing answers.
+    let proxy = m.metadata(&id)["proxy_addr"].as_str().unwrap().to_string();
+    let (gw, pport) = proxy.rsplit_once(':').unwrap();
+    let mut targets = vec![
+        format!("172.17.0.1 {port}"),
+        format!("{gw} {port}"),
+        format!("{gw} {pport}"),
+        "1.1.1.1 443".to_string(),
+    ];
+    let hostname = Command::new("hostname").arg("-I").output().unwrap();
+    for a in String::from_utf8_lossy(&hostname.stdout)
+        .split_whitespace()
+        .filter(|a| !a.contains(':'))
+    {
+        targets.push(format!("{a} {port}"));
+    }
+    let probe = format!(
+        r#"probe() {{ if timeout 3 bash -c "exec 3<>/dev/tcp/$1/$2; head -c 64 <&3" 2>/dev/null; then echo " OPEN $1:$2"; else echo "CLOSED $1:$2"; fi; }}
+{}
+if timeout 3 getent hosts example.com >/dev/null 2>&1; then echo DNS-OPEN; else echo DNS-CLOSED; fi
+"#,
+        targets
+            .iter()
+            .map(|t| format!("probe {t}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let out = docker_out(&["exec", &sidecar, "bash", "-c", &probe]);
+    assert_eq!(out.matches("CLOSED ").count(), targets.len(), "{out}");
+    assert!(!out.contains(" OPEN "), "reached from the sidecar: {out}");
+    assert!(!out.contains(&canary), "{out}");
+    assert!(out.contains("DNS-CLOSED"), "{out}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the host service was reached from the sidecar"
+    );
+
+    std::fs::write(m.ws.join("go"), "").unwrap();
+    m.wait_state(&id, &["stopped", "failed"], 60);
+    wait_gone(&id);
+    assert!(m.env.files_containing(admin.as_bytes()).is_empty());
+    assert!(m.env.files_containing(canary.as_bytes()).is_empty());
+}
+
+/// `wait: false` starts the command at once; the run's account is made in the background as
+/// soon as the server answers, so the command's retries end with that account (never the
+/// administrator's).
+#[test]
+fn without_waiting_the_runs_postgres_account_still_arrives() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let image = local_image(
+        "postgres-sidecar",
+        &[
+            ("Dockerfile", POSTGRES_DOCKERFILE),
+            ("entry.sh", POSTGRES_ENTRY),
+        ],
+    );
+    std::fs::write(
+        m.ws.join("moat.yaml"),
+        format!(
+            "dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n    wait: false\n"
+        ),
+    )
+    .unwrap();
+    let script = r#"
+for i in $(seq 1 240); do
+  a=$(psql "$MOAT_POSTGRES_URL" -XqtAc 'select current_user, rolsuper from pg_roles where rolname = current_user' 2>/dev/null) && break
+  sleep 0.25
+done
+echo "ANSWER=$a"
+"#;
+    let r = m.sh(script);
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    assert!(out.contains("ANSWER=moat_agent|f"), "{out}\n{}", r.stderr());
+    assert!(!r.stderr().contains("postgres is ready"), "{}", r.stderr());
+    wait_gone(&m.run_ids().pop().unwrap());
 }

@@ -61,6 +61,12 @@ pub struct Service {
     /// Run inside the sidecar (docker exec) until it exits 0.
     pub ready: Vec<String>,
     pub ready_env: BTreeMap<String, String>,
+    /// The run's own account: `setup` (run inside the sidecar as the administrator once it
+    /// is ready; `{agent_user}` and `{agent_password}` are substituted) makes it, and the
+    /// `MOAT_<prefix>_*` variables name it instead of the administrator.
+    pub agent_user: Option<String>,
+    pub setup: Vec<String>,
+    pub setup_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -132,7 +138,7 @@ impl Entry {
             return vec![];
         };
         let mut v = vec!["URL", "HOST", "PORT"];
-        if s.user.is_some() {
+        if s.user.is_some() || s.agent_user.is_some() {
             v.push("USER");
         }
         v.push("PASSWORD");
@@ -196,6 +202,9 @@ pub fn parse(text: &str) -> std::result::Result<Vec<Entry>, String> {
                     return Err(format!(
                         "{id}: the generated password must reach the sidecar and the URL"
                     ));
+                }
+                if s.agent_user.is_some() == s.setup.is_empty() {
+                    return Err(format!("{id}: agent_user and setup go together"));
                 }
                 for k in [&s.user_env, &s.password_env, &s.db_env]
                     .into_iter()
@@ -473,7 +482,8 @@ pub fn info(name: &str, json: bool) -> Result<()> {
         if let Some(s) = &e.service {
             line("Port:", s.port.to_string());
             line("Variables:", e.service_vars().join(" "));
-            line("User:", s.user.clone().unwrap_or_default());
+            line("Admin:", s.user.clone().unwrap_or_default());
+            line("Account:", s.agent_user.clone().unwrap_or_default());
             line("Database:", s.db.clone().unwrap_or_default());
             line("Ready when:", s.ready.join(" "));
             line(
@@ -503,9 +513,13 @@ mod tests {
                     .chain(&s.command)
                     .chain(&s.ready)
                     .chain(s.ready_env.values())
+                    .chain(&s.setup)
+                    .chain(s.setup_env.values())
                     .chain([&s.url]);
                 for t in all {
                     let rest = t
+                        .replace("{agent_user}", "")
+                        .replace("{agent_password}", "")
                         .replace("{password}", "")
                         .replace("{user}", "")
                         .replace("{db}", "")

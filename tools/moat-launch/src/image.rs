@@ -141,6 +141,8 @@ pub fn host_ids(workspace: &Path) -> (u32, u32) {
 }
 
 pub struct Context {
+    /// The base image the Dockerfile starts from (present on the engine).
+    pub base: String,
     pub dockerfile: String,
     pub tar: Vec<u8>,
     pub tag: String,
@@ -421,6 +423,7 @@ pub async fn prepare(
     h.update(&tar);
     let tag = format!("moat/run:{}", &moat_core::hex(&h.finalize())[..16]);
     Ok(Context {
+        base,
         dockerfile: df,
         tar,
         tag,
@@ -444,13 +447,15 @@ pub async fn pull(d: &Docker, image: &str) -> Result<()> {
         .map_err(|_| Error::unavailable("pull timed out"))?
 }
 
-/// Build `ctx` unless its tag exists (or `rebuild`). `proxy_url` reaches the run's proxy from
-/// the build (host networking); it goes in the predefined proxy build args, which Docker
-/// keeps out of the image history.
+/// Build `ctx` unless its tag exists (or `rebuild`). The build's steps run in the network
+/// namespace `network_mode` names (the run's build relay, see guard.rs: loopback only), and
+/// `proxy_url` reaches the run's proxy from there; it goes in the predefined proxy build
+/// args, which Docker keeps out of the image history.
 pub async fn ensure(
     d: &Docker,
     ctx: &Context,
     rebuild: bool,
+    network_mode: &str,
     proxy_url: &str,
     ca_pem: Option<&[u8]>,
     log: &mut dyn Write,
@@ -469,15 +474,42 @@ pub async fn ensure(
     }
     let _ = writeln!(log, "moat: building image {}", ctx.tag);
     let mut args = HashMap::new();
-    for k in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"] {
-        args.insert(k.to_string(), proxy_url.to_string());
-    }
     if let Some(pem) = ca_pem {
         // Public; lets an agent CLI's npm install trust the build-time proxy.
         args.insert(
             "MOAT_BUILD_CA".to_string(),
             String::from_utf8_lossy(pem).trim().to_string(),
         );
+    }
+    build(
+        d,
+        &ctx.tar,
+        &ctx.tag,
+        rebuild,
+        args,
+        network_mode,
+        proxy_url,
+        log,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// One build through the Engine API: `tar` is the context, `args` the build arguments (the
+/// proxy ones are added), every step in the namespace `network_mode` names.
+#[allow(clippy::too_many_arguments)]
+pub async fn build(
+    d: &Docker,
+    tar: &[u8],
+    tag: &str,
+    nocache: bool,
+    mut args: HashMap<String, String>,
+    network_mode: &str,
+    proxy_url: &str,
+    log: &mut dyn Write,
+) -> Result<()> {
+    for k in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"] {
+        args.insert(k.to_string(), proxy_url.to_string());
     }
     let mut labels = HashMap::from([(LABEL_IMAGE.to_string(), "1".to_string())]);
     if let Ok(h) = moat_core::MoatHome::from_env() {
@@ -488,16 +520,16 @@ pub async fn ensure(
     }
     let opts = bollard::query_parameters::BuildImageOptions {
         dockerfile: "Dockerfile".into(),
-        t: Some(ctx.tag.clone()),
+        t: Some(tag.to_string()),
         rm: true,
         forcerm: true,
-        nocache: rebuild,
+        nocache,
         buildargs: Some(args),
         labels: Some(labels),
-        networkmode: Some("host".into()),
+        networkmode: Some(network_mode.to_string()),
         ..Default::default()
     };
-    let body = bollard::body_full(bytes::Bytes::from(ctx.tar.clone()));
+    let body = bollard::body_full(bytes::Bytes::from(tar.to_vec()));
     let mut s = d.build_image(opts, None, Some(body));
     while let Some(r) = s.next().await {
         match r {
@@ -518,12 +550,12 @@ pub async fn ensure(
             Err(e) => return Err(docker::err("building the image", e)),
         }
     }
-    if docker::image_id(d, &ctx.tag).await?.is_none() {
+    if docker::image_id(d, tag).await?.is_none() {
         return Err(Error::unavailable(
             "building the image: the build ended without an image",
         ));
     }
-    Ok(true)
+    Ok(())
 }
 
 /// `image bootstrap`: `debian:bookworm-slim` from Debian packages, imported and tagged.

@@ -13,6 +13,7 @@ mod commands;
 mod config;
 mod deps;
 mod docker;
+mod guard;
 mod image;
 mod local_mcp;
 mod log_chunks;

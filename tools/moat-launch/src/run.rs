@@ -756,28 +756,6 @@ async fn lifecycle(
     ]);
     phase("network");
 
-    // Service sidecars start now; their readiness is awaited just before the command starts.
-    let mut cars = vec![];
-    let started =
-        crate::services::start(&d, id, &net_name, spec, &mut cars, &mut std::io::stderr()).await;
-    res.sidecars
-        .extend(cars.iter().map(|c| c.container.clone()));
-    started?;
-    if !cars.is_empty() {
-        let names: Vec<String> = cars.iter().map(|c| c.service.clone()).collect();
-        store.update(id, |m| m.services = names.clone())?;
-        if let Some(a) = &res.audit {
-            for c in &cars {
-                a.event(
-                    "service_started",
-                    serde_json::json!({"run": id, "service": c.service, "image": c.image, "container_id": c.container, "port": c.port}),
-                );
-            }
-        }
-        phase("sidecars started");
-    }
-    let wiring = crate::services::wiring(spec, &cars);
-
     // The image: worked out first, so the proxy knows whether this run builds.
     let ca_path = home.ca_dir().join("ca.crt");
     let bake_ca = spec.hooks.post_build_root.is_some() || spec.hooks.post_build.is_some();
@@ -794,6 +772,10 @@ async fn lifecycle(
     moat_core::fsutil::write_atomic(&dir.join("Dockerfile"), ctx.dockerfile.as_bytes(), 0o644)?;
     phase("image prepared");
     let needs_build = spec.rebuild || docker::image_id(&d, &ctx.tag).await?.is_none();
+    // Sidecars run behind a guard (guard.rs), whose image is built once, through the proxy.
+    let has_services = !crate::services::wanted(spec).is_empty();
+    let guard_image = crate::guard::guard_image(&d, &ctx.base).await?;
+    let needs_guard = has_services && docker::image_id(&d, &guard_image).await?.is_none();
 
     // The proxy, listening on the gateway: reachable from this network only.
     let token_file = dir.join("proxy.token");
@@ -815,7 +797,7 @@ async fn lifecycle(
     if spec.policy == "strict" {
         allow.extend(rules.inject_hosts.iter().cloned());
     }
-    if needs_build {
+    if needs_build || needs_guard {
         // The build fetches packages from the host's apt mirrors through this proxy; an
         // allowance with an explicit port also lets the proxy dial a mirror on a private
         // address (as local mirrors often are).
@@ -911,7 +893,7 @@ async fn lifecycle(
     let mut listening = Some(listening);
     let default_ca = home.ca_dir().join("ca.crt");
     let mut ca = default_ca.clone();
-    if needs_build || !default_ca.exists() {
+    if needs_build || needs_guard || !default_ca.exists() {
         ca = proxy_listening(
             listening.take(),
             store,
@@ -923,12 +905,75 @@ async fn lifecycle(
         .await?;
     }
 
-    let built = if needs_build {
-        let pem = std::fs::read(&ca).ok();
-        image::ensure(&d, &ctx, spec.rebuild, &proxy_url, pem.as_deref(), &mut err).await?
+    // Builds run in the relay's loopback-only namespace; the relay leads to the proxy alone.
+    let relay = if needs_build || needs_guard {
+        let sockets = home.root().join("sockets").join(id).join("build");
+        Some(
+            crate::guard::Relay::start(
+                &d,
+                id,
+                &sockets,
+                &format!("{pip}:{pport}"),
+                &ctx.base,
+                &mut res.sidecars,
+            )
+            .await?,
+        )
     } else {
-        false
+        None
     };
+    if needs_guard && let Some(r) = &relay {
+        crate::guard::ensure_guard_image(&d, &ctx.base, &guard_image, r, &token, &mut err).await?;
+    }
+
+    // Service sidecars start now; their readiness is awaited just before the command starts.
+    let mut cars = vec![];
+    crate::services::start(
+        &d,
+        id,
+        &net_name,
+        spec,
+        &guard_image,
+        &mut res.sidecars,
+        &mut cars,
+        &mut std::io::stderr(),
+    )
+    .await?;
+    if !cars.is_empty() {
+        let names: Vec<String> = cars.iter().map(|c| c.service.clone()).collect();
+        store.update(id, |m| m.services = names.clone())?;
+        if let Some(a) = &res.audit {
+            for c in &cars {
+                a.event(
+                    "service_started",
+                    serde_json::json!({"run": id, "service": c.service, "image": c.image, "container_id": c.container, "port": c.port}),
+                );
+            }
+        }
+        phase("sidecars started");
+    }
+    let wiring = crate::services::wiring(spec, &cars);
+
+    let built = match &relay {
+        Some(r) if needs_build => {
+            let pem = std::fs::read(&ca).ok();
+            let url = crate::guard::Relay::proxy_url(&token);
+            image::ensure(
+                &d,
+                &ctx,
+                spec.rebuild,
+                &r.network_mode(),
+                &url,
+                pem.as_deref(),
+                &mut err,
+            )
+            .await?
+        }
+        _ => false,
+    };
+    if let Some(r) = relay {
+        r.stop(&d).await;
+    }
     store.update(id, |m| m.image = Some(ctx.tag.clone()))?;
     if built && let Some(a) = &res.audit {
         a.event(
@@ -1135,7 +1180,7 @@ async fn lifecycle(
         .await?;
     }
     phase("container created");
-    if cars.iter().any(|c| c.wait) {
+    if !cars.is_empty() {
         crate::services::wait_ready(&d, &cars, &mut std::io::stderr()).await?;
         phase("services ready");
     }

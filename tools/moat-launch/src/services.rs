@@ -4,8 +4,17 @@
 //! the `MOAT_<SERVICE>_*` variables, the sidecar's name in /etc/hosts (its firewall blocks
 //! Docker's DNS) and a firewall rule for exactly the sidecar's address and port.
 //!
-//! The password lives in this process's memory and in the two containers' configuration; it
-//! is never written under MOAT_HOME, logged or put in an audit event.
+//! Each sidecar runs in the network namespace of its guard (guard.rs), which carries the
+//! service's name and address and lets in only connections to the service's port: the
+//! sidecar reaches nothing, neither the host nor the run's proxy. It starts without NET_RAW
+//! or NET_ADMIN, so it cannot change that. Where the registry gives a service an
+//! `agent_user` (postgres, mysql), the run is told about that account, not the
+//! administrator: `setup` makes it inside the sidecar once the server is ready, before the
+//! run's command starts; the administrator's password stays with this process and the
+//! sidecar's configuration.
+//!
+//! The passwords live in this process's memory and in the containers' configuration; they
+//! are never written under MOAT_HOME, logged or put in an audit event.
 
 use crate::config::{RunSpec, ServiceConfig};
 use crate::deps::{self, Kind};
@@ -22,6 +31,7 @@ pub const LABEL_SERVICE: &str = "moat.service";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One started sidecar.
+#[derive(Clone)]
 pub struct Sidecar {
     pub service: String,
     pub container: String,
@@ -35,6 +45,10 @@ pub struct Sidecar {
     /// User and database as the sidecar got them (None when the service has none).
     user: Option<String>,
     db: Option<String>,
+    /// The run's own account (user, password), made by `setup` once the server is ready.
+    agent: Option<(String, String)>,
+    setup: Vec<String>,
+    setup_env: Vec<String>,
 }
 
 /// What the main container needs to reach the sidecars.
@@ -110,13 +124,17 @@ async fn resolve_env(env: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
     Ok(out)
 }
 
-/// Create and start every service's sidecar on `network`. Each started container is pushed
-/// to `started` at once, so the caller removes it whatever fails later.
+/// Create and start every service's sidecar, each in the namespace of its guard (from
+/// `guard_image`) on `network`. Every container is pushed to `ids` as soon as it exists, and
+/// each started sidecar to `started`, so the caller removes them whatever fails later.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     d: &Docker,
     run_id: &str,
     network: &str,
     spec: &RunSpec,
+    guard_image: &str,
+    ids: &mut Vec<String>,
     started: &mut Vec<Sidecar>,
     log: &mut dyn Write,
 ) -> Result<()> {
@@ -156,7 +174,14 @@ pub async fn start(
         };
         let user = pick(&s.user_env, s.user.as_ref());
         let db = pick(&s.db_env, s.db.as_ref());
-        let f = |t: &str| fill(t, &user, &password, &db, &name, s.port);
+        let agent = s.agent_user.as_ref().map(|u| (u.clone(), self::password()));
+        let f = |t: &str| {
+            let t = match &agent {
+                Some((u, p)) => t.replace("{agent_user}", u).replace("{agent_password}", p),
+                None => t.to_string(),
+            };
+            fill(&t, &user, &password, &db, &name, s.port)
+        };
         let mut env: BTreeMap<String, String> =
             s.env.iter().map(|(k, v)| (k.clone(), f(v))).collect();
         env.extend(user_env.clone());
@@ -165,13 +190,8 @@ pub async fn start(
             (LABEL_RUN.to_string(), run_id.to_string()),
             (LABEL_SERVICE.to_string(), name.clone()),
         ]);
-        let endpoints = HashMap::from([(
-            network.to_string(),
-            bollard::models::EndpointSettings {
-                aliases: Some(vec![name.clone()]),
-                ..Default::default()
-            },
-        )]);
+        let (guard, ip) =
+            crate::guard::start_guard(d, run_id, network, &name, s.port, guard_image, ids).await?;
         let body = bollard::models::ContainerCreateBody {
             image: Some(image.clone()),
             cmd: if s.command.is_empty() {
@@ -180,14 +200,12 @@ pub async fn start(
                 Some(s.command.iter().map(|c| f(c)).collect())
             },
             env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            hostname: Some(name.clone()),
             labels: Some(labels),
             host_config: Some(bollard::models::HostConfig {
-                network_mode: Some(network.to_string()),
+                network_mode: Some(format!("container:{guard}")),
+                // A packet socket would send around the guard's rules.
+                cap_drop: Some(vec!["NET_RAW".into(), "NET_ADMIN".into()]),
                 ..Default::default()
-            }),
-            networking_config: Some(bollard::models::NetworkingConfig {
-                endpoints_config: Some(endpoints),
             }),
             ..Default::default()
         };
@@ -199,10 +217,11 @@ pub async fn start(
             .create_container(Some(opts), body)
             .await
             .map_err(|err| docker::err(format!("creating the {name} sidecar"), err))?;
-        let mut car = Sidecar {
+        ids.push(created.id.clone());
+        let car = Sidecar {
             service: name.clone(),
             container: created.id.clone(),
-            ip: String::new(),
+            ip,
             port: s.port,
             wait: o.wait != Some(false),
             image: image.clone(),
@@ -215,6 +234,13 @@ pub async fn start(
             password: password.clone(),
             user: s.user.as_ref().map(|_| user.clone()),
             db: s.db.as_ref().map(|_| db.clone()),
+            setup: s.setup.iter().map(|c| f(c)).collect(),
+            setup_env: s
+                .setup_env
+                .iter()
+                .map(|(k, v)| format!("{k}={}", f(v)))
+                .collect(),
+            agent,
         };
         d.start_container(
             &created.id,
@@ -222,13 +248,6 @@ pub async fn start(
         )
         .await
         .map_err(|err| docker::err(format!("starting the {name} sidecar"), err))?;
-        car.ip = docker::address_on(d, &created.id, network, &format!("the {name} sidecar"))
-            .await?
-            .ok_or_else(|| {
-                Error::unavailable(format!(
-                    "the {name} sidecar has no address on the run's network (did it exit at once? see `docker logs {cname}`)"
-                ))
-            })?;
         started.push(car);
     }
     Ok(())
@@ -248,10 +267,15 @@ pub fn wiring(spec: &RunSpec, cars: &[Sidecar]) -> Wiring {
         };
         let s = dep.entry.service.as_ref().expect("checked at load");
         let p = &s.prefix;
+        // The run's own account where the service has one; never the administrator's then.
+        let (user, password) = match &car.agent {
+            Some((u, pw)) => (Some(u.as_str()), pw.as_str()),
+            None => (car.user.as_deref(), car.password.as_str()),
+        };
         let url = fill(
             &s.url,
-            car.user.as_deref().unwrap_or_default(),
-            &car.password,
+            user.unwrap_or_default(),
+            password,
             car.db.as_deref().unwrap_or_default(),
             &car.service,
             car.port,
@@ -259,10 +283,10 @@ pub fn wiring(spec: &RunSpec, cars: &[Sidecar]) -> Wiring {
         w.env.push(format!("MOAT_{p}_URL={url}"));
         w.env.push(format!("MOAT_{p}_HOST={}", car.service));
         w.env.push(format!("MOAT_{p}_PORT={}", car.port));
-        if let Some(u) = &car.user {
+        if let Some(u) = user {
             w.env.push(format!("MOAT_{p}_USER={u}"));
         }
-        w.env.push(format!("MOAT_{p}_PASSWORD={}", car.password));
+        w.env.push(format!("MOAT_{p}_PASSWORD={password}"));
         if let Some(db) = &car.db {
             w.env.push(format!("MOAT_{p}_DB={db}"));
         }
@@ -272,11 +296,12 @@ pub fn wiring(spec: &RunSpec, cars: &[Sidecar]) -> Wiring {
     w
 }
 
-/// Run the sidecar's readiness command once; true when it exits 0.
-async fn check(d: &Docker, car: &Sidecar) -> Result<bool> {
+/// Run `cmd` inside the sidecar; whether it exited 0, and what it printed (bounded).
+async fn exec(d: &Docker, car: &Sidecar, cmd: &[String], env: &[String]) -> Result<(bool, String)> {
+    let what = format!("checking {}", car.service);
     let cfg = bollard::models::ExecConfig {
-        cmd: Some(car.ready.clone()),
-        env: Some(car.ready_env.clone()),
+        cmd: Some(cmd.to_vec()),
+        env: Some(env.to_vec()),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         ..Default::default()
@@ -284,20 +309,54 @@ async fn check(d: &Docker, car: &Sidecar) -> Result<bool> {
     let ex = d
         .create_exec(&car.container, cfg)
         .await
-        .map_err(|e| docker::err(format!("checking {}", car.service), e))?;
+        .map_err(|e| docker::err(&what, e))?;
+    let mut text = String::new();
     if let bollard::exec::StartExecResults::Attached { mut output, .. } = d
         .start_exec(&ex.id, None::<bollard::exec::StartExecOptions>)
         .await
-        .map_err(|e| docker::err(format!("checking {}", car.service), e))?
+        .map_err(|e| docker::err(&what, e))?
     {
-        let drain = async { while output.next().await.is_some() {} };
+        let drain = async {
+            while let Some(o) = output.next().await {
+                if let Ok(o) = o
+                    && text.len() < 4096
+                {
+                    text.push_str(&o.to_string());
+                }
+            }
+        };
         let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
     }
     let i = d
         .inspect_exec(&ex.id)
         .await
-        .map_err(|e| docker::err(format!("checking {}", car.service), e))?;
-    Ok(i.exit_code == Some(0))
+        .map_err(|e| docker::err(&what, e))?;
+    Ok((i.exit_code == Some(0), text))
+}
+
+/// Run the sidecar's readiness command once; true when it exits 0.
+async fn check(d: &Docker, car: &Sidecar) -> Result<bool> {
+    Ok(exec(d, car, &car.ready, &car.ready_env).await?.0)
+}
+
+/// Make the run's own account (a ready server); its failure fails the run.
+async fn setup(d: &Docker, car: &Sidecar) -> Result<()> {
+    let Some((user, pw)) = &car.agent else {
+        return Ok(());
+    };
+    let (ok, text) = exec(d, car, &car.setup, &car.setup_env).await?;
+    if ok {
+        return Ok(());
+    }
+    let text = text
+        .replace(&car.password, "********")
+        .replace(pw, "********");
+    Err(Error::unavailable(format!(
+        "the {} sidecar ({}): could not make the run's account {user}: {}",
+        car.service,
+        car.image,
+        text.trim().replace('\n', " | ")
+    )))
 }
 
 async fn running(d: &Docker, car: &Sidecar) -> bool {
@@ -328,48 +387,33 @@ async fn last_words(d: &Docker, car: &Sidecar) -> String {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    text.replace(&car.password, "********")
-        .lines()
+    let mut text = text.replace(&car.password, "********");
+    if let Some((_, pw)) = &car.agent {
+        text = text.replace(pw, "********");
+    }
+    text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ")
 }
 
-/// Wait (bounded) until every sidecar that is waited for answers its readiness check.
+/// Wait (bounded) until every sidecar that is waited for answers its readiness check, and
+/// make the run's account in each. A sidecar not waited for gets its account in the
+/// background, as soon as it is ready.
 pub async fn wait_ready(d: &Docker, cars: &[Sidecar], log: &mut dyn Write) -> Result<()> {
-    let checks = cars.iter().filter(|c| c.wait).map(|car| async move {
-        let t0 = Instant::now();
-        loop {
-            // A check that cannot even run (the sidecar stopped) is judged by the state below.
-            let checked = check(d, car).await;
-            if matches!(checked, Ok(true)) {
-                return Ok::<_, Error>(t0.elapsed());
+    for car in cars.iter().filter(|c| !c.wait && c.agent.is_some()) {
+        let (d, car) = (d.clone(), car.clone());
+        tokio::spawn(async move {
+            if let Err(e) = ready_then_setup(&d, &car).await {
+                eprintln!("moat: warning: {}", e.msg);
             }
-            if !running(d, car).await {
-                let words = last_words(d, car).await;
-                return Err(Error::unavailable(format!(
-                    "the {} sidecar ({}) exited before it was ready: {words}",
-                    car.service, car.image
-                )));
-            }
-            checked?;
-            if t0.elapsed() > READY_TIMEOUT {
-                return Err(Error::unavailable(format!(
-                    "the {} sidecar ({}) was not ready after {}s ({} kept failing)",
-                    car.service,
-                    car.image,
-                    READY_TIMEOUT.as_secs(),
-                    car.ready.first().map(String::as_str).unwrap_or("the check")
-                ))
-                .with_hint(format!(
-                    "services.{}.wait: false starts the run without waiting",
-                    car.service
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    });
+        });
+    }
+    let checks = cars
+        .iter()
+        .filter(|c| c.wait)
+        .map(|car| ready_then_setup(d, car));
     for (car, r) in cars
         .iter()
         .filter(|c| c.wait)
@@ -384,6 +428,40 @@ pub async fn wait_ready(d: &Docker, cars: &[Sidecar], log: &mut dyn Write) -> Re
         );
     }
     Ok(())
+}
+
+async fn ready_then_setup(d: &Docker, car: &Sidecar) -> Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        // A check that cannot even run (the sidecar stopped) is judged by the state below.
+        let checked = check(d, car).await;
+        if matches!(checked, Ok(true)) {
+            setup(d, car).await?;
+            return Ok(t0.elapsed());
+        }
+        if !running(d, car).await {
+            let words = last_words(d, car).await;
+            return Err(Error::unavailable(format!(
+                "the {} sidecar ({}) exited before it was ready: {words}",
+                car.service, car.image
+            )));
+        }
+        checked?;
+        if t0.elapsed() > READY_TIMEOUT {
+            return Err(Error::unavailable(format!(
+                "the {} sidecar ({}) was not ready after {}s ({} kept failing)",
+                car.service,
+                car.image,
+                READY_TIMEOUT.as_secs(),
+                car.ready.first().map(String::as_str).unwrap_or("the check")
+            ))
+            .with_hint(format!(
+                "services.{}.wait: false starts the run without waiting",
+                car.service
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Remove sidecars (force); missing ones are fine.
@@ -443,21 +521,32 @@ mod tests {
             password: "PW".into(),
             user: (svc == "postgres").then(|| "postgres".to_string()),
             db: (svc == "postgres").then(|| "myapp".to_string()),
+            agent: Some(("moat_agent".to_string(), "AGENTPW".to_string())),
+            setup: vec![],
+            setup_env: vec![],
         };
         let w = wiring(&spec, &[car("postgres", 5432), car("redis", 6379)]);
         for want in [
-            "MOAT_POSTGRES_URL=postgresql://postgres:PW@postgres:5432/myapp",
+            "MOAT_POSTGRES_URL=postgresql://moat_agent:AGENTPW@postgres:5432/myapp",
             "MOAT_POSTGRES_HOST=postgres",
             "MOAT_POSTGRES_PORT=5432",
-            "MOAT_POSTGRES_USER=postgres",
-            "MOAT_POSTGRES_PASSWORD=PW",
+            "MOAT_POSTGRES_USER=moat_agent",
+            "MOAT_POSTGRES_PASSWORD=AGENTPW",
             "MOAT_POSTGRES_DB=myapp",
-            "MOAT_REDIS_URL=redis://:PW@redis:6379",
-            "MOAT_REDIS_PASSWORD=PW",
+            "MOAT_REDIS_URL=redis://moat_agent:AGENTPW@redis:6379",
+            "MOAT_REDIS_USER=moat_agent",
+            "MOAT_REDIS_PASSWORD=AGENTPW",
         ] {
             assert!(w.env.contains(&want.to_string()), "{want}: {:?}", w.env);
         }
-        assert!(!w.env.iter().any(|e| e.starts_with("MOAT_REDIS_USER")));
+        // The administrator's account is not the run's where the service has its own.
+        assert!(
+            !w.env
+                .iter()
+                .any(|e| e.contains("PW") && !e.contains("AGENTPW")),
+            "{:?}",
+            w.env
+        );
         assert_eq!(w.allow, ["10.0.0.5:5432", "10.0.0.5:6379"]);
         assert_eq!(w.hosts, ["postgres:10.0.0.5", "redis:10.0.0.5"]);
     }
