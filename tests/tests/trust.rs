@@ -135,12 +135,18 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
     );
     assert!(m.run_ids().is_empty());
 
-    // The user approves; `moat trust --list` shows it; the same run goes through.
-    let t = m.run_timeout("moat", &["trust", "--yes"], None, 60);
+    // The user approves (no terminal: running `moat trust` is the approval); `moat trust
+    // --list` shows it; the same run goes through.
+    let t = m.run_timeout("moat", &["trust"], None, 60);
     assert_eq!(t.code(), 0, "{}", t.stderr());
     assert!(t.stderr().contains("github credential"), "{}", t.stderr());
     let l = m.run_timeout("moat", &["trust", "--list"], None, 60);
     assert!(l.stdout().contains("moat.yaml"), "{}", l.stdout());
+    assert!(l.stdout().contains("github credential"), "{}", l.stdout());
+    let j = m.run_timeout("moat", &["trust", "--list", "--json"], None, 60);
+    let rec: serde_json::Value = serde_json::from_str(j.stdout().trim()).unwrap();
+    assert_eq!(rec["file"], "moat.yaml");
+    assert_eq!(rec["sha256"].as_str().unwrap().len(), 64);
     let approvals = m.moat_home().join("trust.json");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&approvals).unwrap().permissions().mode();
@@ -183,6 +189,8 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
     write_config(&m, &format!("grants: [github]\n{CURL_USER}"));
     let v = m.run_timeout("moat", &["trust", "--revoke"], None, 60);
     assert_eq!(v.code(), 0, "{}", v.stderr());
+    let v = m.run_timeout("moat", &["trust", "--revoke"], None, 60);
+    assert_eq!(v.code(), 66, "nothing left to revoke: {}", v.stderr());
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 77, "{}", r.stderr());
     assert_eq!(gh.authorized.load(Ordering::SeqCst), sent);
@@ -251,6 +259,11 @@ fn on_a_terminal_the_request_is_asked_about() {
         &m,
         &format!("mounts: [\"{}:/data:ro\"]\n", outside.display()),
     );
+    // `moat trust` on a terminal asks too; n records nothing.
+    let (code, text) = on_terminal(&m, "moat-launch trust", "[y/N]", "n\n");
+    assert_eq!(code, 77, "{text}");
+    assert!(text.contains("/data"), "{text}");
+    assert!(!m.moat_home().join("trust.json").exists());
     let cmd = "moat-launch run --no-sandbox -- cat /data/m.txt";
     let (code, text) = on_terminal(&m, cmd, "[y/N]", "n\n");
     assert_eq!(code, 77, "{text}");
@@ -369,5 +382,13 @@ fn unprivileged_config_runs_without_a_question() {
     assert!(r.stdout().contains("hello-newcomer"), "{}", r.stdout());
     assert!(r.stdout().contains("inside"), "{}", r.stdout());
     assert!(!r.stderr().contains("Trust"), "{}", r.stderr());
+    assert!(!m.moat_home().join("trust.json").exists());
+    let t = m.run_timeout("moat", &["trust"], None, 60);
+    assert_eq!(t.code(), 0, "{}", t.stderr());
+    assert!(
+        t.stdout().contains("asks for nothing privileged"),
+        "{}",
+        t.stdout()
+    );
     assert!(!m.moat_home().join("trust.json").exists());
 }

@@ -786,6 +786,37 @@ mod tests {
         assert!(r(Path::new("/var/run")).is_some() || r(Path::new("/run")).is_some());
     }
 
+    /// L1: a created, changed or deleted configuration file is a change, with both digests
+    /// (null for a file that was not there).
+    #[test]
+    fn changes_of_either_file_are_found() {
+        let t = tempfile::tempdir().unwrap();
+        let ws = t.path();
+        std::fs::write(ws.join("moat.yaml"), "env:\n  A: b\n").unwrap();
+        let before = config_hashes(ws);
+        assert!(changed(ws, &before).is_empty());
+        std::fs::write(ws.join("moat.yaml"), "env:\n  A: c\n").unwrap();
+        std::fs::write(ws.join("agent.yaml"), "grants: [github]\n").unwrap();
+        let mut events = vec![];
+        report_changes(ws, &before, |k, b| events.push((k.to_string(), b)));
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].0, "config_changed");
+        assert_eq!(events[0].1["old_sha256"], before[0].1.clone().unwrap());
+        assert_ne!(events[0].1["new_sha256"], events[0].1["old_sha256"]);
+        assert!(events[1].1["old_sha256"].is_null());
+        assert!(
+            events[1].1["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("agent.yaml")
+        );
+        let before = config_hashes(ws);
+        std::fs::remove_file(ws.join("moat.yaml")).unwrap();
+        let c = changed(ws, &before);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].2.is_none());
+    }
+
     #[test]
     fn approvals_round_trip_and_are_private() {
         use std::os::unix::fs::PermissionsExt;
