@@ -71,6 +71,9 @@ fn l1_a_mount_the_agent_appends_is_refused_on_the_next_run() {
         r1.stderr()
     );
     let id1 = m.run_ids().pop().unwrap();
+    let launch_log =
+        std::fs::read_to_string(m.moat_home().join("runs").join(&id1).join("launch.log")).unwrap();
+    assert!(launch_log.contains("moat.yaml was changed"), "{launch_log}");
     let audit = audit_log(&m, &id1);
     assert!(
         audit.contains("\"config_changed\"") && audit.contains("moat.yaml"),
@@ -391,4 +394,13 @@ fn unprivileged_config_runs_without_a_question() {
         t.stdout()
     );
     assert!(!m.moat_home().join("trust.json").exists());
+    // Flags are the user's own: a mount from outside the workspace on the command line
+    // needs no approval.
+    let outside = m.env.path().join("mine");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("f"), "from-my-flag").unwrap();
+    let mount = format!("{}:/o:ro", outside.display());
+    let r = m.launch(&["run", "--no-sandbox", "-m", &mount, "--", "cat", "/o/f"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.stdout().contains("from-my-flag"), "{}", r.stdout());
 }

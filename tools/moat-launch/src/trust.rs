@@ -729,6 +729,31 @@ mod tests {
         assert!(reqs("claude:\n  base_url: https://api.anthropic.com\n", ws).is_empty());
     }
 
+    #[test]
+    fn allow_entries_widen_only_with_a_port_or_a_private_address() {
+        for e in [
+            "localhost",
+            "db.localhost",
+            "host.docker.internal",
+            "printer.local",
+            "x.example:8443",
+            "127.0.0.1",
+            "192.168.1.10",
+            "172.16.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "10.0.0.0/8",
+            "[::1]",
+            "fd00::1",
+            "*",
+        ] {
+            assert!(allow_widens(e), "{e}");
+        }
+        for e in ["api.example.com", "*.pythonhosted.org", "8.8.8.8"] {
+            assert!(!allow_widens(e), "{e}");
+        }
+    }
+
     /// L1: changing a privileged field changes the digest; an unprivileged one does not.
     #[test]
     fn digest_follows_the_privileged_part_only() {
