@@ -93,6 +93,15 @@ impl Moat {
         id
     }
 
+    /// `moat-launch trust --yes PATH` (default: the workspace): the user approves what its
+    /// moat.yaml asks for (grants, secrets, mounts outside it...), as a run without a
+    /// terminal needs.
+    pub fn trust(&self, path: Option<&Path>) {
+        let p = path.unwrap_or(&self.ws).to_string_lossy().into_owned();
+        let r = self.run_timeout("moat-launch", &["trust", "--yes", &p], None, 60);
+        assert_eq!(r.code(), 0, "moat trust: {}", r.stderr());
+    }
+
     pub fn moat_home(&self) -> &Path {
         &self.env.moat_home
     }

@@ -593,6 +593,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
         "secrets:\n  DATABASE_URL: ssm:///e2e/db-url\n  API_KEY: op://Dev/Thing/field\n",
     )
     .unwrap();
+    a.m.trust(None);
     let r = a.m.launch(&[
         "run",
         "--no-sandbox",
@@ -630,6 +631,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
         "secrets:\n  DATABASE_URL: ssm:///e2e/missing\n",
     )
     .unwrap();
+    a.m.trust(None);
     let r = a.m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_ne!(r.code(), 0);
     let err = r.stderr();
@@ -647,6 +649,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
         "secrets:\n  API_KEY: op://Dev/Nope/field\n",
     )
     .unwrap();
+    a.m.trust(None);
     let r = a.m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_ne!(r.code(), 0);
     let err = r.stderr();
@@ -665,6 +668,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
         "secrets:\n  DATABASE_URL: ssm:///e2e/db-url\n",
     )
     .unwrap();
+    a.m.trust(None);
     let r = a.m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_ne!(r.code(), 0);
     let err = r.stderr();
@@ -685,6 +689,7 @@ fn an_op_secret_without_the_op_cli_says_to_install_it() {
         "secrets:\n  API_KEY: op://Dev/Thing/field\n",
     )
     .unwrap();
+    m.trust(None);
     let mut c = m.env.cmd("moat-launch");
     c.args(["run", "--no-sandbox", "--", "true"])
         .current_dir(&m.ws)

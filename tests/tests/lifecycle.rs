@@ -30,6 +30,7 @@ command: ["sh", "-c", "cat /data/x.txt; echo $GREETING; cat /workspace/pre_run.t
 "#,
     )
     .unwrap();
+    m.trust(None);
     let r = m.launch(&["run", "--no-sandbox", "-e", "EXTRA=1"]);
     let out = r.stdout();
     assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
@@ -275,6 +276,7 @@ fn volumes_rm_reconciles_an_orphaned_run_before_judging_it_busy() {
         "name: orphan-vol\nvolumes:\n  - name: state\n    target: /srv/state\n",
     )
     .unwrap();
+    m.trust(None);
     let r = m.launch(&["run", "--no-sandbox", "-d", "--", "sleep", "120"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();

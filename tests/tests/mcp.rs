@@ -76,6 +76,7 @@ fn claude_calls_a_remote_mcp_tool_through_the_relay_and_never_holds_its_credenti
         ),
     )
     .unwrap();
+    m.trust(None);
     let r = m.run_timeout(
         "moat",
         &[
@@ -267,6 +268,7 @@ fn moat_run_gets_the_relay_in_its_environment_and_only_the_stub_is_swapped() {
         ),
     )
     .unwrap();
+    m.trust(None);
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
     let script = format!(
         "for h in \"$MOAT_MCP_DOCS_HEADER\" 'X-Docs-Key: my-own-value'; do \
@@ -342,6 +344,7 @@ fn cli_handshakes(cli: &str, kind: Kind, provider: &str, key: &str) {
         ),
     )
     .unwrap();
+    m.trust(None);
     let r = says_hello(&m, &st, cli);
     let requests = st.request_lines();
     let seen: Vec<_> = st
@@ -468,6 +471,7 @@ fn local_server_set_up(
         ),
     )
     .unwrap();
+    m.trust(None);
     (m, st, github)
 }
 

@@ -215,6 +215,7 @@ fn network_rules_reach_the_proxy() {
         "grants: [github]\nnetwork:\n  rules:\n    - api.github.com:\n        - allow GET /user\n        - deny GET /**\n",
     )
     .unwrap();
+    m.trust(None);
     let r = m.launch(&[
         "run",
         "--no-sandbox",

@@ -125,6 +125,7 @@ fn secrets_reach_the_command_and_hook_but_no_engine_state_holds_them() {
          hooks:\n  pre_run: 'printf %s \"$TRICKY\" | sha256sum > /tmp/pre-run.sha'\n",
     )
     .unwrap();
+    m.trust(None);
     let r = m.launch(&[
         "run",
         "--no-sandbox",

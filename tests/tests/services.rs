@@ -524,6 +524,7 @@ fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
     }
     let m = Moat::new();
     std::fs::write(m.ws.join("moat.yaml"), "dependencies: [docker:host]\n").unwrap();
+    m.trust(None);
     let r = m.sh("docker version --format 'SERVER={{.Server.Version}}'");
     let out = r.stdout();
     assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());

@@ -264,6 +264,7 @@ fn volumes_persist_across_runs_and_rm_removes_them() {
         ),
     )
     .unwrap();
+    m.trust(None);
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(r.stdout().trim(), "");

@@ -20,7 +20,8 @@ pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
        moat-launch system images|containers [--json] [--all]
        moat-launch image bootstrap [--force]
        moat-launch volumes [ls [--json] | rm NAME... [--force] | prune [--all] [--force]]
-       moat-launch deps [list [--json] | info NAME [--json]]";
+       moat-launch deps [list [--json] | info NAME [--json]]
+       moat-launch trust [PATH] [--yes] | trust --list [--json] | trust --revoke [PATH]";
 
 pub const HELP: &str =
     "Run a command or agent in a container whose only network path is moat's proxy.
@@ -46,6 +47,7 @@ Commands:
     volumes [ls|rm NAME|prune]  list or delete the volumes kept per agent
     deps [list]              list the dependencies a run can name (kind, versions, what each gives)
     deps info NAME           show one dependency in full (image, packages, variables, ports)
+    trust [PATH]             approve what PATH's moat.yaml asks for (--list, --revoke)
 
 RUN is a run id, an id prefix or a name; it defaults to the latest run.
 
@@ -64,6 +66,8 @@ Run options:
     -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
     --no-snapshots           no pre-run snapshot of the workspace
     --no-audit               run without an audit log (warned; recorded in metadata)
+    --allow-sensitive-mount  run even if the workspace or a mount overlaps MOAT_HOME,
+                             ~/.ssh, ~/.aws or another key directory (warns)
 
 Agent options (claude, codex, gemini; with the run options):
     -p, --prompt PROMPT      answer PROMPT and exit (non-interactive)
@@ -83,6 +87,9 @@ Other options:
     --force                  clean, volumes rm|prune: do not ask; snapshot restore: even
                              while the run runs; promote: replace an earlier promoted
                              copy; image bootstrap: rebuild
+    -y, --yes                trust: record the approval without asking
+    --list                   trust: list the approvals
+    --revoke                 trust: remove PATH's approval
     -h, --help               show this help
     -V, --version            show the version
 ";
@@ -111,6 +118,8 @@ pub struct RunArgs {
     pub prompt: Option<String>,
     pub keep_prompts: bool,
     pub resume: Option<String>,
+    /// `--allow-sensitive-mount`: only ever from the command line.
+    pub allow_sensitive_mount: bool,
 }
 
 #[derive(Debug)]
@@ -165,6 +174,7 @@ pub enum Command {
         all: bool,
     },
     Deps(DepsCmd),
+    Trust(crate::trust::TrustCmd),
 }
 
 #[derive(Debug)]
@@ -283,6 +293,7 @@ where
                 "promote" => parse_promote(&mut p),
                 "system" => parse_system(&mut p),
                 "deps" => parse_deps(&mut p),
+                "trust" => parse_trust(&mut p),
                 other => Err(usage(format!("unknown command {other:?}"))),
             }
         }
@@ -362,6 +373,7 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
             }
             Long("no-snapshots") => r.no_snapshots = true,
             Long("no-audit") => r.no_audit = true,
+            Long("allow-sensitive-mount") => r.allow_sensitive_mount = true,
             Short('p') | Long("prompt") if agent => {
                 r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)
             }
@@ -635,6 +647,35 @@ fn parse_deps(p: &mut lexopt::Parser) -> Result<Command> {
             "deps: unknown command {other:?} (list, info NAME)"
         ))),
     }
+}
+
+fn parse_trust(p: &mut lexopt::Parser) -> Result<Command> {
+    use crate::trust::TrustCmd;
+    let (mut path, mut yes, mut list, mut revoke, mut json) = (None, false, false, false, false);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Short('y') | Long("yes") => yes = true,
+            Long("list") => list = true,
+            Long("revoke") => revoke = true,
+            Long("json") => json = true,
+            Value(v) if path.is_none() => path = Some(PathBuf::from(v)),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(format!("trust: {}", a.unexpected()))),
+        }
+    }
+    Ok(Command::Trust(match (list, revoke) {
+        (true, true) => return Err(usage("trust: --list and --revoke do not go together")),
+        (true, false) if path.is_some() || yes => {
+            return Err(usage("trust --list takes no PATH and no --yes"));
+        }
+        (true, false) => TrustCmd::List { json },
+        (false, true) if yes || json => {
+            return Err(usage("trust --revoke takes only a PATH"));
+        }
+        (false, true) => TrustCmd::Revoke { path },
+        (false, false) if json => return Err(usage("trust: --json goes with --list")),
+        (false, false) => TrustCmd::Approve { path, yes },
+    }))
 }
 
 fn parse_image(p: &mut lexopt::Parser) -> Result<Command> {

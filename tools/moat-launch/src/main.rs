@@ -29,6 +29,7 @@ mod snapshot;
 mod ssh_client;
 mod store;
 mod system;
+mod trust;
 mod tty;
 mod volumes;
 mod worktree;
@@ -109,6 +110,7 @@ fn real_main() -> Result<()> {
         }
         Command::Deps(args::DepsCmd::List { json }) => deps::list(json),
         Command::Deps(args::DepsCmd::Info { name, json }) => deps::info(&name, json),
+        Command::Trust(t) => trust::command(t),
         Command::Bootstrap { force } => runtime()?.block_on(image::bootstrap(force)),
     }
 }

@@ -68,6 +68,8 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
     }
     let mut spec = config::resolve(&args, &loaded, &workspace)?;
     crate::mcp::check_stored(&home, &spec.mcp)?;
+    crate::trust::check_sensitive(&home, &workspace, &spec.binds, args.allow_sensitive_mount)?;
+    crate::trust::check(&home, &workspace, &loaded)?;
     if let Some(branch) = &args.worktree {
         let wt = crate::worktree::prepare(&home, &workspace, branch)?;
         crate::commands::reconcile_all(&store)?;
@@ -296,7 +298,13 @@ pub async fn supervise(id: &str) -> Result<()> {
         audit: None,
         route: None,
     };
+    let config_before = crate::trust::config_hashes(&spec.workspace);
     let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
+    crate::trust::report_changes(&spec.workspace, &config_before, |kind, body| {
+        if let Some(a) = &res.audit {
+            a.event(kind, body)
+        }
+    });
     let (state, reason, exit_code, error_code) = match &outcome {
         Ok(code) => {
             let stopping = store

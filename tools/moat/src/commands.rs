@@ -65,6 +65,11 @@ pub const COMMANDS: &[Command] = &[
         "list the Docker images and containers moat made",
     ),
     c("wt", "moat-launch", "run in a git worktree for a branch"),
+    c(
+        "trust",
+        "moat-launch",
+        "approve what a workspace's moat.yaml asks for",
+    ),
     c("grant", "moat-grant", "store a credential for runs to use"),
     c("revoke", "moat-grant", "remove a stored credential"),
     c(

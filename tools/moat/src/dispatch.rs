@@ -170,7 +170,10 @@ fn help_text() -> String {
                 "stop", "destroy", "clean", "promote", "system",
             ],
         ),
-        ("Workspaces", &["wt", "snapshot", "volumes", "deps"]),
+        (
+            "Workspaces",
+            &["wt", "trust", "snapshot", "volumes", "deps"],
+        ),
         ("Credentials", &["grant", "revoke"]),
         ("Audit and tools", &["audit", "verify-bundle", "proxy"]),
     ];
