@@ -712,6 +712,28 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         return deny(&st, ctx, &t, &method, &path, rule, kind, message);
     }
 
+    // THREATS A6: a credential never crosses the network in clear unless its grant was
+    // stored for `http://`. A plain-HTTP request that would get one over HTTPS is refused.
+    if !t.tls {
+        let refused = live.injector.https_only(req.headers(), &t.host, t.port);
+        if !refused.is_empty() {
+            let g = refused.join(", ");
+            let shown = display_host(&t.host, t.port);
+            return deny(
+                &st,
+                ctx,
+                &t,
+                &method,
+                &path,
+                format!("https-only: {g}"),
+                "https-only",
+                format!(
+                    "Moat: plain-HTTP request refused.\nThe grant {g} for {shown} is injected only over HTTPS; use https:// or re-grant with an explicit http:// host.\n"
+                ),
+            );
+        }
+    }
+
     // Upgrades: WebSocket only (h2c and anything else would turn the request into a tunnel
     // the proxy cannot see into).
     let upgrade = req

@@ -337,7 +337,7 @@ fn smuggling_corpus_never_desyncs() {
     let env = TestEnv::new();
     let secret = canary();
     let up = plain_upstream();
-    let rules = inject_rule("plain", &["plain.example:80"], "X-Api-Key", &secret);
+    let rules = inject_rule("plain", &["http://plain.example:80"], "X-Api-Key", &secret);
     let ct = format!("plain.example:80:127.0.0.1:{}", up.port());
     let p = Proxy::start(
         &env,
