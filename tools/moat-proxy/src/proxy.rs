@@ -786,6 +786,22 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let grants = live.injector.apply(&mut headers, &t.host, t.port, t.tls);
+    if is_ws && !grants.is_empty() {
+        // WebSocket frames are not masked, so an upstream could echo the credential in one.
+        let g = grants.join(", ");
+        return deny(
+            &st,
+            ctx,
+            &t,
+            &method,
+            &path,
+            format!("websocket-credential: {g}"),
+            "websocket-credential",
+            format!(
+                "Moat: WebSocket refused.\nThe grant {g} would be injected into this WebSocket, and moat does not mask credentials in WebSocket frames.\n"
+            ),
+        );
+    }
     if !grants.is_empty() {
         // Masking reads response bodies as they pass; a compressed body would carry an
         // echoed credential where masking cannot see it and the client's decoder can.
@@ -881,6 +897,10 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         let (mut parts, _) = res.into_parts();
         let keep_upgrade = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
+        if !grants.is_empty() {
+            let secrets = live.injector.secrets(&t.host, t.port, t.tls);
+            crate::redact::mask_headers(&secrets, &mut parts.headers);
+        }
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -907,6 +927,26 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         return r;
     }
     let (mut parts, body) = res.into_parts();
+    if !grants.is_empty()
+        && method != Method::HEAD
+        && !matches!(parts.status.as_u16(), 204 | 304)
+        && let Some(coding) = crate::redact::unmaskable_coding(&parts.headers)
+    {
+        // THREATS B4: masking cannot see into a compressed body, and the agent can decode it.
+        ctx.set_error(
+            "upstream",
+            format!("response to a credentialed request in {coding}; refused, it cannot be masked"),
+        );
+        return finish(
+            ctx,
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "moat-proxy: the upstream answered a request that carried a credential with a compressed body ({coding}) although it was asked for identity; moat cannot mask it, so the response is refused\n"
+                ),
+            ),
+        );
+    }
     strip_hop_by_hop(&mut parts.headers);
     let body = Counted {
         inner: body,
@@ -918,17 +958,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     } else {
         // The request carried a credential: mask it wherever the response reflects it.
         let secrets = live.injector.secrets(&t.host, t.port, t.tls);
-        for v in parts.headers.values_mut() {
-            if !secrets.contains(v.as_bytes()) {
-                continue;
-            }
-            let mut b = v.as_bytes().to_vec();
-            if secrets.mask(&mut b)
-                && let Ok(nv) = HeaderValue::from_bytes(&b)
-            {
-                *v = nv;
-            }
-        }
+        crate::redact::mask_headers(&secrets, &mut parts.headers);
         crate::redact::Redact::new(body, secrets).boxed_unsync()
     };
     finish(ctx, Response::from_parts(parts, body))

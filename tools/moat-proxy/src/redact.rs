@@ -4,9 +4,10 @@
 //! it (the whole header value and the token after its scheme) masked with `*` of the same
 //! length, in headers and in the body, so lengths and framing stay valid. The body is
 //! streamed: only a tail that could be the start of a secret is held back until the next
-//! chunk. Compressed bodies are not inspected: a request that carries a credential asks
-//! the upstream for `Accept-Encoding: identity`, so a compliant upstream answers it in
-//! plain bytes, where masking sees them.
+//! chunk. Trailers are masked like headers. Compressed bodies cannot be inspected: a
+//! request that carries a credential asks the upstream for `Accept-Encoding: identity`,
+//! and a response that comes back with any other content or transfer coding is refused
+//! ([`unmaskable_coding`]).
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -108,6 +109,52 @@ impl Secrets {
     }
 }
 
+/// Mask every header value that contains a secret; drop a header whose name contains one.
+pub fn mask_headers(secrets: &Secrets, h: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|n| secrets.contains(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+    for v in h.values_mut() {
+        if !secrets.contains(v.as_bytes()) {
+            continue;
+        }
+        let mut b = v.as_bytes().to_vec();
+        secrets.mask(&mut b);
+        *v = http::HeaderValue::from_bytes(&b).unwrap_or(http::HeaderValue::from_static(""));
+    }
+}
+
+/// The content or transfer coding (other than `identity` and `chunked`) a response's
+/// body arrives in, if any: masking cannot see into it, so such a response to a request
+/// that carried a credential is refused.
+pub fn unmaskable_coding(h: &http::HeaderMap) -> Option<String> {
+    let codings = |name| {
+        h.get_all(name)
+            .iter()
+            .flat_map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let ce = codings(http::header::CONTENT_ENCODING);
+    if let Some(c) = ce.into_iter().find(|c| c != "identity") {
+        return Some(format!("Content-Encoding: {c}"));
+    }
+    let te = codings(http::header::TRANSFER_ENCODING);
+    te.into_iter()
+        .find(|c| c != "chunked" && c != "identity")
+        .map(|c| format!("Transfer-Encoding: {c}"))
+}
+
 pub struct Redact<B> {
     pub inner: B,
     pub secrets: Arc<Secrets>,
@@ -177,6 +224,13 @@ where
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))));
                     }
                     Err(other) => {
+                        let other = match other.into_trailers() {
+                            Ok(mut t) => {
+                                mask_headers(&this.secrets, &mut t);
+                                Frame::trailers(t)
+                            }
+                            Err(f) => f,
+                        };
                         if this.carry.is_empty() {
                             return Poll::Ready(Some(Ok(other)));
                         }

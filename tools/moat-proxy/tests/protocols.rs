@@ -1,5 +1,5 @@
-//! Protocols through the real binary: WebSocket (ws:// and wss://) with injection on the
-//! upgrade, a gRPC-style HTTP/2 exchange with trailers, git cloning over HTTPS from a
+//! Protocols through the real binary: WebSocket (ws:// and wss://; refused when it would
+//! carry a credential), a gRPC-style HTTP/2 exchange with trailers, git cloning over HTTPS from a
 //! smart-HTTP server that requires the injected Basic credential, a smuggling corpus, and
 //! slow clients.
 
@@ -20,7 +20,7 @@ fn basic(user: &str, pass: &str) -> String {
 
 const WS_CLIENT: &str = r#"
 import socket, ssl, sys, base64, os
-host, port, token, mode, target, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+host, port, token, mode, target, cafile, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 auth = base64.b64encode(("moat:" + token).encode()).decode()
 s = socket.create_connection((host, port), timeout=10)
 key = base64.b64encode(os.urandom(16)).decode()
@@ -42,7 +42,19 @@ resp = b""
 while b"\r\n\r\n" not in resp:
     resp += s.recv(1)
 head = resp.decode()
-assert head.startswith("HTTP/1.1 101"), head
+assert head.startswith("HTTP/1.1 " + want), head
+if want != "101":
+    s.settimeout(2)
+    try:
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            resp += b
+    except Exception:
+        pass
+    print(resp.decode())
+    sys.exit(0)
 for i in range(3):
     msg = ("hello %d" % i).encode()
     s.sendall(msg)
@@ -53,8 +65,12 @@ for i in range(3):
 print("ok")
 "#;
 
+/// THREATS D3, B4: WebSocket frames are not masked, so an upgrade that would carry a
+/// credential (wss:// to a granted host, ws:// to an `http://` grant) is refused before it
+/// reaches the upstream, which therefore cannot echo the credential in a frame; an upgrade
+/// that carries none passes through.
 #[test]
-fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
+fn websocket_passes_without_a_credential_and_is_refused_with_one() {
     let env = TestEnv::new();
     let secret = canary();
     let (tls_up, ca) = granted_upstream(&env, "api.github.com", &[b"http/1.1"]);
@@ -67,12 +83,13 @@ fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
     );
     rules += &inject_rule(
         "wsplain",
-        &["ws.example:80"],
+        &["http://wscred.example:80"],
         "Authorization",
         &format!("Bearer {secret}"),
     );
     let ct1 = format!("api.github.com:443:127.0.0.1:{}", tls_up.port());
     let ct2 = format!("ws.example:80:127.0.0.1:{}", plain.port());
+    let ct3 = format!("wscred.example:80:127.0.0.1:{}", plain.port());
     let p = Proxy::start(
         &env,
         &rules,
@@ -81,14 +98,17 @@ fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
             &ct1,
             "--connect-to",
             &ct2,
+            "--connect-to",
+            &ct3,
             "--extra-ca",
             ca.to_str().unwrap(),
         ],
     );
     let (host, port) = p.addr.rsplit_once(':').unwrap();
-    for (mode, target, up) in [
-        ("wss", "api.github.com", &tls_up),
-        ("ws", "ws.example", &plain),
+    for (mode, target, want) in [
+        ("wss", "api.github.com", "403"),
+        ("ws", "wscred.example", "403"),
+        ("ws", "ws.example", "101"),
     ] {
         let out = env
             .program("python3")
@@ -101,25 +121,49 @@ fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
                 mode,
                 target,
                 p.ca.to_str().unwrap(),
+                want,
             ])
             .output()
             .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
-            "{mode}: {}",
+            "{mode} {target}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let seen = up.seen();
-        assert_eq!(seen.len(), 1, "{mode}");
-        assert_eq!(
-            seen[0].header_all("authorization"),
-            vec![format!("Bearer {secret}")]
-        );
-        assert_eq!(seen[0].header_all("upgrade"), vec!["websocket"]);
+        assert!(!stdout.contains(&secret), "{stdout}");
+        if want == "403" {
+            assert!(
+                stdout.contains("does not mask credentials in WebSocket frames"),
+                "{stdout}"
+            );
+            assert!(
+                stdout
+                    .to_ascii_lowercase()
+                    .contains("x-moat-blocked: websocket-credential")
+            );
+        }
     }
-    let t = p.wait_trace(2);
-    assert!(t.iter().all(|r| r["status"] == 101), "{t:?}");
-    assert!(t.iter().all(|r| r["bytes_in"].as_u64().unwrap() >= 21));
+    assert!(
+        tls_up.seen().is_empty(),
+        "a refused upgrade reached the upstream"
+    );
+    let seen = plain.seen();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the upgrade without a credential goes upstream"
+    );
+    assert_eq!(seen[0].header_all("upgrade"), vec!["websocket"]);
+    assert_eq!(
+        seen[0].header_all("authorization"),
+        vec!["Bearer ghp_placeholder"]
+    );
+    let t = p.wait_trace(3);
+    let policies: Vec<_> = t.iter().filter_map(|r| r["policy"].as_str()).collect();
+    assert!(policies.contains(&"websocket-credential: github"), "{t:?}");
+    assert!(policies.contains(&"websocket-credential: wsplain"), "{t:?}");
+    assert!(t.iter().any(|r| r["status"] == 101), "{t:?}");
     p.assert_no_leak(&secret);
     // Other upgrades (h2c smuggling) are refused and never reach the upstream.
     let r = curl(

@@ -332,6 +332,55 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
                 .insert("content-encoding", HeaderValue::from_static("gzip"));
             r
         }
+        "/gzip-anyway" => {
+            // An echo that ignores Accept-Encoding and always answers in gzip.
+            let mut child = tokio::process::Command::new("gzip")
+                .arg("-c")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            {
+                use tokio::io::AsyncWriteExt;
+                stdin.write_all(seen.raw().as_bytes()).await.unwrap();
+            }
+            drop(stdin);
+            let out = child.wait_with_output().await.unwrap();
+            let mut r = Response::new(full(out.stdout));
+            r.headers_mut()
+                .insert("content-encoding", HeaderValue::from_static("gzip"));
+            r
+        }
+        "/trailer-echo" => {
+            // A streamed body whose trailer (and a header) echo the request's Authorization.
+            let auth = seen
+                .header_all("authorization")
+                .first()
+                .cloned()
+                .unwrap_or_default();
+            let value = HeaderValue::from_str(&auth).unwrap();
+            let v2 = value.clone();
+            let s = futures_util::stream::unfold(0u8, move |i| {
+                let value = value.clone();
+                async move {
+                    match i {
+                        0 => Some((Ok::<_, Infallible>(Frame::data(Bytes::from("body\n"))), 1)),
+                        1 => {
+                            let mut t = HeaderMap::new();
+                            t.insert("x-echo", value);
+                            Some((Ok(Frame::trailers(t)), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            let mut r = Response::new(StreamBody::new(s).boxed_unsync());
+            r.headers_mut().insert("x-echo-head", v2);
+            r.headers_mut()
+                .insert("trailer", HeaderValue::from_static("x-echo"));
+            r
+        }
         "/redirect" => {
             let mut r = Response::new(full(""));
             *r.status_mut() = StatusCode::FOUND;
