@@ -331,3 +331,49 @@ fn deny_rules_hold_against_other_spellings() {
     assert_eq!(up.seen()[0].target, "/public/a;b");
     p.assert_no_leak(&secret);
 }
+
+/// THREATS B4: over HTTP/1.1 (plain HTTP, an `http://` grant, the client asking for
+/// trailers) a chunked response whose trailer and header echo the credential reaches the
+/// client without the credential anywhere.
+#[test]
+fn http1_chunked_trailers_never_carry_the_credential() {
+    use std::io::{Read, Write};
+    let env = TestEnv::new();
+    let secret = canary();
+    let plain = plain_upstream();
+    let rules = inject_rule(
+        "plain",
+        &["http://trailer.example"],
+        "Authorization",
+        &format!("Bearer {secret}"),
+    );
+    let ct = format!("trailer.example:80:127.0.0.1:{}", plain.port());
+    let p = Proxy::start(&env, &rules, &["--connect-to", &ct]);
+    let mut s = std::net::TcpStream::connect(&p.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET http://trailer.example/trailer-echo HTTP/1.1\r\nHost: trailer.example\r\nProxy-Authorization: {}\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        basic(&p.token)
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).to_string();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("body"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains(&format!("x-echo-head: bearer {}", "*".repeat(secret.len()))),
+        "{out}"
+    );
+    assert!(!out.contains(&secret), "{out}");
+    let seen = plain.seen();
+    assert_eq!(seen[0].header_all("te"), vec!["trailers"]);
+    assert_eq!(
+        seen[0].header_all("authorization"),
+        vec![format!("Bearer {secret}")]
+    );
+    p.assert_no_leak(&secret);
+}
