@@ -377,3 +377,65 @@ fn http1_chunked_trailers_never_carry_the_credential() {
     );
     p.assert_no_leak(&secret);
 }
+
+/// THREATS B4: a transfer coding other than chunked (`Transfer-Encoding: gzip, chunked`)
+/// hides an echoed credential from masking just as a content coding does: refused with 502.
+#[test]
+fn a_gzip_transfer_coding_on_a_credentialed_response_is_refused() {
+    use std::io::{Read, Write};
+    let env = TestEnv::new();
+    let secret = canary();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        let Ok((mut c, _)) = l.accept() else { return };
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        *s2.lock().unwrap() = String::from_utf8_lossy(&head).to_string();
+        let mut gz = std::process::Command::new("gzip")
+            .arg("-c")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        gz.stdin.take().unwrap().write_all(&head).unwrap();
+        let body = gz.wait_with_output().unwrap().stdout;
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n",
+            body.len()
+        );
+        let _ = c.write_all(&body);
+        let _ = c.write_all(b"\r\n0\r\n\r\n");
+    });
+    let rules = inject_rule(
+        "plain",
+        &["http://te.example"],
+        "Authorization",
+        &format!("Bearer {secret}"),
+    );
+    let ct = format!("te.example:80:127.0.0.1:{port}");
+    let p = Proxy::start(&env, &rules, &["--connect-to", &ct]);
+    let r = curl(&env, &["-x", &p.url(), "-i", "http://te.example/"]);
+    assert!(
+        r.stdout.starts_with("HTTP/1.1 502"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("(Transfer-Encoding: gzip)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        seen.lock().unwrap().contains(&secret),
+        "the request carried the credential"
+    );
+    p.assert_no_leak(&secret);
+}
