@@ -260,7 +260,7 @@ fn deny_rules_hold_against_other_spellings() {
         &format!("Bearer {secret}"),
     );
     rules.push_str(
-        r#"{"v":1,"type":"net_rule","host":"api.github.com","rules":["allow GET /public/**","deny * /secret","deny DELETE /**"]}"#,
+        r#"{"v":1,"type":"net_rule","host":"api.github.com","rules":["allow GET /public/**","deny GET /secret","deny DELETE /**"]}"#,
     );
     rules.push('\n');
     let p = Proxy::to_upstream(&env, &rules, "api.github.com", up.port(), &ca);
