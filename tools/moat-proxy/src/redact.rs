@@ -145,14 +145,20 @@ pub fn unmaskable_coding(h: &http::HeaderMap) -> Option<String> {
             })
             .collect::<Vec<_>>()
     };
+    // Only a known coding's name is shown: the value is the upstream's, and an echo could
+    // put the credential there.
+    let shown = |c: String| match c.as_str() {
+        "gzip" | "x-gzip" | "deflate" | "br" | "zstd" | "compress" | "x-compress" => c,
+        _ => "an unknown coding".to_string(),
+    };
     let ce = codings(http::header::CONTENT_ENCODING);
     if let Some(c) = ce.into_iter().find(|c| c != "identity") {
-        return Some(format!("Content-Encoding: {c}"));
+        return Some(format!("Content-Encoding: {}", shown(c)));
     }
     let te = codings(http::header::TRANSFER_ENCODING);
     te.into_iter()
         .find(|c| c != "chunked" && c != "identity")
-        .map(|c| format!("Transfer-Encoding: {c}"))
+        .map(|c| format!("Transfer-Encoding: {}", shown(c)))
 }
 
 pub struct Redact<B> {
@@ -293,6 +299,28 @@ mod tests {
             String::from_utf8(buf).unwrap(),
             "**************** *********..*********x SECRET-"
         );
+    }
+
+    #[test]
+    fn codings_that_hide_the_body_are_named_without_echoing_the_upstream() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(unmaskable_coding(&h), None);
+        h.insert("content-encoding", "identity".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        assert_eq!(unmaskable_coding(&h), None);
+        h.insert("transfer-encoding", "gzip, chunked".parse().unwrap());
+        assert_eq!(
+            unmaskable_coding(&h).as_deref(),
+            Some("Transfer-Encoding: gzip")
+        );
+        h.insert("content-encoding", "identity, BR".parse().unwrap());
+        assert_eq!(
+            unmaskable_coding(&h).as_deref(),
+            Some("Content-Encoding: br")
+        );
+        h.insert("content-encoding", "Bearer CANARY-echoed".parse().unwrap());
+        let got = unmaskable_coding(&h).unwrap();
+        assert!(!got.to_ascii_lowercase().contains("canary"), "{got}");
     }
 
     #[test]
