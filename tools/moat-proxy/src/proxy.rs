@@ -787,20 +787,9 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     }
     let grants = live.injector.apply(&mut headers, &t.host, t.port, t.tls);
     if is_ws && !grants.is_empty() {
-        // WebSocket frames are not masked, so an upstream could echo the credential in one.
-        let g = grants.join(", ");
-        return deny(
-            &st,
-            ctx,
-            &t,
-            &method,
-            &path,
-            format!("websocket-credential: {g}"),
-            "websocket-credential",
-            format!(
-                "Moat: WebSocket refused.\nThe grant {g} would be injected into this WebSocket, and moat does not mask credentials in WebSocket frames.\n"
-            ),
-        );
+        // The upstream's frames are masked as they stream (THREATS D3), which needs them
+        // uncompressed: no extension is offered.
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     if !grants.is_empty() {
         // Masking reads response bodies as they pass; a compressed body would carry an
@@ -909,13 +898,21 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         }
         ctx.set_status(101);
         let c2 = ctx.clone();
+        let masker = (!grants.is_empty())
+            .then(|| crate::wsmask::WsMasker::new(live.injector.secrets(&t.host, t.port, t.tls)));
         tokio::spawn(async move {
             let (Ok(a), Ok(b)) = (client_up.await, upstream_up.await) else {
                 return;
             };
             let (mut ar, mut aw) = tokio::io::split(TokioIo::new(a));
             let (mut br, mut bw) = tokio::io::split(TokioIo::new(b));
-            let (i, o) = tokio::join!(pump(&mut ar, &mut bw), pump(&mut br, &mut aw));
+            let down = async {
+                match masker {
+                    Some(m) => pump_masked(&mut br, &mut aw, m).await,
+                    None => pump(&mut br, &mut aw).await,
+                }
+            };
+            let (i, o) = tokio::join!(pump(&mut ar, &mut bw), down);
             c2.add_in(i);
             c2.add_out(o);
         });
@@ -989,6 +986,38 @@ where
                     break;
                 }
                 n += k as u64;
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+    n
+}
+
+/// [`pump`] for the upstream's side of a WebSocket that carried a credential: its frames
+/// are masked on the way; an unreadable frame ends the copy.
+async fn pump_masked<R, W>(r: &mut R, w: &mut W, mut m: crate::wsmask::WsMasker) -> u64
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let rest = m.finish();
+                if w.write_all(&rest).await.is_ok() {
+                    n += rest.len() as u64;
+                }
+                break;
+            }
+            Ok(k) => {
+                let Ok(out) = m.push(&buf[..k]) else { break };
+                if w.write_all(&out).await.is_err() {
+                    break;
+                }
+                n += out.len() as u64;
             }
         }
     }

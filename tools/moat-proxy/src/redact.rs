@@ -94,7 +94,7 @@ impl Secrets {
     }
 
     /// Length of the longest suffix of `buf` that is a proper prefix of some secret.
-    fn held_tail(&self, buf: &[u8]) -> usize {
+    pub(crate) fn held_tail(&self, buf: &[u8]) -> usize {
         let mut best = 0;
         for s in self.needles() {
             let max = (s.len() - 1).min(buf.len());
