@@ -74,3 +74,31 @@ pub struct AwsRole {
 }
 
 pub const TYPE_AWS_ROLE: &str = "aws_role";
+
+/// An inject rule's host entry: a host pattern, optionally after `https://` (the default:
+/// the credential goes over HTTPS only) or `http://` (the grant was stored for a plain-HTTP
+/// service: the credential goes over plain HTTP only, on the pattern's port or 80).
+/// Returns whether the entry is plain HTTP, and the pattern.
+pub fn inject_host(entry: &str) -> (bool, &str) {
+    let e = entry.trim();
+    for (scheme, plain) in [("http://", true), ("https://", false)] {
+        if e.len() >= scheme.len() && e[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return (plain, &e[scheme.len()..]);
+        }
+    }
+    (false, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inject_host;
+
+    #[test]
+    fn only_an_explicit_http_scheme_means_plain_http() {
+        assert_eq!(inject_host("npm.corp:8080"), (false, "npm.corp:8080"));
+        assert_eq!(inject_host("https://npm.corp"), (false, "npm.corp"));
+        assert_eq!(inject_host("http://npm.corp:8080"), (true, "npm.corp:8080"));
+        assert_eq!(inject_host("HTTP://npm.corp"), (true, "npm.corp"));
+        assert_eq!(inject_host("httpx://npm.corp"), (false, "httpx://npm.corp"));
+    }
+}

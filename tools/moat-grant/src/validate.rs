@@ -100,6 +100,10 @@ fn probes(c: &Credential) -> Result<Vec<Probe>> {
                 else {
                     continue;
                 };
+                if h.starts_with("http://") {
+                    // A plain-HTTP registry: the token is not sent in clear to check it.
+                    continue;
+                }
                 let mut pr = probe(
                     h,
                     format!("https://{h}{p}-/whoami"),

@@ -80,7 +80,7 @@ pub fn prepare(
             &serde_json::json!({"name": BASE_RELAY, "url": u}),
         )?);
         base_relay = Some(BASE_RELAY.to_string());
-        base_host = Some(agent::url_authority(u).ok_or_else(|| {
+        base_host = Some(base_inject_host(u).ok_or_else(|| {
             Error::config(format!("claude.base_url: {u:?} is not an http(s) URL"))
         })?);
     }
@@ -94,6 +94,17 @@ pub fn prepare(
         relays,
         base_relay,
         transform,
+    })
+}
+
+/// The host pattern the Anthropic grant is injected for: the base URL's `host:port`, with
+/// `http://` kept for a plain-HTTP base URL (the proxy injects over plain HTTP only then).
+fn base_inject_host(url: &str) -> Option<String> {
+    let a = agent::url_authority(url)?;
+    Some(if url.starts_with("http://") {
+        format!("http://{a}")
+    } else {
+        a
     })
 }
 
@@ -154,5 +165,13 @@ mod tests {
         );
         assert_eq!(authority("https://llm.example").unwrap(), "llm.example:443");
         assert!(authority("ftp://x").is_none());
+        assert_eq!(
+            base_inject_host("http://LocalHost:8787/x").as_deref(),
+            Some("http://localhost:8787")
+        );
+        assert_eq!(
+            base_inject_host("https://llm.example/v1").as_deref(),
+            Some("llm.example:443")
+        );
     }
 }

@@ -803,7 +803,9 @@ async fn lifecycle(
     let mut allow = spec.allow.clone();
     allow.extend(crate::mcp::allowances(&spec.mcp));
     if spec.policy == "strict" {
-        allow.extend(rules.inject_hosts.iter().cloned());
+        allow.extend(
+            (rules.inject_hosts.iter()).map(|h| moat_core::rules::inject_host(h).1.to_string()),
+        );
     }
     if needs_build || needs_guard {
         // The build fetches packages from the host's apt mirrors through this proxy; an

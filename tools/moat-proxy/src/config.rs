@@ -64,7 +64,7 @@ impl Rulebook {
         let psl = crate::psl::Suffixes::load();
         for r in &inject {
             for h in &r.hosts {
-                if let Ok(p) = HostPattern::parse(h)
+                if let Ok(p) = HostPattern::parse(moat_core::rules::inject_host(h).1)
                     && p.is_wildcard()
                     && let Some(s) = psl.covered_by(p.host())
                 {

@@ -2,8 +2,10 @@
 //! pattern, the rule's header is set (every client copy of it removed first, placeholder or
 //! not) and its extra headers are added. Nothing else is touched: bodies, paths and query
 //! strings pass as the client sent them, so a placeholder echoed through a granted host can
-//! never be turned into the real value. A pattern without a port injects on 443 (HTTPS)
-//! only; a plain-HTTP request gets a credential only if the pattern names its port.
+//! never be turned into the real value. A pattern injects over HTTPS only, on its port or
+//! 443; only a pattern stored with an explicit `http://` scheme injects into plain-HTTP
+//! requests (and then only those), on its port or 80. A plain-HTTP request that an HTTPS
+//! pattern matches is named by [`Injector::https_only`] so the proxy can refuse it.
 //! A `stub_only` rule (a remote MCP server's grant) injects only into a request whose header
 //! is exactly the rule's stub, once; any other value, or none, passes untouched.
 
@@ -15,7 +17,8 @@ use std::sync::Arc;
 
 struct Compiled {
     grant: String,
-    patterns: Vec<HostPattern>,
+    /// (plain HTTP, pattern)
+    patterns: Vec<(bool, HostPattern)>,
     header: HeaderName,
     value: HeaderValue,
     extra: Vec<(HeaderName, HeaderValue)>,
@@ -39,9 +42,11 @@ impl Injector {
             }
             let mut patterns = Vec::new();
             for h in &r.hosts {
-                patterns.push(
-                    HostPattern::parse(h).map_err(|e| format!("grant {g}: host {h:?}: {e}"))?,
-                );
+                let (plain, pat) = moat_core::rules::inject_host(h);
+                patterns.push((
+                    plain,
+                    HostPattern::parse(pat).map_err(|e| format!("grant {g}: host {h:?}: {e}"))?,
+                ));
             }
             let header = HeaderName::from_bytes(r.header.as_bytes())
                 .map_err(|_| format!("grant {g}: bad header name {:?}", r.header))?;
@@ -96,7 +101,7 @@ impl Injector {
     pub fn patterns(&self) -> Vec<HostPattern> {
         self.rules
             .iter()
-            .flat_map(|r| r.patterns.iter().cloned())
+            .flat_map(|r| r.patterns.iter().map(|(_, p)| p.clone()))
             .collect()
     }
 
@@ -130,11 +135,8 @@ impl Injector {
             if !rule_matches(&r.patterns, host, port, tls) || set.contains(&r.header) {
                 continue;
             }
-            if let Some(stub) = &r.stub {
-                let mut sent = headers.get_all(&r.header).iter();
-                if !(sent.next() == Some(stub) && sent.next().is_none()) {
-                    continue;
-                }
+            if !r.stub_sent(headers) {
+                continue;
             }
             headers.remove(&r.header);
             headers.insert(r.header.clone(), r.value.clone());
@@ -152,10 +154,38 @@ impl Injector {
     }
 }
 
-fn rule_matches(patterns: &[HostPattern], host: &str, port: u16, tls: bool) -> bool {
-    patterns.iter().any(|p| match p.port() {
-        Some(_) => p.matches(host, port),
-        None => tls && port == 443 && p.matches(host, port),
+impl Injector {
+    /// For a plain-HTTP request to `host:port`: the grants that would be injected were it
+    /// HTTPS (and are not, since their host was not stored with `http://`).
+    pub fn https_only(&self, headers: &HeaderMap, host: &str, port: u16) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.rules {
+            if rule_matches(&r.patterns, host, port, true)
+                && !rule_matches(&r.patterns, host, port, false)
+                && r.stub_sent(headers)
+                && !out.contains(&r.grant)
+            {
+                out.push(r.grant.clone());
+            }
+        }
+        out
+    }
+}
+
+impl Compiled {
+    /// A stub-only rule applies only when the client sent exactly its stub, once.
+    fn stub_sent(&self, headers: &HeaderMap) -> bool {
+        let Some(stub) = &self.stub else { return true };
+        let mut sent = headers.get_all(&self.header).iter();
+        sent.next() == Some(stub) && sent.next().is_none()
+    }
+}
+
+/// Does a rule inject into a request to `host:port` over TLS (`tls`) or plain HTTP?
+fn rule_matches(patterns: &[(bool, HostPattern)], host: &str, port: u16, tls: bool) -> bool {
+    patterns.iter().any(|(plain, p)| {
+        let want = p.port().unwrap_or(if *plain { 80 } else { 443 });
+        *plain != tls && port == want && p.matches(host, port)
     })
 }
 
@@ -268,11 +298,45 @@ mod tests {
         assert!(Injector::new(vec![r]).is_err());
     }
 
+    /// THREATS A6: a port in a pattern does not open plain HTTP; only `http://` does.
     #[test]
     fn explicit_ports_and_bad_values() {
-        let inj = Injector::new(vec![rule("ws", &["ws.example:80"], "x-api-key", "K")]).unwrap();
-        let mut h = HeaderMap::new();
-        assert_eq!(inj.apply(&mut h, "ws.example", 80, false), vec!["ws"]);
+        let inj = Injector::new(vec![
+            rule("port", &["npm.corp:8443"], "x-api-key", "K"),
+            rule(
+                "plain",
+                &["http://ws.example:8080", "HTTP://bare.example"],
+                "x-k",
+                "K",
+            ),
+        ])
+        .unwrap();
+        for (host, port, tls, want, refused) in [
+            ("npm.corp", 8443, true, Some("port"), None),
+            ("npm.corp", 8443, false, None, Some("port")),
+            ("npm.corp", 443, true, None, None),
+            ("npm.corp", 80, false, None, None),
+            ("ws.example", 8080, false, Some("plain"), None),
+            ("ws.example", 8080, true, None, None),
+            ("ws.example", 80, false, None, None),
+            ("bare.example", 80, false, Some("plain"), None),
+            ("bare.example", 443, true, None, None),
+        ] {
+            let mut h = HeaderMap::new();
+            let got = inj.apply(&mut h, host, port, tls);
+            assert_eq!(got.first().map(String::as_str), want, "{host}:{port} {tls}");
+            assert_eq!(h.is_empty(), want.is_none());
+            let r = if tls {
+                vec![]
+            } else {
+                inj.https_only(&h, host, port)
+            };
+            assert_eq!(
+                r.first().map(String::as_str),
+                refused,
+                "{host}:{port} {tls}"
+            );
+        }
         let e = Injector::new(vec![rule("g", &["a.example"], "x", "bad\r\nSECRET")])
             .err()
             .unwrap();

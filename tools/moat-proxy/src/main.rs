@@ -57,6 +57,7 @@ mod routerctl;
 mod tlsprov;
 mod trace;
 mod upstream;
+mod wsmask;
 
 use args::Command;
 use config::Config;

@@ -3,6 +3,13 @@
 //! `allow|deny METHOD /glob` are checked in order, first match wins, no match falls back to
 //! the mode. Globs: `*` is one path segment, `**` any number (`/p/**` does not match `/p`).
 //! A host pattern without a port matches ports 80 and 443 only.
+//!
+//! Rules see one normalised form of the request (THREATS A5): the method upper-cased; the
+//! path without its query, with percent-encoded unreserved characters decoded, `;params`
+//! cut from segments, empty segments collapsed and dot segments resolved. A deny matches
+//! that form case-insensitively, with or without a trailing slash; an allow matches it
+//! exactly. A path that cannot be normalised safely (an encoded slash, backslash or NUL, a
+//! bad escape) is refused on a host with rules. The request is forwarded as sent.
 
 use moat_core::host::HostPattern;
 
@@ -106,24 +113,41 @@ impl Policy {
 
     pub fn check(&self, host: &str, port: u16, method: &str, path: &str) -> Decision {
         let shown = display_host(host, port);
+        let method = &method.to_ascii_uppercase();
+        let method = method.as_str();
         let rules: Vec<&NetRule> = self
             .net
             .iter()
             .filter(|n| pattern_matches(&n.host, host, port))
             .collect();
         if !rules.is_empty() {
-            if rules.iter().any(|n| !n.rules.is_empty()) && ambiguous_path(path) {
+            let Some(norm) = normalize_path(path_only(path)) else {
+                if rules.iter().all(|n| n.rules.is_empty()) {
+                    return Decision::Allow;
+                }
                 return Decision::Deny {
                     rule: "ambiguous path".into(),
                     kind: "request-rule",
                     message: format!(
-                        "Moat: request blocked by network policy.\nHost \"{shown}\" has path rules and the path is ambiguous (dot segments, encoded slashes or dots, backslashes).\nSend the path in its plain form.\n"
+                        "Moat: request blocked by network policy.\nHost \"{shown}\" has path rules and the path is ambiguous (encoded slashes or backslashes, NUL, bad escapes).\nSend the path in its plain form.\n"
                     ),
                 };
-            }
+            };
+            let lower = norm.to_ascii_lowercase();
+            let trimmed = match lower.trim_end_matches('/') {
+                "" => "/",
+                t => t,
+            };
             for n in &rules {
                 for r in &n.rules {
-                    if (r.method == "*" || r.method == method) && glob_match(&r.glob, path) {
+                    let hit = if r.allow {
+                        glob_match(&r.glob, &norm)
+                    } else {
+                        let g: Vec<String> =
+                            r.glob.iter().map(|x| x.to_ascii_lowercase()).collect();
+                        glob_match(&g, &lower) || glob_match(&g, trimmed)
+                    };
+                    if (r.method == "*" || r.method == method) && hit {
                         if r.allow {
                             return Decision::Allow;
                         }
@@ -174,14 +198,57 @@ fn path_only(p: &str) -> &str {
     p.split('?').next().unwrap_or(p)
 }
 
-fn ambiguous_path(p: &str) -> bool {
-    let p = path_only(p);
-    let l = p.to_ascii_lowercase();
-    l.contains("%2e")
-        || l.contains("%2f")
-        || l.contains("%5c")
-        || p.contains('\\')
-        || p.split('/').any(|s| s == "." || s == "..")
+/// The one form path rules are checked against (see the module comment), or `None` when
+/// the path cannot be normalised safely.
+pub fn normalize_path(p: &str) -> Option<String> {
+    if !p.starts_with('/') || p.contains('\\') {
+        return None;
+    }
+    // Decode escapes of unreserved characters; keep every other escape (upper-case hex).
+    let b = p.as_bytes();
+    let mut dec = String::with_capacity(p.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            dec.push(b[i] as char);
+            i += 1;
+            continue;
+        }
+        let hex = |c: u8| (c as char).to_digit(16);
+        let (Some(h), Some(l)) = (
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) else {
+            return None;
+        };
+        let c = (h * 16 + l) as u8;
+        match c {
+            b'/' | b'\\' | 0 => return None,
+            c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                dec.push(c as char)
+            }
+            c => dec.push_str(&format!("%{c:02X}")),
+        }
+        i += 3;
+    }
+    let trailing = dec.ends_with('/') || dec.ends_with("/.") || dec.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in dec.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut n = String::from("/");
+    n.push_str(&out.join("/"));
+    if trailing && !out.is_empty() {
+        n.push('/');
+    }
+    Some(n)
 }
 
 fn glob_match(glob: &[String], path: &str) -> bool {
@@ -262,6 +329,102 @@ mod tests {
             d => panic!("{d:?}"),
         }
         let perm = Policy::new(Mode::Permissive, vec![], vec![], vec![]);
+        assert_eq!(
+            perm.check("evil.example", 443, "GET", "/%2F"),
+            Decision::Allow
+        );
         assert_eq!(perm.check("evil.example", 443, "GET", "/"), Decision::Allow);
+    }
+
+    #[test]
+    fn normal_forms() {
+        for (i, o) in [
+            ("/", Some("/")),
+            ("/s%65cret", Some("/secret")),
+            ("/S%45CRET", Some("/SECRET")),
+            ("//secret", Some("/secret")),
+            ("/a//b///c", Some("/a/b/c")),
+            ("/secret;x", Some("/secret")),
+            ("/secret;x=1/y;z", Some("/secret/y")),
+            ("/a/../secret", Some("/secret")),
+            ("/a/%2e%2E/secret", Some("/secret")),
+            ("/./secret/.", Some("/secret/")),
+            ("/../../secret", Some("/secret")),
+            ("/secret/", Some("/secret/")),
+            ("/a%20b%2a", Some("/a%20b%2A")),
+            ("/%7euser", Some("/~user")),
+            ("/a%2Fb", None),
+            ("/a%2fb", None),
+            ("/a%5Cb", None),
+            ("/a\\b", None),
+            ("/a%00", None),
+            ("/a%zz", None),
+            ("/a%6", None),
+            ("*", None),
+        ] {
+            assert_eq!(normalize_path(i).as_deref(), o, "{i}");
+        }
+    }
+
+    /// THREATS A5: other spellings of a denied path and method are denied too.
+    #[test]
+    fn deny_holds_against_other_spellings() {
+        let n = NetRule::parse(
+            "api.example",
+            &[
+                "allow GET /public/**".into(),
+                "deny * /secret".into(),
+                "deny DELETE /**".into(),
+            ],
+        )
+        .unwrap();
+        let p = Policy::new(Mode::Permissive, vec![], vec![], vec![n]);
+        for (m, path) in [
+            ("GET", "/secret"),
+            ("GET", "/s%65cret"),
+            ("GET", "//secret"),
+            ("GET", "/secret;x"),
+            ("GET", "/SECRET"),
+            ("GET", "/Secret/"),
+            ("get", "/secret"),
+            ("GET", "/public/../secret"),
+            ("GET", "/public/%2e%2e/secret"),
+            ("GET", "/public/..%2Fsecret"),
+            ("GET", "/secret?x=1"),
+            ("delete", "/public/x"),
+            ("Delete", "/x"),
+        ] {
+            assert!(
+                matches!(p.check("api.example", 443, m, path), Decision::Deny { .. }),
+                "{m} {path}"
+            );
+        }
+        for (m, path) in [
+            ("GET", "/public/x"),
+            ("get", "/public/a;b"),
+            ("GET", "/secrets"),
+            ("GET", "/other"),
+        ] {
+            assert_eq!(
+                p.check("api.example", 443, m, path),
+                Decision::Allow,
+                "{m} {path}"
+            );
+        }
+        // An allow is case-sensitive: /PUBLIC is not /public, and falls to the mode.
+        let n = NetRule::parse(
+            "api.example",
+            &["allow GET /public/**".into(), "deny * /**".into()],
+        )
+        .unwrap();
+        let p = Policy::new(Mode::Permissive, vec![], vec![], vec![n]);
+        assert!(matches!(
+            p.check("api.example", 443, "GET", "/PUBLIC/x"),
+            Decision::Deny { .. }
+        ));
+        assert_eq!(
+            p.check("api.example", 443, "GET", "/public/x"),
+            Decision::Allow
+        );
     }
 }

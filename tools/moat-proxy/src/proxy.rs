@@ -712,6 +712,28 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         return deny(&st, ctx, &t, &method, &path, rule, kind, message);
     }
 
+    // THREATS A6: a credential never crosses the network in clear unless its grant was
+    // stored for `http://`. A plain-HTTP request that would get one over HTTPS is refused.
+    if !t.tls {
+        let refused = live.injector.https_only(req.headers(), &t.host, t.port);
+        if !refused.is_empty() {
+            let g = refused.join(", ");
+            let shown = display_host(&t.host, t.port);
+            return deny(
+                &st,
+                ctx,
+                &t,
+                &method,
+                &path,
+                format!("https-only: {g}"),
+                "https-only",
+                format!(
+                    "Moat: plain-HTTP request refused.\nThe grant {g} for {shown} is injected only over HTTPS; use https:// or re-grant with an explicit http:// host.\n"
+                ),
+            );
+        }
+    }
+
     // Upgrades: WebSocket only (h2c and anything else would turn the request into a tunnel
     // the proxy cannot see into).
     let upgrade = req
@@ -764,6 +786,11 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let grants = live.injector.apply(&mut headers, &t.host, t.port, t.tls);
+    if is_ws && !grants.is_empty() {
+        // The upstream's frames are masked as they stream (THREATS D3), which needs them
+        // uncompressed: no extension is offered.
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
     if !grants.is_empty() {
         // Masking reads response bodies as they pass; a compressed body would carry an
         // echoed credential where masking cannot see it and the client's decoder can.
@@ -859,6 +886,10 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         let (mut parts, _) = res.into_parts();
         let keep_upgrade = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
+        if !grants.is_empty() {
+            let secrets = live.injector.secrets(&t.host, t.port, t.tls);
+            crate::redact::mask_headers(&secrets, &mut parts.headers);
+        }
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -867,13 +898,21 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         }
         ctx.set_status(101);
         let c2 = ctx.clone();
+        let masker = (!grants.is_empty())
+            .then(|| crate::wsmask::WsMasker::new(live.injector.secrets(&t.host, t.port, t.tls)));
         tokio::spawn(async move {
             let (Ok(a), Ok(b)) = (client_up.await, upstream_up.await) else {
                 return;
             };
             let (mut ar, mut aw) = tokio::io::split(TokioIo::new(a));
             let (mut br, mut bw) = tokio::io::split(TokioIo::new(b));
-            let (i, o) = tokio::join!(pump(&mut ar, &mut bw), pump(&mut br, &mut aw));
+            let down = async {
+                match masker {
+                    Some(m) => pump_masked(&mut br, &mut aw, m).await,
+                    None => pump(&mut br, &mut aw).await,
+                }
+            };
+            let (i, o) = tokio::join!(pump(&mut ar, &mut bw), down);
             c2.add_in(i);
             c2.add_out(o);
         });
@@ -885,6 +924,26 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         return r;
     }
     let (mut parts, body) = res.into_parts();
+    if !grants.is_empty()
+        && method != Method::HEAD
+        && !matches!(parts.status.as_u16(), 204 | 304)
+        && let Some(coding) = crate::redact::unmaskable_coding(&parts.headers)
+    {
+        // THREATS B4: masking cannot see into a compressed body, and the agent can decode it.
+        ctx.set_error(
+            "upstream",
+            format!("response to a credentialed request in {coding}; refused, it cannot be masked"),
+        );
+        return finish(
+            ctx,
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "moat-proxy: the upstream answered a request that carried a credential with a compressed body ({coding}) although it was asked for identity; moat cannot mask it, so the response is refused\n"
+                ),
+            ),
+        );
+    }
     strip_hop_by_hop(&mut parts.headers);
     let body = Counted {
         inner: body,
@@ -896,17 +955,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     } else {
         // The request carried a credential: mask it wherever the response reflects it.
         let secrets = live.injector.secrets(&t.host, t.port, t.tls);
-        for v in parts.headers.values_mut() {
-            if !secrets.contains(v.as_bytes()) {
-                continue;
-            }
-            let mut b = v.as_bytes().to_vec();
-            if secrets.mask(&mut b)
-                && let Ok(nv) = HeaderValue::from_bytes(&b)
-            {
-                *v = nv;
-            }
-        }
+        crate::redact::mask_headers(&secrets, &mut parts.headers);
         crate::redact::Redact::new(body, secrets).boxed_unsync()
     };
     finish(ctx, Response::from_parts(parts, body))
@@ -937,6 +986,38 @@ where
                     break;
                 }
                 n += k as u64;
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+    n
+}
+
+/// [`pump`] for the upstream's side of a WebSocket that carried a credential: its frames
+/// are masked on the way; an unreadable frame ends the copy.
+async fn pump_masked<R, W>(r: &mut R, w: &mut W, mut m: crate::wsmask::WsMasker) -> u64
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let rest = m.finish();
+                if w.write_all(&rest).await.is_ok() {
+                    n += rest.len() as u64;
+                }
+                break;
+            }
+            Ok(k) => {
+                let Ok(out) = m.push(&buf[..k]) else { break };
+                if w.write_all(&out).await.is_err() {
+                    break;
+                }
+                n += out.len() as u64;
             }
         }
     }

@@ -4,9 +4,10 @@
 //! it (the whole header value and the token after its scheme) masked with `*` of the same
 //! length, in headers and in the body, so lengths and framing stay valid. The body is
 //! streamed: only a tail that could be the start of a secret is held back until the next
-//! chunk. Compressed bodies are not inspected: a request that carries a credential asks
-//! the upstream for `Accept-Encoding: identity`, so a compliant upstream answers it in
-//! plain bytes, where masking sees them.
+//! chunk. Trailers are masked like headers. Compressed bodies cannot be inspected: a
+//! request that carries a credential asks the upstream for `Accept-Encoding: identity`,
+//! and a response that comes back with any other content or transfer coding is refused
+//! ([`unmaskable_coding`]).
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -93,7 +94,7 @@ impl Secrets {
     }
 
     /// Length of the longest suffix of `buf` that is a proper prefix of some secret.
-    fn held_tail(&self, buf: &[u8]) -> usize {
+    pub(crate) fn held_tail(&self, buf: &[u8]) -> usize {
         let mut best = 0;
         for s in self.needles() {
             let max = (s.len() - 1).min(buf.len());
@@ -106,6 +107,58 @@ impl Secrets {
         }
         best
     }
+}
+
+/// Mask every header value that contains a secret; drop a header whose name contains one.
+pub fn mask_headers(secrets: &Secrets, h: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|n| secrets.contains(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+    for v in h.values_mut() {
+        if !secrets.contains(v.as_bytes()) {
+            continue;
+        }
+        let mut b = v.as_bytes().to_vec();
+        secrets.mask(&mut b);
+        *v = http::HeaderValue::from_bytes(&b).unwrap_or(http::HeaderValue::from_static(""));
+    }
+}
+
+/// The content or transfer coding (other than `identity` and `chunked`) a response's
+/// body arrives in, if any: masking cannot see into it, so such a response to a request
+/// that carried a credential is refused.
+pub fn unmaskable_coding(h: &http::HeaderMap) -> Option<String> {
+    let codings = |name| {
+        h.get_all(name)
+            .iter()
+            .flat_map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    // Only a known coding's name is shown: the value is the upstream's, and an echo could
+    // put the credential there.
+    let shown = |c: String| match c.as_str() {
+        "gzip" | "x-gzip" | "deflate" | "br" | "zstd" | "compress" | "x-compress" => c,
+        _ => "an unknown coding".to_string(),
+    };
+    let ce = codings(http::header::CONTENT_ENCODING);
+    if let Some(c) = ce.into_iter().find(|c| c != "identity") {
+        return Some(format!("Content-Encoding: {}", shown(c)));
+    }
+    let te = codings(http::header::TRANSFER_ENCODING);
+    te.into_iter()
+        .find(|c| c != "chunked" && c != "identity")
+        .map(|c| format!("Transfer-Encoding: {}", shown(c)))
 }
 
 pub struct Redact<B> {
@@ -177,6 +230,13 @@ where
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))));
                     }
                     Err(other) => {
+                        let other = match other.into_trailers() {
+                            Ok(mut t) => {
+                                mask_headers(&this.secrets, &mut t);
+                                Frame::trailers(t)
+                            }
+                            Err(f) => f,
+                        };
                         if this.carry.is_empty() {
                             return Poll::Ready(Some(Ok(other)));
                         }
@@ -239,6 +299,28 @@ mod tests {
             String::from_utf8(buf).unwrap(),
             "**************** *********..*********x SECRET-"
         );
+    }
+
+    #[test]
+    fn codings_that_hide_the_body_are_named_without_echoing_the_upstream() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(unmaskable_coding(&h), None);
+        h.insert("content-encoding", "identity".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        assert_eq!(unmaskable_coding(&h), None);
+        h.insert("transfer-encoding", "gzip, chunked".parse().unwrap());
+        assert_eq!(
+            unmaskable_coding(&h).as_deref(),
+            Some("Transfer-Encoding: gzip")
+        );
+        h.insert("content-encoding", "identity, BR".parse().unwrap());
+        assert_eq!(
+            unmaskable_coding(&h).as_deref(),
+            Some("Content-Encoding: br")
+        );
+        h.insert("content-encoding", "Bearer CANARY-echoed".parse().unwrap());
+        let got = unmaskable_coding(&h).unwrap();
+        assert!(!got.to_ascii_lowercase().contains("canary"), "{got}");
     }
 
     #[test]

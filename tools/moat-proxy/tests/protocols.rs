@@ -1,5 +1,5 @@
-//! Protocols through the real binary: WebSocket (ws:// and wss://) with injection on the
-//! upgrade, a gRPC-style HTTP/2 exchange with trailers, git cloning over HTTPS from a
+//! Protocols through the real binary: WebSocket (ws:// and wss://; masked frames when the
+//! upgrade carried a credential), a gRPC-style HTTP/2 exchange with trailers, git cloning over HTTPS from a
 //! smart-HTTP server that requires the injected Basic credential, a smuggling corpus, and
 //! slow clients.
 
@@ -20,7 +20,7 @@ fn basic(user: &str, pass: &str) -> String {
 
 const WS_CLIENT: &str = r#"
 import socket, ssl, sys, base64, os
-host, port, token, mode, target, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+host, port, token, mode, target, cafile, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 auth = base64.b64encode(("moat:" + token).encode()).decode()
 s = socket.create_connection((host, port), timeout=10)
 key = base64.b64encode(os.urandom(16)).decode()
@@ -33,16 +33,36 @@ if mode == "wss":
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.set_alpn_protocols(["http/1.1"])
     s = ctx.wrap_socket(s, server_hostname=target)
-    req = "GET /ws HTTP/1.1\r\nHost: %s\r\n" % target
+    req = "GET %s HTTP/1.1\r\nHost: %s\r\n" % (path, target)
 else:
-    req = "GET http://%s/ws HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n" % (target, target, auth)
-req += "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer ghp_placeholder\r\n\r\n" % key
+    req = "GET http://%s%s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n" % (target, path, target, auth)
+req += "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\nAuthorization: Bearer ghp_placeholder\r\n\r\n" % key
 s.sendall(req.encode())
 resp = b""
 while b"\r\n\r\n" not in resp:
     resp += s.recv(1)
 head = resp.decode()
 assert head.startswith("HTTP/1.1 101"), head
+if path == "/ws-auth":
+    # Read every frame the server sends until it closes; print the head and the payloads.
+    raw = b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        raw += b
+    print(head)
+    msg = b""
+    while len(raw) >= 2:
+        op, n = raw[0] & 0x0f, raw[1] & 0x7f
+        p = raw[2:2 + n]
+        raw = raw[2 + n:]
+        if op in (0, 1):
+            msg += p
+        else:
+            print("control %d: %s" % (op, p.decode("latin-1")))
+    print("message: " + msg.decode("latin-1"))
+    sys.exit(0)
 for i in range(3):
     msg = ("hello %d" % i).encode()
     s.sendall(msg)
@@ -53,8 +73,13 @@ for i in range(3):
 print("ok")
 "#;
 
+/// THREATS D3, B4: a WebSocket whose upgrade got a credential (wss:// to a granted host,
+/// ws:// to an `http://` grant) has the credential masked in the 101's headers and in the
+/// upstream's frames: a text message split across fragments with a ping between them, the
+/// ping's payload, the close frame. No compression is negotiated for it. An upgrade without
+/// a credential passes through untouched.
 #[test]
-fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
+fn websocket_frames_of_a_credentialed_upgrade_are_masked() {
     let env = TestEnv::new();
     let secret = canary();
     let (tls_up, ca) = granted_upstream(&env, "api.github.com", &[b"http/1.1"]);
@@ -67,12 +92,13 @@ fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
     );
     rules += &inject_rule(
         "wsplain",
-        &["ws.example:80"],
+        &["http://wscred.example:80"],
         "Authorization",
         &format!("Bearer {secret}"),
     );
     let ct1 = format!("api.github.com:443:127.0.0.1:{}", tls_up.port());
     let ct2 = format!("ws.example:80:127.0.0.1:{}", plain.port());
+    let ct3 = format!("wscred.example:80:127.0.0.1:{}", plain.port());
     let p = Proxy::start(
         &env,
         &rules,
@@ -81,14 +107,18 @@ fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
             &ct1,
             "--connect-to",
             &ct2,
+            "--connect-to",
+            &ct3,
             "--extra-ca",
             ca.to_str().unwrap(),
         ],
     );
     let (host, port) = p.addr.rsplit_once(':').unwrap();
-    for (mode, target, up) in [
-        ("wss", "api.github.com", &tls_up),
-        ("ws", "ws.example", &plain),
+    let stars = "*".repeat(secret.len());
+    for (mode, target, path) in [
+        ("wss", "api.github.com", "/ws-auth"),
+        ("ws", "wscred.example", "/ws-auth"),
+        ("ws", "ws.example", "/ws"),
     ] {
         let out = env
             .program("python3")
@@ -101,25 +131,58 @@ fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
                 mode,
                 target,
                 p.ca.to_str().unwrap(),
+                path,
             ])
             .output()
             .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
-            "{mode}: {}",
+            "{mode} {target}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let seen = up.seen();
-        assert_eq!(seen.len(), 1, "{mode}");
+        assert!(!stdout.contains(&secret), "{stdout}");
+        if path == "/ws-auth" {
+            assert!(
+                stdout.contains(&format!("message: you sent Bearer {stars} ok")),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains(&format!("control 9: Bearer {stars}")),
+                "{stdout}"
+            );
+            assert!(stdout.contains("control 8: "), "{stdout}");
+            assert!(
+                stdout
+                    .to_ascii_lowercase()
+                    .contains(&format!("x-echo: bearer {stars}")),
+                "{stdout}"
+            );
+        }
+    }
+    let tls_seen = tls_up.seen();
+    assert_eq!(tls_seen.len(), 1);
+    let plain_seen = plain.seen();
+    assert_eq!(plain_seen.len(), 2);
+    for s in [&tls_seen[0], &plain_seen[0]] {
         assert_eq!(
-            seen[0].header_all("authorization"),
+            s.header_all("authorization"),
             vec![format!("Bearer {secret}")]
         );
-        assert_eq!(seen[0].header_all("upgrade"), vec!["websocket"]);
+        assert!(s.header_all("sec-websocket-extensions").is_empty(), "{s:?}");
     }
-    let t = p.wait_trace(2);
+    // Without a credential: the client's headers pass as sent.
+    assert_eq!(plain_seen[1].header_all("upgrade"), vec!["websocket"]);
+    assert_eq!(
+        plain_seen[1].header_all("authorization"),
+        vec!["Bearer ghp_placeholder"]
+    );
+    assert_eq!(
+        plain_seen[1].header_all("sec-websocket-extensions"),
+        vec!["permessage-deflate"]
+    );
+    let t = p.wait_trace(3);
     assert!(t.iter().all(|r| r["status"] == 101), "{t:?}");
-    assert!(t.iter().all(|r| r["bytes_in"].as_u64().unwrap() >= 21));
     p.assert_no_leak(&secret);
     // Other upgrades (h2c smuggling) are refused and never reach the upstream.
     let r = curl(
@@ -142,7 +205,7 @@ fn websocket_ws_and_wss_with_injection_on_the_upgrade() {
         ],
     );
     assert_eq!(r.stdout, "400");
-    assert_eq!(plain.seen().len(), 1);
+    assert_eq!(plain.seen().len(), 2);
 }
 
 #[test]
@@ -337,7 +400,7 @@ fn smuggling_corpus_never_desyncs() {
     let env = TestEnv::new();
     let secret = canary();
     let up = plain_upstream();
-    let rules = inject_rule("plain", &["plain.example:80"], "X-Api-Key", &secret);
+    let rules = inject_rule("plain", &["http://plain.example:80"], "X-Api-Key", &secret);
     let ct = format!("plain.example:80:127.0.0.1:{}", up.port());
     let p = Proxy::start(
         &env,

@@ -623,7 +623,7 @@ fn ssrf_to_loopback_private_and_metadata_is_refused() {
     let up = plain_upstream();
     let rules = inject_rule(
         "local",
-        &[&format!("127.0.0.1:{}", up.port())],
+        &[&format!("http://127.0.0.1:{}", up.port())],
         "Authorization",
         &secret,
     );

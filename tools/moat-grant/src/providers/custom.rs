@@ -108,8 +108,16 @@ pub fn http(g: &Grant) -> Result<Credential> {
     }
     let mut hosts = Vec::new();
     for h in &g.hosts {
-        let p = HostPattern::parse(h).map_err(|e| Error::usage(format!("--host: {e}")))?;
-        hosts.push(Value::String(p.to_string()));
+        // `http://HOST` stores a plain-HTTP grant; otherwise the credential goes over HTTPS only.
+        let (plain, pat) = moat_core::rules::inject_host(h);
+        if pat.contains("://") {
+            return Err(Error::usage(format!(
+                "--host {h:?}: the scheme must be http:// or https://"
+            )));
+        }
+        let p = HostPattern::parse(pat).map_err(|e| Error::usage(format!("--host: {e}")))?;
+        let scheme = if plain { "http://" } else { "" };
+        hosts.push(Value::String(format!("{scheme}{p}")));
     }
     let header = check_header(g.header.as_deref().unwrap_or_default())?;
     let prefix = check_prefix(g.prefix.as_deref().unwrap_or_default())?;
@@ -267,6 +275,21 @@ mod tests {
         check_header("X-Api-Key").unwrap();
         for b in ["X Key", "X:Key", "", "Host", "a\r\nb"] {
             assert!(check_header(b).is_err(), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn http_hosts_take_only_http_or_https_schemes() {
+        for h in ["ftp://x.example", "ws://x.example", "http://", "http://*"] {
+            let g = Grant {
+                provider: "http".into(),
+                arg_name: Some("corp".into()),
+                hosts: vec![h.into()],
+                header: Some("X-Api-Key".into()),
+                ..Grant::default()
+            };
+            let e = http(&g).err().unwrap();
+            assert_eq!(e.code, moat_core::exit::USAGE, "{h}");
         }
     }
 }

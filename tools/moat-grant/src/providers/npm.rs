@@ -93,7 +93,9 @@ pub fn grant(g: &Grant) -> Result<Credential> {
 }
 
 /// A registry URL's host (canonical, with a non-default port) and path (ending in `/`).
+/// An `http://` URL keeps its scheme: only then is the token sent over plain HTTP.
 pub fn registry_host(url: &str) -> Result<(String, String)> {
+    let plain = url.starts_with("http://");
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
@@ -112,7 +114,8 @@ pub fn registry_host(url: &str) -> Result<(String, String)> {
     if !path.ends_with('/') {
         path.push('/');
     }
-    Ok((pat.to_string(), path))
+    let scheme = if plain { "http://" } else { "" };
+    Ok((format!("{scheme}{pat}"), path))
 }
 
 /// Parse the parts of an npmrc moat needs. `env` resolves `${VAR}` values.
@@ -200,5 +203,14 @@ registry=https://registry.npmjs.org/
             ("npm.corp.example:8443".into(), "/a/".into())
         );
         assert!(registry_host("https://*.x.example/").is_err());
+        // Only an explicit http:// keeps its scheme (the token may then go over plain HTTP).
+        assert_eq!(
+            registry_host("http://npm.corp:8080").unwrap(),
+            ("http://npm.corp:8080".into(), "/".into())
+        );
+        assert_eq!(
+            registry_host("//npm.corp:8080/").unwrap(),
+            ("npm.corp:8080".into(), "/".into())
+        );
     }
 }

@@ -168,6 +168,60 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
         })
         .collect();
     let path = req.uri().path().to_string();
+    if path == "/ws-auth" {
+        // A WebSocket server that echoes the request's Authorization in its 101 and in
+        // frames: a text message split across fragments (a ping between them), and a close.
+        let auth = headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        up.seen.lock().unwrap().push(Seen {
+            method,
+            target,
+            version,
+            headers,
+            body: vec![],
+        });
+        let on = hyper::upgrade::on(&mut req);
+        let a2 = auth.clone();
+        tokio::spawn(async move {
+            if let Ok(u) = on.await {
+                use tokio::io::AsyncWriteExt;
+                let mut io = TokioIo::new(u);
+                let frame = |fin: bool, op: u8, p: &[u8]| {
+                    let mut f = vec![if fin { 0x80 } else { 0 } | op, p.len() as u8];
+                    f.extend_from_slice(p);
+                    f
+                };
+                let msg = format!("you sent {a2} ok");
+                let (x, y) = msg.as_bytes().split_at(msg.len() / 2);
+                for f in [
+                    frame(false, 1, x),
+                    frame(true, 9, a2.as_bytes()),
+                    frame(true, 0, y),
+                    frame(true, 8, b"\x03\xe8bye"),
+                ] {
+                    let _ = io.write_all(&f).await;
+                    let _ = io.flush().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = io.shutdown().await;
+            }
+        });
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("websocket"));
+        r.headers_mut()
+            .insert("connection", HeaderValue::from_static("upgrade"));
+        r.headers_mut()
+            .insert("sec-websocket-accept", HeaderValue::from_static("test"));
+        if let Ok(v) = HeaderValue::from_str(&auth) {
+            r.headers_mut().insert("x-echo", v);
+        }
+        return Ok(r);
+    }
     if path == "/ws" {
         up.seen.lock().unwrap().push(Seen {
             method,
@@ -330,6 +384,55 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
             let mut r = Response::new(full(out.stdout));
             r.headers_mut()
                 .insert("content-encoding", HeaderValue::from_static("gzip"));
+            r
+        }
+        "/gzip-anyway" => {
+            // An echo that ignores Accept-Encoding and always answers in gzip.
+            let mut child = tokio::process::Command::new("gzip")
+                .arg("-c")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            {
+                use tokio::io::AsyncWriteExt;
+                stdin.write_all(seen.raw().as_bytes()).await.unwrap();
+            }
+            drop(stdin);
+            let out = child.wait_with_output().await.unwrap();
+            let mut r = Response::new(full(out.stdout));
+            r.headers_mut()
+                .insert("content-encoding", HeaderValue::from_static("gzip"));
+            r
+        }
+        "/trailer-echo" => {
+            // A streamed body whose trailer (and a header) echo the request's Authorization.
+            let auth = seen
+                .header_all("authorization")
+                .first()
+                .cloned()
+                .unwrap_or_default();
+            let value = HeaderValue::from_str(&auth).unwrap();
+            let v2 = value.clone();
+            let s = futures_util::stream::unfold(0u8, move |i| {
+                let value = value.clone();
+                async move {
+                    match i {
+                        0 => Some((Ok::<_, Infallible>(Frame::data(Bytes::from("body\n"))), 1)),
+                        1 => {
+                            let mut t = HeaderMap::new();
+                            t.insert("x-echo", value);
+                            Some((Ok(Frame::trailers(t)), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            let mut r = Response::new(StreamBody::new(s).boxed_unsync());
+            r.headers_mut().insert("x-echo-head", v2);
+            r.headers_mut()
+                .insert("trailer", HeaderValue::from_static("x-echo"));
             r
         }
         "/redirect" => {
