@@ -155,6 +155,7 @@ fn credentials_cannot_be_walked_out_of_the_proxy() {
         "network:\n  rules:\n    - echo.test: [\"deny * /secret\"]\n",
     )
     .unwrap();
+    m.trust(None);
     let script = r#"
 echo "== gzip"; curl -sS --compressed -w '\nGZ=%{http_code}\n' https://echo.test/gzip-anyway
 echo "== plain"; curl -sS -i http://npm.corp:8443/pkg; echo
