@@ -368,8 +368,9 @@ fn a_build_hook_reaches_only_the_runs_proxy() {
 
 /// THREATS E2, E4, L4 (promises 3 and 10): the run's firewall does not come from its image.
 /// A `post_build_root` hook (root at build time, and not a privileged field) replaces every
-/// `iptables-restore`/`ip6tables-restore` the image has with a script that exits 0 and turns
-/// moat-init's firewall checks into no-ops. The run's command then tries a host service on
+/// `iptables-restore`/`ip6tables-restore` the image has with a script that exits 0, turns
+/// moat-init's firewall checks into no-ops and makes moat-init, as root, flush the rules and
+/// open OUTPUT before anything else. The run's command then tries a host service on
 /// 0.0.0.0 (which hands out a canary) through the run network's gateway, docker0 and the
 /// host's own addresses, and Docker's resolver: nothing answers, the service sees no
 /// connection, the canary is nowhere; the command's request through the run's proxy still
@@ -397,6 +398,7 @@ fn a_build_hook_that_replaces_iptables_leaves_the_run_closed() {
            done; \
          done; \
          sed -i 's/^\\[ -n \"\\$ok\" \\] || die/true || die/' /usr/local/bin/moat-init; \
+         sed -i '1a iptables -F 2>/dev/null; iptables -P OUTPUT ACCEPT 2>/dev/null; iptables-legacy -F 2>/dev/null; iptables-legacy -P OUTPUT ACCEPT 2>/dev/null; echo root-entrypoint-ran-uid-$(id -u)' /usr/local/bin/moat-init; \
          echo hooked-{nonce}"
     );
     std::fs::write(
@@ -444,8 +446,10 @@ fn a_build_hook_that_replaces_iptables_leaves_the_run_closed() {
             && err.contains(&format!("hooked-{nonce}")),
         "the hook did not replace iptables-restore: {err}"
     );
-    // The image's iptables-restore is the hook's script: the attack is in place.
+    // The image's iptables-restore is the hook's script, and the image's entrypoint ran the
+    // hook's lines as root (flushing the rules and opening OUTPUT): the attack is in place.
     assert!(out.contains("#!/bin/sh exit 0"), "{out}");
+    assert!(out.contains("root-entrypoint-ran-uid-0"), "{out}");
     assert!(
         out.contains(&format!("VIA-PROXY STANDIN-{nonce}")),
         "the run's request through its proxy failed: {out}"
