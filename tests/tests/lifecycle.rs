@@ -452,6 +452,46 @@ fn container_resources_and_logs_follow() {
         ),
         format!("{id} run")
     );
+    // The guard's rules: OUTPUT dropped but for the proxy's address and port.
+    let proxy = m.metadata(&id)["proxy_addr"].as_str().unwrap().to_string();
+    let (pip, pport) = proxy.rsplit_once(':').unwrap();
+    let rules = std::process::Command::new("docker")
+        .args(["exec", &guard, "iptables-save"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(rules.contains(":OUTPUT DROP"), "{rules}");
+    assert!(
+        rules.contains(&format!(
+            "-A OUTPUT -d {pip}/32 -p tcp -m tcp --dport {pport} -j ACCEPT"
+        )),
+        "{rules}"
+    );
+    // A guard that cannot set its rules (here: without NET_ADMIN) never says it is ready.
+    let image = inspect(&guard, "{{.Config.Image}}");
+    let o = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-e",
+            "MOAT_GUARD_MODE=run",
+            "-e",
+            &format!("MOAT_PROXY_ADDR={proxy}"),
+            &image,
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(125), "{out}{err}");
+    assert!(
+        !out.contains("ready") && err.contains("cannot set the firewall"),
+        "{out}{err}"
+    );
     // logs -f prints what exists and follows until the run ends.
     let f = m.launch(&["logs", "-f", &id]);
     assert_eq!(f.code(), 0, "{}", f.stderr());
