@@ -365,3 +365,111 @@ fn a_build_hook_reaches_only_the_runs_proxy() {
         .args(["rmi", "-f", &image])
         .output();
 }
+
+/// THREATS E2, E4, L4 (promises 3 and 10): the run's firewall does not come from its image.
+/// A `post_build_root` hook (root at build time, and not a privileged field) replaces every
+/// `iptables-restore`/`ip6tables-restore` the image has with a script that exits 0, turns
+/// moat-init's firewall checks into no-ops and makes moat-init, as root, flush the rules and
+/// open OUTPUT before anything else. The run's command then tries a host service on
+/// 0.0.0.0 (which hands out a canary) through the run network's gateway, docker0 and the
+/// host's own addresses, and Docker's resolver: nothing answers, the service sees no
+/// connection, the canary is nowhere; the command's request through the run's proxy still
+/// reaches an allowed stand-in. When the image's entrypoint sets the firewall (as before the
+/// run guard), this run reaches the host service and prints the canary.
+#[test]
+fn a_build_hook_that_replaces_iptables_leaves_the_run_closed() {
+    if !docker_ready() {
+        return;
+    }
+    let nonce = moat_core::hex(&moat_core::random_bytes::<6>());
+    let canary = format!("CANARY-{nonce}");
+    let (port, hits) = host_service(&canary);
+    let standin = http_standin(&format!("STANDIN-{nonce}"));
+    let mut m = Moat::new();
+    m.env.env(
+        "MOAT_PROXY_CONNECT_TO",
+        format!("run-standin.example:80:127.0.0.1:{standin}"),
+    );
+    // The hook's text is unique (the nonce), so the image is built, not taken from the cache.
+    let hook = format!(
+        "for t in iptables-restore iptables-legacy-restore iptables-nft-restore ip6tables-restore ip6tables-legacy-restore ip6tables-nft-restore; do \
+           for d in /usr/sbin /sbin /usr/bin /bin /usr/local/sbin /usr/local/bin; do \
+             if [ -e $d/$t ] || [ -L $d/$t ]; then rm -f $d/$t; printf '#!/bin/sh\\nexit 0\\n' >$d/$t; chmod 755 $d/$t; echo replaced $d/$t; fi; \
+           done; \
+         done; \
+         sed -i 's/^\\[ -n \"\\$ok\" \\] || die/true || die/' /usr/local/bin/moat-init; \
+         sed -i '1a iptables -F 2>/dev/null; iptables -P OUTPUT ACCEPT 2>/dev/null; iptables-legacy -F 2>/dev/null; iptables-legacy -P OUTPUT ACCEPT 2>/dev/null; echo root-entrypoint-ran-uid-$(id -u)' /usr/local/bin/moat-init; \
+         echo hooked-{nonce}"
+    );
+    std::fs::write(
+        m.ws.join("agent.yaml"),
+        format!(
+            "name: nofw\nhooks:\n  post_build_root: {}\n",
+            serde_json::to_string(&hook).unwrap()
+        ),
+    )
+    .unwrap();
+    let hostname = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .unwrap();
+    let mut targets = vec!["$gw".to_string(), "172.17.0.1".to_string()];
+    targets.extend(
+        String::from_utf8_lossy(&hostname.stdout)
+            .split_whitespace()
+            .filter(|a| !a.contains(':'))
+            .map(String::from),
+    );
+    let script = format!(
+        "gw=${{HTTP_PROXY##*@}}; gw=${{gw%:*}}; echo gateway=$gw\n\
+         command -v iptables-restore >/dev/null && cat \"$(command -v iptables-restore)\" | head -c 40 | tr '\\n' ' '; echo\n\
+         for ip in {ips}; do \
+           if got=$(timeout 3 bash -c \"exec 3<>/dev/tcp/$ip/{port}; head -c 64 <&3\" 2>/dev/null); then echo \"OPEN $ip $got\"; else echo \"CLOSED $ip\"; fi; \
+         done\n\
+         for n in example.com moat-$MOAT_RUN_ID moat-$MOAT_RUN_ID-guard; do \
+           if timeout 3 getent hosts $n >/dev/null 2>&1; then echo \"DNS-OPEN $n\"; else echo \"DNS-CLOSED $n\"; fi; \
+         done\n\
+         echo \"VIA-PROXY $(curl -s -m 20 http://run-standin.example/{nonce})\"\n",
+        ips = targets.join(" ")
+    );
+    let r = m.run_timeout(
+        "moat-launch",
+        &["run", "--no-sandbox", "--", "bash", "-c", &script],
+        None,
+        600,
+    );
+    let (out, err) = (r.stdout(), r.stderr());
+    assert_eq!(r.code(), 0, "{out}\n{err}");
+    assert!(err.contains("building image moat/run:"), "{err}");
+    assert!(
+        err.contains("replaced /usr/sbin/iptables-restore")
+            && err.contains(&format!("hooked-{nonce}")),
+        "the hook did not replace iptables-restore: {err}"
+    );
+    // The image's iptables-restore is the hook's script, and the image's entrypoint ran the
+    // hook's lines as root (flushing the rules and opening OUTPUT): the attack is in place.
+    assert!(out.contains("#!/bin/sh exit 0"), "{out}");
+    assert!(out.contains("root-entrypoint-ran-uid-0"), "{out}");
+    assert!(
+        out.contains(&format!("VIA-PROXY STANDIN-{nonce}")),
+        "the run's request through its proxy failed: {out}"
+    );
+    let closed = out.lines().filter(|l| l.starts_with("CLOSED ")).count();
+    assert_eq!(closed, targets.len(), "{out}");
+    assert!(!out.contains("OPEN "), "reached from the run: {out}");
+    assert!(!out.contains("DNS-OPEN"), "{out}");
+    assert_eq!(out.matches("DNS-CLOSED ").count(), 3, "{out}");
+    assert!(!out.contains(&canary), "{out}");
+    assert!(!err.contains(&canary), "{err}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the host service was reached from the run"
+    );
+    assert!(m.env.files_containing(canary.as_bytes()).is_empty());
+    let id = m.run_ids().pop().unwrap();
+    let image = m.metadata(&id)["image"].as_str().unwrap().to_string();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &image])
+        .output();
+}

@@ -426,20 +426,73 @@ fn container_resources_and_logs_follow() {
     let r = m.launch(&["run", "--no-sandbox", "-d", "--", "sh", "-c", script]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
-    // container.dns goes to Docker (the run's firewall lets no DNS out anyway).
-    let dns = std::process::Command::new("docker")
-        .args([
-            "inspect",
-            "--format",
-            "{{json .HostConfig.Dns}}",
+    // container.dns goes to Docker, on the run's guard, whose namespace the container joins
+    // (the run's firewall lets no DNS out anyway).
+    let inspect = |name: &str, format: &str| {
+        let o = std::process::Command::new("docker")
+            .args(["inspect", "--format", format, name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let guard = format!("moat-{id}-guard");
+    let dns = inspect(&guard, "{{json .HostConfig.Dns}}");
+    assert!(dns.contains("192.0.2.53"), "{dns}");
+    // The container joins the guard's namespace without NET_ADMIN or NET_RAW (THREATS E2, L4).
+    let guard_id = inspect(&guard, "{{.Id}}");
+    assert_eq!(
+        inspect(
             &format!("moat-{id}"),
+            "{{.HostConfig.NetworkMode}} {{json .HostConfig.CapDrop}} {{json .HostConfig.CapAdd}}"
+        ),
+        format!("container:{guard_id} [\"NET_RAW\",\"NET_ADMIN\"] null")
+    );
+    assert_eq!(
+        inspect(
+            &guard,
+            "{{index .Config.Labels \"moat.run\"}} {{index .Config.Labels \"moat.guard\"}}"
+        ),
+        format!("{id} run")
+    );
+    // The guard's rules: OUTPUT dropped but for the proxy's address and port.
+    let proxy = m.metadata(&id)["proxy_addr"].as_str().unwrap().to_string();
+    let (pip, pport) = proxy.rsplit_once(':').unwrap();
+    let rules = std::process::Command::new("docker")
+        .args(["exec", &guard, "iptables-save"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(rules.contains(":OUTPUT DROP"), "{rules}");
+    assert!(
+        rules.contains(&format!(
+            "-A OUTPUT -d {pip}/32 -p tcp -m tcp --dport {pport} -j ACCEPT"
+        )),
+        "{rules}"
+    );
+    // A guard that cannot set its rules (here: without NET_ADMIN) never says it is ready.
+    let image = inspect(&guard, "{{.Config.Image}}");
+    let o = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-e",
+            "MOAT_GUARD_MODE=run",
+            "-e",
+            &format!("MOAT_PROXY_ADDR={proxy}"),
+            &image,
         ])
         .output()
         .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(125), "{out}{err}");
     assert!(
-        String::from_utf8_lossy(&dns.stdout).contains("192.0.2.53"),
-        "{}",
-        String::from_utf8_lossy(&dns.stdout)
+        !out.contains("ready") && err.contains("cannot set the firewall"),
+        "{out}{err}"
     );
     // logs -f prints what exists and follows until the run ends.
     let f = m.launch(&["logs", "-f", &id]);

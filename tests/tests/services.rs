@@ -224,8 +224,8 @@ fn a_redis_sidecar_answers_only_to_the_runs_generated_account() {
     assert_eq!(m.metadata(&id)["services"], serde_json::json!(["redis"]));
     assert_eq!(
         containers_of(&id).len(),
-        3,
-        "main container, sidecar and its guard"
+        4,
+        "main container, its guard, sidecar and its guard"
     );
 
     let logs = m.launch(&["logs", &id]).stdout();

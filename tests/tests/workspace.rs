@@ -430,11 +430,21 @@ fn system_lists_exactly_the_images_and_containers_of_this_home() {
     let c = m.launch(&["system", "containers", "--json"]);
     assert_eq!(c.code(), 0, "{}", c.stderr());
     let rows = jsonl(&c.stdout());
-    assert_eq!(rows.len(), 1, "{}", c.stdout());
-    assert_eq!(rows[0]["run"], id.as_str());
-    assert_eq!(rows[0]["name"], format!("moat-{id}"));
-    assert_eq!(rows[0]["state"], "running");
-    assert_eq!(rows[0]["home"], m.moat_home().to_str().unwrap());
+    // The run's container and the guard whose network namespace it joins.
+    assert_eq!(rows.len(), 2, "{}", c.stdout());
+    let mut names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [format!("moat-{id}"), format!("moat-{id}-guard")],
+        "{}",
+        c.stdout()
+    );
+    for r in &rows {
+        assert_eq!(r["run"], id.as_str());
+        assert_eq!(r["state"], "running");
+        assert_eq!(r["home"], m.moat_home().to_str().unwrap());
+    }
 
     let i = m.launch(&["system", "images", "--json"]);
     assert_eq!(i.code(), 0, "{}", i.stderr());
@@ -455,7 +465,7 @@ fn system_lists_exactly_the_images_and_containers_of_this_home() {
     let s = m.launch(&["status"]);
     assert!(
         s.stdout()
-            .contains("Containers: 1 moat container(s), 1 running"),
+            .contains("Containers: 2 moat container(s), 2 running"),
         "{}",
         s.stdout()
     );

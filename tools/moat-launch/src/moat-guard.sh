@@ -1,9 +1,16 @@
 #!/bin/sh
-# moat-guard: holds a service sidecar's network namespace. Runs with CAP_NET_ADMIN, which the
-# sidecar sharing the namespace does not have, so the sidecar can neither change nor undo
-# these rules: connections in to the service's port (MOAT_GUARD_PORT) and their replies,
-# loopback (but not Docker's resolver at 127.0.0.11); nothing else in or out, IPv6 not at
-# all. Any failure stops the guard, and the sidecar is never started.
+# moat-guard: holds a network namespace that a container from an untrusted image joins (a
+# service sidecar, or the run's own container). Runs with CAP_NET_ADMIN from moat's guard
+# image, which the container sharing the namespace does not have, so it can neither change
+# nor undo these rules. Any failure stops the guard, and the container is never started.
+#
+# MOAT_GUARD_MODE=service (the default; MOAT_GUARD_PORT): connections in to the service's
+# port and their replies, loopback (but not Docker's resolver at 127.0.0.11); nothing else in
+# or out, IPv6 not at all.
+# MOAT_GUARD_MODE=run (MOAT_PROXY_ADDR=ip:port, MOAT_SERVICE_ADDRS=ip:port,...): out to the
+# run's proxy and to each sidecar's address and port, loopback (but not 127.0.0.11), replies;
+# nothing else out, IPv6 only on loopback. In is open, so the hostname router reaches the
+# run's `ports:`.
 set -eu
 
 die() {
@@ -11,10 +18,11 @@ die() {
 	exit 125
 }
 
-port=${MOAT_GUARD_PORT:-}
-case "$port" in *[!0-9]* | "") die "bad service port '$port'" ;; esac
-
-rules4="*filter
+case "${MOAT_GUARD_MODE:-service}" in
+service)
+	port=${MOAT_GUARD_PORT:-}
+	case "$port" in *[!0-9]* | "") die "bad service port '$port'" ;; esac
+	rules4="*filter
 :INPUT DROP [0:0]
 :FORWARD DROP [0:0]
 :OUTPUT DROP [0:0]
@@ -25,7 +33,7 @@ rules4="*filter
 -A OUTPUT -p tcp -m tcp --sport $port -m state --state ESTABLISHED -j ACCEPT
 COMMIT
 "
-rules6="*filter
+	rules6="*filter
 :INPUT DROP [0:0]
 :FORWARD DROP [0:0]
 :OUTPUT DROP [0:0]
@@ -33,6 +41,43 @@ rules6="*filter
 -A OUTPUT -o lo -j ACCEPT
 COMMIT
 "
+	;;
+run)
+	addr=${MOAT_PROXY_ADDR:-}
+	ip=${addr%:*}
+	port=${addr##*:}
+	case "$ip" in *[!0-9.]* | "") die "bad proxy address '$addr'" ;; esac
+	case "$port" in *[!0-9]* | "") die "bad proxy port in '$addr'" ;; esac
+	services=""
+	for sa in $(printf '%s' "${MOAT_SERVICE_ADDRS:-}" | tr ',' ' '); do
+		sip=${sa%:*}
+		sport=${sa##*:}
+		case "$sip" in *[!0-9.]* | "") die "bad service address $sa" ;; esac
+		case "$sport" in *[!0-9]* | "") die "bad service port in $sa" ;; esac
+		services="$services-A OUTPUT -d $sip/32 -p tcp -m tcp --dport $sport -j ACCEPT
+"
+	done
+	rules4="*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT DROP [0:0]
+-A OUTPUT -d 127.0.0.11/32 -j DROP
+-A OUTPUT -o lo -j ACCEPT
+-A OUTPUT -d $ip/32 -p tcp -m tcp --dport $port -j ACCEPT
+$services-A OUTPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+"
+	rules6="*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT DROP [0:0]
+-A OUTPUT -o lo -j ACCEPT
+COMMIT
+"
+	;;
+*) die "bad mode '$MOAT_GUARD_MODE'" ;;
+esac
+
 apply() {
 	fam=$1
 	rules=$2

@@ -1,68 +1,18 @@
 #!/bin/sh
-# moat-init: the container's entrypoint. Runs as root with CAP_NET_ADMIN, closes the network
-# to everything but the run's proxy, then drops every capability and becomes moatuser for
-# good (no_new_privs) before any user code runs. Any failure here stops the container:
-# a run never starts with an open network.
+# moat-init: the container's entrypoint. Runs as root, sets up the container (CA, terminal,
+# Docker socket group, the agent's files, secrets, volumes, pre_run), then drops every
+# capability and becomes moatuser for good (no_new_privs) before any user code runs. Any
+# failure here stops the container.
+# It does not set the network's firewall, and cannot (the container has neither NET_ADMIN
+# nor NET_RAW): this script and every tool it calls come from the run's image, which build
+# hooks and install scripts write. The run's firewall is set by its guard (moat-guard, from
+# moat's own guard image), whose network namespace the container joins (guard.rs).
 set -eu
 
 die() {
 	echo "moat-init: $*" >&2
 	exit 125
 }
-
-addr=${MOAT_PROXY_ADDR:-}
-[ -n "$addr" ] || die "no proxy address given; refusing to start with an open network"
-ip=${addr%:*}
-port=${addr##*:}
-
-# Service sidecars (MOAT_SERVICE_ADDRS="ip:port,ip:port"): each address and port, and only it.
-services=""
-for sa in $(printf '%s' "${MOAT_SERVICE_ADDRS:-}" | tr ',' ' '); do
-	sip=${sa%:*}
-	sport=${sa##*:}
-	case "$sip" in *[!0-9.]* | "") die "bad service address $sa" ;; esac
-	case "$sport" in *[!0-9]* | "") die "bad service port in $sa" ;; esac
-	services="$services-A OUTPUT -d $sip/32 -p tcp -m tcp --dport $sport -j ACCEPT
-"
-done
-
-# One atomic ruleset per family: loopback (but not Docker's embedded resolver at 127.0.0.11,
-# which forwards to the host's resolvers), replies, and the proxy's address and port.
-rules4="*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT DROP [0:0]
--A OUTPUT -d 127.0.0.11/32 -j DROP
--A OUTPUT -o lo -j ACCEPT
--A OUTPUT -d $ip/32 -p tcp -m tcp --dport $port -j ACCEPT
-$services-A OUTPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
-COMMIT
-"
-rules6="*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT DROP [0:0]
--A OUTPUT -o lo -j ACCEPT
-COMMIT
-"
-ok=
-for t in iptables-restore iptables-legacy-restore; do
-	if command -v $t >/dev/null 2>&1 && printf '%s' "$rules4" | $t -w 5 2>/dev/null; then
-		ok=1
-		break
-	fi
-done
-[ -n "$ok" ] || die "cannot set the network firewall (iptables failed); refusing to start"
-if [ -e /proc/net/if_inet6 ]; then
-	ok=
-	for t in ip6tables-restore ip6tables-legacy-restore; do
-		if command -v $t >/dev/null 2>&1 && printf '%s' "$rules6" | $t -w 5 2>/dev/null; then
-			ok=1
-			break
-		fi
-	done
-	[ -n "$ok" ] || die "cannot set the IPv6 firewall (ip6tables failed); refusing to start"
-fi
 
 # The moat CA (public certificate only), trusted by the system store for this container.
 if [ -r /run/moat/ca.crt ]; then

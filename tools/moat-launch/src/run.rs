@@ -780,10 +780,10 @@ async fn lifecycle(
     moat_core::fsutil::write_atomic(&dir.join("Dockerfile"), ctx.dockerfile.as_bytes(), 0o644)?;
     phase("image prepared");
     let needs_build = spec.rebuild || docker::image_id(&d, &ctx.tag).await?.is_none();
-    // Sidecars run behind a guard (guard.rs), whose image is built once, through the proxy.
-    let has_services = !crate::services::wanted(spec).is_empty();
+    // The run and its sidecars run behind guards (guard.rs), whose image is built once,
+    // through the proxy.
     let guard_image = crate::guard::guard_image(&d, &ctx.base).await?;
-    let needs_guard = has_services && docker::image_id(&d, &guard_image).await?.is_none();
+    let needs_guard = docker::image_id(&d, &guard_image).await?.is_none();
 
     // The proxy, listening on the gateway: reachable from this network only.
     let token_file = dir.join("proxy.token");
@@ -1003,11 +1003,7 @@ async fn lifecycle(
     }
     env.push(format!("NO_PROXY={no_proxy}"));
     env.push(format!("no_proxy={no_proxy}"));
-    env.push(format!("MOAT_PROXY_ADDR={pip}:{pport}"));
     env.extend(crate::mcp::env(&spec.mcp, &mcp_base));
-    if !wiring.allow.is_empty() {
-        env.push(format!("MOAT_SERVICE_ADDRS={}", wiring.allow.join(",")));
-    }
     env.extend(wiring.env.iter().cloned());
     env.push(format!("MOAT_RUN_ID={id}"));
     env.push(format!("MOAT_RUN_NAME={}", spec.name));
@@ -1132,23 +1128,27 @@ async fn lifecycle(
         binds.push(format!("{sock}:/var/run/docker.sock"));
         env.push(format!("MOAT_DOCKER_GID={gid}"));
     }
+    // The run's firewall is its guard's, not the image's (guard.rs): the container joins it.
+    let proxy_addr = format!("{pip}:{pport}");
+    let run_guard = crate::guard::RunGuard {
+        network: &net_name,
+        proxy: &proxy_addr,
+        services: &wiring.allow,
+        extra_hosts: &wiring.hosts,
+        dns: &spec.dns,
+        labels: &labels,
+    };
+    let (guard, _) =
+        crate::guard::start_run_guard(&d, id, &run_guard, &guard_image, &mut res.sidecars).await?;
+    phase("run guard ready");
+    let (network_mode, cap_drop) = crate::guard::run_network_mode(&guard);
     let host = bollard::models::HostConfig {
         binds: Some(binds),
-        network_mode: Some(net_name.clone()),
-        cap_add: Some(vec!["NET_ADMIN".into()]),
-        dns: if spec.dns.is_empty() {
-            None
-        } else {
-            Some(spec.dns.clone())
-        },
+        network_mode: Some(network_mode),
+        cap_drop: Some(cap_drop),
         memory: spec.memory_mb.map(|m| (m * 1024 * 1024) as i64),
         nano_cpus: spec.cpus.map(|c| i64::from(c) * 1_000_000_000),
         runtime: runtime.clone(),
-        extra_hosts: if wiring.hosts.is_empty() {
-            None
-        } else {
-            Some(wiring.hosts.clone())
-        },
         // tini as PID 1: signals reach the command (a shell as PID 1 ignores SIGTERM).
         init: Some(true),
         ..Default::default()
@@ -1251,7 +1251,8 @@ async fn lifecycle(
 
     phase("container started");
     if let Some(rp) = spec.router_port {
-        register_routes(home, &d, id, spec, &created.id, &net_name, rp, res).await?;
+        // The run's address on its network is its guard's (the container shares it).
+        register_routes(home, &d, id, spec, &guard, &net_name, rp, res).await?;
     }
     let logs = tokio::spawn(capture_logs(
         attached.output,
@@ -1312,8 +1313,8 @@ fn check_route_name(home: &MoatHome, id: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Register the run's endpoints (its container address on the run network, which the host
-/// reaches directly: nothing is published) and make sure a router serves them.
+/// Register the run's endpoints (its address on the run network, which is its guard's and
+/// which the host reaches directly: nothing is published) and make sure a router serves them.
 #[allow(clippy::too_many_arguments)]
 async fn register_routes(
     home: &MoatHome,
