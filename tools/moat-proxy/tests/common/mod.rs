@@ -868,3 +868,69 @@ pub fn granted_upstream(env: &TestEnv, name: &str, alpn: &[&[u8]]) -> (Upstream,
     )));
     (up, f)
 }
+
+/// An inject rule that sends `Authorization: Bearer <secret>` to `hosts` under `grant`.
+pub fn bearer_rule(grant: &str, hosts: &[&str], secret: &str) -> String {
+    inject_rule(grant, hosts, "Authorization", &format!("Bearer {secret}"))
+}
+
+impl Proxy {
+    /// Start with the rules, sending each `host:port` of `routes` to a test upstream on that
+    /// loopback port and trusting every CA file in `cas`.
+    pub fn routed(env: &TestEnv, rules: &str, routes: &[(&str, u16)], cas: &[&Path]) -> Proxy {
+        let mut args: Vec<String> = Vec::new();
+        for (hp, port) in routes {
+            args.extend(["--connect-to".into(), format!("{hp}:127.0.0.1:{port}")]);
+        }
+        for ca in cas {
+            args.extend(["--extra-ca".into(), ca.to_str().unwrap().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proxy::start(env, rules, &args)
+    }
+}
+
+/// The client side of an HTTPS tunnel: `CONNECT host:443` through the proxy at `addr` with
+/// its token (the answer must be 200), then TLS offering ALPN h2 and trusting only the moat
+/// CA `moat_ca` (PEM).
+pub async fn connect_tls(
+    addr: &str,
+    token: &str,
+    moat_ca: &[u8],
+    host: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use base64::Engine;
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("moat:{token}"));
+    tcp.write_all(
+        format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(moat_ca).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(host.to_string().try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
