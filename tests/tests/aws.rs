@@ -45,19 +45,6 @@ fn sha256(v: &str) -> String {
     d
 }
 
-/// The latest run (run ids are random, so by creation time).
-fn newest_run(m: &Moat) -> String {
-    m.run_ids()
-        .into_iter()
-        .max_by_key(|id| {
-            m.metadata(id)["created_at"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .expect("a run")
-}
-
 /// moto on a free loopback port, killed on drop.
 struct Moto {
     child: Child,
@@ -443,7 +430,7 @@ fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
     assert!(!out.contains(&a.w.key_id), "host key id inside: {out}");
     r.leaks_nothing(&a.w.secret);
 
-    let id = newest_run(&a.m);
+    let id = a.m.newest_run();
     let log = a.audit_log(&id);
     let used: Vec<serde_json::Value> = log
         .lines()
@@ -541,7 +528,7 @@ fn a_denied_role_fails_the_run_before_the_container_starts() {
     assert!(err.contains("AccessDenied"), "{err}");
     assert!(err.contains(&a.w.role_arn), "{err}");
     assert!(err.contains("sts:AssumeRole"), "{err}");
-    let id = newest_run(&a.m);
+    let id = a.m.newest_run();
     let meta = a.m.metadata(&id);
     assert_eq!(meta["state"], "failed", "{meta}");
     assert!(meta.get("container_id").is_none(), "{meta}");
@@ -607,7 +594,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
     for v in [SSM_VALUE, OP_VALUE] {
         assert!(r.stdout().contains(&sha256(v)), "{v}: {}", r.stdout());
     }
-    let id = newest_run(&a.m);
+    let id = a.m.newest_run();
     let log = a.audit_log(&id);
     let rec = log
         .lines()
@@ -641,7 +628,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
     );
     assert!(err.contains("ParameterNotFound"), "{err}");
     assert!(err.contains("put-parameter"), "{err}");
-    let id = newest_run(&a.m);
+    let id = a.m.newest_run();
     assert!(a.m.metadata(&id).get("container_id").is_none());
 
     std::fs::write(
@@ -702,7 +689,7 @@ fn an_op_secret_without_the_op_cli_says_to_install_it() {
     let err = r.stderr();
     assert!(err.contains("API_KEY"), "{err}");
     assert!(err.contains("1Password CLI"), "{err}");
-    let id = newest_run(&m);
+    let id = m.newest_run();
     assert!(m.metadata(&id).get("container_id").is_none());
 }
 

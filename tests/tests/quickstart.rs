@@ -5,23 +5,15 @@
 //! `docker inspect`.
 
 use moat_e2e::github::{GithubStandIn, LOGIN};
-use moat_e2e::{Moat, docker_ready, run_with_deadline};
+use moat_e2e::{Moat, docker_ready};
 use std::process::Command;
 
 const TOKEN: &str = "ghp_E2eCanaryT0kenDoNotLeak0123456789abc";
 
 fn github_env() -> (Moat, GithubStandIn) {
     let gh = GithubStandIn::start(TOKEN);
-    let mut m = Moat::new();
-    m.env
-        .env("MOAT_PROXY_CONNECT_TO", gh.connect_to())
-        .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
     // `moat grant github`, token from the environment.
-    let mut c = m.env.cmd("moat");
-    c.args(["grant", "github", "--no-validate"])
-        .env("GH_TOKEN", TOKEN);
-    let r = run_with_deadline(c, "moat grant github".into(), None, 60);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let m = Moat::with_github(&gh, TOKEN);
     (m, gh)
 }
 

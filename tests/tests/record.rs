@@ -8,22 +8,6 @@ use moat_e2e::{Moat, docker_ready};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn run_dir(m: &Moat, id: &str) -> std::path::PathBuf {
-    m.moat_home().join("runs").join(id)
-}
-
-fn newest_run(m: &Moat) -> String {
-    m.run_ids()
-        .into_iter()
-        .max_by_key(|id| {
-            m.metadata(id)["created_at"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .expect("a run")
-}
-
 /// The pids of `moat-audit append --run ID`.
 fn audit_writers(id: &str) -> Vec<u32> {
     let want = format!("moat-audit\0append\0--run\0{id}\0");
@@ -74,7 +58,7 @@ fn a_run_whose_audit_writer_cannot_start_does_not_run() {
     assert!(err.contains("signing.key"), "{err}");
     assert!(err.contains("--no-audit"), "{err}");
     assert!(!r.stdout().contains("the-command-ran"));
-    let id = newest_run(&m);
+    let id = m.newest_run();
     let meta = m.metadata(&id);
     assert_eq!(meta["state"], "failed", "{meta}");
     assert!(
@@ -99,15 +83,15 @@ fn a_run_whose_audit_writer_cannot_start_does_not_run() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(r.stdout().contains("the-command-ran"));
     assert!(r.stderr().contains("WARNING: --no-audit"), "{}", r.stderr());
-    let id = newest_run(&m);
+    let id = m.newest_run();
     assert_eq!(m.metadata(&id)["audit"], "disabled");
-    assert!(!run_dir(&m, &id).join("audit").join("log.jsonl").exists());
+    assert!(!m.run_dir(&id).join("audit").join("log.jsonl").exists());
 
     // Only the flag turns the record off: a workspace's file cannot.
     std::fs::remove_file(audit.join("signing.key")).unwrap();
     std::fs::write(m.ws.join("moat.yaml"), "no_audit: true\n").unwrap();
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
-    let id = newest_run(&m);
+    let id = m.newest_run();
     if r.code() == 0 {
         let meta = m.metadata(&id);
         assert!(
@@ -241,8 +225,8 @@ fn the_runs_output_is_in_the_audit_log_and_a_changed_log_file_is_caught() {
          for i in $(seq 1 450); do echo out-line-$i; done; echo err-line >&2",
     ]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    let id = newest_run(&m);
-    let dir = run_dir(&m, &id);
+    let id = m.newest_run();
+    let dir = m.run_dir(&id);
     let audit = std::fs::read_to_string(dir.join("audit").join("log.jsonl")).unwrap();
     assert!(
         audit

@@ -4,7 +4,7 @@
 //! `services.redis.image`; the main image gets the real `redis-cli` from the registry's
 //! `redis-cli` tool entry.
 
-use moat_e2e::{Moat, docker_ready};
+use moat_e2e::{Moat, docker_ready, host_service};
 use std::process::{Command, Stdio};
 
 /// Redis from bookworm; the entrypoint also starts a second, password-less Redis on port
@@ -68,6 +68,17 @@ fn redis_image() -> String {
     local_image(
         "redis-sidecar",
         &[("Dockerfile", REDIS_DOCKERFILE), ("entry.sh", REDIS_ENTRY)],
+    )
+}
+
+/// The postgres stand-in image the sidecar tests use (built once, from local files).
+fn postgres_image() -> String {
+    local_image(
+        "postgres-sidecar",
+        &[
+            ("Dockerfile", POSTGRES_DOCKERFILE),
+            ("entry.sh", POSTGRES_ENTRY),
+        ],
     )
 }
 
@@ -433,13 +444,7 @@ fn a_postgres_sidecar_is_waited_for_and_answers_psql_with_the_injected_url() {
         return;
     }
     let m = Moat::new();
-    let image = local_image(
-        "postgres-sidecar",
-        &[
-            ("Dockerfile", POSTGRES_DOCKERFILE),
-            ("entry.sh", POSTGRES_ENTRY),
-        ],
-    );
+    let image = postgres_image();
     std::fs::write(
         m.ws.join("moat.yaml"),
         format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
@@ -542,22 +547,6 @@ fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
     );
 }
 
-/// A host service on 0.0.0.0 that hands `canary` to whoever connects, and counts them.
-fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::Write;
-    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (h2, canary) = (hits.clone(), canary.to_string());
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = c.write_all(canary.as_bytes());
-        }
-    });
-    (port, hits)
-}
-
 fn docker_out(args: &[&str]) -> String {
     let o = Command::new("docker").args(args).output().unwrap();
     String::from_utf8_lossy(&o.stdout).to_string()
@@ -579,13 +568,7 @@ fn a_postgres_sidecar_is_no_pivot() {
     let canary = format!("CANARY-{nonce}");
     let (port, hits) = host_service(&canary);
     let m = Moat::new();
-    let image = local_image(
-        "postgres-sidecar",
-        &[
-            ("Dockerfile", POSTGRES_DOCKERFILE),
-            ("entry.sh", POSTGRES_ENTRY),
-        ],
-    );
+    let image = postgres_image();
     std::fs::write(
         m.ws.join("moat.yaml"),
         format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
@@ -732,13 +715,7 @@ fn without_waiting_the_runs_postgres_account_still_arrives() {
         return;
     }
     let m = Moat::new();
-    let image = local_image(
-        "postgres-sidecar",
-        &[
-            ("Dockerfile", POSTGRES_DOCKERFILE),
-            ("entry.sh", POSTGRES_ENTRY),
-        ],
-    );
+    let image = postgres_image();
     std::fs::write(
         m.ws.join("moat.yaml"),
         format!(
