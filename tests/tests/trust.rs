@@ -4,12 +4,10 @@
 //! workspaces or mounts over the host's keys are refused.
 
 use moat_e2e::github::GithubStandIn;
-use moat_e2e::{Moat, docker_ready, run_with_deadline};
-use std::io::{Read, Write};
+use moat_e2e::{Moat, docker_ready};
+use moat_testkit::Terminal;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 const TOKEN: &str = "ghp_TrustL2CanaryTokenDoNotLeak012345678";
 
@@ -26,8 +24,7 @@ fn write_config(m: &Moat, text: &str) {
 }
 
 fn audit_log(m: &Moat, id: &str) -> String {
-    std::fs::read_to_string(m.moat_home().join("runs").join(id).join("audit/log.jsonl"))
-        .unwrap_or_default()
+    std::fs::read_to_string(m.run_dir(id).join("audit/log.jsonl")).unwrap_or_default()
 }
 
 /// Every file under the test's directory (MOAT_HOME, the workspace, the run's artifacts)
@@ -97,19 +94,6 @@ fn l1_a_mount_the_agent_appends_is_refused_on_the_next_run() {
     );
 }
 
-fn github_moat(gh: &GithubStandIn) -> Moat {
-    let mut m = Moat::new();
-    m.env
-        .env("MOAT_PROXY_CONNECT_TO", gh.connect_to())
-        .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
-    let mut c = m.env.cmd("moat");
-    c.args(["grant", "github", "--no-validate"])
-        .env("GH_TOKEN", TOKEN);
-    let r = run_with_deadline(c, "moat grant github".into(), None, 60);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    m
-}
-
 const CURL_USER: &str = "command: [curl, -s, https://api.github.com/user]\n";
 
 /// L2 and approval: a fresh workspace (a cloned repository) whose moat.yaml grants the
@@ -122,7 +106,7 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
         return;
     }
     let gh = GithubStandIn::start(TOKEN);
-    let m = github_moat(&gh);
+    let m = Moat::with_github(&gh, TOKEN);
     write_config(&m, &format!("grants: [github]\n{CURL_USER}"));
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 77, "{}\n{}", r.stdout(), r.stderr());
@@ -203,47 +187,13 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
 
 /// `script(1)` gives the command a terminal; answer `input` once `prompt` shows.
 fn on_terminal(m: &Moat, cmd: &str, prompt: &str, input: &str) -> (i32, String) {
-    let mut c = m.env.program("timeout");
-    c.args(["600", "script", "-qec", cmd, "/dev/null"])
-        .current_dir(&m.ws)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("script (util-linux)");
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !String::from_utf8_lossy(&seen).contains(prompt) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => seen.extend(chunk),
-            Err(_) => break,
-        }
-    }
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    // script(1) ends the session when its input closes: keep it open until the end.
-    let status = child.wait().unwrap();
-    drop(stdin);
-    reader.join().unwrap();
-    while let Ok(chunk) = rx.try_recv() {
-        seen.extend(chunk);
-    }
-    let mut err = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&seen).to_string() + &err,
-    )
+    let how = Terminal {
+        dir: Some(&m.ws),
+        limit_secs: 600,
+        prompt_secs: 60,
+        hold_input: true,
+    };
+    m.env.on_terminal(cmd, prompt, input, &how)
 }
 
 /// L1/L2 on a terminal: the unapproved request is shown and asked about; `n` refuses
