@@ -76,6 +76,15 @@ impl Moat {
         )
     }
 
+    /// `moat-launch run --no-sandbox OPTS... -- sh -c SCRIPT` in the workspace, with
+    /// [`Moat::launch`]'s deadline.
+    pub fn launch_sh(&self, opts: &[&str], script: &str) -> Run {
+        let mut all = vec!["run", "--no-sandbox"];
+        all.extend_from_slice(opts);
+        all.extend_from_slice(&["--", "sh", "-c", script]);
+        self.launch(&all)
+    }
+
     /// `moat-launch run -d --no-sandbox ARGS...`, asserted to succeed; the new run's id once
     /// it is running.
     pub fn detached(&self, args: &[&str]) -> String {

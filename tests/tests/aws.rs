@@ -454,17 +454,10 @@ fn the_host_key_is_nowhere_in_a_running_container() {
     }
     let a = aws_env();
     a.grant();
-    let r = a.m.launch(&[
-        "run",
-        "--no-sandbox",
-        "-d",
-        "--grant",
-        "aws",
-        "--",
-        "sh",
-        "-c",
+    let r = a.m.launch_sh(
+        &["-d", "--grant", "aws"],
         "aws sts get-caller-identity > /tmp/who.json; echo ready; sleep 120",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
     a.m.wait_log(&id, "ready", 300);
@@ -581,15 +574,11 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
     )
     .unwrap();
     a.m.trust(None);
-    let r = a.m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--",
-        "sh",
-        "-c",
+    let r = a.m.launch_sh(
+        &[],
         // Digests, not the values: the run's output is an artifact too.
         "printf %s \"$DATABASE_URL\" | sha256sum; printf %s \"$API_KEY\" | sha256sum",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     for v in [SSM_VALUE, OP_VALUE] {
         assert!(r.stdout().contains(&sha256(v)), "{v}: {}", r.stdout());
@@ -821,17 +810,8 @@ fn sessions_near_expiry_are_replaced_on_the_next_fetch() {
         format!("http://127.0.0.1:{}", short.port),
     );
     a.grant();
-    let r = a.m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--grant",
-        "aws",
-        "--",
-        "sh",
-        "-c",
-        "for i in 1 2; do /run/moat/aws/moat-aws-credentials | grep -o '\"AccessKeyId\":\"[A-Z0-9]*\"'; done; \
-         aws sts get-caller-identity --query Arn --output text",
-    ]);
+    let r = a.m.launch_sh(&["--grant", "aws"], "for i in 1 2; do /run/moat/aws/moat-aws-credentials | grep -o '\"AccessKeyId\":\"[A-Z0-9]*\"'; done; \
+         aws sts get-caller-identity --query Arn --output text");
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     let out = r.stdout();
     let keys: Vec<&str> = out

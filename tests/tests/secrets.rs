@@ -126,18 +126,13 @@ fn secrets_reach_the_command_and_hook_but_no_engine_state_holds_them() {
     )
     .unwrap();
     m.trust(None);
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "-d",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &["-d"],
         // Digests, not the values: the run's output is an artifact too.
         "printf 'pre-run %s\\n' \"$(cut -d' ' -f1 /tmp/pre-run.sha)\"; \
          printf %s \"$SIMPLE\" | sha256sum; printf %s \"$TRICKY\" | sha256sum; \
          echo \"token-vars=$(env | grep -c MOAT_SECRETS)\"; echo ready; sleep 300",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
     m.wait_log(&id, "ready", 600);
