@@ -155,10 +155,7 @@ fn websocket_frames_of_a_credentialed_upgrade_are_masked() {
     let plain_seen = plain.seen();
     assert_eq!(plain_seen.len(), 2);
     for s in [&tls_seen[0], &plain_seen[0]] {
-        assert_eq!(
-            s.header_all("authorization"),
-            vec![format!("Bearer {secret}")]
-        );
+        s.assert_bearer(&secret);
         assert!(s.header_all("sec-websocket-extensions").is_empty(), "{s:?}");
     }
     // Without a credential: the client's headers pass as sent.
@@ -205,19 +202,10 @@ fn grpc_style_h2_exchange_keeps_trailers_and_refuses_coalescing() {
     let (up, ca) = granted_upstream(&env, "api.github.com", &[b"h2"]);
     let rules = bearer_rule("github", &["api.github.com"], &secret);
     let p = Proxy::to_upstream(&env, &rules, "api.github.com", up.port(), &ca);
-    let addr = p.addr.clone();
-    let token = p.token.clone();
-    let moat_ca = std::fs::read(&p.ca).unwrap();
+    let client = p.h2_client("api.github.com");
     let (trailers, misdirected) = rt().block_on(async move {
         use http_body_util::BodyExt;
-        let tls = connect_tls(&addr, &token, &moat_ca, "api.github.com").await;
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = client.await;
         let req = http::Request::post("https://api.github.com/grpc")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
@@ -243,10 +231,7 @@ fn grpc_style_h2_exchange_keeps_trailers_and_refuses_coalescing() {
     let s = &up.seen()[0];
     assert_eq!(s.version, "HTTP/2.0");
     assert_eq!(s.header_all("te"), vec!["trailers"]);
-    assert_eq!(
-        s.header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    s.assert_bearer(&secret);
     assert_eq!(up.seen().len(), 1);
     p.assert_no_leak(&secret);
 }

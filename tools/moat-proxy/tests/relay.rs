@@ -67,10 +67,7 @@ fn anthropic_and_mcp_relays_inject_and_need_the_token() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(mcp.seen()[0].target, "/mcp");
-    assert_eq!(
-        mcp.seen()[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    mcp.seen()[0].assert_bearer(&secret);
     for bad in [
         format!("{base}/relay/wrong-token/anthropic/v1/messages"),
         format!("{base}/mcp/{}x/docs", p.token),

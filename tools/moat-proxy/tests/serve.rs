@@ -48,10 +48,7 @@ fn curl_http1_gets_the_credential_injected_and_nothing_else() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(
-        seen[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    seen[0].assert_bearer(&secret);
     assert!(seen[0].header_all("proxy-authorization").is_empty());
     assert_eq!(seen[0].target, "/user?x=1");
     let t = p.wait_trace(1);
@@ -94,10 +91,7 @@ fn curl_http2_both_sides() {
     assert!(r.stdout.ends_with("client=2"), "{}", r.stdout);
     let seen = up.seen();
     assert_eq!(seen[0].version, "HTTP/2.0");
-    assert_eq!(
-        seen[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    seen[0].assert_bearer(&secret);
     // Several requests on one client connection, pooled upstream connection.
     let r = curl(
         &env,

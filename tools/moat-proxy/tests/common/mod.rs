@@ -112,6 +112,21 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// A request recorded without its body (upgrades, streams, drained uploads).
+    fn bodiless(
+        method: String,
+        target: String,
+        version: String,
+        headers: Vec<(String, String)>,
+    ) -> Seen {
+        Seen {
+            method,
+            target,
+            version,
+            headers,
+            body: vec![],
+        }
+    }
     pub fn header_all(&self, name: &str) -> Vec<String> {
         self.headers
             .iter()
@@ -153,6 +168,19 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed_unsync()
 }
 
+/// The upstream's 101 answer to a WebSocket upgrade.
+fn switching_to_websocket() -> Response<Body> {
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert("upgrade", HeaderValue::from_static("websocket"));
+    r.headers_mut()
+        .insert("connection", HeaderValue::from_static("upgrade"));
+    r.headers_mut()
+        .insert("sec-websocket-accept", HeaderValue::from_static("test"));
+    r
+}
+
 async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let target = req.uri().to_string();
@@ -176,13 +204,10 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
             .find(|(k, _)| k == "authorization")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        up.seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            version,
-            headers,
-            body: vec![],
-        });
+        up.seen
+            .lock()
+            .unwrap()
+            .push(Seen::bodiless(method, target, version, headers));
         let on = hyper::upgrade::on(&mut req);
         let a2 = auth.clone();
         tokio::spawn(async move {
@@ -209,27 +234,17 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
                 let _ = io.shutdown().await;
             }
         });
-        let mut r = Response::new(full(""));
-        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut()
-            .insert("upgrade", HeaderValue::from_static("websocket"));
-        r.headers_mut()
-            .insert("connection", HeaderValue::from_static("upgrade"));
-        r.headers_mut()
-            .insert("sec-websocket-accept", HeaderValue::from_static("test"));
+        let mut r = switching_to_websocket();
         if let Ok(v) = HeaderValue::from_str(&auth) {
             r.headers_mut().insert("x-echo", v);
         }
         return Ok(r);
     }
     if path == "/ws" {
-        up.seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            version,
-            headers,
-            body: vec![],
-        });
+        up.seen
+            .lock()
+            .unwrap()
+            .push(Seen::bodiless(method, target, version, headers));
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(u) = on.await {
@@ -243,15 +258,7 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
                 }
             }
         });
-        let mut r = Response::new(full(""));
-        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut()
-            .insert("upgrade", HeaderValue::from_static("websocket"));
-        r.headers_mut()
-            .insert("connection", HeaderValue::from_static("upgrade"));
-        r.headers_mut()
-            .insert("sec-websocket-accept", HeaderValue::from_static("test"));
-        return Ok(r);
+        return Ok(switching_to_websocket());
     }
     if path == "/discard" {
         // Drain without keeping: for large uploads.
@@ -260,24 +267,18 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
         while let Some(Ok(f)) = body.frame().await {
             n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0);
         }
-        up.seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            version,
-            headers,
-            body: vec![],
-        });
+        up.seen
+            .lock()
+            .unwrap()
+            .push(Seen::bodiless(method, target, version, headers));
         return Ok(Response::new(full(format!("{n}\n"))));
     }
     if let Some(mb) = path.strip_prefix("/stream/") {
         let mb: usize = mb.parse().unwrap_or(1);
-        up.seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            version,
-            headers,
-            body: vec![],
-        });
+        up.seen
+            .lock()
+            .unwrap()
+            .push(Seen::bodiless(method, target, version, headers));
         let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
         let s = futures_util::stream::iter(
             (0..mb * 16).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
@@ -933,4 +934,38 @@ pub async fn connect_tls(
         .connect(host.to_string().try_into().unwrap(), tcp)
         .await
         .unwrap()
+}
+
+impl Proxy {
+    /// An HTTP/2 client for `host` through this proxy ([`connect_tls`], then the h2
+    /// handshake; the connection is driven on the runtime it is awaited on).
+    pub fn h2_client(
+        &self,
+        host: &str,
+    ) -> impl std::future::Future<Output = hyper::client::conn::http2::SendRequest<Full<Bytes>>>
+    + Send
+    + 'static {
+        let (addr, token, host) = (self.addr.clone(), self.token.clone(), host.to_string());
+        let moat_ca = std::fs::read(&self.ca).unwrap();
+        async move {
+            let tls = connect_tls(&addr, &token, &moat_ca, &host).await;
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            send
+        }
+    }
+}
+
+impl Seen {
+    /// The request carried the credential: exactly one `Authorization: Bearer <secret>`.
+    #[track_caller]
+    pub fn assert_bearer(&self, secret: &str) {
+        assert_eq!(
+            self.header_all("authorization"),
+            vec![format!("Bearer {secret}")]
+        );
+    }
 }
