@@ -102,6 +102,11 @@ impl Moat {
         id
     }
 
+    /// Write the workspace's moat.yaml.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.ws.join("moat.yaml"), text).unwrap();
+    }
+
     /// `moat-launch trust --yes PATH` (default: the workspace): the user approves what its
     /// moat.yaml asks for (grants, secrets, mounts outside it...), as a run without a
     /// terminal needs.

@@ -74,7 +74,7 @@ fn a_run_whose_audit_writer_cannot_start_does_not_run() {
 
     // Only the flag turns the record off: a workspace's file cannot.
     std::fs::remove_file(audit.join("signing.key")).unwrap();
-    std::fs::write(m.ws.join("moat.yaml"), "no_audit: true\n").unwrap();
+    m.write_config("no_audit: true\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     let id = m.newest_run();
     if r.code() == 0 {

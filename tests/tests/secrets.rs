@@ -119,12 +119,10 @@ fn secrets_reach_the_command_and_hook_but_no_engine_state_holds_them() {
             std::env::var("PATH").unwrap_or_default()
         ),
     );
-    std::fs::write(
-        m.ws.join("moat.yaml"),
+    m.write_config(
         "secrets:\n  SIMPLE: op://Dev/simple/field\n  TRICKY: op://Dev/tricky/field\n\
          hooks:\n  pre_run: 'printf %s \"$TRICKY\" | sha256sum > /tmp/pre-run.sha'\n",
-    )
-    .unwrap();
+    );
     m.trust(None);
     let r = m.launch_sh(
         &["-d"],

@@ -209,13 +209,9 @@ fn a_redis_sidecar_answers_only_to_the_runs_generated_account() {
     }
     let m = Moat::new();
     let image = redis_image();
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!(
+    m.write_config(&format!(
             "name: svc\ndependencies:\n  - redis@7\n  - redis-cli\nservices:\n  redis:\n    image: {image}\n"
-        ),
-    )
-    .unwrap();
+        ));
     let r = m.run_timeout(
         "moat-launch",
         &["run", "--no-sandbox", "-d", "--", "bash", "-c", SCRIPT],
@@ -390,26 +386,18 @@ fn the_registry_is_listed_and_unknown_dependencies_are_refused() {
     assert!(bad.stderr().contains("postgres@16"), "{}", bad.stderr());
 
     // In moat.yaml: the file, the line and the close matches; exit 78; no run is created.
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        "name: x\ndependencies:\n  - node@20\n  - postgress@17\n",
-    )
-    .unwrap();
+    m.write_config("name: x\ndependencies:\n  - node@20\n  - postgress@17\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 78, "{}", r.stderr());
     let e = r.stderr();
     assert!(e.contains("moat.yaml:4"), "{e}");
     assert!(e.contains("postgres@17"), "{e}");
-    std::fs::write(m.ws.join("moat.yaml"), "dependencies: [node@19]\n").unwrap();
+    m.write_config("dependencies: [node@19]\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 78, "{}", r.stderr());
     assert!(r.stderr().contains("18, 20, 22"), "{}", r.stderr());
     // services: for a service that is not a dependency.
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        "dependencies: [redis@7]\nservices:\n  postgres:\n    wait: false\n",
-    )
-    .unwrap();
+    m.write_config("dependencies: [redis@7]\nservices:\n  postgres:\n    wait: false\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 78, "{}", r.stderr());
     assert!(r.stderr().contains("moat.yaml:3"), "{}", r.stderr());
@@ -423,11 +411,7 @@ fn a_service_image_that_is_missing_fails_clearly_and_leaves_nothing() {
         return;
     }
     let m = Moat::new();
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        "dependencies: [postgres@17]\nservices:\n  postgres:\n    image: moat-e2e/no-such-image:1\n",
-    )
-    .unwrap();
+    m.write_config("dependencies: [postgres@17]\nservices:\n  postgres:\n    image: moat-e2e/no-such-image:1\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 69, "{}", r.stderr());
     let e = r.stderr();
@@ -445,11 +429,9 @@ fn a_postgres_sidecar_is_waited_for_and_answers_psql_with_the_injected_url() {
     }
     let m = Moat::new();
     let image = postgres_image();
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
-    )
-    .unwrap();
+    m.write_config(&format!(
+        "dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"
+    ));
     // No retry loop: the first query only works if the run waited for pg_isready.
     let script = r#"
 echo "ANSWER=$(psql "$MOAT_POSTGRES_URL" -qtAc 'create table t (v text); insert into t values ($$from-the-run$$); select v from t' 2>&1)"
@@ -480,11 +462,9 @@ fn a_mysql_sidecar_is_waited_for_and_answers_the_mysql_client_with_the_injected_
         "mysql-sidecar",
         &[("Dockerfile", MYSQL_DOCKERFILE), ("entry.sh", MYSQL_ENTRY)],
     );
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!("dependencies: [mysql@8, mysql-client]\nservices:\n  mysql:\n    image: {image}\n"),
-    )
-    .unwrap();
+    m.write_config(&format!(
+        "dependencies: [mysql@8, mysql-client]\nservices:\n  mysql:\n    image: {image}\n"
+    ));
     // No retry loop: the first query only works if the run waited for mysqladmin ping.
     let script = r#"
 q() { mysql -h "$MOAT_MYSQL_HOST" -P "$MOAT_MYSQL_PORT" -u "$MOAT_MYSQL_USER" -p"$1" "$MOAT_MYSQL_DB" -N -B -e "$2" 2>&1; }
@@ -528,7 +508,7 @@ fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
         return;
     }
     let m = Moat::new();
-    std::fs::write(m.ws.join("moat.yaml"), "dependencies: [docker:host]\n").unwrap();
+    m.write_config("dependencies: [docker:host]\n");
     m.trust(None);
     let r = m.sh("docker version --format 'SERVER={{.Server.Version}}'");
     let out = r.stdout();
@@ -569,11 +549,9 @@ fn a_postgres_sidecar_is_no_pivot() {
     let (port, hits) = host_service(&canary);
     let m = Moat::new();
     let image = postgres_image();
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
-    )
-    .unwrap();
+    m.write_config(&format!(
+        "dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"
+    ));
     let script = r#"
 q() { psql "$MOAT_POSTGRES_URL" -XqtAc "$1" 2>&1 | tr '\n' ' '; }
 echo "OWN=$(q 'create table t (v text); insert into t values ($$mine$$); select v from t')"
@@ -716,13 +694,9 @@ fn without_waiting_the_runs_postgres_account_still_arrives() {
     }
     let m = Moat::new();
     let image = postgres_image();
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!(
+    m.write_config(&format!(
             "dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n    wait: false\n"
-        ),
-    )
-    .unwrap();
+        ));
     let script = r#"
 for i in $(seq 1 240); do
   a=$(psql "$MOAT_POSTGRES_URL" -XqtAc 'select current_user, rolsuper from pg_roles where rolname = current_user' 2>/dev/null) && break

@@ -19,10 +19,6 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{n:x}-marker")
 }
 
-fn write_config(m: &Moat, text: &str) {
-    std::fs::write(m.ws.join("moat.yaml"), text).unwrap();
-}
-
 fn audit_log(m: &Moat, id: &str) -> String {
     std::fs::read_to_string(m.run_dir(id).join("audit/log.jsonl")).unwrap_or_default()
 }
@@ -52,7 +48,7 @@ fn l1_a_mount_the_agent_appends_is_refused_on_the_next_run() {
     let marker = unique("l1-outside");
     let marker_file = outside.join("marker.txt");
     std::fs::write(&marker_file, &marker).unwrap();
-    write_config(&m, "env:\n  GREETING: hello\n");
+    m.write_config("env:\n  GREETING: hello\n");
     // Run 1: the agent edits its own configuration for the next run.
     let script = format!(
         "printf 'mounts: [\"{}:/up\"]\\n' >> /workspace/moat.yaml && echo appended",
@@ -107,7 +103,7 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
     }
     let gh = GithubStandIn::start(TOKEN);
     let m = Moat::with_github(&gh, TOKEN);
-    write_config(&m, &format!("grants: [github]\n{CURL_USER}"));
+    m.write_config(&format!("grants: [github]\n{CURL_USER}"));
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 77, "{}\n{}", r.stdout(), r.stderr());
     assert!(r.stderr().contains("moat.yaml"), "{}", r.stderr());
@@ -150,19 +146,17 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
     assert!(sent >= 1);
 
     // env is not privileged: no new question.
-    write_config(
-        &m,
-        &format!("grants: [github]\nenv:\n  EDITED: yes\n{CURL_USER}"),
-    );
+    m.write_config(&format!(
+        "grants: [github]\nenv:\n  EDITED: yes\n{CURL_USER}"
+    ));
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 0, "an env change asked again: {}", r.stderr());
     let sent = gh.authorized.load(Ordering::SeqCst);
 
     // A privileged change (a second credential) asks again, and nothing is sent.
-    write_config(
-        &m,
-        &format!("grants: [github, npm]\nenv:\n  EDITED: yes\n{CURL_USER}"),
-    );
+    m.write_config(&format!(
+        "grants: [github, npm]\nenv:\n  EDITED: yes\n{CURL_USER}"
+    ));
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 77, "{}", r.stderr());
     assert!(
@@ -173,7 +167,7 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
     assert_eq!(gh.authorized.load(Ordering::SeqCst), sent);
 
     // Revoked: the original file is refused again.
-    write_config(&m, &format!("grants: [github]\n{CURL_USER}"));
+    m.write_config(&format!("grants: [github]\n{CURL_USER}"));
     let v = m.run_timeout("moat", &["trust", "--revoke"], None, 60);
     assert_eq!(v.code(), 0, "{}", v.stderr());
     let v = m.run_timeout("moat", &["trust", "--revoke"], None, 60);
@@ -208,10 +202,7 @@ fn on_a_terminal_the_request_is_asked_about() {
     std::fs::create_dir_all(&outside).unwrap();
     let marker = unique("pty");
     std::fs::write(outside.join("m.txt"), &marker).unwrap();
-    write_config(
-        &m,
-        &format!("mounts: [\"{}:/data:ro\"]\n", outside.display()),
-    );
+    m.write_config(&format!("mounts: [\"{}:/data:ro\"]\n", outside.display()));
     // `moat trust` on a terminal asks too; n records nothing.
     let (code, text) = on_terminal(&m, "moat-launch trust", "[y/N]", "n\n");
     assert_eq!(code, 77, "{text}");
@@ -297,7 +288,7 @@ fn l3_i5_sensitive_workspaces_and_mounts_are_refused() {
         r.stderr()
     );
     // In moat.yaml: refused as sensitive; with the flag, it still needs approval.
-    write_config(&m, &format!("mounts: [\"{ssh_mount}\"]\n"));
+    m.write_config(&format!("mounts: [\"{ssh_mount}\"]\n"));
     let r = m.launch(&["run", "--no-sandbox", "--", "cat", "/s/id_ed25519"]);
     assert_eq!(r.code(), 77, "{}", r.stderr());
     assert!(r.stderr().contains("~/.ssh"), "{}", r.stderr());
@@ -326,9 +317,7 @@ fn unprivileged_config_runs_without_a_question() {
     let m = Moat::new();
     std::fs::create_dir_all(m.ws.join("data")).unwrap();
     std::fs::write(m.ws.join("data/x.txt"), "inside").unwrap();
-    write_config(
-        &m,
-        "name: newcomer\nenv:\n  GREETING: hello-newcomer\nmounts: [\"./data:/data:ro\"]\nnetwork:\n  policy: strict\n  allow: [api.example.com]\ncommand: [sh, -c, \"echo $GREETING; cat /data/x.txt\"]\n",
+    m.write_config("name: newcomer\nenv:\n  GREETING: hello-newcomer\nmounts: [\"./data:/data:ro\"]\nnetwork:\n  policy: strict\n  allow: [api.example.com]\ncommand: [sh, -c, \"echo $GREETING; cat /data/x.txt\"]\n",
     );
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
