@@ -197,11 +197,7 @@ fn websocket_frames_of_a_credentialed_upgrade_are_masked() {
 
 #[test]
 fn grpc_style_h2_exchange_keeps_trailers_and_refuses_coalescing() {
-    let env = TestEnv::new();
-    let secret = canary();
-    let (up, ca) = granted_upstream(&env, "api.github.com", &[b"h2"]);
-    let rules = bearer_rule("github", &["api.github.com"], &secret);
-    let p = Proxy::to_upstream(&env, &rules, "api.github.com", up.port(), &ca);
+    let (_env, up, p, secret) = setup(&[b"h2"], &[]);
     let client = p.h2_client("api.github.com");
     let (trailers, misdirected) = rt().block_on(async move {
         use http_body_util::BodyExt;

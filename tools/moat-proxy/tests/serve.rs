@@ -15,18 +15,6 @@ fn last_response(s: &str) -> String {
     s[i..].to_string()
 }
 
-fn setup(alpn: &[&[u8]], extra: &[&str]) -> (TestEnv, Upstream, Proxy, String) {
-    let env = TestEnv::new();
-    let secret = canary();
-    let (up, ca) = granted_upstream(&env, "api.github.com", alpn);
-    let rules = bearer_rule("github", &["api.github.com"], &secret);
-    let ct = format!("api.github.com:443:127.0.0.1:{}", up.port());
-    let mut args = vec!["--connect-to", &ct, "--extra-ca", ca.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let p = Proxy::start(&env, &rules, &args);
-    (env, up, p, secret)
-}
-
 #[test]
 fn curl_http1_gets_the_credential_injected_and_nothing_else() {
     let (env, up, p, secret) = setup(H1, &[]);

@@ -96,11 +96,7 @@ fn a_compressed_echo_of_a_credentialed_request_is_refused() {
 /// reaches the client with both masked.
 #[test]
 fn trailers_of_a_credentialed_response_are_masked() {
-    let env = TestEnv::new();
-    let secret = canary();
-    let (up, ca) = granted_upstream(&env, "api.github.com", &[b"h2"]);
-    let rules = bearer_rule("github", &["api.github.com"], &secret);
-    let p = Proxy::to_upstream(&env, &rules, "api.github.com", up.port(), &ca);
+    let (_env, up, p, secret) = setup(&[b"h2"], &[]);
     let client = p.h2_client("api.github.com");
     let (head, trailers) = rt().block_on(async move {
         use http_body_util::BodyExt;

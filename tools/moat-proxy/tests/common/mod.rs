@@ -168,6 +168,27 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed_unsync()
 }
 
+/// A 200 whose body is `data` compressed by gzip(1), with `Content-Encoding: gzip`.
+async fn gzipped(data: &[u8]) -> Response<Body> {
+    let mut child = tokio::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(data).await.unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let mut r = Response::new(full(out.stdout));
+    r.headers_mut()
+        .insert("content-encoding", HeaderValue::from_static("gzip"));
+    r
+}
+
 /// The upstream's 101 answer to a WebSocket upgrade.
 fn switching_to_websocket() -> Response<Body> {
     let mut r = Response::new(full(""));
@@ -369,43 +390,11 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
             if !gzip_ok {
                 return Ok(Response::new(full(raw)));
             }
-            let mut child = tokio::process::Command::new("gzip")
-                .arg("-c")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            {
-                use tokio::io::AsyncWriteExt;
-                stdin.write_all(raw.as_bytes()).await.unwrap();
-            }
-            drop(stdin);
-            let out = child.wait_with_output().await.unwrap();
-            let mut r = Response::new(full(out.stdout));
-            r.headers_mut()
-                .insert("content-encoding", HeaderValue::from_static("gzip"));
-            r
+            gzipped(raw.as_bytes()).await
         }
         "/gzip-anyway" => {
             // An echo that ignores Accept-Encoding and always answers in gzip.
-            let mut child = tokio::process::Command::new("gzip")
-                .arg("-c")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            {
-                use tokio::io::AsyncWriteExt;
-                stdin.write_all(seen.raw().as_bytes()).await.unwrap();
-            }
-            drop(stdin);
-            let out = child.wait_with_output().await.unwrap();
-            let mut r = Response::new(full(out.stdout));
-            r.headers_mut()
-                .insert("content-encoding", HeaderValue::from_static("gzip"));
-            r
+            gzipped(seen.raw().as_bytes()).await
         }
         "/trailer-echo" => {
             // A streamed body whose trailer (and a header) echo the request's Authorization.
@@ -968,4 +957,20 @@ impl Seen {
             vec![format!("Bearer {secret}")]
         );
     }
+}
+
+/// The usual scenario: a fresh environment, a canary, a TLS upstream for api.github.com
+/// offering `alpn`, and a proxy that injects `Authorization: Bearer <canary>` for it and
+/// sends api.github.com:443 to that upstream (plus `extra` arguments). Returns the
+/// environment, the upstream, the proxy and the canary.
+pub fn setup(alpn: &[&[u8]], extra: &[&str]) -> (TestEnv, Upstream, Proxy, String) {
+    let env = TestEnv::new();
+    let secret = canary();
+    let (up, ca) = granted_upstream(&env, "api.github.com", alpn);
+    let rules = bearer_rule("github", &["api.github.com"], &secret);
+    let ct = format!("api.github.com:443:127.0.0.1:{}", up.port());
+    let mut args = vec!["--connect-to", &ct, "--extra-ca", ca.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let p = Proxy::start(&env, &rules, &args);
+    (env, up, p, secret)
 }
