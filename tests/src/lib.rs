@@ -76,6 +76,15 @@ impl Moat {
         )
     }
 
+    /// `moat-launch run --no-sandbox OPTS... -- sh -c SCRIPT` in the workspace, with
+    /// [`Moat::launch`]'s deadline.
+    pub fn launch_sh(&self, opts: &[&str], script: &str) -> Run {
+        let mut all = vec!["run", "--no-sandbox"];
+        all.extend_from_slice(opts);
+        all.extend_from_slice(&["--", "sh", "-c", script]);
+        self.launch(&all)
+    }
+
     /// `moat-launch run -d --no-sandbox ARGS...`, asserted to succeed; the new run's id once
     /// it is running.
     pub fn detached(&self, args: &[&str]) -> String {
@@ -93,6 +102,11 @@ impl Moat {
         id
     }
 
+    /// Write the workspace's moat.yaml.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.ws.join("moat.yaml"), text).unwrap();
+    }
+
     /// `moat-launch trust --yes PATH` (default: the workspace): the user approves what its
     /// moat.yaml asks for (grants, secrets, mounts outside it...), as a run without a
     /// terminal needs.
@@ -106,9 +120,42 @@ impl Moat {
         &self.env.moat_home
     }
 
+    /// The run's directory under MOAT_HOME (metadata, logs, trace, audit log).
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.moat_home().join("runs").join(id)
+    }
+
+    /// The latest run (run ids are random, so by creation time).
+    pub fn newest_run(&self) -> String {
+        self.run_ids()
+            .into_iter()
+            .max_by_key(|id| {
+                self.metadata(id)["created_at"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .expect("a run")
+    }
+
+    /// A moat environment whose proxy reaches `gh` (the GitHub stand-in) instead of GitHub,
+    /// with `moat grant github` done from `GH_TOKEN=token`.
+    pub fn with_github(gh: &github::GithubStandIn, token: &str) -> Moat {
+        let mut m = Moat::new();
+        m.env
+            .env("MOAT_PROXY_CONNECT_TO", gh.connect_to())
+            .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
+        let mut c = m.env.cmd("moat");
+        c.args(["grant", "github", "--no-validate"])
+            .env("GH_TOKEN", token);
+        let r = run_with_deadline(c, "moat grant github".into(), None, 60);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        m
+    }
+
     /// Metadata of the latest run (or the one named).
     pub fn metadata(&self, id: &str) -> serde_json::Value {
-        let p = self.moat_home().join("runs").join(id).join("metadata.json");
+        let p = self.run_dir(id).join("metadata.json");
         serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
     }
 
@@ -143,7 +190,7 @@ impl Moat {
 
     /// Wait (bounded) until the run's output contains `needle`.
     pub fn wait_log(&self, id: &str, needle: &str, secs: u64) {
-        let p = self.moat_home().join("runs").join(id).join("logs.jsonl");
+        let p = self.run_dir(id).join("logs.jsonl");
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if std::fs::read_to_string(&p)
@@ -265,6 +312,23 @@ pub fn run_with_deadline(mut c: Command, what: String, input: Option<&[u8]>, sec
             stderr,
         },
     )
+}
+
+/// A host service on 0.0.0.0 that hands `canary` to whoever connects, and counts the
+/// connections: what a run must not reach from its container.
+pub fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (h2, canary) = (hits.clone(), canary.to_string());
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = c.write_all(canary.as_bytes());
+        }
+    });
+    (port, hits)
 }
 
 pub mod agents;

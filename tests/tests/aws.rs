@@ -45,19 +45,6 @@ fn sha256(v: &str) -> String {
     d
 }
 
-/// The latest run (run ids are random, so by creation time).
-fn newest_run(m: &Moat) -> String {
-    m.run_ids()
-        .into_iter()
-        .max_by_key(|id| {
-            m.metadata(id)["created_at"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .expect("a run")
-}
-
 /// moto on a free loopback port, killed on drop.
 struct Moto {
     child: Child,
@@ -443,7 +430,7 @@ fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
     assert!(!out.contains(&a.w.key_id), "host key id inside: {out}");
     r.leaks_nothing(&a.w.secret);
 
-    let id = newest_run(&a.m);
+    let id = a.m.newest_run();
     let log = a.audit_log(&id);
     let used: Vec<serde_json::Value> = log
         .lines()
@@ -467,17 +454,10 @@ fn the_host_key_is_nowhere_in_a_running_container() {
     }
     let a = aws_env();
     a.grant();
-    let r = a.m.launch(&[
-        "run",
-        "--no-sandbox",
-        "-d",
-        "--grant",
-        "aws",
-        "--",
-        "sh",
-        "-c",
+    let r = a.m.launch_sh(
+        &["-d", "--grant", "aws"],
         "aws sts get-caller-identity > /tmp/who.json; echo ready; sleep 120",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
     a.m.wait_log(&id, "ready", 300);
@@ -541,7 +521,7 @@ fn a_denied_role_fails_the_run_before_the_container_starts() {
     assert!(err.contains("AccessDenied"), "{err}");
     assert!(err.contains(&a.w.role_arn), "{err}");
     assert!(err.contains("sts:AssumeRole"), "{err}");
-    let id = newest_run(&a.m);
+    let id = a.m.newest_run();
     let meta = a.m.metadata(&id);
     assert_eq!(meta["state"], "failed", "{meta}");
     assert!(meta.get("container_id").is_none(), "{meta}");
@@ -594,20 +574,16 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
     )
     .unwrap();
     a.m.trust(None);
-    let r = a.m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--",
-        "sh",
-        "-c",
+    let r = a.m.launch_sh(
+        &[],
         // Digests, not the values: the run's output is an artifact too.
         "printf %s \"$DATABASE_URL\" | sha256sum; printf %s \"$API_KEY\" | sha256sum",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     for v in [SSM_VALUE, OP_VALUE] {
         assert!(r.stdout().contains(&sha256(v)), "{v}: {}", r.stdout());
     }
-    let id = newest_run(&a.m);
+    let id = a.m.newest_run();
     let log = a.audit_log(&id);
     let rec = log
         .lines()
@@ -641,7 +617,7 @@ fn ssm_and_op_secrets_arrive_as_env_vars_and_nowhere_else() {
     );
     assert!(err.contains("ParameterNotFound"), "{err}");
     assert!(err.contains("put-parameter"), "{err}");
-    let id = newest_run(&a.m);
+    let id = a.m.newest_run();
     assert!(a.m.metadata(&id).get("container_id").is_none());
 
     std::fs::write(
@@ -702,7 +678,7 @@ fn an_op_secret_without_the_op_cli_says_to_install_it() {
     let err = r.stderr();
     assert!(err.contains("API_KEY"), "{err}");
     assert!(err.contains("1Password CLI"), "{err}");
-    let id = newest_run(&m);
+    let id = m.newest_run();
     assert!(m.metadata(&id).get("container_id").is_none());
 }
 
@@ -834,17 +810,8 @@ fn sessions_near_expiry_are_replaced_on_the_next_fetch() {
         format!("http://127.0.0.1:{}", short.port),
     );
     a.grant();
-    let r = a.m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--grant",
-        "aws",
-        "--",
-        "sh",
-        "-c",
-        "for i in 1 2; do /run/moat/aws/moat-aws-credentials | grep -o '\"AccessKeyId\":\"[A-Z0-9]*\"'; done; \
-         aws sts get-caller-identity --query Arn --output text",
-    ]);
+    let r = a.m.launch_sh(&["--grant", "aws"], "for i in 1 2; do /run/moat/aws/moat-aws-credentials | grep -o '\"AccessKeyId\":\"[A-Z0-9]*\"'; done; \
+         aws sts get-caller-identity --query Arn --output text");
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     let out = r.stdout();
     let keys: Vec<&str> = out

@@ -110,14 +110,7 @@ fn the_exit_code_is_the_commands() {
         return;
     }
     let m = Moat::new();
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--",
-        "sh",
-        "-c",
-        "echo out; echo err >&2; exit 7",
-    ]);
+    let r = m.launch_sh(&[], "echo out; echo err >&2; exit 7");
     assert_eq!(r.code(), 7, "{}", r.stderr());
     r.stdout_has("out").stderr_has("err");
     let id = m.run_ids().pop().unwrap();
@@ -132,17 +125,10 @@ fn detach_attach_logs_list_stop_destroy_clean() {
         return;
     }
     let m = Moat::new();
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "-d",
-        "-n",
-        "bg",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &["-d", "-n", "bg"],
         "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo line$i; sleep 0.1; done",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
     assert!(id.starts_with("run_"), "{id}");
@@ -538,14 +524,10 @@ fn a_last_line_without_a_newline_is_kept_and_the_audit_seal_recorded() {
         return;
     }
     let m = Moat::new();
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &[],
         "echo first; printf 'no-newline-err' >&2; printf 'no-newline-out'",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(r.stdout().contains("first"), "{}", r.stdout());
     assert!(r.stdout().contains("no-newline-out"), "{}", r.stdout());

@@ -163,17 +163,7 @@ echo "== deny"; curl -sS -i --path-as-is https://echo.test/s%65cret; echo
 echo "== clear"; curl -sS -w '\nCLEAR=%{http_code}\n' http://clear.test:8080/pkg
 echo done; sleep 60
 "#;
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "-d",
-        "--grant",
-        "attack",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
+    let r = m.launch_sh(&["-d", "--grant", "attack"], script);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
     m.wait_log(&id, "done", 300);

@@ -5,23 +5,15 @@
 //! `docker inspect`.
 
 use moat_e2e::github::{GithubStandIn, LOGIN};
-use moat_e2e::{Moat, docker_ready, run_with_deadline};
+use moat_e2e::{Moat, docker_ready};
 use std::process::Command;
 
 const TOKEN: &str = "ghp_E2eCanaryT0kenDoNotLeak0123456789abc";
 
 fn github_env() -> (Moat, GithubStandIn) {
     let gh = GithubStandIn::start(TOKEN);
-    let mut m = Moat::new();
-    m.env
-        .env("MOAT_PROXY_CONNECT_TO", gh.connect_to())
-        .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
     // `moat grant github`, token from the environment.
-    let mut c = m.env.cmd("moat");
-    c.args(["grant", "github", "--no-validate"])
-        .env("GH_TOKEN", TOKEN);
-    let r = run_with_deadline(c, "moat grant github".into(), None, 60);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let m = Moat::with_github(&gh, TOKEN);
     (m, gh)
 }
 
@@ -121,17 +113,10 @@ fn the_token_is_nowhere_in_the_container() {
         return;
     }
     let (m, _gh) = github_env();
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "-d",
-        "--grant",
-        "github",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &["-d", "--grant", "github"],
         "curl -s https://api.github.com/user > /tmp/out.json; echo ready; sleep 60",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
     m.wait_log(&id, "ready", 60);
@@ -184,18 +169,10 @@ fn strict_policy_blocks_with_the_policy_message() {
         return;
     }
     let (m, _gh) = github_env();
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--policy",
-        "strict",
-        "--grant",
-        "github",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &["--policy", "strict", "--grant", "github"],
         "curl -s http://blocked.example.com/; echo; curl -s https://api.github.com/user",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let out = r.stdout();
     assert!(out.contains("request blocked by network policy"), "{out}");
@@ -216,14 +193,10 @@ fn network_rules_reach_the_proxy() {
     )
     .unwrap();
     m.trust(None);
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &[],
         "curl -s https://api.github.com/user; echo; curl -s https://api.github.com/repos/x/y",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let out = r.stdout();
     assert!(out.contains(LOGIN), "{out}");

@@ -8,22 +8,6 @@ use moat_e2e::{Moat, docker_ready};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn run_dir(m: &Moat, id: &str) -> std::path::PathBuf {
-    m.moat_home().join("runs").join(id)
-}
-
-fn newest_run(m: &Moat) -> String {
-    m.run_ids()
-        .into_iter()
-        .max_by_key(|id| {
-            m.metadata(id)["created_at"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .expect("a run")
-}
-
 /// The pids of `moat-audit append --run ID`.
 fn audit_writers(id: &str) -> Vec<u32> {
     let want = format!("moat-audit\0append\0--run\0{id}\0");
@@ -60,21 +44,14 @@ fn a_run_whose_audit_writer_cannot_start_does_not_run() {
     let audit = m.moat_home().join("audit");
     std::fs::create_dir_all(&audit).unwrap();
     std::fs::write(audit.join("signing.key"), "not a signing key\n").unwrap();
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--",
-        "sh",
-        "-c",
-        "echo the-command-ran",
-    ]);
+    let r = m.launch_sh(&[], "echo the-command-ran");
     assert_eq!(r.code(), 70, "{}", r.stderr());
     let err = r.stderr();
     assert!(err.contains("the audit writer could not start"), "{err}");
     assert!(err.contains("signing.key"), "{err}");
     assert!(err.contains("--no-audit"), "{err}");
     assert!(!r.stdout().contains("the-command-ran"));
-    let id = newest_run(&m);
+    let id = m.newest_run();
     let meta = m.metadata(&id);
     assert_eq!(meta["state"], "failed", "{meta}");
     assert!(
@@ -87,27 +64,19 @@ fn a_run_whose_audit_writer_cannot_start_does_not_run() {
     assert!(meta.get("container_id").is_none(), "{meta}");
 
     // --no-audit: the run runs, says so loudly, and its metadata records it.
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--no-audit",
-        "--",
-        "sh",
-        "-c",
-        "echo the-command-ran",
-    ]);
+    let r = m.launch_sh(&["--no-audit"], "echo the-command-ran");
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(r.stdout().contains("the-command-ran"));
     assert!(r.stderr().contains("WARNING: --no-audit"), "{}", r.stderr());
-    let id = newest_run(&m);
+    let id = m.newest_run();
     assert_eq!(m.metadata(&id)["audit"], "disabled");
-    assert!(!run_dir(&m, &id).join("audit").join("log.jsonl").exists());
+    assert!(!m.run_dir(&id).join("audit").join("log.jsonl").exists());
 
     // Only the flag turns the record off: a workspace's file cannot.
     std::fs::remove_file(audit.join("signing.key")).unwrap();
-    std::fs::write(m.ws.join("moat.yaml"), "no_audit: true\n").unwrap();
+    m.write_config("no_audit: true\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
-    let id = newest_run(&m);
+    let id = m.newest_run();
     if r.code() == 0 {
         let meta = m.metadata(&id);
         assert!(
@@ -135,17 +104,7 @@ fn killing_the_audit_writer_stops_the_runs_network_and_fails_the_run() {
     let m = Moat::new();
     // Strict policy: the proxy answers a request for an unallowed host itself (a denial),
     // so "the proxy serves" is visible without reaching anything outside.
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "-d",
-        "--policy",
-        "strict",
-        "--",
-        "sh",
-        "-c",
-        "echo started; sleep 300",
-    ]);
+    let r = m.launch_sh(&["-d", "--policy", "strict"], "echo started; sleep 300");
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
     m.wait_log(&id, "started", 600);
@@ -229,20 +188,14 @@ fn the_runs_output_is_in_the_audit_log_and_a_changed_log_file_is_caught() {
     let m = Moat::new();
     // Under the strict policy a request for another host is refused: the refusal is in the
     // audit log too (README: every request the policy refused).
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--policy",
-        "strict",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &["--policy", "strict"],
         "curl -s -o /dev/null http://refused.invalid/; \
          for i in $(seq 1 450); do echo out-line-$i; done; echo err-line >&2",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    let id = newest_run(&m);
-    let dir = run_dir(&m, &id);
+    let id = m.newest_run();
+    let dir = m.run_dir(&id);
     let audit = std::fs::read_to_string(dir.join("audit").join("log.jsonl")).unwrap();
     assert!(
         audit

@@ -119,25 +119,18 @@ fn secrets_reach_the_command_and_hook_but_no_engine_state_holds_them() {
             std::env::var("PATH").unwrap_or_default()
         ),
     );
-    std::fs::write(
-        m.ws.join("moat.yaml"),
+    m.write_config(
         "secrets:\n  SIMPLE: op://Dev/simple/field\n  TRICKY: op://Dev/tricky/field\n\
          hooks:\n  pre_run: 'printf %s \"$TRICKY\" | sha256sum > /tmp/pre-run.sha'\n",
-    )
-    .unwrap();
+    );
     m.trust(None);
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "-d",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &["-d"],
         // Digests, not the values: the run's output is an artifact too.
         "printf 'pre-run %s\\n' \"$(cut -d' ' -f1 /tmp/pre-run.sha)\"; \
          printf %s \"$SIMPLE\" | sha256sum; printf %s \"$TRICKY\" | sha256sum; \
          echo \"token-vars=$(env | grep -c MOAT_SECRETS)\"; echo ready; sleep 300",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
     m.wait_log(&id, "ready", 600);

@@ -4,7 +4,7 @@
 //! `services.redis.image`; the main image gets the real `redis-cli` from the registry's
 //! `redis-cli` tool entry.
 
-use moat_e2e::{Moat, docker_ready};
+use moat_e2e::{Moat, docker_ready, host_service};
 use std::process::{Command, Stdio};
 
 /// Redis from bookworm; the entrypoint also starts a second, password-less Redis on port
@@ -68,6 +68,17 @@ fn redis_image() -> String {
     local_image(
         "redis-sidecar",
         &[("Dockerfile", REDIS_DOCKERFILE), ("entry.sh", REDIS_ENTRY)],
+    )
+}
+
+/// The postgres stand-in image the sidecar tests use (built once, from local files).
+fn postgres_image() -> String {
+    local_image(
+        "postgres-sidecar",
+        &[
+            ("Dockerfile", POSTGRES_DOCKERFILE),
+            ("entry.sh", POSTGRES_ENTRY),
+        ],
     )
 }
 
@@ -198,13 +209,9 @@ fn a_redis_sidecar_answers_only_to_the_runs_generated_account() {
     }
     let m = Moat::new();
     let image = redis_image();
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!(
+    m.write_config(&format!(
             "name: svc\ndependencies:\n  - redis@7\n  - redis-cli\nservices:\n  redis:\n    image: {image}\n"
-        ),
-    )
-    .unwrap();
+        ));
     let r = m.run_timeout(
         "moat-launch",
         &["run", "--no-sandbox", "-d", "--", "bash", "-c", SCRIPT],
@@ -379,26 +386,18 @@ fn the_registry_is_listed_and_unknown_dependencies_are_refused() {
     assert!(bad.stderr().contains("postgres@16"), "{}", bad.stderr());
 
     // In moat.yaml: the file, the line and the close matches; exit 78; no run is created.
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        "name: x\ndependencies:\n  - node@20\n  - postgress@17\n",
-    )
-    .unwrap();
+    m.write_config("name: x\ndependencies:\n  - node@20\n  - postgress@17\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 78, "{}", r.stderr());
     let e = r.stderr();
     assert!(e.contains("moat.yaml:4"), "{e}");
     assert!(e.contains("postgres@17"), "{e}");
-    std::fs::write(m.ws.join("moat.yaml"), "dependencies: [node@19]\n").unwrap();
+    m.write_config("dependencies: [node@19]\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 78, "{}", r.stderr());
     assert!(r.stderr().contains("18, 20, 22"), "{}", r.stderr());
     // services: for a service that is not a dependency.
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        "dependencies: [redis@7]\nservices:\n  postgres:\n    wait: false\n",
-    )
-    .unwrap();
+    m.write_config("dependencies: [redis@7]\nservices:\n  postgres:\n    wait: false\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 78, "{}", r.stderr());
     assert!(r.stderr().contains("moat.yaml:3"), "{}", r.stderr());
@@ -412,11 +411,7 @@ fn a_service_image_that_is_missing_fails_clearly_and_leaves_nothing() {
         return;
     }
     let m = Moat::new();
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        "dependencies: [postgres@17]\nservices:\n  postgres:\n    image: moat-e2e/no-such-image:1\n",
-    )
-    .unwrap();
+    m.write_config("dependencies: [postgres@17]\nservices:\n  postgres:\n    image: moat-e2e/no-such-image:1\n");
     let r = m.launch(&["run", "--no-sandbox", "--", "true"]);
     assert_eq!(r.code(), 69, "{}", r.stderr());
     let e = r.stderr();
@@ -433,18 +428,10 @@ fn a_postgres_sidecar_is_waited_for_and_answers_psql_with_the_injected_url() {
         return;
     }
     let m = Moat::new();
-    let image = local_image(
-        "postgres-sidecar",
-        &[
-            ("Dockerfile", POSTGRES_DOCKERFILE),
-            ("entry.sh", POSTGRES_ENTRY),
-        ],
-    );
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
-    )
-    .unwrap();
+    let image = postgres_image();
+    m.write_config(&format!(
+        "dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"
+    ));
     // No retry loop: the first query only works if the run waited for pg_isready.
     let script = r#"
 echo "ANSWER=$(psql "$MOAT_POSTGRES_URL" -qtAc 'create table t (v text); insert into t values ($$from-the-run$$); select v from t' 2>&1)"
@@ -475,11 +462,9 @@ fn a_mysql_sidecar_is_waited_for_and_answers_the_mysql_client_with_the_injected_
         "mysql-sidecar",
         &[("Dockerfile", MYSQL_DOCKERFILE), ("entry.sh", MYSQL_ENTRY)],
     );
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!("dependencies: [mysql@8, mysql-client]\nservices:\n  mysql:\n    image: {image}\n"),
-    )
-    .unwrap();
+    m.write_config(&format!(
+        "dependencies: [mysql@8, mysql-client]\nservices:\n  mysql:\n    image: {image}\n"
+    ));
     // No retry loop: the first query only works if the run waited for mysqladmin ping.
     let script = r#"
 q() { mysql -h "$MOAT_MYSQL_HOST" -P "$MOAT_MYSQL_PORT" -u "$MOAT_MYSQL_USER" -p"$1" "$MOAT_MYSQL_DB" -N -B -e "$2" 2>&1; }
@@ -523,7 +508,7 @@ fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
         return;
     }
     let m = Moat::new();
-    std::fs::write(m.ws.join("moat.yaml"), "dependencies: [docker:host]\n").unwrap();
+    m.write_config("dependencies: [docker:host]\n");
     m.trust(None);
     let r = m.sh("docker version --format 'SERVER={{.Server.Version}}'");
     let out = r.stdout();
@@ -540,22 +525,6 @@ fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
         "{}",
         r.stderr()
     );
-}
-
-/// A host service on 0.0.0.0 that hands `canary` to whoever connects, and counts them.
-fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::Write;
-    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (h2, canary) = (hits.clone(), canary.to_string());
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = c.write_all(canary.as_bytes());
-        }
-    });
-    (port, hits)
 }
 
 fn docker_out(args: &[&str]) -> String {
@@ -579,18 +548,10 @@ fn a_postgres_sidecar_is_no_pivot() {
     let canary = format!("CANARY-{nonce}");
     let (port, hits) = host_service(&canary);
     let m = Moat::new();
-    let image = local_image(
-        "postgres-sidecar",
-        &[
-            ("Dockerfile", POSTGRES_DOCKERFILE),
-            ("entry.sh", POSTGRES_ENTRY),
-        ],
-    );
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!("dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"),
-    )
-    .unwrap();
+    let image = postgres_image();
+    m.write_config(&format!(
+        "dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n"
+    ));
     let script = r#"
 q() { psql "$MOAT_POSTGRES_URL" -XqtAc "$1" 2>&1 | tr '\n' ' '; }
 echo "OWN=$(q 'create table t (v text); insert into t values ($$mine$$); select v from t')"
@@ -732,20 +693,10 @@ fn without_waiting_the_runs_postgres_account_still_arrives() {
         return;
     }
     let m = Moat::new();
-    let image = local_image(
-        "postgres-sidecar",
-        &[
-            ("Dockerfile", POSTGRES_DOCKERFILE),
-            ("entry.sh", POSTGRES_ENTRY),
-        ],
-    );
-    std::fs::write(
-        m.ws.join("moat.yaml"),
-        format!(
+    let image = postgres_image();
+    m.write_config(&format!(
             "dependencies: [postgres@17, psql]\nservices:\n  postgres:\n    image: {image}\n    wait: false\n"
-        ),
-    )
-    .unwrap();
+        ));
     let script = r#"
 for i in $(seq 1 240); do
   a=$(psql "$MOAT_POSTGRES_URL" -XqtAc 'select current_user, rolsuper from pg_roles where rolname = current_user' 2>/dev/null) && break

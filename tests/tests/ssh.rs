@@ -103,16 +103,10 @@ fn an_ssh_grant_exposes_only_the_granted_key() {
     m.env.env("SSH_AUTH_SOCK", &agent_sock);
     grant_ssh(&m, &dir, "github.com", &fp);
 
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--grant",
-        "ssh:github.com",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &["--grant", "ssh:github.com"],
         "echo sock=$SSH_AUTH_SOCK; ssh-add -l",
-    ]);
+    );
     let out = r.stdout();
     assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
     assert!(out.contains("sock=/run/moat/ssh/agent.sock"), "{out}");

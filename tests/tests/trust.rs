@@ -4,12 +4,10 @@
 //! workspaces or mounts over the host's keys are refused.
 
 use moat_e2e::github::GithubStandIn;
-use moat_e2e::{Moat, docker_ready, run_with_deadline};
-use std::io::{Read, Write};
+use moat_e2e::{Moat, docker_ready};
+use moat_testkit::Terminal;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 const TOKEN: &str = "ghp_TrustL2CanaryTokenDoNotLeak012345678";
 
@@ -21,13 +19,8 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{n:x}-marker")
 }
 
-fn write_config(m: &Moat, text: &str) {
-    std::fs::write(m.ws.join("moat.yaml"), text).unwrap();
-}
-
 fn audit_log(m: &Moat, id: &str) -> String {
-    std::fs::read_to_string(m.moat_home().join("runs").join(id).join("audit/log.jsonl"))
-        .unwrap_or_default()
+    std::fs::read_to_string(m.run_dir(id).join("audit/log.jsonl")).unwrap_or_default()
 }
 
 /// Every file under the test's directory (MOAT_HOME, the workspace, the run's artifacts)
@@ -55,7 +48,7 @@ fn l1_a_mount_the_agent_appends_is_refused_on_the_next_run() {
     let marker = unique("l1-outside");
     let marker_file = outside.join("marker.txt");
     std::fs::write(&marker_file, &marker).unwrap();
-    write_config(&m, "env:\n  GREETING: hello\n");
+    m.write_config("env:\n  GREETING: hello\n");
     // Run 1: the agent edits its own configuration for the next run.
     let script = format!(
         "printf 'mounts: [\"{}:/up\"]\\n' >> /workspace/moat.yaml && echo appended",
@@ -97,19 +90,6 @@ fn l1_a_mount_the_agent_appends_is_refused_on_the_next_run() {
     );
 }
 
-fn github_moat(gh: &GithubStandIn) -> Moat {
-    let mut m = Moat::new();
-    m.env
-        .env("MOAT_PROXY_CONNECT_TO", gh.connect_to())
-        .env("MOAT_PROXY_EXTRA_CA", &gh.ca_file);
-    let mut c = m.env.cmd("moat");
-    c.args(["grant", "github", "--no-validate"])
-        .env("GH_TOKEN", TOKEN);
-    let r = run_with_deadline(c, "moat grant github".into(), None, 60);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    m
-}
-
 const CURL_USER: &str = "command: [curl, -s, https://api.github.com/user]\n";
 
 /// L2 and approval: a fresh workspace (a cloned repository) whose moat.yaml grants the
@@ -122,8 +102,8 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
         return;
     }
     let gh = GithubStandIn::start(TOKEN);
-    let m = github_moat(&gh);
-    write_config(&m, &format!("grants: [github]\n{CURL_USER}"));
+    let m = Moat::with_github(&gh, TOKEN);
+    m.write_config(&format!("grants: [github]\n{CURL_USER}"));
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 77, "{}\n{}", r.stdout(), r.stderr());
     assert!(r.stderr().contains("moat.yaml"), "{}", r.stderr());
@@ -166,19 +146,17 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
     assert!(sent >= 1);
 
     // env is not privileged: no new question.
-    write_config(
-        &m,
-        &format!("grants: [github]\nenv:\n  EDITED: yes\n{CURL_USER}"),
-    );
+    m.write_config(&format!(
+        "grants: [github]\nenv:\n  EDITED: yes\n{CURL_USER}"
+    ));
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 0, "an env change asked again: {}", r.stderr());
     let sent = gh.authorized.load(Ordering::SeqCst);
 
     // A privileged change (a second credential) asks again, and nothing is sent.
-    write_config(
-        &m,
-        &format!("grants: [github, npm]\nenv:\n  EDITED: yes\n{CURL_USER}"),
-    );
+    m.write_config(&format!(
+        "grants: [github, npm]\nenv:\n  EDITED: yes\n{CURL_USER}"
+    ));
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 77, "{}", r.stderr());
     assert!(
@@ -189,7 +167,7 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
     assert_eq!(gh.authorized.load(Ordering::SeqCst), sent);
 
     // Revoked: the original file is refused again.
-    write_config(&m, &format!("grants: [github]\n{CURL_USER}"));
+    m.write_config(&format!("grants: [github]\n{CURL_USER}"));
     let v = m.run_timeout("moat", &["trust", "--revoke"], None, 60);
     assert_eq!(v.code(), 0, "{}", v.stderr());
     let v = m.run_timeout("moat", &["trust", "--revoke"], None, 60);
@@ -203,47 +181,13 @@ fn l2_a_cloned_grant_needs_approval_and_only_privileged_changes_ask_again() {
 
 /// `script(1)` gives the command a terminal; answer `input` once `prompt` shows.
 fn on_terminal(m: &Moat, cmd: &str, prompt: &str, input: &str) -> (i32, String) {
-    let mut c = m.env.program("timeout");
-    c.args(["600", "script", "-qec", cmd, "/dev/null"])
-        .current_dir(&m.ws)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("script (util-linux)");
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !String::from_utf8_lossy(&seen).contains(prompt) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => seen.extend(chunk),
-            Err(_) => break,
-        }
-    }
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    // script(1) ends the session when its input closes: keep it open until the end.
-    let status = child.wait().unwrap();
-    drop(stdin);
-    reader.join().unwrap();
-    while let Ok(chunk) = rx.try_recv() {
-        seen.extend(chunk);
-    }
-    let mut err = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&seen).to_string() + &err,
-    )
+    let how = Terminal {
+        dir: Some(&m.ws),
+        limit_secs: 600,
+        prompt_secs: 60,
+        hold_input: true,
+    };
+    m.env.on_terminal(cmd, prompt, input, &how)
 }
 
 /// L1/L2 on a terminal: the unapproved request is shown and asked about; `n` refuses
@@ -258,10 +202,7 @@ fn on_a_terminal_the_request_is_asked_about() {
     std::fs::create_dir_all(&outside).unwrap();
     let marker = unique("pty");
     std::fs::write(outside.join("m.txt"), &marker).unwrap();
-    write_config(
-        &m,
-        &format!("mounts: [\"{}:/data:ro\"]\n", outside.display()),
-    );
+    m.write_config(&format!("mounts: [\"{}:/data:ro\"]\n", outside.display()));
     // `moat trust` on a terminal asks too; n records nothing.
     let (code, text) = on_terminal(&m, "moat-launch trust", "[y/N]", "n\n");
     assert_eq!(code, 77, "{text}");
@@ -347,7 +288,7 @@ fn l3_i5_sensitive_workspaces_and_mounts_are_refused() {
         r.stderr()
     );
     // In moat.yaml: refused as sensitive; with the flag, it still needs approval.
-    write_config(&m, &format!("mounts: [\"{ssh_mount}\"]\n"));
+    m.write_config(&format!("mounts: [\"{ssh_mount}\"]\n"));
     let r = m.launch(&["run", "--no-sandbox", "--", "cat", "/s/id_ed25519"]);
     assert_eq!(r.code(), 77, "{}", r.stderr());
     assert!(r.stderr().contains("~/.ssh"), "{}", r.stderr());
@@ -376,9 +317,7 @@ fn unprivileged_config_runs_without_a_question() {
     let m = Moat::new();
     std::fs::create_dir_all(m.ws.join("data")).unwrap();
     std::fs::write(m.ws.join("data/x.txt"), "inside").unwrap();
-    write_config(
-        &m,
-        "name: newcomer\nenv:\n  GREETING: hello-newcomer\nmounts: [\"./data:/data:ro\"]\nnetwork:\n  policy: strict\n  allow: [api.example.com]\ncommand: [sh, -c, \"echo $GREETING; cat /data/x.txt\"]\n",
+    m.write_config("name: newcomer\nenv:\n  GREETING: hello-newcomer\nmounts: [\"./data:/data:ro\"]\nnetwork:\n  policy: strict\n  allow: [api.example.com]\ncommand: [sh, -c, \"echo $GREETING; cat /data/x.txt\"]\n",
     );
     let r = m.launch(&["run", "--no-sandbox"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());

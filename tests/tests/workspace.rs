@@ -172,14 +172,10 @@ fn a_snapshot_restores_what_the_run_deleted() {
         "name: snapper\nsnapshots:\n  exclude:\n    additional: [\"*.log\"]\n",
     )
     .unwrap();
-    let r = m.launch(&[
-        "run",
-        "--no-sandbox",
-        "--",
-        "sh",
-        "-c",
+    let r = m.launch_sh(
+        &[],
         "rm sub/data.txt debug.log && echo new > added.txt && echo changed > keep.txt",
-    ]);
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(!m.ws.join("sub/data.txt").exists());
     let id = m.run_ids().pop().unwrap();

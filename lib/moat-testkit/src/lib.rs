@@ -149,10 +149,94 @@ impl TestEnv {
         Run::new(format!("{name} {}", args.join(" ")), out)
     }
 
+    /// Run the shell command `cmd` on a real pseudo-terminal (script(1) from util-linux, in
+    /// this environment, bounded by timeout(1)); once `prompt` shows on the terminal (or the
+    /// wait in `how` is over), type `input`. Returns the exit code and the terminal's text
+    /// followed by stderr.
+    pub fn on_terminal(
+        &self,
+        cmd: &str,
+        prompt: &str,
+        input: &str,
+        how: &Terminal,
+    ) -> (i32, String) {
+        use std::io::{Read, Write};
+        use std::time::{Duration, Instant};
+        let mut c = self.program("timeout");
+        c.args([
+            &how.limit_secs.to_string(),
+            "script",
+            "-qec",
+            cmd,
+            "/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some(d) = how.dir {
+            c.current_dir(d);
+        }
+        let mut child = c.spawn().expect("script (Debian util-linux / bsdutils)");
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(how.prompt_secs);
+        while !String::from_utf8_lossy(&seen).contains(prompt) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => seen.extend(chunk),
+                Err(_) => break,
+            }
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        let status = if how.hold_input {
+            // script(1) ends the session when its input closes: keep it open until the end.
+            let status = child.wait().unwrap();
+            drop(stdin);
+            status
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(stdin);
+            child.wait().unwrap()
+        };
+        reader.join().unwrap();
+        while let Ok(chunk) = rx.try_recv() {
+            seen.extend(chunk);
+        }
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        (
+            status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&seen).to_string() + &err,
+        )
+    }
+
     /// Every byte under the environment's directory containing `needle`, as file paths.
     pub fn files_containing(&self, needle: &[u8]) -> Vec<PathBuf> {
         files_containing(self.dir.path(), needle)
     }
+}
+
+/// How [`TestEnv::on_terminal`] drives the terminal.
+pub struct Terminal<'a> {
+    /// The working directory (the environment's own when `None`).
+    pub dir: Option<&'a Path>,
+    /// timeout(1)'s bound on the whole session, in seconds.
+    pub limit_secs: u64,
+    /// How long to wait for the prompt before typing anyway, in seconds.
+    pub prompt_secs: u64,
+    /// Keep the input open until the command ends (script(1) ends the session when its input
+    /// closes); otherwise close it 300 ms after typing.
+    pub hold_input: bool,
 }
 
 /// Every regular file under `root` whose bytes contain `needle`.

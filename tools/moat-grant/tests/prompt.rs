@@ -4,53 +4,17 @@
 mod common;
 
 use common::*;
-use moat_testkit::TestEnv;
-use std::io::{Read, Write};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use moat_testkit::{Terminal, TestEnv};
 
 /// Run `cmd` under script(1), wait for `prompt` to show on the terminal, then type `input`.
 fn on_terminal(t: &TestEnv, cmd: &str, prompt: &str, input: &str) -> (i32, String) {
-    let mut c = t.program("timeout");
-    c.args(["30", "script", "-qec", cmd, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("script (Debian util-linux / bsdutils)");
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&seen).contains(prompt) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => seen.extend(chunk),
-            Err(_) => break,
-        }
-    }
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    drop(stdin);
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    while let Ok(chunk) = rx.try_recv() {
-        seen.extend(chunk);
-    }
-    let mut err = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&seen).to_string() + &err,
-    )
+    let how = Terminal {
+        dir: None,
+        limit_secs: 30,
+        prompt_secs: 20,
+        hold_input: false,
+    };
+    t.on_terminal(cmd, prompt, input, &how)
 }
 
 #[test]

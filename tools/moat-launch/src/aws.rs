@@ -7,13 +7,13 @@
 //! Promise: the host's long-lived keys stay in this process; only the role's session
 //! credentials (the documented exception) leave it, and only to a caller with the token.
 
+use crate::unix_http::{self, Reply};
 use moat_core::rules::AwsRole;
 use moat_core::{Error, Result};
 use moat_secrets::sts::{AssumeRole, CredentialCache};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Where the directory is mounted in the container.
@@ -83,30 +83,15 @@ pub async fn start(
         0o644,
     )?;
     moat_core::fsutil::write_atomic(&dir.join(HELPER), helper_script().as_bytes(), 0o755)?;
-    let sock = dir.join(SOCKET);
-    let _ = std::fs::remove_file(&sock);
-    let listener = tokio::net::UnixListener::bind(&sock)
-        .map_err(|e| Error::io(format!("listening on {}", sock.display()), e))?;
     let cache = Arc::new(cache);
-    let want = format!("Bearer {token}");
     let arn = role.role_arn.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let (cache, want, arn, audit) =
-                (cache.clone(), want.clone(), arn.clone(), audit.clone());
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    answer(conn, &cache, &want, &arn, audit.as_ref()),
-                )
-                .await;
-            });
-        }
-    });
+    let endpoint = unix_http::Endpoint {
+        path: "/credentials",
+        unauthorized: "the run's token is required\n",
+    };
+    let task = unix_http::serve(&dir.join(SOCKET), token, endpoint, move || {
+        credentials(cache.clone(), arn.clone(), audit.clone())
+    })?;
     Ok((dir, task))
 }
 
@@ -131,44 +116,13 @@ fn assume_error(role: &AwsRole, e: &moat_secrets::AwsError) -> Error {
     .with_hint(hint)
 }
 
-/// One HTTP/1.1 exchange, then close. Only `GET /credentials` with the token is answered.
-async fn answer(
-    mut conn: tokio::net::UnixStream,
-    cache: &CredentialCache,
-    want: &str,
-    arn: &str,
-    audit: Option<&mpsc::UnboundedSender<String>>,
-) {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if head.len() > 16 * 1024 {
-            let _ = respond(&mut conn, 431, "request head too large\n").await;
-            return;
-        }
-    }
-    let text = String::from_utf8_lossy(&head);
-    let mut lines = text.split("\r\n");
-    let request = lines.next().unwrap_or_default();
-    let mut parts = request.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let auth = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    if !ct_eq(auth.as_bytes(), want.as_bytes()) {
-        let _ = respond(&mut conn, 401, "the run's token is required\n").await;
-        return;
-    }
-    if method != "GET" || path != "/credentials" {
-        let _ = respond(&mut conn, 404, "GET /credentials\n").await;
-        return;
-    }
+/// The answer to `GET /credentials` with the token: the role's session credentials in
+/// `credential_process` form (and a `credential_used` audit line), or 502 when assuming fails.
+async fn credentials(
+    cache: Arc<CredentialCache>,
+    arn: String,
+    audit: Option<mpsc::UnboundedSender<String>>,
+) -> Reply {
     match cache.get().await {
         Ok(c) => {
             if let Some(tx) = audit
@@ -179,43 +133,17 @@ async fn answer(
             {
                 let _ = tx.send(l);
             }
-            let _ = respond(&mut conn, 200, &c.credential_process_json()).await;
+            Reply {
+                status: 200,
+                content_type: "application/json",
+                body: c.credential_process_json(),
+            }
         }
         Err(e) => {
             eprintln!("moat: aws grant: assuming {arn}: {e}");
-            let _ = respond(&mut conn, 502, &format!("assuming {arn}: {e}\n")).await;
+            Reply::text(502, format!("assuming {arn}: {e}\n"))
         }
     }
-}
-
-/// Equal without telling how much matched by how long it took.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn respond(
-    conn: &mut tokio::net::UnixStream,
-    status: u16,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        431 => "Request Header Fields Too Large",
-        _ => "Bad Gateway",
-    };
-    let ctype = if status == 200 {
-        "application/json"
-    } else {
-        "text/plain"
-    };
-    let msg = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(msg.as_bytes()).await?;
-    conn.shutdown().await
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ mod store;
 mod system;
 mod trust;
 mod tty;
+mod unix_http;
 mod volumes;
 mod worktree;
 

@@ -906,13 +906,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
             };
             let (mut ar, mut aw) = tokio::io::split(TokioIo::new(a));
             let (mut br, mut bw) = tokio::io::split(TokioIo::new(b));
-            let down = async {
-                match masker {
-                    Some(m) => pump_masked(&mut br, &mut aw, m).await,
-                    None => pump(&mut br, &mut aw).await,
-                }
-            };
-            let (i, o) = tokio::join!(pump(&mut ar, &mut bw), down);
+            let (i, o) = tokio::join!(pump(&mut ar, &mut bw, None), pump(&mut br, &mut aw, masker));
             c2.add_in(i);
             c2.add_out(o);
         });
@@ -970,32 +964,9 @@ fn client_error_ctx(ctx: &Arc<ReqCtx>, status: StatusCode, msg: &str) -> Respons
 }
 
 /// Copy one direction of an upgraded connection until EOF or error; returns the bytes copied.
-async fn pump<R, W>(r: &mut R, w: &mut W) -> u64
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut n = 0u64;
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(k) => {
-                if w.write_all(&buf[..k]).await.is_err() {
-                    break;
-                }
-                n += k as u64;
-            }
-        }
-    }
-    let _ = w.shutdown().await;
-    n
-}
-
-/// [`pump`] for the upstream's side of a WebSocket that carried a credential: its frames
-/// are masked on the way; an unreadable frame ends the copy.
-async fn pump_masked<R, W>(r: &mut R, w: &mut W, mut m: crate::wsmask::WsMasker) -> u64
+/// With a masker (the upstream's side of a WebSocket that carried a credential), its frames
+/// are masked on the way, and an unreadable frame ends the copy.
+async fn pump<R, W>(r: &mut R, w: &mut W, mut masker: Option<crate::wsmask::WsMasker>) -> u64
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -1006,15 +977,25 @@ where
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                let rest = m.finish();
-                if w.write_all(&rest).await.is_ok() {
-                    n += rest.len() as u64;
+                if let Some(m) = masker.as_mut() {
+                    let rest = m.finish();
+                    if w.write_all(&rest).await.is_ok() {
+                        n += rest.len() as u64;
+                    }
                 }
                 break;
             }
             Ok(k) => {
-                let Ok(out) = m.push(&buf[..k]) else { break };
-                if w.write_all(&out).await.is_err() {
+                let masked;
+                let out = match masker.as_mut() {
+                    Some(m) => {
+                        let Ok(o) = m.push(&buf[..k]) else { break };
+                        masked = o;
+                        &masked[..]
+                    }
+                    None => &buf[..k],
+                };
+                if w.write_all(out).await.is_err() {
                     break;
                 }
                 n += out.len() as u64;

@@ -101,40 +101,7 @@ struct H2 {
 impl H2 {
     /// CONNECT through the proxy, TLS with ALPN h2, the preface and SETTINGS exchange.
     async fn open(addr: &str, token: &str, ca: &[u8], host: &str) -> H2 {
-        use base64::Engine;
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let auth =
-            base64::engine::general_purpose::STANDARD.encode(format!("moat:{token}").as_bytes());
-        tcp.write_all(
-            format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
-            let mut b = [0u8; 1];
-            tcp.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 200"));
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls_pki_types::pem::PemObject;
-        roots
-            .add(rustls_pki_types::CertificateDer::from_pem_slice(ca).unwrap())
-            .unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(host.to_string().try_into().unwrap(), tcp)
-            .await
-            .unwrap();
+        let tls = connect_tls(addr, token, ca, host).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (mut r, mut w) = tokio::io::split(tls);
         let seen = Arc::new(Seen::default());

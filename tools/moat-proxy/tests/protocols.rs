@@ -84,18 +84,8 @@ fn websocket_frames_of_a_credentialed_upgrade_are_masked() {
     let secret = canary();
     let (tls_up, ca) = granted_upstream(&env, "api.github.com", &[b"http/1.1"]);
     let plain = plain_upstream();
-    let mut rules = inject_rule(
-        "github",
-        &["api.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    rules += &inject_rule(
-        "wsplain",
-        &["http://wscred.example:80"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
+    let mut rules = bearer_rule("github", &["api.github.com"], &secret);
+    rules += &bearer_rule("wsplain", &["http://wscred.example:80"], &secret);
     let ct1 = format!("api.github.com:443:127.0.0.1:{}", tls_up.port());
     let ct2 = format!("ws.example:80:127.0.0.1:{}", plain.port());
     let ct3 = format!("wscred.example:80:127.0.0.1:{}", plain.port());
@@ -165,10 +155,7 @@ fn websocket_frames_of_a_credentialed_upgrade_are_masked() {
     let plain_seen = plain.seen();
     assert_eq!(plain_seen.len(), 2);
     for s in [&tls_seen[0], &plain_seen[0]] {
-        assert_eq!(
-            s.header_all("authorization"),
-            vec![format!("Bearer {secret}")]
-        );
+        s.assert_bearer(&secret);
         assert!(s.header_all("sec-websocket-extensions").is_empty(), "{s:?}");
     }
     // Without a credential: the client's headers pass as sent.
@@ -210,58 +197,26 @@ fn websocket_frames_of_a_credentialed_upgrade_are_masked() {
 
 #[test]
 fn grpc_style_h2_exchange_keeps_trailers_and_refuses_coalescing() {
-    let env = TestEnv::new();
-    let secret = canary();
-    let (up, ca) = granted_upstream(&env, "api.github.com", &[b"h2"]);
-    let rules = inject_rule(
-        "github",
-        &["api.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    let p = Proxy::to_upstream(&env, &rules, "api.github.com", up.port(), &ca);
-    let addr = p.addr.clone();
-    let token = p.token.clone();
-    let moat_ca = std::fs::read(&p.ca).unwrap();
+    let (_env, up, p, secret) = setup(&[b"h2"], &[]);
+    let client = p.h2_client("api.github.com");
     let (trailers, misdirected) = rt().block_on(async move {
         use http_body_util::BodyExt;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let auth = basic("moat", &token);
-        tcp.write_all(format!("CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\nProxy-Authorization: {auth}\r\n\r\n").as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            tcp.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 200"));
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls_pki_types::pem::PemObject;
-        roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&moat_ca).unwrap()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect("api.github.com".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls)).await.unwrap();
-        tokio::spawn(conn);
+        let mut send = client.await;
         let req = http::Request::post("https://api.github.com/grpc")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x02hi")))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"\0\0\0\0\x02hi",
+            )))
             .unwrap();
         let res = send.send_request(req).await.unwrap();
         assert_eq!(res.status(), 200);
         let collected = res.into_body().collect().await.unwrap();
         let trailers = collected.trailers().cloned();
         // Same connection, another :authority (connection coalescing): 421.
-        let req = http::Request::get("https://other.example/").body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+        let req = http::Request::get("https://other.example/")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
         let res = send.send_request(req).await.unwrap();
         (trailers, res.status().as_u16())
     });
@@ -272,10 +227,7 @@ fn grpc_style_h2_exchange_keeps_trailers_and_refuses_coalescing() {
     let s = &up.seen()[0];
     assert_eq!(s.version, "HTTP/2.0");
     assert_eq!(s.header_all("te"), vec!["trailers"]);
-    assert_eq!(
-        s.header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    s.assert_bearer(&secret);
     assert_eq!(up.seen().len(), 1);
     p.assert_no_leak(&secret);
 }

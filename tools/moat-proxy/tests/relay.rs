@@ -12,12 +12,7 @@ fn anthropic_and_mcp_relays_inject_and_need_the_token() {
     let (up, ca) = granted_upstream(&env, "api.anthropic.com", &[b"h2", b"http/1.1"]);
     let (mcp, ca2) = granted_upstream(&env, "mcp.example", &[b"http/1.1"]);
     let mut rules = inject_rule("anthropic", &["api.anthropic.com"], "x-api-key", &secret);
-    rules += &inject_rule(
-        "mcp:docs",
-        &["mcp.example"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
+    rules += &bearer_rule("mcp:docs", &["mcp.example"], &secret);
     rules += "{\"v\":1,\"type\":\"relay\",\"name\":\"docs\",\"url\":\"https://mcp.example/mcp\",\"kind\":\"mcp\"}\n";
     let ct1 = format!("api.anthropic.com:443:127.0.0.1:{}", up.port());
     let ct2 = format!("mcp.example:443:127.0.0.1:{}", mcp.port());
@@ -72,10 +67,7 @@ fn anthropic_and_mcp_relays_inject_and_need_the_token() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(mcp.seen()[0].target, "/mcp");
-    assert_eq!(
-        mcp.seen()[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    mcp.seen()[0].assert_bearer(&secret);
     for bad in [
         format!("{base}/relay/wrong-token/anthropic/v1/messages"),
         format!("{base}/mcp/{}x/docs", p.token),

@@ -15,23 +15,6 @@ fn last_response(s: &str) -> String {
     s[i..].to_string()
 }
 
-fn setup(alpn: &[&[u8]], extra: &[&str]) -> (TestEnv, Upstream, Proxy, String) {
-    let env = TestEnv::new();
-    let secret = canary();
-    let (up, ca) = granted_upstream(&env, "api.github.com", alpn);
-    let rules = inject_rule(
-        "github",
-        &["api.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    let ct = format!("api.github.com:443:127.0.0.1:{}", up.port());
-    let mut args = vec!["--connect-to", &ct, "--extra-ca", ca.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let p = Proxy::start(&env, &rules, &args);
-    (env, up, p, secret)
-}
-
 #[test]
 fn curl_http1_gets_the_credential_injected_and_nothing_else() {
     let (env, up, p, secret) = setup(H1, &[]);
@@ -53,10 +36,7 @@ fn curl_http1_gets_the_credential_injected_and_nothing_else() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(
-        seen[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    seen[0].assert_bearer(&secret);
     assert!(seen[0].header_all("proxy-authorization").is_empty());
     assert_eq!(seen[0].target, "/user?x=1");
     let t = p.wait_trace(1);
@@ -99,10 +79,7 @@ fn curl_http2_both_sides() {
     assert!(r.stdout.ends_with("client=2"), "{}", r.stdout);
     let seen = up.seen();
     assert_eq!(seen[0].version, "HTTP/2.0");
-    assert_eq!(
-        seen[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    seen[0].assert_bearer(&secret);
     // Several requests on one client connection, pooled upstream connection.
     let r = curl(
         &env,
@@ -131,12 +108,7 @@ fn other_hosts_get_nothing_and_see_the_placeholder_only() {
     let env = TestEnv::new();
     let secret = canary();
     let (up, ca) = granted_upstream(&env, "other.example", H1);
-    let rules = inject_rule(
-        "github",
-        &["api.github.com", "*.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
+    let rules = bearer_rule("github", &["api.github.com", "*.github.com"], &secret);
     let p = Proxy::to_upstream(&env, &rules, "other.example", up.port(), &ca);
     let r = curl(
         &env,
@@ -377,27 +349,15 @@ fn connect_sni_and_host_must_name_one_host() {
     let secret = canary();
     let (up, ca) = granted_upstream(&env, "api.github.com", H2);
     let (other, ca2) = granted_upstream(&env, "other.example", H1);
-    let rules = inject_rule(
-        "github",
-        &["api.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    let ct1 = format!("api.github.com:443:127.0.0.1:{}", up.port());
-    let ct2 = format!("other.example:443:127.0.0.1:{}", other.port());
-    let p = Proxy::start(
+    let rules = bearer_rule("github", &["api.github.com"], &secret);
+    let p = Proxy::routed(
         &env,
         &rules,
         &[
-            "--connect-to",
-            &ct1,
-            "--connect-to",
-            &ct2,
-            "--extra-ca",
-            ca.to_str().unwrap(),
-            "--extra-ca",
-            ca2.to_str().unwrap(),
+            ("api.github.com:443", up.port()),
+            ("other.example:443", other.port()),
         ],
+        &[&ca, &ca2],
     );
     let pca = p.ca.to_str().unwrap().to_string();
     let code = |args: &[&str]| {
@@ -495,12 +455,7 @@ fn strict_policy_denies_inside_the_tunnel_with_a_readable_message() {
     let secret = canary();
     let (up, ca) = granted_upstream(&env, "api.github.com", H1);
     let (other, ca2) = granted_upstream(&env, "evil.example", H1);
-    let mut rules = inject_rule(
-        "github",
-        &["api.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
+    let mut rules = bearer_rule("github", &["api.github.com"], &secret);
     rules.push_str(r#"{"v":1,"type":"net_rule","host":"api.github.com","rules":["allow GET /repos/**","deny * /**"]}"#);
     rules.push('\n');
     rules.push_str(
@@ -1199,12 +1154,7 @@ fn credentialed_requests_ask_for_uncompressed_answers_so_echoes_are_masked() {
     let ct = format!("plain.example:443:127.0.0.1:{}", up2.port());
     let p2 = Proxy::start(
         &env2,
-        &inject_rule(
-            "github",
-            &["api.github.com"],
-            "Authorization",
-            &format!("Bearer {secret}"),
-        ),
+        &bearer_rule("github", &["api.github.com"], &secret),
         &["--connect-to", &ct, "--extra-ca", ca2.to_str().unwrap()],
     );
     let r = curl(

@@ -170,12 +170,7 @@ fn bad_upstream_certificates_get_502_before_a_byte_is_sent() {
             let up = tls_upstream(case.chain, case.key, alpn);
             let trust = env.path().join("trust.pem");
             std::fs::write(&trust, &case.trust).unwrap();
-            let rules = inject_rule(
-                "github",
-                &[NAME],
-                "Authorization",
-                &format!("Bearer {secret}"),
-            );
+            let rules = bearer_rule("github", &[NAME], &secret);
             let p = Proxy::to_upstream(&env, &rules, NAME, up.port(), &trust);
             let r = curl(
                 &env,
@@ -224,12 +219,7 @@ fn a_good_chain_with_an_intermediate_works() {
     let (c, k) = inter.leaf(leaf_params(&[NAME]));
     let up = tls_upstream(vec![c, inter.der.clone()], k, &[b"h2", b"http/1.1"]);
     let trust = root.write(&env.path().join("trust.pem"));
-    let rules = inject_rule(
-        "github",
-        &[NAME],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
+    let rules = bearer_rule("github", &[NAME], &secret);
     let p = Proxy::to_upstream(&env, &rules, NAME, up.port(), &trust);
     let r = curl(
         &env,

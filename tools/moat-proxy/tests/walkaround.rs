@@ -28,25 +28,15 @@ fn a_compressed_echo_of_a_credentialed_request_is_refused() {
     let secret = canary();
     let (up, ca) = granted_upstream(&env, "api.github.com", H1);
     let plain = plain_upstream();
-    let rules = inject_rule(
-        "github",
-        &["api.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    let ct1 = format!("api.github.com:443:127.0.0.1:{}", up.port());
-    let ct2 = format!("free.example:80:127.0.0.1:{}", plain.port());
-    let p = Proxy::start(
+    let rules = bearer_rule("github", &["api.github.com"], &secret);
+    let p = Proxy::routed(
         &env,
         &rules,
         &[
-            "--connect-to",
-            &ct1,
-            "--connect-to",
-            &ct2,
-            "--extra-ca",
-            ca.to_str().unwrap(),
+            ("api.github.com:443", up.port()),
+            ("free.example:80", plain.port()),
         ],
+        &[&ca],
     );
     let pca = p.ca.to_str().unwrap().to_string();
     let purl = p.url();
@@ -76,10 +66,7 @@ fn a_compressed_echo_of_a_credentialed_request_is_refused() {
     let seen = up.seen();
     assert_eq!(seen.len(), 3);
     for s in &seen {
-        assert_eq!(
-            s.header_all("authorization"),
-            vec![format!("Bearer {secret}")]
-        );
+        s.assert_bearer(&secret);
         assert_eq!(s.header_all("accept-encoding"), vec!["identity"]);
     }
     let t = p.wait_trace(3);
@@ -109,55 +96,11 @@ fn a_compressed_echo_of_a_credentialed_request_is_refused() {
 /// reaches the client with both masked.
 #[test]
 fn trailers_of_a_credentialed_response_are_masked() {
-    let env = TestEnv::new();
-    let secret = canary();
-    let (up, ca) = granted_upstream(&env, "api.github.com", &[b"h2"]);
-    let rules = inject_rule(
-        "github",
-        &["api.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    let p = Proxy::to_upstream(&env, &rules, "api.github.com", up.port(), &ca);
-    let addr = p.addr.clone();
-    let auth = basic(&p.token);
-    let moat_ca = std::fs::read(&p.ca).unwrap();
+    let (_env, up, p, secret) = setup(&[b"h2"], &[]);
+    let client = p.h2_client("api.github.com");
     let (head, trailers) = rt().block_on(async move {
         use http_body_util::BodyExt;
-        use rustls_pki_types::pem::PemObject;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        tcp.write_all(format!("CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\nProxy-Authorization: {auth}\r\n\r\n").as_bytes()).await.unwrap();
-        let mut resp = Vec::new();
-        while !resp.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            tcp.read_exact(&mut b).await.unwrap();
-            resp.push(b[0]);
-        }
-        assert!(resp.starts_with(b"HTTP/1.1 200"));
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls_pki_types::CertificateDer::from_pem_slice(&moat_ca).unwrap())
-            .unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect("api.github.com".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = client.await;
         let req = http::Request::get("https://api.github.com/trailer-echo")
             .header("te", "trailers")
             .header("authorization", "Bearer ghp_placeholder")
@@ -174,10 +117,7 @@ fn trailers_of_a_credentialed_response_are_masked() {
     assert_eq!(trailers["x-echo"], format!("Bearer {stars}").as_str());
     assert!(head.contains(&format!("Bearer {stars}")), "{head}");
     assert!(!head.contains(&secret), "{head}");
-    assert_eq!(
-        up.seen()[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    up.seen()[0].assert_bearer(&secret);
     p.assert_no_leak(&secret);
 }
 
@@ -190,21 +130,17 @@ fn plain_http_to_a_port_pattern_is_refused_and_only_http_grants_inject_in_clear(
     let env = TestEnv::new();
     let secret = canary();
     let plain = plain_upstream();
-    let mut rules = inject_rule(
-        "port",
-        &["npm.corp:8443"],
-        "Authorization",
-        &format!("Bearer {secret}"),
+    let mut rules = bearer_rule("port", &["npm.corp:8443"], &secret);
+    rules += &bearer_rule("plain", &["http://npm.plain:8080"], &secret);
+    let p = Proxy::routed(
+        &env,
+        &rules,
+        &[
+            ("npm.corp:8443", plain.port()),
+            ("npm.plain:8080", plain.port()),
+        ],
+        &[],
     );
-    rules += &inject_rule(
-        "plain",
-        &["http://npm.plain:8080"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    let ct1 = format!("npm.corp:8443:127.0.0.1:{}", plain.port());
-    let ct2 = format!("npm.plain:8080:127.0.0.1:{}", plain.port());
-    let p = Proxy::start(&env, &rules, &["--connect-to", &ct1, "--connect-to", &ct2]);
     let r = curl(&env, &["-x", &p.url(), "-i", "http://npm.corp:8443/pkg"]);
     assert!(r.stdout.starts_with("HTTP/1.1 403"), "{}", r.stdout);
     assert!(
@@ -226,10 +162,7 @@ fn plain_http_to_a_port_pattern_is_refused_and_only_http_grants_inject_in_clear(
     assert!(r.stdout.contains(&"*".repeat(secret.len())), "{}", r.stdout);
     let seen = plain.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(
-        seen[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    seen[0].assert_bearer(&secret);
     let t = p.wait_trace(2);
     assert!(
         t.iter()
@@ -253,12 +186,7 @@ fn deny_rules_hold_against_other_spellings() {
     let env = TestEnv::new();
     let secret = canary();
     let (up, ca) = granted_upstream(&env, "api.github.com", H1);
-    let mut rules = inject_rule(
-        "github",
-        &["api.github.com"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
+    let mut rules = bearer_rule("github", &["api.github.com"], &secret);
     rules.push_str(
         r#"{"v":1,"type":"net_rule","host":"api.github.com","rules":["allow GET /public/**","deny GET /secret","deny DELETE /**"]}"#,
     );
@@ -341,14 +269,8 @@ fn http1_chunked_trailers_never_carry_the_credential() {
     let env = TestEnv::new();
     let secret = canary();
     let plain = plain_upstream();
-    let rules = inject_rule(
-        "plain",
-        &["http://trailer.example"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    let ct = format!("trailer.example:80:127.0.0.1:{}", plain.port());
-    let p = Proxy::start(&env, &rules, &["--connect-to", &ct]);
+    let rules = bearer_rule("plain", &["http://trailer.example"], &secret);
+    let p = Proxy::routed(&env, &rules, &[("trailer.example:80", plain.port())], &[]);
     let mut s = std::net::TcpStream::connect(&p.addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
@@ -371,10 +293,7 @@ fn http1_chunked_trailers_never_carry_the_credential() {
     assert!(!out.contains(&secret), "{out}");
     let seen = plain.seen();
     assert_eq!(seen[0].header_all("te"), vec!["trailers"]);
-    assert_eq!(
-        seen[0].header_all("authorization"),
-        vec![format!("Bearer {secret}")]
-    );
+    seen[0].assert_bearer(&secret);
     p.assert_no_leak(&secret);
 }
 
@@ -413,14 +332,8 @@ fn a_gzip_transfer_coding_on_a_credentialed_response_is_refused() {
         let _ = c.write_all(&body);
         let _ = c.write_all(b"\r\n0\r\n\r\n");
     });
-    let rules = inject_rule(
-        "plain",
-        &["http://te.example"],
-        "Authorization",
-        &format!("Bearer {secret}"),
-    );
-    let ct = format!("te.example:80:127.0.0.1:{port}");
-    let p = Proxy::start(&env, &rules, &["--connect-to", &ct]);
+    let rules = bearer_rule("plain", &["http://te.example"], &secret);
+    let p = Proxy::routed(&env, &rules, &[("te.example:80", port)], &[]);
     let r = curl(&env, &["-x", &p.url(), "-i", "http://te.example/"]);
     assert!(
         r.stdout.starts_with("HTTP/1.1 502"),

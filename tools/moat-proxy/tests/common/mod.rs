@@ -112,6 +112,21 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// A request recorded without its body (upgrades, streams, drained uploads).
+    fn bodiless(
+        method: String,
+        target: String,
+        version: String,
+        headers: Vec<(String, String)>,
+    ) -> Seen {
+        Seen {
+            method,
+            target,
+            version,
+            headers,
+            body: vec![],
+        }
+    }
     pub fn header_all(&self, name: &str) -> Vec<String> {
         self.headers
             .iter()
@@ -153,6 +168,40 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed_unsync()
 }
 
+/// A 200 whose body is `data` compressed by gzip(1), with `Content-Encoding: gzip`.
+async fn gzipped(data: &[u8]) -> Response<Body> {
+    let mut child = tokio::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(data).await.unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let mut r = Response::new(full(out.stdout));
+    r.headers_mut()
+        .insert("content-encoding", HeaderValue::from_static("gzip"));
+    r
+}
+
+/// The upstream's 101 answer to a WebSocket upgrade.
+fn switching_to_websocket() -> Response<Body> {
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut()
+        .insert("upgrade", HeaderValue::from_static("websocket"));
+    r.headers_mut()
+        .insert("connection", HeaderValue::from_static("upgrade"));
+    r.headers_mut()
+        .insert("sec-websocket-accept", HeaderValue::from_static("test"));
+    r
+}
+
 async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
     let target = req.uri().to_string();
@@ -176,13 +225,10 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
             .find(|(k, _)| k == "authorization")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        up.seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            version,
-            headers,
-            body: vec![],
-        });
+        up.seen
+            .lock()
+            .unwrap()
+            .push(Seen::bodiless(method, target, version, headers));
         let on = hyper::upgrade::on(&mut req);
         let a2 = auth.clone();
         tokio::spawn(async move {
@@ -209,27 +255,17 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
                 let _ = io.shutdown().await;
             }
         });
-        let mut r = Response::new(full(""));
-        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut()
-            .insert("upgrade", HeaderValue::from_static("websocket"));
-        r.headers_mut()
-            .insert("connection", HeaderValue::from_static("upgrade"));
-        r.headers_mut()
-            .insert("sec-websocket-accept", HeaderValue::from_static("test"));
+        let mut r = switching_to_websocket();
         if let Ok(v) = HeaderValue::from_str(&auth) {
             r.headers_mut().insert("x-echo", v);
         }
         return Ok(r);
     }
     if path == "/ws" {
-        up.seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            version,
-            headers,
-            body: vec![],
-        });
+        up.seen
+            .lock()
+            .unwrap()
+            .push(Seen::bodiless(method, target, version, headers));
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(u) = on.await {
@@ -243,15 +279,7 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
                 }
             }
         });
-        let mut r = Response::new(full(""));
-        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut()
-            .insert("upgrade", HeaderValue::from_static("websocket"));
-        r.headers_mut()
-            .insert("connection", HeaderValue::from_static("upgrade"));
-        r.headers_mut()
-            .insert("sec-websocket-accept", HeaderValue::from_static("test"));
-        return Ok(r);
+        return Ok(switching_to_websocket());
     }
     if path == "/discard" {
         // Drain without keeping: for large uploads.
@@ -260,24 +288,18 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
         while let Some(Ok(f)) = body.frame().await {
             n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0);
         }
-        up.seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            version,
-            headers,
-            body: vec![],
-        });
+        up.seen
+            .lock()
+            .unwrap()
+            .push(Seen::bodiless(method, target, version, headers));
         return Ok(Response::new(full(format!("{n}\n"))));
     }
     if let Some(mb) = path.strip_prefix("/stream/") {
         let mb: usize = mb.parse().unwrap_or(1);
-        up.seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            version,
-            headers,
-            body: vec![],
-        });
+        up.seen
+            .lock()
+            .unwrap()
+            .push(Seen::bodiless(method, target, version, headers));
         let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
         let s = futures_util::stream::iter(
             (0..mb * 16).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
@@ -368,43 +390,11 @@ async fn handle(up: Upstream, mut req: Request<Incoming>) -> Result<Response<Bod
             if !gzip_ok {
                 return Ok(Response::new(full(raw)));
             }
-            let mut child = tokio::process::Command::new("gzip")
-                .arg("-c")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            {
-                use tokio::io::AsyncWriteExt;
-                stdin.write_all(raw.as_bytes()).await.unwrap();
-            }
-            drop(stdin);
-            let out = child.wait_with_output().await.unwrap();
-            let mut r = Response::new(full(out.stdout));
-            r.headers_mut()
-                .insert("content-encoding", HeaderValue::from_static("gzip"));
-            r
+            gzipped(raw.as_bytes()).await
         }
         "/gzip-anyway" => {
             // An echo that ignores Accept-Encoding and always answers in gzip.
-            let mut child = tokio::process::Command::new("gzip")
-                .arg("-c")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            {
-                use tokio::io::AsyncWriteExt;
-                stdin.write_all(seen.raw().as_bytes()).await.unwrap();
-            }
-            drop(stdin);
-            let out = child.wait_with_output().await.unwrap();
-            let mut r = Response::new(full(out.stdout));
-            r.headers_mut()
-                .insert("content-encoding", HeaderValue::from_static("gzip"));
-            r
+            gzipped(seen.raw().as_bytes()).await
         }
         "/trailer-echo" => {
             // A streamed body whose trailer (and a header) echo the request's Authorization.
@@ -867,4 +857,120 @@ pub fn granted_upstream(env: &TestEnv, name: &str, alpn: &[&[u8]]) -> (Upstream,
         moat_core::hex(&moat_core::random_bytes::<4>())
     )));
     (up, f)
+}
+
+/// An inject rule that sends `Authorization: Bearer <secret>` to `hosts` under `grant`.
+pub fn bearer_rule(grant: &str, hosts: &[&str], secret: &str) -> String {
+    inject_rule(grant, hosts, "Authorization", &format!("Bearer {secret}"))
+}
+
+impl Proxy {
+    /// Start with the rules, sending each `host:port` of `routes` to a test upstream on that
+    /// loopback port and trusting every CA file in `cas`.
+    pub fn routed(env: &TestEnv, rules: &str, routes: &[(&str, u16)], cas: &[&Path]) -> Proxy {
+        let mut args: Vec<String> = Vec::new();
+        for (hp, port) in routes {
+            args.extend(["--connect-to".into(), format!("{hp}:127.0.0.1:{port}")]);
+        }
+        for ca in cas {
+            args.extend(["--extra-ca".into(), ca.to_str().unwrap().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proxy::start(env, rules, &args)
+    }
+}
+
+/// The client side of an HTTPS tunnel: `CONNECT host:443` through the proxy at `addr` with
+/// its token (the answer must be 200), then TLS offering ALPN h2 and trusting only the moat
+/// CA `moat_ca` (PEM).
+pub async fn connect_tls(
+    addr: &str,
+    token: &str,
+    moat_ca: &[u8],
+    host: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use base64::Engine;
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("moat:{token}"));
+    tcp.write_all(
+        format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: Basic {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(moat_ca).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(host.to_string().try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+impl Proxy {
+    /// An HTTP/2 client for `host` through this proxy ([`connect_tls`], then the h2
+    /// handshake; the connection is driven on the runtime it is awaited on).
+    pub fn h2_client(
+        &self,
+        host: &str,
+    ) -> impl std::future::Future<Output = hyper::client::conn::http2::SendRequest<Full<Bytes>>>
+    + Send
+    + 'static {
+        let (addr, token, host) = (self.addr.clone(), self.token.clone(), host.to_string());
+        let moat_ca = std::fs::read(&self.ca).unwrap();
+        async move {
+            let tls = connect_tls(&addr, &token, &moat_ca, &host).await;
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            send
+        }
+    }
+}
+
+impl Seen {
+    /// The request carried the credential: exactly one `Authorization: Bearer <secret>`.
+    #[track_caller]
+    pub fn assert_bearer(&self, secret: &str) {
+        assert_eq!(
+            self.header_all("authorization"),
+            vec![format!("Bearer {secret}")]
+        );
+    }
+}
+
+/// The usual scenario: a fresh environment, a canary, a TLS upstream for api.github.com
+/// offering `alpn`, and a proxy that injects `Authorization: Bearer <canary>` for it and
+/// sends api.github.com:443 to that upstream (plus `extra` arguments). Returns the
+/// environment, the upstream, the proxy and the canary.
+pub fn setup(alpn: &[&[u8]], extra: &[&str]) -> (TestEnv, Upstream, Proxy, String) {
+    let env = TestEnv::new();
+    let secret = canary();
+    let (up, ca) = granted_upstream(&env, "api.github.com", alpn);
+    let rules = bearer_rule("github", &["api.github.com"], &secret);
+    let ct = format!("api.github.com:443:127.0.0.1:{}", up.port());
+    let mut args = vec!["--connect-to", &ct, "--extra-ca", ca.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let p = Proxy::start(&env, &rules, &args);
+    (env, up, p, secret)
 }
