@@ -2,7 +2,7 @@
 //! through the run's proxy (so they are in the trace), the image is reused until its inputs
 //! change, and dependencies Debian cannot provide offline fail with a message that says so.
 
-use moat_e2e::{Moat, docker_ready};
+use moat_e2e::{Moat, docker_ready, host_service};
 
 #[test]
 fn build_hooks_run_through_the_proxy_and_the_image_is_reused() {
@@ -229,22 +229,6 @@ fn git_dependency_imports_the_hosts_identity() {
     r.stdout_has("git version")
         .stdout_has("GIT_AUTHOR_NAME=Moat E2E")
         .stdout_has("GIT_AUTHOR_EMAIL=e2e@example.org");
-}
-
-/// A host service on 0.0.0.0 that hands `canary` to whoever connects, and counts them.
-fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::Write;
-    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (h2, canary) = (hits.clone(), canary.to_string());
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = c.write_all(canary.as_bytes());
-        }
-    });
-    (port, hits)
 }
 
 /// A plain HTTP stand-in on loopback that answers every request with `body`; the run's proxy
