@@ -36,16 +36,16 @@
 //! container starts without NET_ADMIN and NET_RAW, after the guard said it is ready, and
 //! the router and everything else that needs the run's address use the guard's.
 //!
-//! gVisor (untested here: the test engine has no `runsc`). With `runsc` registered the run
-//! container gets it, and the guard stays on runc. runsc's default network (`sandbox`) does
+//! gVisor: runs do not use it yet, even where `runsc` is registered (run.rs says so on
+//! stderr and uses runc), for this reason. runsc's default network (`sandbox`) does
 //! not use the namespace's kernel stack: the sentry takes the interface's addresses and
 //! routes into its own netstack and sends and receives every non-loopback packet through
 //! an AF_PACKET socket on the interface. Packet sockets pass beside netfilter's INPUT and
 //! OUTPUT chains, so the guard's rules would not bind a runsc run's traffic, and the
 //! guard's own kernel stack shares the interface with the sentry. So under runsc the run
-//! guard's firewall must not be assumed to hold until it is tested with runsc registered;
-//! runsc with `--network=host` (the sentry uses the namespace's own sockets) would be
-//! filtered by it.
+//! guard's firewall cannot be assumed to hold until it is tested with runsc registered;
+//! runsc with `--network=host` (the sentry uses the namespace's own sockets) should be
+//! filtered by it, and is the mode to try first.
 
 use crate::docker::{self, LABEL_RUN};
 use bollard::Docker;

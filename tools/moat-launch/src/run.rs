@@ -737,18 +737,20 @@ async fn lifecycle(
     let d = docker::connect().await?;
     res.docker = Some(d.clone());
     phase("docker connected");
-    let runtime = if spec.sandbox {
+    // gVisor is not used yet, even where it is registered: its default network sends the
+    // container's packets through a packet socket that the guard's firewall does not see
+    // (guard.rs), and a run must never start with an open network. Runs use runc and say so.
+    if spec.sandbox {
         if docker::has_runsc(&d).await? {
-            Some("runsc".to_string())
+            eprintln!(
+                "moat: gVisor (runsc) is registered, but moat's network guard is not yet proven under it; this run uses runc so that its only way out stays the proxy (--no-sandbox or `sandbox: none` makes that explicit)"
+            );
         } else {
             eprintln!(
                 "moat: gVisor (runsc) is not registered with Docker; this run uses runc (--no-sandbox or `sandbox: none` makes that explicit)"
             );
-            None
         }
-    } else {
-        None
-    };
+    }
 
     // The run's own network (see network.rs); the proxy listens on its gateway.
     let (net_name, gateway) = crate::network::acquire(&d, id).await?;
@@ -1148,7 +1150,8 @@ async fn lifecycle(
         cap_drop: Some(cap_drop),
         memory: spec.memory_mb.map(|m| (m * 1024 * 1024) as i64),
         nano_cpus: spec.cpus.map(|c| i64::from(c) * 1_000_000_000),
-        runtime: runtime.clone(),
+        // runc: see the note on gVisor above.
+        runtime: None,
         // tini as PID 1: signals reach the command (a shell as PID 1 ignores SIGTERM).
         init: Some(true),
         ..Default::default()
