@@ -172,6 +172,18 @@ async fn create_and_start(
     body: bollard::models::ContainerCreateBody,
     started: &mut Vec<String>,
 ) -> Result<String> {
+    let id = create(d, name, body, started).await?;
+    start(d, &id, name).await?;
+    Ok(id)
+}
+
+/// Create a container named `name`; its id goes to `started` at once, for clean-up.
+async fn create(
+    d: &Docker,
+    name: &str,
+    body: bollard::models::ContainerCreateBody,
+    started: &mut Vec<String>,
+) -> Result<String> {
     let opts = bollard::query_parameters::CreateContainerOptions {
         name: Some(name.to_string()),
         ..Default::default()
@@ -181,13 +193,13 @@ async fn create_and_start(
         .await
         .map_err(|e| docker::err(format!("creating {name}"), e))?;
     started.push(created.id.clone());
-    d.start_container(
-        &created.id,
-        None::<bollard::query_parameters::StartContainerOptions>,
-    )
-    .await
-    .map_err(|e| docker::err(format!("starting {name}"), e))?;
     Ok(created.id)
+}
+
+async fn start(d: &Docker, id: &str, what: &str) -> Result<()> {
+    d.start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(|e| docker::err(format!("starting {what}"), e))
 }
 
 /// Wait (bounded) until the container prints `needle`; its output is the error otherwise.
@@ -336,16 +348,15 @@ pub struct RunGuard<'a> {
     pub labels: &'a HashMap<String, String>,
 }
 
-/// Start the run's guard on its network and wait until the run's rules are in place; the run
-/// container joins it (`container:<id>`). Returns the guard's id and its (the run's) address
-/// on the network.
-pub async fn start_run_guard(
+/// Create the run's guard on its network (not yet started): the run container can be created
+/// joining it (`container:<id>`) while the guard starts. Returns the guard's id.
+pub async fn create_run_guard(
     d: &Docker,
     run_id: &str,
     g: &RunGuard<'_>,
     image: &str,
     started: &mut Vec<String>,
-) -> Result<(String, String)> {
+) -> Result<String> {
     let mut labels = g.labels.clone();
     labels.insert(LABEL_RUN.to_string(), run_id.to_string());
     labels.insert(LABEL_GUARD.to_string(), "run".to_string());
@@ -369,13 +380,18 @@ pub async fn start_run_guard(
         }),
         ..Default::default()
     };
+    create(d, &format!("moat-{run_id}-guard"), body, started).await
+}
+
+/// Start the run's guard (made by `create_run_guard`) and wait until the run's rules are in
+/// place. Returns the guard's (the run's) address on `network`.
+pub async fn start_run_guard(d: &Docker, id: &str, network: &str) -> Result<String> {
     let what = "the run's guard";
-    let id = create_and_start(d, &format!("moat-{run_id}-guard"), body, started).await?;
-    ready(d, &id, "moat-guard: ready", what).await?;
-    let ip = docker::address_on(d, &id, g.network, what)
+    start(d, id, what).await?;
+    ready(d, id, "moat-guard: ready", what).await?;
+    docker::address_on(d, id, network, what)
         .await?
-        .ok_or_else(|| Error::unavailable(format!("{what} has no address on the run's network")))?;
-    Ok((id, ip))
+        .ok_or_else(|| Error::unavailable(format!("{what} has no address on the run's network")))
 }
 
 /// The run container's network settings: the guard's namespace, and no capability that could

@@ -1140,9 +1140,14 @@ async fn lifecycle(
         dns: &spec.dns,
         labels: &labels,
     };
-    let (guard, _) =
-        crate::guard::start_run_guard(&d, id, &run_guard, &guard_image, &mut res.sidecars).await?;
-    phase("run guard ready");
+    // Created first, so the run container can name it; it starts (and sets its rules) while
+    // the run container is created, and the run container starts only once it is ready.
+    let guard =
+        crate::guard::create_run_guard(&d, id, &run_guard, &guard_image, &mut res.sidecars).await?;
+    let guard_ready = {
+        let (d, guard, net) = (d.clone(), guard.clone(), net_name.clone());
+        tokio::spawn(async move { crate::guard::start_run_guard(&d, &guard, &net).await })
+    };
     let (network_mode, cap_drop) = crate::guard::run_network_mode(&guard);
     let host = bollard::models::HostConfig {
         binds: Some(binds),
@@ -1181,6 +1186,10 @@ async fn lifecycle(
         .await
         .map_err(|e| docker::err("creating the container", e))?;
     res.container = Some(created.id.clone());
+    guard_ready
+        .await
+        .map_err(|e| Error::software(format!("starting the run's guard: {e}")))??;
+    phase("run guard ready");
     if listening.is_some() {
         proxy_listening(
             listening.take(),
