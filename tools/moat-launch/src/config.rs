@@ -38,7 +38,20 @@ pub struct Config {
     pub gemini: AgentSection,
     /// Remote MCP servers, relayed by the run's proxy (see mcp.rs).
     pub mcp: Vec<crate::mcp::ServerConfig>,
+    /// `aws:` (see aws.rs).
+    pub aws: AwsSection,
 }
+
+/// `aws: {mode: sign | session-credentials}`: how an `aws` grant reaches the run. `sign`
+/// (the default): the container holds placeholders and the proxy signs; `session-credentials`:
+/// the container's credential_process gives the role's real session credentials.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct AwsSection {
+    pub mode: Option<String>,
+}
+
+pub const AWS_MODE_SESSION: &str = "session-credentials";
 
 /// `snapshots:`. Only the pre-run and manual snapshots exist; the git-commit, build and
 /// idle triggers of the reference are accepted and have nothing to switch off.
@@ -263,6 +276,10 @@ pub struct RunSpec {
     /// `moat claude`: the merged Claude Code plugin settings (plugins.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claude_plugins: Option<crate::plugins::ClaudePlugins>,
+    /// `aws.mode: session-credentials`: the container gets the role's real session
+    /// credentials instead of placeholders the proxy signs for.
+    #[serde(default)]
+    pub aws_session_credentials: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -314,6 +331,7 @@ const TOP: &[&str] = &[
     "mcp",
     "snapshots",
     "tracing",
+    "aws",
 ];
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run). The
@@ -347,6 +365,7 @@ fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "mcp[]" => &["name", "url", "auth"],
         "mcp[].auth" => &["grant", "header"],
         "snapshots" => &["disabled", "triggers", "exclude", "retention"],
+        "aws" => &["mode"],
         "snapshots.triggers" => &[
             "disable_pre_run",
             "disable_git_commits",
@@ -537,6 +556,18 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
             "sandbox",
             "sandbox",
             format!("must be empty or \"none\", not {s:?}"),
+        ));
+    }
+    if let Some(m) = &c.aws.mode
+        && m != "sign"
+        && m != AWS_MODE_SESSION
+    {
+        return Err(bad(
+            file,
+            text,
+            "mode",
+            "aws.mode",
+            format!("must be \"sign\" or \"{AWS_MODE_SESSION}\", not {m:?}"),
         ));
     }
     if let Some(p) = &c.network.policy {
@@ -1094,6 +1125,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         agent_mcp,
         mcp,
         claude_plugins: None,
+        aws_session_credentials: c.aws.mode.as_deref() == Some(AWS_MODE_SESSION),
     })
 }
 
