@@ -106,7 +106,8 @@ impl Signing {
 
 /// Run-long: shortly before the session would be replaced (five minutes before it expires,
 /// moat-secrets' cache), assume the role again and hand the proxy the new session as a new
-/// rule set. A failure is retried; the proxy keeps the current session meanwhile.
+/// rule set (looking at most every minute, at least ten seconds apart). A failure is
+/// retried; the proxy keeps the current session meanwhile.
 pub async fn keep_signing(
     s: Signing,
     first_expiry: std::time::SystemTime,
@@ -121,7 +122,7 @@ pub async fn keep_signing(
         let wait = renew_at
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default()
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+            .clamp(Duration::from_secs(10), Duration::from_secs(60));
         tokio::time::sleep(wait).await;
         if std::time::SystemTime::now() < renew_at {
             continue;

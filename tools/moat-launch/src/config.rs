@@ -1261,6 +1261,15 @@ mod tests {
         assert!(e.msg.contains("[a-z0-9]"), "{}", e.msg);
         let e = parse("env:\n  HTTP_PROXY: x\n", "m.yaml").unwrap_err();
         assert!(e.msg.contains("m.yaml:2: env.HTTP_PROXY"), "{}", e.msg);
+        let e = parse("aws:\n  mode: plain\n", "m.yaml").unwrap_err();
+        assert_eq!(
+            e.msg,
+            "m.yaml:2: aws.mode: must be \"sign\" or \"session-credentials\", not \"plain\""
+        );
+        assert_eq!(e.code, moat_core::exit::CONFIG);
+        let (c, w) = parse("aws:\n  mode: session-credentials\n", "m.yaml").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.aws.mode.as_deref(), Some(AWS_MODE_SESSION));
     }
 
     #[test]
