@@ -30,6 +30,7 @@ const AWS_HOSTS: &[&str] = &[
     "s3.amazonaws.com",
     "moat-e2e-bucket.s3.us-east-1.amazonaws.com",
     "moat-e2e-bucket.s3.amazonaws.com",
+    "iam.amazonaws.com",
 ];
 
 fn sha256(v: &str) -> String {
@@ -626,6 +627,67 @@ fn the_proxy_signs_sts_ssm_and_s3_for_the_placeholder() {
         .collect();
     assert_eq!(refused.len(), 2, "{tr:?}");
     a.assert_no_host_key();
+}
+
+/// Issue #23 (THREATS A5: rules the agent cannot walk around): `network.rules` can name
+/// the AWS action of a request the proxy signs. `deny s3:DeleteObject` refuses `aws s3 rm`
+/// with a 403 from the proxy (the object stays), while uploads and reads pass; the trace
+/// records the rule and the action.
+#[test]
+fn network_rules_can_name_aws_actions() {
+    if !docker_ready() {
+        return;
+    }
+    let a = aws_env();
+    std::fs::write(
+        a.m.ws.join("moat.yaml"),
+        "dependencies: [aws]\nnetwork:\n  rules:\n    - \"*.amazonaws.com\": [\"deny s3:DeleteObject\", \"deny iam:*\"]\n",
+    )
+    .unwrap();
+    a.m.trust(None);
+    a.grant();
+    let script = format!(
+        "echo hello > /tmp/f; aws s3 cp /tmp/f s3://{BUCKET}/kept --only-show-errors && echo PUT-OK; \
+         if aws s3 rm s3://{BUCKET}/kept; then echo RM-OK; else echo RM-REFUSED; fi; \
+         aws s3 cp s3://{BUCKET}/kept - ; aws iam list-users > /dev/null 2>&1 || echo IAM-REFUSED"
+    );
+    let r = a.m.run_timeout(
+        "moat",
+        &[
+            "run",
+            "--no-sandbox",
+            "--grant",
+            "aws",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        None,
+        600,
+    );
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    assert!(out.contains("PUT-OK"), "{out}\n{}", r.stderr());
+    assert!(
+        out.contains("RM-REFUSED") && !out.contains("RM-OK"),
+        "{out}"
+    );
+    assert!(out.contains("hello"), "the object was deleted: {out}");
+    assert!(out.contains("IAM-REFUSED"), "{out}");
+    let id = newest_run(&a.m);
+    let tr = trace(&a.m, &id);
+    let denied = tr
+        .iter()
+        .find(|v| v["policy"].as_str() == Some("deny s3:DeleteObject"))
+        .unwrap_or_else(|| panic!("no denial in {tr:?}"));
+    assert_eq!(denied["aws"], "s3:DeleteObject", "{denied}");
+    assert_eq!(denied["status"], 403, "{denied}");
+    assert!(
+        tr.iter()
+            .any(|v| v["policy"].as_str() == Some("deny iam:*")),
+        "{tr:?}"
+    );
 }
 
 /// THREATS A1, A2 (issue #23): neither the host's long-lived key nor the role's session

@@ -904,12 +904,13 @@ pub fn net_rules(rules: &[Value]) -> std::result::Result<Vec<Value>, String> {
                     })?;
                     for rule in &list {
                         let w: Vec<&str> = rule.split_whitespace().collect();
-                        if w.len() != 3
+                        // `allow|deny service:Action` for AWS requests the proxy signs.
+                        let action = w.len() == 2 && w[1].contains(':');
+                        if !(w.len() == 3 && w[2].starts_with('/') || action)
                             || !matches!(w[0], "allow" | "deny")
-                            || !w[2].starts_with('/')
                         {
                             return Err(format!(
-                                "{h}: {rule:?} is not \"allow|deny METHOD /path\""
+                                "{h}: {rule:?} is not \"allow|deny METHOD /path\" or \"allow|deny service:Action\""
                             ));
                         }
                     }

@@ -795,6 +795,21 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
             Ok((b, signed)) => {
                 body = b;
                 if let Some(s) = signed {
+                    if let Decision::Deny {
+                        rule,
+                        kind,
+                        message,
+                    } = live
+                        .policy
+                        .check_aws(&t.host, t.port, &s.service, s.action.as_deref())
+                    {
+                        ctx.set_aws(format!(
+                            "{}:{}",
+                            s.service,
+                            s.action.as_deref().unwrap_or("?")
+                        ));
+                        return deny(&st, ctx, &t, &method, &path, rule, kind, message);
+                    }
                     ctx.set_aws(format!(
                         "{}:{}",
                         s.service,
