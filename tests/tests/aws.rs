@@ -11,6 +11,15 @@
 //! instead would test a path production never takes (no TLS, no interception). The host side
 //! (the supervisor's AssumeRole and SSM calls) reaches moto directly through
 //! `AWS_ENDPOINT_URL`, as a private endpoint would be configured.
+//!
+//! Issue #23: the container's credential_process gives a placeholder; the proxy checks each
+//! AWS request's signature against it and signs it again with the role's session. moto
+//! verifies SigV4 signatures against the keys it issued (STS, SSM, S3), so a request the
+//! proxy did not re-sign fails there (`InvalidClientTokenId`), and the tests check that the
+//! placeholder itself is refused by moto from outside the run. The S3 names (path-style and
+//! the test bucket's virtual-hosted name) go through the same terminator. A tap on the
+//! supervisor's STS endpoint ([`ShortSessions`]) records the session credentials moto issues,
+//! so the tests can look for them in the container.
 
 use moat_e2e::{Moat, docker_ready, run_with_deadline};
 use std::net::{SocketAddr, TcpListener, TcpStream};
