@@ -496,7 +496,8 @@ fn trace(m: &Moat, id: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Issue #23 (THREATS A1, A2, B1: a credential the agent can read and take away). The real
+/// Issue #23 (THREATS B3: the container's credential is a per-run placeholder, useless
+/// elsewhere, and only this run's requests signed with it get the real session). The real
 /// AWS CLI in a run signs with the placeholder its credential_process gives; the proxy
 /// checks that signature and signs again with the role's session: STS, SSM and S3 (a small
 /// object, and a 20 MB one in the CLI's multipart uploads) work against moto, which checks
@@ -699,7 +700,7 @@ fn network_rules_can_name_aws_actions() {
     );
 }
 
-/// THREATS A1, A2 (issue #23): neither the host's long-lived key nor the role's session
+/// THREATS B3, B5 (issue #23): neither the host's long-lived key nor the role's session
 /// credentials (recorded as moto issues them, through a tap on the supervisor's STS
 /// endpoint) are anywhere in a running container: not in `docker inspect`, `docker export`,
 /// any process's environment or command line, the CLI's cache files, nor in any file moat

@@ -23,7 +23,9 @@
 //! re-signing it would put the real access key id and session token into the URL, which
 //! servers, logs and redirects keep; the agent can send the same request signed in headers.
 //! A request with no `Authorization` at all carries no credential and passes as sent
-//! (anonymous S3 reads). Other algorithms (SigV2, SigV4a) are refused.
+//! (anonymous S3 reads). Other algorithms (SigV2, SigV4a) are refused. Names of servers that
+//! AWS customers run ([`customer_host`]: EC2 instances, load balancers, S3 website endpoints)
+//! are not covered: requests there pass as sent, with the placeholder (THREATS A8).
 
 use crate::redact::Secrets;
 use http::header::{HeaderMap, HeaderValue};
@@ -179,12 +181,14 @@ impl Signer {
         &self.patterns
     }
 
-    /// HTTPS to a covered host on 443 (or the pattern's port).
+    /// HTTPS to a covered host on 443 (or the pattern's port), and not a name whose server
+    /// an AWS customer runs ([`customer_host`]).
     pub fn covers(&self, host: &str, port: u16, tls: bool) -> bool {
-        tls && self.patterns.iter().any(|p| match p.port() {
-            Some(_) => p.matches(host, port),
-            None => port == 443 && p.matches(host, port),
-        })
+        tls && !customer_host(host)
+            && self.patterns.iter().any(|p| match p.port() {
+                Some(_) => p.matches(host, port),
+                None => port == 443 && p.matches(host, port),
+            })
     }
 
     /// Verify and re-sign in place. `client_host` is the Host the client sent (what it
@@ -327,6 +331,27 @@ impl Signer {
             action: None,
         }))
     }
+}
+
+/// THREATS A8: names under the AWS domains that lead to servers AWS customers run (EC2
+/// instances, load balancers, S3 website endpoints, Cloud9 previews): anyone can get one, so
+/// a request there is never signed with the run's session (it passes as the client sent it,
+/// with the placeholder). Listed after the public-suffix list's AWS entries.
+pub fn customer_host(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    let Some(rest) = h
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
+    else {
+        return false;
+    };
+    rest.split('.').any(|l| {
+        l == "compute"
+            || (l.starts_with("compute-") && l[8..].bytes().all(|b| b.is_ascii_digit()))
+            || l == "elb"
+            || l == "cloud9"
+            || l.starts_with("s3-website")
+    })
 }
 
 /// The API action of a request, for the trace and `service:Action` rules: `X-Amz-Target`
@@ -473,10 +498,11 @@ async fn read_body(mut body: crate::proxy::Body) -> Result<bytes::Bytes, String>
 
 #[cfg(test)]
 mod tests {
-    //! THREATS: the placeholder is checked and only the run's signed requests get the real
-    //! key (a request signed with another key, changed after signing, or presigned is
-    //! refused); the re-signed request is exactly what moat-secrets' signer (checked against
-    //! AWS's suite) makes with the real key.
+    //! THREATS B3 (the placeholder is checked and only the run's own signed requests get
+    //! the real key: a request signed with another key, changed after signing, or presigned
+    //! is refused), A8 (no signing for hosts AWS customers run); the re-signed request is
+    //! exactly what moat-secrets' signer (checked against AWS's suite) makes with the real
+    //! key.
     use super::*;
     use moat_secrets::creds::{Credentials, Source};
     use moat_secrets::sigv4::{Payload, Request};
@@ -787,6 +813,18 @@ mod tests {
         assert!(!s.covers("sts.us-east-1.amazonaws.com", 80, false));
         assert!(!s.covers("sts.us-east-1.amazonaws.com", 8443, true));
         assert!(!s.covers("amazonaws.com.evil.example", 443, true));
+        // Servers AWS customers run (THREATS A8): never signed for.
+        for h in [
+            "ec2-203-0-113-5.compute-1.amazonaws.com",
+            "ec2-203-0-113-5.eu-west-1.compute.amazonaws.com",
+            "my-lb-123.us-east-1.elb.amazonaws.com",
+            "bucket.s3-website-us-east-1.amazonaws.com",
+            "x.vfs.cloud9.us-east-1.amazonaws.com",
+        ] {
+            assert!(!s.covers(h, 443, true), "{h}");
+        }
+        assert!(s.covers("ec2.us-east-1.amazonaws.com", 443, true));
+        assert!(s.covers("elasticloadbalancing.us-east-1.amazonaws.com", 443, true));
         assert!(Signer::new(record(KEY, PH_SECRET)).is_err());
     }
 
