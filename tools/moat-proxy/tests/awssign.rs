@@ -88,8 +88,7 @@ fn verifies(s: &Seen, key: &str, secret: &str) -> Result<(), String> {
 /// The status of the last response in curl's `-i` output (after the CONNECT's own).
 fn status(out: &str) -> &str {
     out.lines()
-        .filter(|l| l.starts_with("HTTP/"))
-        .next_back()
+        .rfind(|l| l.starts_with("HTTP/"))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or("")
 }
