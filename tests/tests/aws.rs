@@ -449,7 +449,7 @@ fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
     );
     assert!(out.contains("\"Version\""), "{out}");
     assert!(out.contains("no-token:401"), "{out}");
-    // A fifteen-minute session is reused: both fetches give the same key.
+    // Both fetches give the run's one placeholder.
     let key = |tag: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(&format!("{tag}:")))

@@ -867,4 +867,126 @@ mod tests {
             Some("GetParameter")
         );
     }
+
+    /// A request signed by hand over `payload_hash` as the client claims it.
+    fn hand_signed(path: &str, host: &str, payload_hash: &str, secret: &str) -> HeaderMap {
+        let date = "20261207T120000Z";
+        let pairs = [
+            ("host", host),
+            ("x-amz-content-sha256", payload_hash),
+            ("x-amz-date", date),
+            ("x-amz-security-token", PH_TOKEN),
+        ];
+        let (ch, sh) = sigv4::canonical_headers(&pairs);
+        let cr = format!("PUT\n{path}\n\n{ch}\n{sh}\n{payload_hash}");
+        let scope = "20261207/us-east-1/s3/aws4_request";
+        let sts = format!(
+            "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
+            sigv4::sha256_hex(cr.as_bytes())
+        );
+        let k = sigv4::signing_key(secret, "20261207", "us-east-1", "s3");
+        let sig = sigv4::hex(&sigv4::hmac_sha256(&k, sts.as_bytes()));
+        let mut h = HeaderMap::new();
+        for (n, v) in &pairs[1..] {
+            h.insert(*n, HeaderValue::from_str(v).unwrap());
+        }
+        h.insert(
+            "authorization",
+            HeaderValue::from_str(&format!(
+                "AWS4-HMAC-SHA256 Credential={PH_KEY}/{scope}, SignedHeaders={sh}, Signature={sig}"
+            ))
+            .unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn unsigned_streaming_trailers_pass_and_are_signed_again() {
+        let host = "b.s3.us-east-1.amazonaws.com";
+        let hash = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
+        let mut h = hand_signed("/k", host, hash, PH_SECRET);
+        let s = signer()
+            .resign("PUT", "/k", host, host, &mut h, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.service, "s3");
+        assert_eq!(h["x-amz-content-sha256"], hash);
+        let real = h["authorization"].to_str().unwrap().to_string();
+        let sig = |a: &str| a.rsplit("Signature=").next().unwrap().to_string();
+        assert!(
+            real.starts_with(&format!("AWS4-HMAC-SHA256 Credential={KEY}/")),
+            "{real}"
+        );
+        // The same canonical request with the real token, signed with the real key.
+        let pairs = [
+            ("host", host),
+            ("x-amz-content-sha256", hash),
+            ("x-amz-date", "20261207T120000Z"),
+            ("x-amz-security-token", TOKEN),
+        ];
+        let (ch, sh) = sigv4::canonical_headers(&pairs);
+        let cr = format!("PUT\n/k\n\n{ch}\n{sh}\n{hash}");
+        let sts = format!(
+            "AWS4-HMAC-SHA256\n20261207T120000Z\n20261207/us-east-1/s3/aws4_request\n{}",
+            sigv4::sha256_hex(cr.as_bytes())
+        );
+        let k = sigv4::signing_key(SECRET, "20261207", "us-east-1", "s3");
+        assert_eq!(
+            sig(&real),
+            sigv4::hex(&sigv4::hmac_sha256(&k, sts.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn bodies_without_a_payload_header_are_hashed_up_to_the_limit() {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let big = vec![b'a'; MAX_BODY + 1];
+        let body = http_body_util::Full::new(bytes::Bytes::from(big))
+            .map_err(never)
+            .boxed_unsync();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static(
+                "AWS4-HMAC-SHA256 Credential=x/y/z/w/aws4_request, SignedHeaders=host, Signature=0",
+            ),
+        );
+        let host = "ssm.us-east-1.amazonaws.com";
+        let e = rt
+            .block_on(apply(&signer(), "POST", "/", host, host, &mut h, body))
+            .err()
+            .unwrap();
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
+        // Within the limit, the body is read, hashed and handed on whole.
+        let body = b"{\"Name\":\"/p\"}";
+        let req = Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: vec![
+                ("host".into(), host.into()),
+                ("x-amz-target".into(), "AmazonSSM.GetParameter".into()),
+            ],
+            payload: Payload::Bytes(body),
+            content_sha256_header: false,
+        };
+        let mut h = signed_headers(
+            &req,
+            &creds(PH_KEY, PH_SECRET, PH_TOKEN),
+            "us-east-1",
+            "ssm",
+        );
+        let b = http_body_util::Full::new(bytes::Bytes::from_static(body))
+            .map_err(never)
+            .boxed_unsync();
+        let (b, s) = rt
+            .block_on(apply(&signer(), "POST", "/", host, host, &mut h, b))
+            .unwrap();
+        assert_eq!(s.unwrap().action.as_deref(), Some("GetParameter"));
+        let got = rt.block_on(b.collect()).unwrap().to_bytes();
+        assert_eq!(&got[..], body);
+    }
 }
