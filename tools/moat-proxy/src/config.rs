@@ -454,4 +454,58 @@ mod tests {
         assert!(i.is_empty());
         assert_eq!(n.len(), 1);
     }
+
+    /// An aws_sign record: its secrets never in an error; two in one set refused; its hosts
+    /// are granted hosts, which a strict policy allows.
+    #[test]
+    fn aws_sign_records() {
+        let rec = |secret: &str| {
+            format!(
+                "{}\n",
+                serde_json::json!({"v":1,"type":"aws_sign","grant":"aws","hosts":["*.amazonaws.com"],
+                    "placeholder_access_key_id":"ASIAPLACEHOLDER00000","placeholder_secret_access_key":"p",
+                    "placeholder_session_token":"pt","access_key_id":"ASIAREAL000000000000",
+                    "secret_access_key":secret,"session_token":"SECRET-token"})
+            )
+        };
+        let e = parse_rules(&(rec("SECRET-a") + &rec("SECRET-b")), "stdin").unwrap_err();
+        assert!(e.msg.contains("second aws_sign"), "{}", e.msg);
+        assert!(!e.msg.contains("SECRET"), "{}", e.msg);
+        let e = parse_rules(
+            "{\"v\":1,\"type\":\"aws_sign\",\"secret_access_key\":\"SECRET\"}\n",
+            "stdin",
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("bad aws_sign record") && !e.msg.contains("SECRET"));
+        let book = Rulebook {
+            mode: Mode::Strict,
+            allow: vec![],
+            cli_relays: vec![],
+        };
+        let (inj, policy, _) = book
+            .build(parse_rules(&rec("SECRET-a"), "stdin").unwrap())
+            .unwrap();
+        assert_eq!(inj.grants(), vec!["aws".to_string()]);
+        assert!(inj.aws.is_some());
+        use crate::policy::Decision;
+        assert_eq!(
+            policy.check("sts.us-east-1.amazonaws.com", 443, "POST", "/"),
+            Decision::Allow
+        );
+        assert_ne!(
+            policy.check("example.com", 443, "GET", "/"),
+            Decision::Allow
+        );
+        // A placeholder equal to the real key is refused, naming the grant only.
+        let same = rec("p");
+        let e = book
+            .build(parse_rules(&same, "stdin").unwrap())
+            .err()
+            .unwrap();
+        assert!(
+            e.msg.contains("grant aws") && e.msg.contains("placeholder"),
+            "{}",
+            e.msg
+        );
+    }
 }
