@@ -11,6 +11,15 @@
 //! instead would test a path production never takes (no TLS, no interception). The host side
 //! (the supervisor's AssumeRole and SSM calls) reaches moto directly through
 //! `AWS_ENDPOINT_URL`, as a private endpoint would be configured.
+//!
+//! Issue #23: the container's credential_process gives a placeholder; the proxy checks each
+//! AWS request's signature against it and signs it again with the role's session. moto
+//! verifies SigV4 signatures against the keys it issued (STS, SSM, S3), so a request the
+//! proxy did not re-sign fails there (`InvalidClientTokenId`), and the tests check that the
+//! placeholder itself is refused by moto from outside the run. The S3 names (path-style and
+//! the test bucket's virtual-hosted name) go through the same terminator. A tap on the
+//! supervisor's STS endpoint ([`ShortSessions`]) records the session credentials moto issues,
+//! so the tests can look for them in the container.
 
 use moat_e2e::{Moat, docker_ready, run_with_deadline};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,10 +30,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 const SSM_VALUE: &str = "postgres://e2e:Ssm-CanaryValue-7f3a9c@db/app";
 const OP_VALUE: &str = "op-CanaryValue-51d0e2";
+const BUCKET: &str = "moat-e2e-bucket";
 const AWS_HOSTS: &[&str] = &[
     "sts.us-east-1.amazonaws.com",
     "sts.amazonaws.com",
     "ssm.us-east-1.amazonaws.com",
+    "s3.us-east-1.amazonaws.com",
+    "s3.amazonaws.com",
+    "moat-e2e-bucket.s3.us-east-1.amazonaws.com",
+    "moat-e2e-bucket.s3.amazonaws.com",
+    "iam.amazonaws.com",
 ];
 
 fn sha256(v: &str) -> String {
@@ -202,6 +217,18 @@ fn setup(m: &Moto) -> World {
         "--assume-role-policy-document",
         trust,
     ]);
+    // What the role may do from inside a run.
+    m.aws(&[
+        "iam",
+        "put-role-policy",
+        "--role-name",
+        "agent",
+        "--policy-name",
+        "p",
+        "--policy-document",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["sts:GetCallerIdentity","ssm:GetParameter","kms:Decrypt","s3:*"],"Resource":"*"}]}"#,
+    ]);
+    m.aws(&["s3api", "create-bucket", "--bucket", BUCKET]);
     m.aws(&[
         "ssm",
         "put-parameter",
@@ -409,7 +436,7 @@ fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
     );
     assert!(out.contains("\"Version\""), "{out}");
     assert!(out.contains("no-token:401"), "{out}");
-    // A fifteen-minute session is reused: both fetches give the same key.
+    // Both fetches give the run's one placeholder.
     let key = |tag: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(&format!("{tag}:")))
@@ -447,16 +474,262 @@ fn aws_cli_in_a_run_gets_the_role_through_credential_process() {
     a.assert_no_host_key();
 }
 
+/// The trace records of a run (network.jsonl).
+fn trace(m: &Moat, id: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(m.moat_home().join("runs").join(id).join("network.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Issue #23 (THREATS B3: the container's credential is a per-run placeholder, useless
+/// elsewhere, and only this run's requests signed with it get the real session). The real
+/// AWS CLI in a run signs with the placeholder its credential_process gives; the proxy
+/// checks that signature and signs again with the role's session: STS, SSM and S3 (a small
+/// object, and a 20 MB one in the CLI's multipart uploads) work against moto, which checks
+/// signatures against the keys it issued. The placeholder itself is refused by moto from
+/// outside; a request signed with any other key, and a presigned URL, are refused by the
+/// proxy with a readable 403; the trace names each request's service and action.
 #[test]
-fn the_host_key_is_nowhere_in_a_running_container() {
+fn the_proxy_signs_sts_ssm_and_s3_for_the_placeholder() {
     if !docker_ready() {
         return;
     }
     let a = aws_env();
     a.grant();
+    let script = format!(
+        "set -e; creds=$(/run/moat/aws/moat-aws-credentials); echo \"CREDS:$creds\"; \
+         aws sts get-caller-identity --query Arn --output text; \
+         aws ssm get-parameter --name /e2e/db-url --with-decryption --query Parameter.Value --output text | tr -d '\\n' | sha256sum; \
+         head -c 1000 /dev/urandom > /tmp/small; head -c 20000000 /dev/urandom > /tmp/big; \
+         aws s3 cp /tmp/small s3://{BUCKET}/small --only-show-errors; \
+         aws s3 cp /tmp/big s3://{BUCKET}/big --only-show-errors; \
+         aws s3 cp s3://{BUCKET}/big /tmp/big.down --only-show-errors; \
+         aws s3 cp s3://{BUCKET}/small /tmp/small.down --only-show-errors; \
+         cmp /tmp/big /tmp/big.down; cmp /tmp/small /tmp/small.down; echo ROUNDTRIP-OK; \
+         url=$(aws s3 presign s3://{BUCKET}/small); echo \"URL:$url\"; \
+         curl -s -o /tmp/p.out -w 'presign:%{{http_code}}\\n' \"$url\"; cat /tmp/p.out; \
+         curl -s --aws-sigv4 aws:amz:us-east-1:sts -u AKIAOTHERKEY00000000:other-secret \
+           -d 'Action=GetCallerIdentity&Version=2011-06-15' -w '\\nother-key:%{{http_code}}\\n' \
+           https://sts.us-east-1.amazonaws.com/"
+    );
+    let r = a.m.run_timeout(
+        "moat",
+        &[
+            "run",
+            "--no-sandbox",
+            "--grant",
+            "aws",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        None,
+        900,
+    );
+    let out = r.stdout();
+    assert_eq!(
+        r.code(),
+        0,
+        "stdout: {out}\nstderr: {}\nmoto: {}",
+        r.stderr(),
+        std::fs::read_to_string(&a.moto.log).unwrap_or_default()
+    );
+    assert!(out.contains(":assumed-role/agent/moat-"), "{out}");
+    assert!(out.contains(&sha256(SSM_VALUE)), "{out}");
+    assert!(out.contains("ROUNDTRIP-OK"), "{out}");
+    assert!(out.contains("presign:403"), "{out}");
+    assert!(out.contains("presigned"), "{out}");
+    assert!(out.contains("other-key:403"), "{out}");
+    assert!(
+        out.contains("AKIAOTHERKEY00000000, not this run's"),
+        "{out}"
+    );
+
+    // The placeholder: the real shapes, and useless outside the run (moto refuses it).
+    let creds: serde_json::Value = serde_json::from_str(
+        out.lines()
+            .find_map(|l| l.strip_prefix("CREDS:"))
+            .expect("credential_process output"),
+    )
+    .unwrap();
+    let (k, s, t) = (
+        creds["AccessKeyId"].as_str().unwrap(),
+        creds["SecretAccessKey"].as_str().unwrap(),
+        creds["SessionToken"].as_str().unwrap(),
+    );
+    assert!(k.starts_with("ASIA") && k.len() == 20, "{k}");
+    assert_eq!(s.len(), 40);
+    assert!(t.len() >= 100);
+    for args in [
+        &["sts", "get-caller-identity"][..],
+        &["s3", "cp", &format!("s3://{BUCKET}/small"), "-"][..],
+    ] {
+        let outside = Command::new("aws")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", "/nonexistent")
+            .env("AWS_ACCESS_KEY_ID", k)
+            .env("AWS_SECRET_ACCESS_KEY", s)
+            .env("AWS_SESSION_TOKEN", t)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", a.moto.url())
+            .output()
+            .unwrap();
+        assert!(
+            !outside.status.success(),
+            "moto accepted the placeholder for {args:?}: {}",
+            String::from_utf8_lossy(&outside.stdout)
+        );
+    }
+
+    // The presigned URL the agent made carries the placeholder: moto refuses it too.
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("URL:"))
+        .expect("a presigned URL");
+    let rest = url.strip_prefix("https://").unwrap();
+    let (host, pq) = rest.split_at(rest.find('/').unwrap());
+    assert!(pq.contains("X-Amz-Credential=ASIA"), "{url}");
+    let o = Command::new("curl")
+        .args(["-s", "--noproxy", "*", "-w", "\nstatus:%{http_code}"])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("{}{pq}", a.moto.url()))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&o.stdout);
+    // moto 5 answers an unknown key in a presigned URL with an error (500 in 5.2, where
+    // AWS says 403): what matters is that the object is not served.
+    let code = answer.rsplit("status:").next().unwrap_or("");
+    assert!(
+        code.len() == 3 && !code.starts_with('2'),
+        "moto served the placeholder's presigned URL: {answer}"
+    );
+
+    // The real session's key id (the audit log has it) never reached the container.
+    let id = a.m.newest_run();
+    let log = a.audit_log(&id);
+    let real = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| {
+            let s = v.to_string();
+            if !s.contains("credential_process") {
+                return None;
+            }
+            let i = s.find("\"access_key_id\":\"")? + 17;
+            Some(s[i..i + 20].to_string())
+        })
+        .unwrap_or_else(|| panic!("no credential_used in {log}"));
+    assert_ne!(real, k);
+    assert!(!out.contains(&real), "the session's key id inside: {out}");
+
+    // The trace names service and action of every signed request.
+    let tr = trace(&a.m, &id);
+    let actions: Vec<&str> = tr.iter().filter_map(|v| v["aws"].as_str()).collect();
+    for want in [
+        "sts:GetCallerIdentity",
+        "ssm:GetParameter",
+        "s3:PutObject",
+        "s3:CreateMultipartUpload",
+        "s3:UploadPart",
+        "s3:CompleteMultipartUpload",
+        "s3:GetObject",
+    ] {
+        assert!(actions.contains(&want), "{want} not in {actions:?}");
+    }
+    let refused: Vec<&serde_json::Value> = tr
+        .iter()
+        .filter(|v| v["policy"].as_str() == Some("aws-sign"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{tr:?}");
+    a.assert_no_host_key();
+}
+
+/// Issue #23 (THREATS A5: rules the agent cannot walk around): `network.rules` can name
+/// the AWS action of a request the proxy signs. `deny s3:DeleteObject` refuses `aws s3 rm`
+/// with a 403 from the proxy (the object stays), while uploads and reads pass; the trace
+/// records the rule and the action.
+#[test]
+fn network_rules_can_name_aws_actions() {
+    if !docker_ready() {
+        return;
+    }
+    let a = aws_env();
+    std::fs::write(
+        a.m.ws.join("moat.yaml"),
+        "dependencies: [aws]\nnetwork:\n  rules:\n    - \"*.amazonaws.com\": [\"deny s3:DeleteObject\", \"deny iam:*\"]\n",
+    )
+    .unwrap();
+    a.m.trust(None);
+    a.grant();
+    let script = format!(
+        "echo hello > /tmp/f; aws s3 cp /tmp/f s3://{BUCKET}/kept --only-show-errors && echo PUT-OK; \
+         if aws s3 rm s3://{BUCKET}/kept; then echo RM-OK; else echo RM-REFUSED; fi; \
+         aws s3 cp s3://{BUCKET}/kept - ; aws iam list-users > /dev/null 2>&1 || echo IAM-REFUSED"
+    );
+    let r = a.m.run_timeout(
+        "moat",
+        &[
+            "run",
+            "--no-sandbox",
+            "--grant",
+            "aws",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        None,
+        600,
+    );
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    assert!(out.contains("PUT-OK"), "{out}\n{}", r.stderr());
+    assert!(
+        out.contains("RM-REFUSED") && !out.contains("RM-OK"),
+        "{out}"
+    );
+    assert!(out.contains("hello"), "the object was deleted: {out}");
+    assert!(out.contains("IAM-REFUSED"), "{out}");
+    let id = a.m.newest_run();
+    let tr = trace(&a.m, &id);
+    let denied = tr
+        .iter()
+        .find(|v| v["policy"].as_str() == Some("deny s3:DeleteObject"))
+        .unwrap_or_else(|| panic!("no denial in {tr:?}"));
+    assert_eq!(denied["aws"], "s3:DeleteObject", "{denied}");
+    assert_eq!(denied["status"], 403, "{denied}");
+    assert!(
+        tr.iter()
+            .any(|v| v["policy"].as_str() == Some("deny iam:*")),
+        "{tr:?}"
+    );
+}
+
+/// THREATS B3, B5 (issue #23): neither the host's long-lived key nor the role's session
+/// credentials (recorded as moto issues them, through a tap on the supervisor's STS
+/// endpoint) are anywhere in a running container: not in `docker inspect`, `docker export`,
+/// any process's environment or command line, the CLI's cache files, nor in any file moat
+/// keeps on the host.
+#[test]
+fn the_host_key_is_nowhere_in_a_running_container() {
+    if !docker_ready() {
+        return;
+    }
+    let mut a = aws_env();
+    let tap = ShortSessions::start_with(a.moto.port, false);
+    a.m.env.env(
+        "AWS_ENDPOINT_URL_STS",
+        format!("http://127.0.0.1:{}", tap.port),
+    );
+    a.grant();
     let r = a.m.launch_sh(
         &["-d", "--grant", "aws"],
-        "aws sts get-caller-identity > /tmp/who.json; echo ready; sleep 120",
+        "aws sts get-caller-identity > /tmp/who.json; aws s3 ls > /tmp/ls.txt; echo ready; sleep 120",
     );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let id = r.stdout().trim().to_string();
@@ -470,11 +743,24 @@ fn the_host_key_is_nowhere_in_a_running_container() {
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(!text.contains(&a.w.secret), "host secret in docker inspect");
     assert!(!text.contains(&a.w.key_id), "host key id in docker inspect");
+    // The role's session: key id, secret and token of every session moto issued.
+    let session = tap.issued();
+    assert!(session.len() >= 3, "no session went through the tap");
+    for v in &session {
+        assert!(
+            !text.contains(v.as_str()),
+            "session credential in docker inspect"
+        );
+    }
+    let mut needles = vec![a.w.secret.clone(), a.w.key_id.clone()];
+    needles.extend(session.iter().cloned());
+    let pats = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pats.path(), needles.join("\n")).unwrap();
     let export = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "docker export {name} | grep -a -c -e '{}' -e '{}' || true",
-            a.w.secret, a.w.key_id
+            "docker export {name} | grep -a -c -F -f '{}' || true",
+            pats.path().display()
         ))
         .output()
         .unwrap();
@@ -486,6 +772,7 @@ fn the_host_key_is_nowhere_in_a_running_container() {
             "sh",
             "-c",
             "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cat /tmp/who.json; ls -la /run/moat/aws; cat /run/moat/aws/config; \
+             find / -path /proc -prune -o -path '*/.aws/*' -type f -print -exec cat {} \\; 2>/dev/null; /run/moat/aws/moat-aws-credentials; \
              (echo x >> /run/moat/aws/config) 2>&1 | grep -q 'Read-only file system' && echo AWS-READONLY",
         ])
         .output()
@@ -497,10 +784,20 @@ fn the_host_key_is_nowhere_in_a_running_container() {
         "{p}"
     );
     assert!(!p.contains(&a.w.secret) && !p.contains(&a.w.key_id), "{p}");
+    for v in &session {
+        assert!(!p.contains(v.as_str()), "session credential inside: {p}");
+    }
+    // What the container holds instead: the placeholder.
+    assert!(p.contains("\"AccessKeyId\":\"ASIA"), "{p}");
     assert!(p.contains("AWS-READONLY"), "{p}");
     let s = a.m.launch(&["stop", &id]);
     assert_eq!(s.code(), 0, "{}", s.stderr());
     a.assert_no_host_key();
+    for (_, v) in session.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
+        // Secrets and tokens (key ids appear in the audit log, by design).
+        let f = a.m.env.files_containing(v.as_bytes());
+        assert!(f.is_empty(), "a session secret in {f:?}");
+    }
 }
 
 #[test]
@@ -682,18 +979,29 @@ fn an_op_secret_without_the_op_cli_says_to_install_it() {
     assert!(m.metadata(&id).get("container_id").is_none());
 }
 
-/// A plain-HTTP stand-in for the STS endpoint in front of moto that shortens every
-/// AssumeRole session to two minutes (moto, like STS, issues at least fifteen), by rewriting
-/// `Expiration` in the answer. A session that short is always within the five-minute refresh
-/// margin, so every credential fetch must assume the role again.
+/// A plain-HTTP stand-in for the STS endpoint in front of moto that records the session
+/// credentials every AssumeRole hands out (`issued`: key id, secret, token) and, when
+/// `shorten`, shortens every session to two minutes (moto, like STS, issues at least
+/// fifteen) by rewriting `Expiration` in the answer. A session that short is always within
+/// the five-minute refresh margin, so every credential fetch must assume the role again.
 struct ShortSessions {
     port: u16,
     assumed: Arc<std::sync::atomic::AtomicUsize>,
+    issued: Arc<std::sync::Mutex<Vec<String>>>,
     _rt: tokio::runtime::Runtime,
 }
 
 impl ShortSessions {
     fn start(upstream: u16) -> ShortSessions {
+        Self::start_with(upstream, true)
+    }
+
+    /// The session credentials moto issued through this tap (key ids, secrets, tokens).
+    fn issued(&self) -> Vec<String> {
+        self.issued.lock().unwrap().clone()
+    }
+
+    fn start_with(upstream: u16, shorten: bool) -> ShortSessions {
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -707,6 +1015,8 @@ impl ShortSessions {
         let port = listener.local_addr().unwrap().port();
         let assumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = assumed.clone();
+        let issued = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = issued.clone();
         // One message (head + Content-Length body, or to EOF) from a stream.
         async fn message(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
             let mut buf = Vec::new();
@@ -750,6 +1060,7 @@ impl ShortSessions {
                     continue;
                 };
                 let count = count.clone();
+                let record = record.clone();
                 tokio::spawn(async move {
                     let Some((head, body)) = message(&mut client).await else {
                         return;
@@ -764,7 +1075,19 @@ impl ShortSessions {
                         return;
                     };
                     let mut text = String::from_utf8_lossy(&rbody).to_string();
-                    if text.contains("<AssumeRoleResponse")
+                    if text.contains("<AssumeRoleResponse") {
+                        for tag in ["AccessKeyId", "SecretAccessKey", "SessionToken"] {
+                            let (o, c) = (format!("<{tag}>"), format!("</{tag}>"));
+                            if let (Some(a), Some(b)) = (text.find(&o), text.find(&c)) {
+                                record
+                                    .lock()
+                                    .unwrap()
+                                    .push(text[a + o.len()..b].to_string());
+                            }
+                        }
+                    }
+                    if shorten
+                        && text.contains("<AssumeRoleResponse")
                         && let (Some(a), Some(b)) =
                             (text.find("<Expiration>"), text.find("</Expiration>"))
                     {
@@ -793,11 +1116,15 @@ impl ShortSessions {
         ShortSessions {
             port,
             assumed,
+            issued,
             _rt: rt,
         }
     }
 }
 
+/// Sessions are renewed before they expire: the proxy gets each new session over the rules
+/// pipe (the container keeps one placeholder), and with `aws.mode: session-credentials`
+/// (approved) the container's credential_process hands out a fresh session on the next fetch.
 #[test]
 fn sessions_near_expiry_are_replaced_on_the_next_fetch() {
     if !docker_ready() {
@@ -810,23 +1137,86 @@ fn sessions_near_expiry_are_replaced_on_the_next_fetch() {
         format!("http://127.0.0.1:{}", short.port),
     );
     a.grant();
-    let r = a.m.launch_sh(&["--grant", "aws"], "for i in 1 2; do /run/moat/aws/moat-aws-credentials | grep -o '\"AccessKeyId\":\"[A-Z0-9]*\"'; done; \
-         aws sts get-caller-identity --query Arn --output text");
+    let keys = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("\"AccessKeyId\""))
+            .map(String::from)
+            .collect()
+    };
+    let fetch2 = "for i in 1 2; do /run/moat/aws/moat-aws-credentials | grep -o '\"AccessKeyId\":\"[A-Z0-9]*\"'; done; \
+         aws sts get-caller-identity --query Arn --output text";
+
+    // The default: one placeholder throughout; the proxy's session is renewed under it.
+    let script =
+        format!("{fetch2}; sleep 25; aws sts get-caller-identity --query Arn --output text");
+    let r = a.m.launch_sh(&["--grant", "aws"], &script);
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     let out = r.stdout();
-    let keys: Vec<&str> = out
+    let k = keys(&out);
+    assert_eq!(k.len(), 2, "{out}");
+    assert_eq!(k[0], k[1], "the placeholder changed: {out}");
+    assert_eq!(out.matches(":assumed-role/agent/moat-").count(), 2, "{out}");
+    let id = a.m.newest_run();
+    let log = a.audit_log(&id);
+    let renewed = log
         .lines()
-        .filter(|l| l.starts_with("\"AccessKeyId\""))
-        .collect();
-    assert_eq!(keys.len(), 2, "{out}");
+        .filter(|l| l.contains("grant_refreshed") && l.contains("\"aws\""))
+        .count();
+    assert!(renewed >= 1, "no renewal handed to the proxy: {log}");
+    let replaced = log
+        .lines()
+        .filter(|l| l.contains("rules_replaced") && l.contains("\"aws\""))
+        .count();
+    assert!(replaced >= 1, "the proxy took no new rule set: {log}");
+    r.leaks_nothing(&a.w.secret);
+    for v in short.issued() {
+        r.leaks_nothing(&v);
+    }
+
+    // The opt-out: real session credentials in the container, a fresh one per fetch.
+    std::fs::write(
+        a.m.ws.join("moat.yaml"),
+        "dependencies: [aws]\naws:\n  mode: session-credentials\n",
+    )
+    .unwrap();
+    let refused =
+        a.m.launch(&["run", "--no-sandbox", "--grant", "aws", "--", "true"]);
+    assert_ne!(refused.code(), 0, "an unapproved aws.mode ran");
+    assert!(
+        refused.stderr().contains("aws.mode"),
+        "{}",
+        refused.stderr()
+    );
+    a.m.trust(None);
+    let before = short.assumed.load(std::sync::atomic::Ordering::SeqCst);
+    let r = a.m.launch(&[
+        "run",
+        "--no-sandbox",
+        "--grant",
+        "aws",
+        "--",
+        "sh",
+        "-c",
+        fetch2,
+    ]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let out = r.stdout();
+    let k = keys(&out);
+    assert_eq!(k.len(), 2, "{out}");
     assert_ne!(
-        keys[0], keys[1],
+        k[0], k[1],
         "the second fetch reused a session near expiry: {out}"
     );
     assert!(out.contains(":assumed-role/agent/moat-"), "{out}");
+    // The fetched keys are the sessions moto issued.
+    let issued = short.issued();
+    assert!(
+        issued.iter().any(|v| k[0].contains(v.as_str())),
+        "{out} vs {issued:?}"
+    );
     // One session at the start, one per fetch (and the CLI's own).
     assert!(
-        short.assumed.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        short.assumed.load(std::sync::atomic::Ordering::SeqCst) >= before + 3,
         "{out}"
     );
     r.leaks_nothing(&a.w.secret);

@@ -75,6 +75,44 @@ pub struct AwsRole {
 
 pub const TYPE_AWS_ROLE: &str = "aws_role";
 
+/// `{"v":1,"type":"aws_sign",...}`: the supervisor hands the proxy the run's AWS placeholder
+/// triple (what the container's `credential_process` gets) and the role's real session
+/// credentials. For a request to `hosts` over HTTPS signed with the placeholder, the proxy
+/// checks the signature with the placeholder secret and signs the same request again with
+/// the real key and token. A renewed session arrives as a new rule set; the record carries
+/// the session's secret key and token.
+/// Its `Debug` shows key ids only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsSign {
+    pub grant: String,
+    /// Host patterns (exact or `*.suffix`), HTTPS on port 443 only.
+    pub hosts: Vec<String>,
+    pub placeholder_access_key_id: String,
+    pub placeholder_secret_access_key: String,
+    pub placeholder_session_token: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// RFC 3339; informational (the supervisor renews before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
+}
+
+pub const TYPE_AWS_SIGN: &str = "aws_sign";
+
+impl std::fmt::Debug for AwsSign {
+    /// Key ids, hosts and expiry; never a secret or token (placeholder or real).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSign")
+            .field("grant", &self.grant)
+            .field("hosts", &self.hosts)
+            .field("placeholder_access_key_id", &self.placeholder_access_key_id)
+            .field("access_key_id", &self.access_key_id)
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An inject rule's host entry: a host pattern, optionally after `https://` (the default:
 /// the credential goes over HTTPS only) or `http://` (the grant was stored for a plain-HTTP
 /// service: the credential goes over plain HTTP only, on the pattern's port or 80).

@@ -286,7 +286,7 @@ pub fn canonical_query(query: &str) -> String {
 
 /// (`name:value\n`…, `name;name…`): names lowercased and sorted, values trimmed with inner
 /// runs of white space collapsed, repeated headers joined with `,` in their original order.
-fn canonical_headers(headers: &[(&str, &str)]) -> (String, String) {
+pub fn canonical_headers(headers: &[(&str, &str)]) -> (String, String) {
     let mut merged: Vec<(String, String)> = Vec::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();

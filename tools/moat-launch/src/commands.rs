@@ -271,8 +271,13 @@ pub fn trace_line(v: &serde_json::Value, verbose: bool) -> String {
         .as_f64()
         .map(|d| format!("{}ms", d.round() as i64))
         .unwrap_or_else(|| "-".into());
+    // An AWS request the proxy signed: its service and action after the duration.
+    let aws = v["aws"]
+        .as_str()
+        .map(|a| format!(" {a}"))
+        .unwrap_or_default();
     let mut s = format!(
-        "[{clock}] {} {} {status} ({dur})\n",
+        "[{clock}] {} {} {status} ({dur}){aws}\n",
         v["method"].as_str().unwrap_or("-"),
         v["url"].as_str().unwrap_or("-")
     );
@@ -815,5 +820,10 @@ mod tests {
             "[03:04:05.678] GET https://api.github.com/user 200 (12ms)\n"
         );
         assert!(trace_line(&v, true).contains("grant: github"));
+        let v = serde_json::json!({"ts":"2026-11-22T03:04:05.678Z","method":"POST","url":"https://sts.us-east-1.amazonaws.com/","status":200,"duration_ms":3,"grant":"aws","aws":"sts:GetCallerIdentity"});
+        assert_eq!(
+            trace_line(&v, false),
+            "[03:04:05.678] POST https://sts.us-east-1.amazonaws.com/ 200 (3ms) sts:GetCallerIdentity\n"
+        );
     }
 }

@@ -38,7 +38,20 @@ pub struct Config {
     pub gemini: AgentSection,
     /// Remote MCP servers, relayed by the run's proxy (see mcp.rs).
     pub mcp: Vec<crate::mcp::ServerConfig>,
+    /// `aws:` (see aws.rs).
+    pub aws: AwsSection,
 }
+
+/// `aws: {mode: sign | session-credentials}`: how an `aws` grant reaches the run. `sign`
+/// (the default): the container holds placeholders and the proxy signs; `session-credentials`:
+/// the container's credential_process gives the role's real session credentials.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct AwsSection {
+    pub mode: Option<String>,
+}
+
+pub const AWS_MODE_SESSION: &str = "session-credentials";
 
 /// `snapshots:`. Only the pre-run and manual snapshots exist; the git-commit, build and
 /// idle triggers of the reference are accepted and have nothing to switch off.
@@ -263,6 +276,10 @@ pub struct RunSpec {
     /// `moat claude`: the merged Claude Code plugin settings (plugins.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claude_plugins: Option<crate::plugins::ClaudePlugins>,
+    /// `aws.mode: session-credentials`: the container gets the role's real session
+    /// credentials instead of placeholders the proxy signs for.
+    #[serde(default)]
+    pub aws_session_credentials: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -314,6 +331,7 @@ const TOP: &[&str] = &[
     "mcp",
     "snapshots",
     "tracing",
+    "aws",
 ];
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run). The
@@ -347,6 +365,7 @@ fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "mcp[]" => &["name", "url", "auth"],
         "mcp[].auth" => &["grant", "header"],
         "snapshots" => &["disabled", "triggers", "exclude", "retention"],
+        "aws" => &["mode"],
         "snapshots.triggers" => &[
             "disable_pre_run",
             "disable_git_commits",
@@ -537,6 +556,18 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
             "sandbox",
             "sandbox",
             format!("must be empty or \"none\", not {s:?}"),
+        ));
+    }
+    if let Some(m) = &c.aws.mode
+        && m != "sign"
+        && m != AWS_MODE_SESSION
+    {
+        return Err(bad(
+            file,
+            text,
+            "mode",
+            "aws.mode",
+            format!("must be \"sign\" or \"{AWS_MODE_SESSION}\", not {m:?}"),
         ));
     }
     if let Some(p) = &c.network.policy {
@@ -873,12 +904,13 @@ pub fn net_rules(rules: &[Value]) -> std::result::Result<Vec<Value>, String> {
                     })?;
                     for rule in &list {
                         let w: Vec<&str> = rule.split_whitespace().collect();
-                        if w.len() != 3
+                        // `allow|deny service:Action` for AWS requests the proxy signs.
+                        let action = w.len() == 2 && w[1].contains(':');
+                        if !(w.len() == 3 && w[2].starts_with('/') || action)
                             || !matches!(w[0], "allow" | "deny")
-                            || !w[2].starts_with('/')
                         {
                             return Err(format!(
-                                "{h}: {rule:?} is not \"allow|deny METHOD /path\""
+                                "{h}: {rule:?} is not \"allow|deny METHOD /path\" or \"allow|deny service:Action\""
                             ));
                         }
                     }
@@ -1094,6 +1126,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         agent_mcp,
         mcp,
         claude_plugins: None,
+        aws_session_credentials: c.aws.mode.as_deref() == Some(AWS_MODE_SESSION),
     })
 }
 
@@ -1229,6 +1262,15 @@ mod tests {
         assert!(e.msg.contains("[a-z0-9]"), "{}", e.msg);
         let e = parse("env:\n  HTTP_PROXY: x\n", "m.yaml").unwrap_err();
         assert!(e.msg.contains("m.yaml:2: env.HTTP_PROXY"), "{}", e.msg);
+        let e = parse("aws:\n  mode: plain\n", "m.yaml").unwrap_err();
+        assert_eq!(
+            e.msg,
+            "m.yaml:2: aws.mode: must be \"sign\" or \"session-credentials\", not \"plain\""
+        );
+        assert_eq!(e.code, moat_core::exit::CONFIG);
+        let (c, w) = parse("aws:\n  mode: session-credentials\n", "m.yaml").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.aws.mode.as_deref(), Some(AWS_MODE_SESSION));
     }
 
     #[test]

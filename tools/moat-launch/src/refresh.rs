@@ -23,6 +23,37 @@ pub fn rules_end() -> String {
     moat_core::jsonl::line("rules_end", &serde_json::json!({})).expect("record")
 }
 
+/// The proxy's rules pipe once the first rule set is handed over, shared by the tasks that
+/// replace parts of it (renewed OAuth tokens here, a renewed AWS session in aws.rs). Every
+/// send is a complete set: the inject records, the AWS signing record, the launcher's own.
+pub struct RulesPipe {
+    pub pipe: ChildStdin,
+    pub inject: Vec<String>,
+    pub aws: Option<String>,
+    pub extra: Vec<String>,
+}
+
+pub type SharedPipe = Arc<tokio::sync::Mutex<RulesPipe>>;
+
+impl RulesPipe {
+    /// Write the whole set and its `rules_end`; false when the pipe is closed.
+    pub async fn send(&mut self) -> bool {
+        let end = rules_end();
+        let set = self
+            .inject
+            .iter()
+            .chain(self.aws.iter())
+            .chain(self.extra.iter())
+            .chain(std::iter::once(&end));
+        for l in set {
+            if self.pipe.write_all(l.as_bytes()).await.is_err() {
+                return false;
+            }
+        }
+        self.pipe.flush().await.is_ok()
+    }
+}
+
 /// A granted sign-in that can be refreshed, and when its access token expires.
 #[derive(Debug, Clone)]
 pub struct Oauth {
@@ -109,13 +140,12 @@ pub fn due(g: &Oauth) -> bool {
         .unwrap_or(false)
 }
 
-/// The run-long loop: renew what is due, then give the proxy the new rules. `extra` are the
-/// launcher's own records (network rules, relays) that every rule set repeats.
+/// The run-long loop: renew what is due, then give the proxy the new rules (the pipe's
+/// other parts, the launcher's own records and the AWS signing record, are repeated).
 pub async fn keep_fresh(
     grants: Vec<String>,
     mut oauth: Vec<Oauth>,
-    extra: Vec<String>,
-    mut pipe: ChildStdin,
+    pipe: SharedPipe,
     transform: Arc<dyn Fn(Vec<String>) -> Vec<String> + Send + Sync>,
     audit: Option<mpsc::UnboundedSender<String>>,
     run: String,
@@ -151,17 +181,11 @@ pub async fn keep_fresh(
                 continue;
             }
         };
-        let mut set = transform(rules.inject);
-        set.extend(extra.iter().cloned());
-        set.push(rules_end());
-        let mut ok = true;
-        for l in &set {
-            if pipe.write_all(l.as_bytes()).await.is_err() {
-                ok = false;
-                break;
-            }
-        }
-        let _ = pipe.flush().await;
+        let ok = {
+            let mut p = pipe.lock().await;
+            p.inject = transform(rules.inject);
+            p.send().await
+        };
         if !ok {
             eprintln!(
                 "moat: warning: the proxy's rules pipe is closed; renewed tokens not handed over"

@@ -263,6 +263,8 @@ struct Resources {
     ssh_pump: Option<tokio::task::JoinHandle<()>>,
     /// The AWS credential endpoint's accept loop.
     aws: Option<tokio::task::JoinHandle<()>>,
+    /// The AWS session renewal for the proxy's signing (aws.rs `keep_signing`).
+    aws_renew: Option<tokio::task::JoinHandle<()>>,
     /// The `secrets:` endpoint (secrets_socket.rs).
     secrets: Option<tokio::task::JoinHandle<()>>,
     audit: Option<Audit>,
@@ -294,6 +296,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         ssh: None,
         ssh_pump: None,
         aws: None,
+        aws_renew: None,
         secrets: None,
         audit: None,
         route: None,
@@ -378,7 +381,7 @@ pub async fn supervise(id: &str) -> Result<()> {
 
 async fn stop_proxy(r: &mut Resources) {
     // The credential endpoint holds a sender into the audit log: it goes before the log closes.
-    if let Some(t) = r.aws.take() {
+    for t in [r.aws.take(), r.aws_renew.take()].into_iter().flatten() {
         t.abort();
         let _ = t.await;
     }
@@ -721,14 +724,17 @@ async fn lifecycle(
     drop(secrets);
     phase("secrets");
 
+    let mut aws_sign = None;
     let aws_dir = match &rules.aws {
         None => None,
         Some(role) => {
             let sockets = home.root().join("sockets").join(id);
             moat_core::fsutil::create_private_dir(&sockets)?;
             let tx = res.audit.as_ref().map(|a| a.tx.clone());
-            let (dir, task) = crate::aws::start(&sockets, role, &token, tx).await?;
+            let (dir, task, sign) =
+                crate::aws::start(&sockets, role, &token, tx, spec.aws_session_credentials).await?;
             res.aws = Some(task);
+            aws_sign = sign;
             Some(dir)
         }
     };
@@ -849,13 +855,26 @@ async fn lifecycle(
     extra.extend(crate::mcp::relay_records(&spec.mcp)?);
     {
         let mut stdin = proxy.stdin.take().expect("piped");
-        for l in rules.inject.iter().chain(extra.iter()) {
+        // Issue #23: the proxy signs AWS requests with the session the supervisor holds.
+        let (aws_line, aws_expiry) = match &aws_sign {
+            Some(s) => {
+                let (l, e) = s.record().await?;
+                (Some(l), Some(e))
+            }
+            None => (None, None),
+        };
+        for l in rules
+            .inject
+            .iter()
+            .chain(aws_line.iter())
+            .chain(extra.iter())
+        {
             stdin
                 .write_all(l.as_bytes())
                 .await
                 .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
         }
-        if oauth.is_empty() {
+        if oauth.is_empty() && aws_sign.is_none() {
             stdin
                 .shutdown()
                 .await
@@ -870,15 +889,34 @@ async fn lifecycle(
                 .flush()
                 .await
                 .map_err(|e| Error::io("handing rules to moat-proxy", e))?;
-            res.refresher = Some(tokio::spawn(crate::refresh::keep_fresh(
-                spec.grants.clone(),
-                oauth.clone(),
-                extra.clone(),
-                stdin,
-                transform.clone(),
-                res.audit.as_ref().map(|a| a.tx.clone()),
-                id.to_string(),
-            )));
+            let pipe = std::sync::Arc::new(tokio::sync::Mutex::new(crate::refresh::RulesPipe {
+                pipe: stdin,
+                inject: if aws_sign.is_some() {
+                    rules.inject.clone()
+                } else {
+                    vec![]
+                },
+                aws: aws_line,
+                extra: extra.clone(),
+            }));
+            if !oauth.is_empty() {
+                res.refresher = Some(tokio::spawn(crate::refresh::keep_fresh(
+                    spec.grants.clone(),
+                    oauth.clone(),
+                    pipe.clone(),
+                    transform.clone(),
+                    res.audit.as_ref().map(|a| a.tx.clone()),
+                    id.to_string(),
+                )));
+            }
+            if let (Some(s), Some(e)) = (aws_sign.take(), aws_expiry) {
+                res.aws_renew = Some(tokio::spawn(crate::aws::keep_signing(
+                    s,
+                    e,
+                    pipe,
+                    res.audit.as_ref().map(|a| a.tx.clone()),
+                )));
+            }
         }
     }
     drop(std::mem::take(&mut rules.inject));

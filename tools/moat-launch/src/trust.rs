@@ -251,6 +251,13 @@ pub fn requests(c: &Config, workspace: &Path, home: &MoatHome) -> Vec<Request> {
             json!(["docker:host"]),
         );
     }
+    if c.aws.mode.as_deref() == Some(crate::config::AWS_MODE_SESSION) {
+        add(
+            "aws.mode".into(),
+            "aws.mode: session-credentials gives the container the AWS role's real session credentials".into(),
+            json!(["aws_mode", crate::config::AWS_MODE_SESSION]),
+        );
+    }
     if c.sandbox.as_deref() == Some("none") {
         add(
             "sandbox".into(),
@@ -715,6 +722,11 @@ mod tests {
             ("dependencies: [docker:host]\n", "dependencies", "Docker"),
             ("sandbox: none\n", "sandbox", "gVisor"),
             (
+                "aws:\n  mode: session-credentials\n",
+                "aws.mode",
+                "real session credentials",
+            ),
+            (
                 "name: a\nvolumes:\n  - name: st\n    target: /st\n",
                 "volumes.st",
                 "/st",
@@ -727,6 +739,8 @@ mod tests {
         }
         // The provider's own host is no widening.
         assert!(reqs("claude:\n  base_url: https://api.anthropic.com\n", ws).is_empty());
+        // The default (the proxy signs) asks nothing.
+        assert!(reqs("aws:\n  mode: sign\n", ws).is_empty());
     }
 
     #[test]

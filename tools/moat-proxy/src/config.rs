@@ -60,7 +60,7 @@ pub struct Rulebook {
 impl Rulebook {
     /// Validate a rule set and build what the proxy serves with.
     pub fn build(&self, rules: Rules) -> Result<(Injector, Policy, Vec<crate::relay::Relay>)> {
-        let (inject, net_rules, pipe_relays) = rules;
+        let (inject, net_rules, pipe_relays, aws) = rules;
         let psl = crate::psl::Suffixes::load();
         for r in &inject {
             for h in &r.hosts {
@@ -75,7 +75,13 @@ impl Rulebook {
                 }
             }
         }
-        let injector = Injector::new(inject).map_err(Error::data)?;
+        let mut injector = Injector::new(inject).map_err(Error::data)?;
+        injector.aws = match aws {
+            Some(a) => Some(std::sync::Arc::new(
+                crate::awssign::Signer::new(a).map_err(Error::data)?,
+            )),
+            None => None,
+        };
         let mut relays = crate::relay::defaults();
         relays.extend(pipe_relays);
         relays.extend(self.cli_relays.iter().cloned());
@@ -238,7 +244,7 @@ impl Config {
 
         let mut updates: Option<Box<dyn BufRead + Send>> = None;
         let rules = match a.rules.as_deref() {
-            None => (Vec::new(), Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), Vec::new(), None),
             Some("-") => {
                 let mut input: Box<dyn BufRead + Send> =
                     Box::new(std::io::BufReader::new(std::io::stdin()));
@@ -295,12 +301,18 @@ impl Config {
 /// Parse the rules pipe: `inject` and `net_rule` records; every other type is skipped.
 /// Errors name the line (and grant), never the line's content: it carries secrets.
 /// What the rules pipe carries for the proxy: injections, per-host rules, relays.
-pub type Rules = (Vec<InjectRule>, Vec<NetRule>, Vec<crate::relay::Relay>);
+pub type Rules = (
+    Vec<InjectRule>,
+    Vec<NetRule>,
+    Vec<crate::relay::Relay>,
+    Option<moat_core::rules::AwsSign>,
+);
 
 pub fn parse_rules(text: &str, src: &str) -> Result<Rules> {
     let mut inject = Vec::new();
     let mut net = Vec::new();
     let mut relays = Vec::new();
+    let mut aws = None;
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let rec = match jsonl::parse(line) {
@@ -317,6 +329,16 @@ pub fn parse_rules(text: &str, src: &str) -> Result<Rules> {
                 .decode()
                 .map_err(|_| Error::data(format!("rules {src} line {n}: bad inject record")))?;
             inject.push(r);
+        } else if rec.kind == moat_core::rules::TYPE_AWS_SIGN {
+            if aws.is_some() {
+                return Err(Error::data(format!(
+                    "rules {src} line {n}: a second aws_sign record"
+                )));
+            }
+            aws =
+                Some(rec.decode().map_err(|_| {
+                    Error::data(format!("rules {src} line {n}: bad aws_sign record"))
+                })?);
         } else if rec.kind == crate::relay::TYPE_RELAY {
             let (name, url) = (
                 rec.str("name").unwrap_or_default(),
@@ -348,7 +370,7 @@ pub fn parse_rules(text: &str, src: &str) -> Result<Rules> {
             );
         }
     }
-    Ok((inject, net, relays))
+    Ok((inject, net, relays, aws))
 }
 
 pub fn parse_connect_to(s: &str) -> std::result::Result<ConnectTo, String> {
@@ -423,7 +445,7 @@ mod tests {
         assert!(!e.msg.contains("SECRET"), "{}", e.msg);
         let e = parse_rules("SECRET-not-json\n", "stdin").unwrap_err();
         assert!(!e.msg.contains("SECRET"), "{}", e.msg);
-        let (i, n, _) = parse_rules(
+        let (i, n, _, _) = parse_rules(
             "{\"v\":1,\"type\":\"env\",\"grant\":\"g\",\"name\":\"X\",\"value\":\"y\"}\n\
              {\"v\":1,\"type\":\"net_rule\",\"host\":\"api.github.com\",\"rules\":[\"allow GET /**\"]}\n",
             "stdin",
@@ -431,5 +453,59 @@ mod tests {
         .unwrap();
         assert!(i.is_empty());
         assert_eq!(n.len(), 1);
+    }
+
+    /// An aws_sign record: its secrets never in an error; two in one set refused; its hosts
+    /// are granted hosts, which a strict policy allows.
+    #[test]
+    fn aws_sign_records() {
+        let rec = |secret: &str| {
+            format!(
+                "{}\n",
+                serde_json::json!({"v":1,"type":"aws_sign","grant":"aws","hosts":["*.amazonaws.com"],
+                    "placeholder_access_key_id":"ASIAPLACEHOLDER00000","placeholder_secret_access_key":"p",
+                    "placeholder_session_token":"pt","access_key_id":"ASIAREAL000000000000",
+                    "secret_access_key":secret,"session_token":"SECRET-token"})
+            )
+        };
+        let e = parse_rules(&(rec("SECRET-a") + &rec("SECRET-b")), "stdin").unwrap_err();
+        assert!(e.msg.contains("second aws_sign"), "{}", e.msg);
+        assert!(!e.msg.contains("SECRET"), "{}", e.msg);
+        let e = parse_rules(
+            "{\"v\":1,\"type\":\"aws_sign\",\"secret_access_key\":\"SECRET\"}\n",
+            "stdin",
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("bad aws_sign record") && !e.msg.contains("SECRET"));
+        let book = Rulebook {
+            mode: Mode::Strict,
+            allow: vec![],
+            cli_relays: vec![],
+        };
+        let (inj, policy, _) = book
+            .build(parse_rules(&rec("SECRET-a"), "stdin").unwrap())
+            .unwrap();
+        assert_eq!(inj.grants(), vec!["aws".to_string()]);
+        assert!(inj.aws.is_some());
+        use crate::policy::Decision;
+        assert_eq!(
+            policy.check("sts.us-east-1.amazonaws.com", 443, "POST", "/"),
+            Decision::Allow
+        );
+        assert_ne!(
+            policy.check("example.com", 443, "GET", "/"),
+            Decision::Allow
+        );
+        // A placeholder equal to the real key is refused, naming the grant only.
+        let same = rec("p");
+        let e = book
+            .build(parse_rules(&same, "stdin").unwrap())
+            .err()
+            .unwrap();
+        assert!(
+            e.msg.contains("grant aws") && e.msg.contains("placeholder"),
+            "{}",
+            e.msg
+        );
     }
 }

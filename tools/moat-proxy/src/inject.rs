@@ -29,6 +29,8 @@ struct Compiled {
 
 pub struct Injector {
     rules: Vec<Compiled>,
+    /// An `aws_sign` record: AWS requests signed with the run's placeholder are re-signed.
+    pub aws: Option<Arc<crate::awssign::Signer>>,
 }
 
 impl Injector {
@@ -87,13 +89,17 @@ impl Injector {
                 extra,
             });
         }
-        Ok(Injector { rules: out })
+        Ok(Injector {
+            rules: out,
+            aws: None,
+        })
     }
 
     /// All host patterns of all rules (strict policy allows them).
     /// The grant names the rules came from, each once (no secrets).
     pub fn grants(&self) -> Vec<String> {
         let mut g: Vec<String> = self.rules.iter().map(|r| r.grant.clone()).collect();
+        g.extend(self.aws.iter().map(|a| a.grant.clone()));
         g.dedup();
         g
     }
@@ -102,12 +108,25 @@ impl Injector {
         self.rules
             .iter()
             .flat_map(|r| r.patterns.iter().map(|(_, p)| p.clone()))
+            .chain(self.aws.iter().flat_map(|a| a.patterns().to_vec()))
             .collect()
     }
 
     /// The injected values for a destination, as byte strings to mask in responses
     /// (computed once per rule; merged only when several rules match).
     pub fn secrets(&self, host: &str, port: u16, tls: bool) -> Arc<Secrets> {
+        let s = self.inject_secrets(host, port, tls);
+        match &self.aws {
+            Some(a) if a.covers(host, port, tls) => {
+                let mut v: Vec<Vec<u8>> = s.needles().map(<[u8]>::to_vec).collect();
+                v.extend(a.secrets.needles().map(<[u8]>::to_vec));
+                Arc::new(Secrets::new(v))
+            }
+            _ => s,
+        }
+    }
+
+    fn inject_secrets(&self, host: &str, port: u16, tls: bool) -> Arc<Secrets> {
         let mut matching = self
             .rules
             .iter()

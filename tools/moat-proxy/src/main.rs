@@ -43,6 +43,7 @@ macro_rules! writes_pass_through {
 }
 
 mod args;
+mod awssign;
 mod ca;
 mod config;
 mod h2guard;

@@ -10,6 +10,12 @@
 //! that form case-insensitively, with or without a trailing slash; an allow matches it
 //! exactly. A path that cannot be normalised safely (an encoded slash, backslash or NUL, a
 //! bad escape) is refused on a host with rules. The request is forwarded as sent.
+//!
+//! For AWS requests the proxy signs (awssign.rs), a host's rules may also name the API
+//! action: `allow|deny service:Action`, where either part may be `*` and an action may end
+//! in `*` (`deny iam:*`, `allow s3:Get*`), matched case-insensitively against the service
+//! of the signature's scope and the action worked out from the request; checked in order
+//! after the path rules, first match wins, no match allows. Resource ARNs are not matched.
 
 use moat_core::host::HostPattern;
 
@@ -27,21 +33,67 @@ struct PathRule {
     text: String,
 }
 
+/// `allow|deny service:Action` (lowercased; `*` or a trailing `*` as wildcards).
+#[derive(Debug, Clone)]
+struct ActionRule {
+    allow: bool,
+    service: String,
+    action: String,
+    text: String,
+}
+
+fn wild_eq(pattern: &str, v: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => v.starts_with(prefix),
+        None => pattern == v,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NetRule {
     host: HostPattern,
     rules: Vec<PathRule>,
+    actions: Vec<ActionRule>,
 }
 
 impl NetRule {
     pub fn parse(host: &str, rules: &[String]) -> Result<NetRule, String> {
         let host = HostPattern::parse(host).map_err(|e| format!("net_rule host {host:?}: {e}"))?;
         let mut out = Vec::new();
+        let mut actions = Vec::new();
         for r in rules {
             let parts: Vec<&str> = r.split_whitespace().collect();
+            if let [verb, sa] = parts[..]
+                && let Some((service, action)) = sa.split_once(':')
+            {
+                let allow = match verb {
+                    "allow" => true,
+                    "deny" => false,
+                    _ => return Err(format!("net_rule {r:?}: action must be allow or deny")),
+                };
+                let ok = |s: &str, extra: &[char]| {
+                    !s.is_empty()
+                        && s.trim_end_matches('*')
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+                        && !s.trim_end_matches('*').contains('*')
+                };
+                if !ok(service, &['-']) || !ok(action, &[]) {
+                    return Err(format!(
+                        "net_rule {r:?}: expected \"allow|deny service:Action\" (e.g. deny iam:*)"
+                    ));
+                }
+                actions.push(ActionRule {
+                    allow,
+                    service: service.to_ascii_lowercase(),
+                    action: action.to_ascii_lowercase(),
+                    text: format!("{verb} {sa}"),
+                });
+                continue;
+            }
             let [action, method, path] = parts[..] else {
                 return Err(format!(
-                    "net_rule {r:?}: expected \"allow|deny METHOD /path\""
+                    "net_rule {r:?}: expected \"allow|deny METHOD /path\" or \"allow|deny service:Action\""
                 ));
             };
             let allow = match action {
@@ -59,7 +111,11 @@ impl NetRule {
                 text: r.split_whitespace().collect::<Vec<_>>().join(" "),
             });
         }
-        Ok(NetRule { host, rules: out })
+        Ok(NetRule {
+            host,
+            rules: out,
+            actions,
+        })
     }
 }
 
@@ -178,6 +234,52 @@ impl Policy {
                 "Moat: request blocked by network policy.\nHost \"{shown}\" is not in the allow list.\nAdd it to network.allow in moat.yaml, or use --allow {shown}.\n"
             ),
         }
+    }
+}
+
+impl Policy {
+    /// `allow|deny service:Action` rules of the host, for an AWS request the proxy signed.
+    pub fn check_aws(
+        &self,
+        host: &str,
+        port: u16,
+        service: &str,
+        action: Option<&str>,
+    ) -> Decision {
+        let (service, action) = (
+            service.to_ascii_lowercase(),
+            action.unwrap_or("").to_ascii_lowercase(),
+        );
+        for n in self
+            .net
+            .iter()
+            .filter(|n| pattern_matches(&n.host, host, port))
+        {
+            for r in &n.actions {
+                // An action not worked out matches only `*`.
+                let act = r.action == "*" || (!action.is_empty() && wild_eq(&r.action, &action));
+                if wild_eq(&r.service, &service) && act {
+                    if r.allow {
+                        return Decision::Allow;
+                    }
+                    let shown = display_host(host, port);
+                    return Decision::Deny {
+                        rule: r.text.clone(),
+                        kind: "request-rule",
+                        message: format!(
+                            "Moat: request blocked by network policy.\nHost \"{shown}\": the AWS action {service}:{} is denied by rule \"{}\".\nTo allow this request, update network.rules for {shown} in moat.yaml.\n",
+                            if action.is_empty() {
+                                "?"
+                            } else {
+                                action.as_str()
+                            },
+                            r.text
+                        ),
+                    };
+                }
+            }
+        }
+        Decision::Allow
     }
 }
 
@@ -426,5 +528,74 @@ mod tests {
             p.check("api.example", 443, "GET", "/public/x"),
             Decision::Allow
         );
+    }
+
+    /// Issue #23: `service:Action` rules for AWS requests (THREATS A5-style: a rule cannot be
+    /// walked around by case).
+    #[test]
+    fn aws_action_rules_first_match_wins() {
+        let n = NetRule::parse(
+            "*.amazonaws.com",
+            &[
+                "allow s3:GetObject".into(),
+                "deny s3:*".into(),
+                "deny iam:*".into(),
+                "deny *:Delete*".into(),
+            ],
+        )
+        .unwrap();
+        let p = Policy::new(Mode::Permissive, vec![], vec![], vec![n]);
+        let h = "bucket.s3.us-east-1.amazonaws.com";
+        assert_eq!(
+            p.check_aws(h, 443, "s3", Some("GetObject")),
+            Decision::Allow
+        );
+        assert_eq!(
+            p.check_aws(h, 443, "S3", Some("getobject")),
+            Decision::Allow
+        );
+        let Decision::Deny { rule, message, .. } = p.check_aws(h, 443, "s3", Some("PutObject"))
+        else {
+            panic!("PutObject allowed");
+        };
+        assert_eq!(rule, "deny s3:*");
+        assert!(message.contains("s3:putobject"), "{message}");
+        assert_ne!(
+            p.check_aws("iam.amazonaws.com", 443, "iam", None),
+            Decision::Allow
+        );
+        assert_ne!(
+            p.check_aws(
+                "dynamodb.us-east-1.amazonaws.com",
+                443,
+                "dynamodb",
+                Some("DeleteTable")
+            ),
+            Decision::Allow
+        );
+        assert_eq!(
+            p.check_aws(
+                "dynamodb.us-east-1.amazonaws.com",
+                443,
+                "dynamodb",
+                Some("GetItem")
+            ),
+            Decision::Allow
+        );
+        // Another host's rules do not apply; path checks ignore action rules.
+        assert_eq!(
+            p.check_aws("example.com", 443, "s3", Some("PutObject")),
+            Decision::Allow
+        );
+        assert_eq!(p.check(h, 443, "PUT", "/k"), Decision::Allow);
+        for bad in [
+            "deny s3",
+            "deny :x",
+            "deny s3:Get*Object",
+            "block s3:x",
+            "deny s_3:x",
+        ] {
+            assert!(NetRule::parse("a.example", &[bad.into()]).is_err(), "{bad}");
+        }
     }
 }

@@ -768,6 +768,70 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
 
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
+    let mut body: Body = body.map_err(box_hyper_err).boxed_unsync();
+    let mut aws_grant = None;
+    if let Some(signer) = live.injector.aws.as_ref()
+        && signer.covers(&t.host, t.port, t.tls)
+    {
+        // Issue #23: verify the placeholder's SigV4 signature, then sign with the real key.
+        let client_host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| display_host(&t.host, t.port));
+        let out_host = display_host(&t.host, t.port);
+        match crate::awssign::apply(
+            signer,
+            method.as_str(),
+            &pq,
+            &client_host,
+            &out_host,
+            &mut headers,
+            body,
+        )
+        .await
+        {
+            Ok((b, signed)) => {
+                body = b;
+                if let Some(s) = signed {
+                    if let Decision::Deny {
+                        rule,
+                        kind,
+                        message,
+                    } = live
+                        .policy
+                        .check_aws(&t.host, t.port, &s.service, s.action.as_deref())
+                    {
+                        ctx.set_aws(format!(
+                            "{}:{}",
+                            s.service,
+                            s.action.as_deref().unwrap_or("?")
+                        ));
+                        return deny(&st, ctx, &t, &method, &path, rule, kind, message);
+                    }
+                    ctx.set_aws(format!(
+                        "{}:{}",
+                        s.service,
+                        s.action.as_deref().unwrap_or("?")
+                    ));
+                    aws_grant = Some(signer.grant.clone());
+                }
+            }
+            Err(m) => {
+                return deny(
+                    &st,
+                    ctx,
+                    &t,
+                    &method,
+                    &path,
+                    "aws-sign".into(),
+                    "aws-signature",
+                    format!("Moat: AWS request refused.\n{m}.\n"),
+                );
+            }
+        }
+    }
     let te_trailers = headers
         .get_all(header::TE)
         .iter()
@@ -785,7 +849,8 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    let grants = live.injector.apply(&mut headers, &t.host, t.port, t.tls);
+    let mut grants = live.injector.apply(&mut headers, &t.host, t.port, t.tls);
+    grants.extend(aws_grant);
     if is_ws && !grants.is_empty() {
         // The upstream's frames are masked as they stream (THREATS D3), which needs them
         // uncompressed: no extension is offered.
@@ -953,6 +1018,10 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         crate::redact::Redact::new(body, secrets).boxed_unsync()
     };
     finish(ctx, Response::from_parts(parts, body))
+}
+
+fn box_hyper_err(e: hyper::Error) -> BoxError {
+    Box::new(e)
 }
 
 fn client_error_ctx(ctx: &Arc<ReqCtx>, status: StatusCode, msg: &str) -> Response<Body> {

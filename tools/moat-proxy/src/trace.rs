@@ -157,6 +157,7 @@ struct Mutable {
     grant: Option<String>,
     policy: Option<String>,
     error: Option<TraceError>,
+    aws: Option<String>,
 }
 
 /// One request's trace record in the making; written on drop of the last reference.
@@ -186,6 +187,9 @@ struct Record<'a> {
     grant: Option<&'a str>,
     policy: &'a str,
     error: Option<&'a TraceError>,
+    /// `service:Action` of an AWS request the proxy signed (`sts:GetCallerIdentity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aws: Option<&'a str>,
 }
 
 /// `req_` and 16 hex digits, unique within the process (a bijective mix of a counter and a
@@ -234,6 +238,9 @@ impl ReqCtx {
     pub fn set_grant(&self, g: String) {
         self.m().grant = Some(g);
     }
+    pub fn set_aws(&self, a: String) {
+        self.m().aws = Some(a);
+    }
     pub fn set_policy(&self, p: String) {
         self.m().policy = Some(p);
     }
@@ -268,6 +275,7 @@ impl Drop for ReqCtx {
             grant: m.grant.as_deref(),
             policy: m.policy.as_deref().unwrap_or("allowed"),
             error: m.error.as_ref(),
+            aws: m.aws.as_deref(),
         };
         self.sinks.trace(&rec);
     }
