@@ -110,6 +110,20 @@ fn allow_widens(entry: &str) -> bool {
     }
 }
 
+/// Whether a remote MCP server's URL reaches more than a public host on its scheme's
+/// default port: the proxy allows its authority with the port, so a private, loopback or
+/// link-local address (or another port) would open it to the run. An invalid URL counts
+/// (the run refuses it; it is still never unapproved).
+fn mcp_widens(url: &str) -> bool {
+    let Ok((tls, auth)) = crate::mcp::authority(url) else {
+        return true;
+    };
+    let Some((host, port)) = auth.rsplit_once(':') else {
+        return true;
+    };
+    port != if tls { "443" } else { "80" } || allow_widens(host)
+}
+
 /// The privileged requests of a file's configuration (flags are the user's own and are not
 /// part of it). `workspace` is canonical; relative mount sources are resolved against it.
 pub fn requests(c: &Config, workspace: &Path, home: &MoatHome) -> Vec<Request> {
@@ -212,6 +226,17 @@ pub fn requests(c: &Config, workspace: &Path, home: &MoatHome) -> Vec<Request> {
         }
     }
     for s in &c.mcp {
+        if s.auth.is_none() && mcp_widens(&s.url) {
+            let to = crate::agent::url_authority(&s.url).unwrap_or_else(|| s.url.clone());
+            add(
+                format!("mcp.{}", s.name),
+                format!(
+                    "connects the run to the MCP server at {}, which reaches {to}",
+                    s.url
+                ),
+                json!(["mcp_url", s.name, to]),
+            );
+        }
         if let Some(a) = &s.auth {
             let to = crate::agent::url_authority(&s.url).unwrap_or_else(|| s.url.clone());
             add(
@@ -766,6 +791,47 @@ mod tests {
         for e in ["api.example.com", "*.pythonhosted.org", "8.8.8.8"] {
             assert!(!allow_widens(e), "{e}");
         }
+    }
+
+    /// L2 (item: unauthenticated MCP URLs): a remote `mcp:` entry without `auth` whose URL
+    /// reaches a private, loopback or link-local address, a local name or another port is a
+    /// request, since the proxy allows that authority; a public host on its default port is not.
+    #[test]
+    fn mcp_urls_that_widen_are_requests_without_auth() {
+        let ws = Path::new("/nonexistent/ws");
+        for url in [
+            "http://169.254.169.254/",
+            "http://127.0.0.1:2375/",
+            "https://127.0.0.1/",
+            "http://localhost/mcp",
+            "https://host.docker.internal/",
+            "http://[::1]/",
+            "https://10.0.0.5/",
+            "https://mcp.example:8443/",
+            "http://mcp.example:443/",
+        ] {
+            let r = reqs(&format!("mcp:\n  - name: m\n    url: {url}\n"), ws);
+            assert_eq!(r.len(), 1, "{url}: {r:?}");
+            assert_eq!(r[0].field, "mcp.m", "{url}");
+            assert!(r[0].text.contains("connects the run"), "{}", r[0].text);
+        }
+        for url in [
+            "https://mcp.example/",
+            "http://mcp.example/x",
+            "https://mcp.example:443/",
+        ] {
+            let r = reqs(&format!("mcp:\n  - name: m\n    url: {url}\n"), ws);
+            assert!(r.is_empty(), "{url}: {r:?}");
+        }
+        // Changing the address changes the approval.
+        let d = |u: &str| {
+            digest(
+                ws,
+                "moat.yaml",
+                &reqs(&format!("mcp:\n  - name: m\n    url: {u}\n"), ws),
+            )
+        };
+        assert_ne!(d("http://127.0.0.1:2375/"), d("http://127.0.0.1:2376/"));
     }
 
     /// L1: changing a privileged field changes the digest; an unprivileged one does not.
