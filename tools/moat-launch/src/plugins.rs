@@ -148,8 +148,17 @@ fn yaml_marketplace(name: &str, v: &Value, base: &Path) -> std::result::Result<M
         }
         "directory" => {
             let p = field("path")?.ok_or("a directory marketplace needs `path:`")?;
-            let path = base.join(&p);
-            local_marketplace(name, &path)
+            // Confined like the workspace's settings: moat.yaml is the workspace's to
+            // write, so it may not have a host directory elsewhere copied into the image.
+            let m = local_marketplace(name, &base.join(&p))?;
+            let root = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+            match &m {
+                Market::Dir(d) if !d.starts_with(&root) => Err(format!(
+                    "{} is outside the workspace; moat.yaml may name directory marketplaces inside the workspace only",
+                    d.display()
+                )),
+                _ => Ok(m),
+            }
         }
         other => Err(format!(
             "source {other:?} is not one of github, git, directory"
@@ -785,6 +794,42 @@ mod tests {
         assert!(p.directories.contains_key("evil"));
         let files = context_files(&p).unwrap();
         assert!(files.iter().any(|(n, _, _)| n.ends_with("evil/canary.txt")));
+    }
+
+    /// L2: moat.yaml's directory marketplaces are confined to the workspace, as the
+    /// workspace's settings are: an absolute path or a symlink out is a configuration error,
+    /// and nothing of the host directory reaches the image.
+    #[test]
+    fn moat_yaml_cannot_copy_host_directories_into_the_image() {
+        let t = tempfile::tempdir().unwrap();
+        let (home, ws) = (t.path().join("h"), t.path().join("w"));
+        let outside = home.join("private");
+        marketplace(&outside, "evil");
+        marketplace(&ws.join("inside"), "fine");
+        std::os::unix::fs::symlink(&outside, ws.join("link")).unwrap();
+        let m = |path: &str| {
+            let yaml: AgentSection = serde_json::from_value(
+                json!({"marketplaces": {"evil": {"source": "directory", "path": path}}}),
+            )
+            .unwrap();
+            merge(None, None, &ws, &yaml, &[], &mut vec![])
+        };
+        for path in [outside.to_str().unwrap(), "link", "../h/private"] {
+            let e = m(path).unwrap_err();
+            assert_eq!(e.code, moat_core::exit::CONFIG, "{path}: {}", e.msg);
+            assert!(
+                e.msg.contains("claude.marketplaces.evil")
+                    && e.msg.contains("outside the workspace"),
+                "{path}: {}",
+                e.msg
+            );
+        }
+        let yaml: AgentSection = serde_json::from_value(
+            json!({"marketplaces": {"fine": {"source": "directory", "path": "inside"}}}),
+        )
+        .unwrap();
+        let p = merge(None, None, &ws, &yaml, &[], &mut vec![]).unwrap();
+        assert!(p.directories.contains_key("fine"), "{p:?}");
     }
 
     #[test]
