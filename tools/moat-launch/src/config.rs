@@ -809,6 +809,12 @@ pub(crate) fn check_env_name(k: &str) -> std::result::Result<(), String> {
             "{k} is set by moat to reach the run's proxy and cannot be overridden"
         ));
     }
+    // The container's entrypoint (moat-init, as root) reads MOAT_* settings.
+    if k.starts_with("MOAT_") {
+        return Err(format!(
+            "{k}: names starting with MOAT_ are reserved for moat's own settings in the container"
+        ));
+    }
     Ok(())
 }
 
@@ -1374,6 +1380,28 @@ mod tests {
             let e = resolve(&args, &l, &ws).unwrap_err();
             assert_eq!(e.code, moat_core::exit::CONFIG, "{bad}: {}", e.msg);
         }
+    }
+
+    /// L2/L4: MOAT_* names are moat's own settings, which moat-init reads as root
+    /// (MOAT_DOCKER_GID=0 would add the user to group root): `env:` is a configuration
+    /// error at its line (78), `-e` a usage error (64).
+    #[test]
+    fn moat_names_are_reserved() {
+        let e = parse("name: x\nenv:\n  MOAT_DOCKER_GID: \"0\"\n", "moat.yaml").unwrap_err();
+        assert_eq!(e.code, moat_core::exit::CONFIG, "{}", e.msg);
+        assert!(
+            e.msg.contains("moat.yaml:3")
+                && e.msg.contains("MOAT_DOCKER_GID")
+                && e.msg.contains("reserved"),
+            "{}",
+            e.msg
+        );
+        let e = parse_env_flag("MOAT_DOCKER_GID=0").unwrap_err();
+        assert_eq!(e.code, moat_core::exit::USAGE, "{}", e.msg);
+        assert!(e.msg.contains("reserved"), "{}", e.msg);
+        assert!(check_env_name("MOAT_GUARD_MODE").is_err());
+        assert!(check_env_name("MY_MOAT_X").is_ok());
+        assert!(check_env_name("MOATX").is_ok());
     }
 
     #[test]
