@@ -1015,13 +1015,16 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
     for m in &args.mounts {
         binds.push(parse_mount(m, &cwd).map_err(|e| Error::usage(format!("--mount: {e}")))?);
     }
-    for b in &binds {
+    for b in &mut binds {
         if !b.source.exists() {
             return Err(Error::config(format!(
                 "mount source {} does not exist",
                 b.source.display()
             )));
         }
+        // Docker gets the path with symlinks resolved: what the sensitive-path check
+        // judged is what is mounted, even if a link is swapped afterwards.
+        b.source = crate::trust::real(&b.source);
     }
     let policy = args
         .policy
@@ -1380,6 +1383,31 @@ mod tests {
             let e = resolve(&args, &l, &ws).unwrap_err();
             assert_eq!(e.code, moat_core::exit::CONFIG, "{bad}: {}", e.msg);
         }
+    }
+
+    /// L3 (symlink swap): a mount source given through a symlink resolves to its target, so
+    /// Docker mounts the directory the sensitive-path check judged, not a link that can be
+    /// repointed later.
+    #[test]
+    fn mount_sources_are_resolved() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir_all(&real).unwrap();
+        std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
+        let (c, _) = parse("mounts: [\"link:/data\"]\n", "moat.yaml").unwrap();
+        let loaded = Loaded {
+            config: c,
+            file: None,
+            warnings: vec![],
+        };
+        let args = RunArgs {
+            name: Some("t".into()),
+            no_sandbox: true,
+            ..Default::default()
+        };
+        let spec = resolve(&args, &loaded, t.path()).unwrap();
+        assert_eq!(spec.binds.len(), 1);
+        assert_eq!(spec.binds[0].source, std::fs::canonicalize(&real).unwrap());
     }
 
     /// L2/L4: MOAT_* names are moat's own settings, which moat-init reads as root

@@ -562,6 +562,27 @@ pub fn command(cmd: TrustCmd) -> Result<()> {
 
 // ------------------------------------------------------------- sensitive paths
 
+/// Where under the user's home credentials live (directories or files).
+const KEY_PATHS: &[&str] = &[
+    ".ssh",
+    ".aws",
+    ".config/gh",
+    ".gnupg",
+    ".docker",
+    ".kube",
+    ".claude",
+    ".claude.json",
+    ".codex",
+    ".gemini",
+    ".config/gcloud",
+    ".azure",
+    ".netrc",
+    ".git-credentials",
+    ".npmrc",
+    ".config/op",
+    ".password-store",
+];
+
 /// Where the host keeps what a run must never see: (path, what it is, whether only the
 /// path itself and its ancestors count, as for the home directory).
 fn sensitive(home: &MoatHome, user_home: Option<&Path>) -> Vec<(PathBuf, String, bool)> {
@@ -569,7 +590,7 @@ fn sensitive(home: &MoatHome, user_home: Option<&Path>) -> Vec<(PathBuf, String,
     if let Some(h) = user_home {
         let h = real(h);
         v.push((h.clone(), "your home directory".to_string(), true));
-        for d in [".ssh", ".aws", ".config/gh", ".gnupg", ".docker", ".kube"] {
+        for d in KEY_PATHS {
             v.push((real(&h.join(d)), format!("~/{d}"), false));
         }
     }
@@ -872,7 +893,8 @@ mod tests {
         let uh = t.path().join("u");
         std::fs::create_dir_all(uh.join(".ssh")).unwrap();
         let r = |p: &Path| sensitive_reason_in(p, &mh, Some(&uh));
-        for d in [".ssh", ".aws", ".config/gh", ".gnupg", ".docker", ".kube"] {
+        std::fs::write(uh.join(".netrc"), "machine x password canary").unwrap();
+        for d in KEY_PATHS {
             let why = r(&uh.join(d)).unwrap_or_else(|| panic!("{d} not refused"));
             assert!(why.contains(&format!("~/{d}")), "{why}");
             assert!(r(&uh.join(d).join("sub")).is_some(), "{d}/sub");
@@ -882,6 +904,22 @@ mod tests {
                 .unwrap()
                 .contains("contains ~/.config/gh")
         );
+        for d in [
+            ".claude",
+            ".claude.json",
+            ".codex",
+            ".gemini",
+            ".config/gcloud",
+            ".azure",
+            ".netrc",
+            ".git-credentials",
+            ".npmrc",
+            ".config/op",
+            ".password-store",
+        ] {
+            assert!(KEY_PATHS.contains(&d), "{d}");
+        }
+        assert!(r(&uh.join(".netrc")).unwrap().contains("~/.netrc"));
         assert!(r(&uh).unwrap().contains("home directory"));
         assert!(r(&uh.join("projects/app")).is_none());
         // A symlink into a key directory is what it points at.
