@@ -343,3 +343,71 @@ fn unprivileged_config_runs_without_a_question() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(r.stdout().contains("from-my-flag"), "{}", r.stdout());
 }
+
+/// L2 (review findings): a cloned moat.yaml whose remote MCP server has no `auth` but a URL
+/// on the host's loopback (which the proxy would let the agent dial) needs approval (77,
+/// nothing runs, the loopback listener is never reached); `env: MOAT_DOCKER_GID` is a
+/// configuration error at its line (78); and L3: a mount of `~/.netrc`, or of a symlink to
+/// `~/.ssh`, is refused (77) and the canary in it reaches no output.
+#[test]
+fn review_findings_are_refused_before_anything_runs() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    std::fs::create_dir_all(m.moat_home()).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    m.write_config(&format!(
+        "mcp:\n  - name: local\n    url: http://127.0.0.1:{port}/\ncommand: [sh, -c, \"echo ran\"]\n"
+    ));
+    let r = m.launch(&["run", "--no-sandbox"]);
+    assert_eq!(r.code(), 77, "{}\n{}", r.stdout(), r.stderr());
+    assert!(r.stderr().contains("mcp.local"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        r.stderr()
+    );
+    assert!(!r.stdout().contains("ran"));
+    assert!(m.run_ids().is_empty());
+    assert!(listener.accept().is_err(), "the loopback port was reached");
+
+    m.write_config("env:\n  MOAT_DOCKER_GID: \"0\"\ncommand: [id]\n");
+    let r = m.launch(&["run", "--no-sandbox"]);
+    assert_eq!(r.code(), 78, "{}\n{}", r.stdout(), r.stderr());
+    assert!(
+        r.stderr().contains("moat.yaml:2") && r.stderr().contains("MOAT_DOCKER_GID"),
+        "{}",
+        r.stderr()
+    );
+    assert!(m.run_ids().is_empty());
+
+    std::fs::remove_file(m.ws.join("moat.yaml")).unwrap();
+    let home = m.env.home.clone();
+    let canary = unique("netrc");
+    std::fs::write(home.join(".netrc"), &canary).unwrap();
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519"), &canary).unwrap();
+    let other = m.ws.parent().unwrap().join("innocent-link");
+    std::os::unix::fs::symlink(home.join(".ssh"), &other).unwrap();
+    for (src, reason) in [(home.join(".netrc"), "~/.netrc"), (other.clone(), "~/.ssh")] {
+        let mount = format!("{}:/s", src.display());
+        let r = m.launch(&[
+            "run",
+            "--no-sandbox",
+            "-m",
+            &mount,
+            "--",
+            "sh",
+            "-c",
+            "cat /s /s/* 2>/dev/null; echo ran",
+        ]);
+        assert_eq!(r.code(), 77, "{mount}: {}\n{}", r.stdout(), r.stderr());
+        assert!(r.stderr().contains(reason), "{mount}: {}", r.stderr());
+        assert!(!r.stdout().contains("ran"));
+        r.leaks_nothing(&canary);
+    }
+    assert!(m.run_ids().is_empty());
+}
