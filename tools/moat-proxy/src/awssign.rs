@@ -334,22 +334,53 @@ impl Signer {
 }
 
 /// THREATS A8: names under the AWS domains that lead to servers AWS customers run (EC2
-/// instances, load balancers, S3 website endpoints, Cloud9 previews): anyone can get one, so
-/// a request there is never signed with the run's session (it passes as the client sent it,
-/// with the placeholder). Listed after the public-suffix list's AWS entries.
+/// instances, load balancers, S3 website endpoints, API Gateway and AppSync APIs, Elastic
+/// Beanstalk environments, VPC endpoint services, Cloud9 previews, EMR and SageMaker
+/// notebooks, Lambda function URLs): anyone can get one, so a request there is never signed
+/// with the run's session (it passes as the client sent it, with the placeholder), and an
+/// AWS grant does not reach it under strict policy. Written after the public-suffix list's
+/// AWS entries; a label that also names an AWS API counts as customer-run (fails closed).
 pub fn customer_host(host: &str) -> bool {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
+    // Whole domains where every name is a customer's.
+    for d in [
+        "on.aws",
+        "elasticbeanstalk.com",
+        "elasticbeanstalk.com.cn",
+        "sagemaker.aws",
+        "awsapprunner.com",
+        "amplifyapp.com",
+        "awsglobalaccelerator.com",
+    ] {
+        if h == d || h.ends_with(&format!(".{d}")) {
+            return true;
+        }
+    }
     let Some(rest) = h
         .strip_suffix(".amazonaws.com")
         .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
     else {
         return false;
     };
-    rest.split('.').any(|l| {
-        l == "compute"
+    rest.split('.').enumerate().any(|(i, l)| {
+        // `elasticbeanstalk.REGION` is the service's API; a name in front is an environment.
+        (l == "elasticbeanstalk" && i > 0)
+            || l == "compute"
             || (l.starts_with("compute-") && l[8..].bytes().all(|b| b.is_ascii_digit()))
-            || l == "elb"
-            || l == "cloud9"
+            || matches!(
+                l,
+                "elb"
+                    | "cloud9"
+                    | "execute-api"
+                    | "appsync-api"
+                    | "appsync-realtime-api"
+                    | "eb"
+                    | "vpce"
+                    | "emrappui-prod"
+                    | "emrnotebooks-prod"
+                    | "emrstudio-prod"
+                    | "analytics-gateway"
+            )
             || l.starts_with("s3-website")
     })
 }
@@ -820,10 +851,43 @@ mod tests {
             "my-lb-123.us-east-1.elb.amazonaws.com",
             "bucket.s3-website-us-east-1.amazonaws.com",
             "x.vfs.cloud9.us-east-1.amazonaws.com",
+            "bucket.s3-website.eu-west-1.amazonaws.com",
+            "abc123.execute-api.us-east-1.amazonaws.com",
+            "abc123.execute-api.cn-north-1.amazonaws.com.cn",
+            "abc.appsync-api.us-east-1.amazonaws.com",
+            "abc.appsync-realtime-api.us-east-1.amazonaws.com",
+            "env.us-east-1.elasticbeanstalk.amazonaws.com",
+            "env.cn-north-1.eb.amazonaws.com.cn",
+            "vpce-0123-abcd.vpce-svc-0123.us-east-1.vpce.amazonaws.com",
+            "j-1.emrappui-prod.us-east-1.amazonaws.com",
+            "x.emrnotebooks-prod.us-east-1.amazonaws.com",
+            "x.emrstudio-prod.us-east-1.amazonaws.com",
+            "x.analytics-gateway.us-east-1.amazonaws.com",
+            "ec2-1-2-3-4.cn-north-1.compute.amazonaws.com.cn",
+            "ELB.us-east-1.ELB.amazonaws.com.",
+            // Outside the AWS API domains, should a grant ever list them.
+            "abc123.lambda-url.us-east-1.on.aws",
+            "env.us-east-1.elasticbeanstalk.com",
+            "x.notebook.us-east-1.sagemaker.aws",
+            "x.us-east-1.awsapprunner.com",
+            "main.x.amplifyapp.com",
         ] {
+            assert!(customer_host(h), "{h}");
             assert!(!s.covers(h, 443, true), "{h}");
         }
         assert!(s.covers("ec2.us-east-1.amazonaws.com", 443, true));
+        for h in [
+            "apigateway.us-east-1.amazonaws.com",
+            "appsync.us-east-1.amazonaws.com",
+            "elasticbeanstalk.us-east-1.amazonaws.com",
+            "lambda.us-east-1.amazonaws.com",
+            "sts.cn-north-1.amazonaws.com.cn",
+            "bucket.s3.us-east-1.amazonaws.com",
+            "bucket.s3-accesspoint.us-east-1.amazonaws.com",
+        ] {
+            assert!(!customer_host(h), "{h}");
+            assert!(s.covers(h, 443, true) || h.ends_with(".cn"), "{h}");
+        }
         assert!(s.covers("elasticloadbalancing.us-east-1.amazonaws.com", 443, true));
         assert!(Signer::new(record(KEY, PH_SECRET)).is_err());
     }
