@@ -177,10 +177,6 @@ impl Signer {
         })
     }
 
-    pub fn patterns(&self) -> &[HostPattern] {
-        &self.patterns
-    }
-
     /// HTTPS to a covered host on 443 (or the pattern's port), and not a name whose server
     /// an AWS customer runs ([`customer_host`]).
     pub fn covers(&self, host: &str, port: u16, tls: bool) -> bool {
