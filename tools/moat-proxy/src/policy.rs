@@ -270,7 +270,19 @@ impl Policy {
             .filter(|n| pattern_matches(&n.host, host, port))
         {
             for r in &n.actions {
-                // An action not worked out matches only `*`.
+                // An action not worked out matches only `*`; a rule of its service that
+                // names actions is reached first: refused, the rule cannot be applied.
+                if action.is_empty() && r.action != "*" && wild_eq(&r.service, &service) {
+                    let shown = display_host(host, port);
+                    return Decision::Deny {
+                        rule: r.text.clone(),
+                        kind: "request-rule",
+                        message: format!(
+                            "Moat: request blocked by network policy.\nHost \"{shown}\": the AWS action of this {service} request could not be determined, and rule \"{}\" names actions.\nSend the request as the AWS SDK or CLI does, or use a {service}:* rule.\n",
+                            r.text
+                        ),
+                    };
+                }
                 let act = r.action == "*" || (!action.is_empty() && wild_eq(&r.action, &action));
                 if wild_eq(&r.service, &service) && act {
                     if r.allow {
@@ -612,6 +624,48 @@ mod tests {
             p.check("api.example", 443, "GET", "/public/x"),
             Decision::Allow
         );
+    }
+
+    /// THREATS A5 (review of #23: rules walked around): an action moat could not work out never slips past a
+    /// rule that names actions; it is refused with a message that says so. A `service:*`
+    /// rule reached first still decides.
+    #[test]
+    fn aws_unknown_action_fails_closed() {
+        let n = NetRule::parse(
+            "*.amazonaws.com",
+            &[
+                "deny iam:Delete*".into(),
+                "allow s3:*".into(),
+                "allow *:*".into(),
+            ],
+        )
+        .unwrap();
+        let p = Policy::new(Mode::Permissive, vec![], vec![], vec![n]);
+        let Decision::Deny { rule, message, .. } =
+            p.check_aws("iam.amazonaws.com", 443, "iam", None)
+        else {
+            panic!("an unknown iam action passed deny iam:Delete*");
+        };
+        assert_eq!(rule, "deny iam:Delete*");
+        assert!(message.contains("could not be determined"), "{message}");
+        assert_eq!(
+            p.check_aws("iam.amazonaws.com", 443, "iam", Some("ListRoles")),
+            Decision::Allow
+        );
+        assert_eq!(
+            p.check_aws("s3.amazonaws.com", 443, "s3", None),
+            Decision::Allow
+        );
+        assert_eq!(
+            p.check_aws("lambda.us-east-1.amazonaws.com", 443, "lambda", None),
+            Decision::Allow
+        );
+        let n = NetRule::parse("*.amazonaws.com", &["deny *:Delete*".into()]).unwrap();
+        let p = Policy::new(Mode::Permissive, vec![], vec![], vec![n]);
+        assert!(matches!(
+            p.check_aws("lambda.us-east-1.amazonaws.com", 443, "lambda", None),
+            Decision::Deny { .. }
+        ));
     }
 
     /// Issue #23: `service:Action` rules for AWS requests (THREATS A5-style: a rule cannot be
