@@ -1194,6 +1194,10 @@ mod tests {
             ("ecr", "GetAuthorizationToken"),
             ("codeartifact", "GetAuthorizationToken"),
             ("redshift", "GetClusterCredentials"),
+            ("redshift", "GetClusterCredentialsWithIAM"),
+            ("iam", "ResetServiceSpecificCredential"),
+            ("ecr-public", "GetAuthorizationToken"),
+            ("awsssoportal", "GetRoleCredentials"),
         ] {
             let e = refuse_credential_answers(svc, Some(act)).unwrap_err();
             assert!(
@@ -1201,7 +1205,7 @@ mod tests {
                 "{e}"
             );
         }
-        for svc in ["sts", "iam", "cognito-identity", "ecr"] {
+        for svc in ["sts", "iam", "cognito-identity", "ecr", "redshift"] {
             assert!(refuse_credential_answers(svc, None).is_err(), "{svc}");
         }
         for (svc, act) in [

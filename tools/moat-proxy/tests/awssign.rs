@@ -200,13 +200,14 @@ fn action_rules_and_credential_answers_hold_against_other_spellings() {
     );
     let (purl, pca) = (p.url(), p.ca.to_str().unwrap().to_string());
     let url = format!("https://{HOST}/");
-    let send = |service: &str, body: &str, with_hash: bool| {
+    // `hashed`: the body whose digest goes into x-amz-content-sha256, if any.
+    let send = |service: &str, body: &str, hashed: Option<&str>| {
         let scope = format!("aws:amz:us-east-1:{service}");
         let user = format!("{PH_KEY}:{PH_SECRET}");
         let tok = format!("x-amz-security-token: {PH_TOKEN}");
         let hash = format!(
             "x-amz-content-sha256: {}",
-            sigv4::sha256_hex(body.as_bytes())
+            sigv4::sha256_hex(hashed.unwrap_or("").as_bytes())
         );
         let mut args = vec![
             "-x",
@@ -223,7 +224,7 @@ fn action_rules_and_credential_answers_hold_against_other_spellings() {
             "-d",
             body,
         ];
-        if with_hash {
+        if hashed.is_some() {
             args.extend(["-H", &hash]);
         }
         args.push(&url);
@@ -233,31 +234,45 @@ fn action_rules_and_credential_answers_hold_against_other_spellings() {
         (
             "iam",
             "Action=DeleteRole&RoleName=r&Version=2010-05-08",
-            true,
+            Some("Action=DeleteRole&RoleName=r&Version=2010-05-08"),
             "is denied by rule",
         ),
         (
             "iam",
             "Action=%44eleteRole&RoleName=r&Version=2010-05-08",
-            false,
+            None,
             "is denied by rule",
         ),
         (
             "iam",
             "Action=ListRoles&Action=DeleteRole&RoleName=r",
-            true,
+            Some("Action=ListRoles&Action=DeleteRole&RoleName=r"),
+            "more than once",
+        ),
+        (
+            "iam",
+            "Action=DeleteRole&RoleName=r",
+            Some("Action=ListRoles"),
+            "is not the hash of the body",
+        ),
+        (
+            "iam",
+            "Action=ListRoles&Action=DeleteRole&RoleName=r",
+            None,
             "more than once",
         ),
         (
             "sts",
             "Action=AssumeRole&RoleArn=arn:aws:iam::1:role/x&RoleSessionName=s&Version=2011-06-15",
-            true,
+            Some(
+                "Action=AssumeRole&RoleArn=arn:aws:iam::1:role/x&RoleSessionName=s&Version=2011-06-15",
+            ),
             "moat does not sign requests whose answer is a credential",
         ),
         (
             "sts",
             "Action=GetSessionToken&Version=2011-06-15",
-            false,
+            None,
             "moat does not sign requests whose answer is a credential",
         ),
     ] {
@@ -270,7 +285,8 @@ fn action_rules_and_credential_answers_hold_against_other_spellings() {
         up.seen().is_empty(),
         "a refused request reached the upstream"
     );
-    let r = send("iam", "Action=ListRoles&Version=2010-05-08", true);
+    let ok = "Action=ListRoles&Version=2010-05-08";
+    let r = send("iam", ok, Some(ok));
     assert_eq!(status(&r.stdout), "200", "{}", r.stdout);
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
