@@ -177,10 +177,6 @@ impl Signer {
         })
     }
 
-    pub fn patterns(&self) -> &[HostPattern] {
-        &self.patterns
-    }
-
     /// HTTPS to a covered host on 443 (or the pattern's port), and not a name whose server
     /// an AWS customer runs ([`customer_host`]).
     pub fn covers(&self, host: &str, port: u16, tls: bool) -> bool {
@@ -238,7 +234,15 @@ impl Signer {
         let payload_hash = match header_value(headers, CONTENT_SHA256) {
             Some(h) => match h.as_str() {
                 "UNSIGNED-PAYLOAD" | "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => h,
-                x if x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()) => h,
+                x if x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    // A form body was read to find its Action: it must be what is signed.
+                    if let Some(b) = body
+                        && !x.eq_ignore_ascii_case(&sigv4::sha256_hex(b))
+                    {
+                        return Err("x-amz-content-sha256 is not the hash of the body".into());
+                    }
+                    h
+                }
                 x if x.starts_with("STREAMING-") => {
                     return Err(format!(
                         "the body is aws-chunked with per-chunk signatures ({x}), which moat does not re-sign; configure the SDK to send UNSIGNED-PAYLOAD or a whole-body hash (AWS SDK for Java 2: S3Configuration chunkedEncodingEnabled(false); Java 1: disableChunkedEncoding())"
@@ -334,29 +338,61 @@ impl Signer {
 }
 
 /// THREATS A8: names under the AWS domains that lead to servers AWS customers run (EC2
-/// instances, load balancers, S3 website endpoints, Cloud9 previews): anyone can get one, so
-/// a request there is never signed with the run's session (it passes as the client sent it,
-/// with the placeholder). Listed after the public-suffix list's AWS entries.
+/// instances, load balancers, S3 website endpoints, API Gateway and AppSync APIs, Elastic
+/// Beanstalk environments, VPC endpoint services, Cloud9 previews, EMR and SageMaker
+/// notebooks, Lambda function URLs): anyone can get one, so a request there is never signed
+/// with the run's session (it passes as the client sent it, with the placeholder), and an
+/// AWS grant does not reach it under strict policy. Written after the public-suffix list's
+/// AWS entries; a label that also names an AWS API counts as customer-run (fails closed).
 pub fn customer_host(host: &str) -> bool {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
+    // Whole domains where every name is a customer's.
+    for d in [
+        "on.aws",
+        "elasticbeanstalk.com",
+        "elasticbeanstalk.com.cn",
+        "sagemaker.aws",
+        "awsapprunner.com",
+        "amplifyapp.com",
+        "awsglobalaccelerator.com",
+    ] {
+        if h == d || h.ends_with(&format!(".{d}")) {
+            return true;
+        }
+    }
     let Some(rest) = h
         .strip_suffix(".amazonaws.com")
         .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
     else {
         return false;
     };
-    rest.split('.').any(|l| {
-        l == "compute"
+    rest.split('.').enumerate().any(|(i, l)| {
+        // `elasticbeanstalk.REGION` is the service's API; a name in front is an environment.
+        (l == "elasticbeanstalk" && i > 0)
+            || l == "compute"
             || (l.starts_with("compute-") && l[8..].bytes().all(|b| b.is_ascii_digit()))
-            || l == "elb"
-            || l == "cloud9"
+            || matches!(
+                l,
+                "elb"
+                    | "cloud9"
+                    | "execute-api"
+                    | "appsync-api"
+                    | "appsync-realtime-api"
+                    | "eb"
+                    | "vpce"
+                    | "emrappui-prod"
+                    | "emrnotebooks-prod"
+                    | "emrstudio-prod"
+                    | "analytics-gateway"
+            )
             || l.starts_with("s3-website")
     })
 }
 
 /// The API action of a request, for the trace and `service:Action` rules: `X-Amz-Target`
 /// (JSON APIs: `AmazonSSM.GetParameter`), an `Action=` query or form parameter (query APIs:
-/// STS, IAM, EC2), or for S3 the method and the path's shape.
+/// STS, IAM, EC2; names and values percent-decoded, `+` a space), or for S3 the method and
+/// the path's shape. Err: `Action` appears more than once (in query and body together).
 pub fn action(
     service: &str,
     host: &str,
@@ -364,33 +400,118 @@ pub fn action(
     path_and_query: &str,
     headers: &HeaderMap,
     body: Option<&[u8]>,
-) -> Option<String> {
+) -> Result<Option<String>, String> {
     if let Some(t) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
-        return t.rsplit('.').next().map(String::from);
+        return Ok(t.rsplit('.').next().map(String::from));
     }
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
-    let param = |s: &str| {
-        s.split('&')
-            .find_map(|p| p.strip_prefix("Action="))
-            .map(String::from)
-    };
-    if let Some(a) = param(query) {
-        return Some(a);
+    let mut found: Vec<String> = action_params(query);
+    if let Some(b) = body {
+        found.extend(action_params(&String::from_utf8_lossy(b)));
     }
-    if let Some(b) = body
-        && let Ok(s) = std::str::from_utf8(b)
-        && let Some(a) = param(s)
-    {
-        return Some(a);
+    match found.len() {
+        0 => {}
+        1 => return Ok(found.pop()),
+        _ => {
+            return Err(
+                "the request names its Action more than once, so moat cannot tell which one AWS would run"
+                    .into(),
+            );
+        }
+    }
+    // REST APIs whose answer is a credential (see [`refuse_credential_answers`]).
+    let p = path.trim_end_matches('/').to_ascii_lowercase();
+    match service.to_ascii_lowercase().as_str() {
+        "codeartifact" if p == "/v1/authorization-token" => {
+            return Ok(Some("GetAuthorizationToken".into()));
+        }
+        "sso" | "awsssoportal" if p == "/federation/credentials" => {
+            return Ok(Some("GetRoleCredentials".into()));
+        }
+        _ => {}
     }
     if !is_s3(service) {
-        return None;
+        return Ok(None);
     }
+    Ok(s3_action(host, method, path, query, headers))
+}
+
+/// The values of every `Action` parameter (name compared case-insensitively) in a query
+/// string or form body, decoded.
+fn action_params(s: &str) -> Vec<String> {
+    s.split('&')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            form_decode(k)
+                .eq_ignore_ascii_case("action")
+                .then(|| form_decode(v))
+        })
+        .collect()
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
+fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Is this an S3 path-style endpoint (the bucket in the path)? By the host's shape:
+/// `s3`, `s3-…` (`s3-fips`, `s3-external-1`, `s3-us-west-2`) first, followed only by
+/// `dualstack` and region labels, under the AWS domains. A virtual-hosted bucket (even one
+/// named `s3.something`) has other labels in front of its endpoint.
+fn s3_path_style(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    let Some(rest) = h
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| h.strip_suffix(".amazonaws.com.cn"))
+        .or_else(|| h.strip_suffix(".api.aws"))
+    else {
+        return false;
+    };
+    let mut labels = rest.split('.');
+    let first = labels.next().unwrap_or("");
+    (first == "s3" || first.starts_with("s3-"))
+        && labels.all(|l| {
+            l == "dualstack"
+                || (l.contains('-')
+                    && !l.starts_with("s3")
+                    && l.ends_with(|c: char| c.is_ascii_digit())
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        })
+}
+
+fn s3_action(
+    host: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Option<String> {
     let has = |k: &str| query.split('&').any(|p| p.split('=').next() == Some(k));
     // Path style (s3.region..., s3-fips..., s3.dualstack...) names the bucket in the path.
-    let virtual_host = !(host.starts_with("s3.") || host.starts_with("s3-"));
+    let virtual_host = !s3_path_style(host);
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (bucket, key) = if virtual_host {
         (true, !segs.is_empty())
@@ -441,7 +562,8 @@ pub async fn apply(
         signer.resign(method, path_and_query, client_host, out_host, headers, None)?;
         return Ok((body, None));
     }
-    let (body, bytes) = if needs_body(headers) {
+    // A form body (query APIs: IAM, STS) is always read: its Action decides the rules.
+    let (body, bytes) = if needs_body(headers) || is_form(headers) {
         let b = read_body(body).await?;
         let full = http_body_util::Full::new(b.clone())
             .map_err(never)
@@ -459,18 +581,98 @@ pub async fn apply(
         headers,
         bytes.as_deref(),
     )?;
-    let signed = signed.map(|mut s| {
-        s.action = action(
-            &s.service,
-            host,
-            method,
-            path_and_query,
-            headers,
-            bytes.as_deref(),
-        );
-        s
-    });
+    let signed = match signed {
+        Some(mut s) => {
+            s.action = action(
+                &s.service,
+                host,
+                method,
+                path_and_query,
+                headers,
+                bytes.as_deref(),
+            )?;
+            refuse_credential_answers(&s.service, s.action.as_deref())?;
+            Some(s)
+        }
+        None => None,
+    };
     Ok((body, signed))
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers.get_all(http::header::CONTENT_TYPE).iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    })
+}
+
+/// Actions whose answer is a usable credential (THREATS B3: it would reach the container):
+/// new STS sessions, IAM access keys and service passwords, SSO role credentials, Cognito
+/// identity credentials and OpenID tokens, registry and cluster tokens.
+/// Services whose action moat always works out (query and JSON protocols) are refused when it
+/// did not; for the REST ones (`sso`, `codeartifact`) the credential action is found by path.
+const CREDENTIAL_ACTIONS: &[(&str, &[&str])] = &[
+    (
+        "sts",
+        &[
+            "AssumeRole",
+            "AssumeRoleWithWebIdentity",
+            "AssumeRoleWithSAML",
+            "AssumeRoot",
+            "GetSessionToken",
+            "GetFederationToken",
+        ],
+    ),
+    (
+        "iam",
+        &[
+            "CreateAccessKey",
+            "CreateServiceSpecificCredential",
+            "ResetServiceSpecificCredential",
+        ],
+    ),
+    ("sso", &["GetRoleCredentials"]),
+    ("awsssoportal", &["GetRoleCredentials"]),
+    (
+        "cognito-identity",
+        &[
+            "GetCredentialsForIdentity",
+            "GetOpenIdToken",
+            "GetOpenIdTokenForDeveloperIdentity",
+        ],
+    ),
+    ("ecr", &["GetAuthorizationToken"]),
+    ("ecr-public", &["GetAuthorizationToken"]),
+    ("codeartifact", &["GetAuthorizationToken"]),
+    (
+        "redshift",
+        &["GetClusterCredentials", "GetClusterCredentialsWithIAM"],
+    ),
+];
+
+/// Refuse to sign an action whose answer is a credential; for those services an action
+/// that could not be worked out is refused too (fail closed).
+pub fn refuse_credential_answers(service: &str, action: Option<&str>) -> Result<(), String> {
+    let service = service.to_ascii_lowercase();
+    let service = service.as_str();
+    let Some((_, actions)) = CREDENTIAL_ACTIONS
+        .iter()
+        .find(|(s, _)| s.eq_ignore_ascii_case(service))
+    else {
+        return Ok(());
+    };
+    match action {
+        None if matches!(service, "sso" | "awsssoportal" | "codeartifact") => Ok(()),
+        Some(a) if !actions.iter().any(|x| x.eq_ignore_ascii_case(a)) => Ok(()),
+        Some(a) => Err(format!(
+            "moat does not sign requests whose answer is a credential; {service}:{a} would hand a usable credential to the container. Get it outside the run and grant it instead"
+        )),
+        None => Err(format!(
+            "moat could not determine the {service} action of this request, and some {service} actions answer with a credential, so it does not sign it"
+        )),
+    }
 }
 
 fn never(n: std::convert::Infallible) -> crate::proxy::BoxError {
@@ -487,7 +689,7 @@ async fn read_body(mut body: crate::proxy::Body) -> Result<bytes::Bytes, String>
             buf.extend_from_slice(&d);
             if buf.len() > MAX_BODY {
                 return Err(format!(
-                    "the request body is larger than {} KiB and has no x-amz-content-sha256 header, so moat cannot hash it to sign it; send x-amz-content-sha256",
+                    "the request body is larger than {} KiB, so moat cannot hash it (no x-amz-content-sha256 header) or read its Action (a form body) to sign it; send x-amz-content-sha256, or a smaller form body",
                     MAX_BODY / 1024
                 ));
             }
@@ -596,7 +798,9 @@ mod tests {
         let all = format!("{h:?}");
         assert!(!all.contains(PH_SECRET) && !all.contains(PH_TOKEN) && !all.contains(PH_KEY));
         assert_eq!(
-            action("sts", host, "POST", "/", &h, Some(body)).as_deref(),
+            action("sts", host, "POST", "/", &h, Some(body))
+                .unwrap()
+                .as_deref(),
             Some("GetCallerIdentity")
         );
     }
@@ -651,7 +855,9 @@ mod tests {
                 "{path}"
             );
             assert_eq!(
-                action("s3", host, "PUT", path, &h, None).as_deref(),
+                action("s3", host, "PUT", path, &h, None)
+                    .unwrap()
+                    .as_deref(),
                 Some("PutObject")
             );
         }
@@ -820,10 +1026,43 @@ mod tests {
             "my-lb-123.us-east-1.elb.amazonaws.com",
             "bucket.s3-website-us-east-1.amazonaws.com",
             "x.vfs.cloud9.us-east-1.amazonaws.com",
+            "bucket.s3-website.eu-west-1.amazonaws.com",
+            "abc123.execute-api.us-east-1.amazonaws.com",
+            "abc123.execute-api.cn-north-1.amazonaws.com.cn",
+            "abc.appsync-api.us-east-1.amazonaws.com",
+            "abc.appsync-realtime-api.us-east-1.amazonaws.com",
+            "env.us-east-1.elasticbeanstalk.amazonaws.com",
+            "env.cn-north-1.eb.amazonaws.com.cn",
+            "vpce-0123-abcd.vpce-svc-0123.us-east-1.vpce.amazonaws.com",
+            "j-1.emrappui-prod.us-east-1.amazonaws.com",
+            "x.emrnotebooks-prod.us-east-1.amazonaws.com",
+            "x.emrstudio-prod.us-east-1.amazonaws.com",
+            "x.analytics-gateway.us-east-1.amazonaws.com",
+            "ec2-1-2-3-4.cn-north-1.compute.amazonaws.com.cn",
+            "ELB.us-east-1.ELB.amazonaws.com.",
+            // Outside the AWS API domains, should a grant ever list them.
+            "abc123.lambda-url.us-east-1.on.aws",
+            "env.us-east-1.elasticbeanstalk.com",
+            "x.notebook.us-east-1.sagemaker.aws",
+            "x.us-east-1.awsapprunner.com",
+            "main.x.amplifyapp.com",
         ] {
+            assert!(customer_host(h), "{h}");
             assert!(!s.covers(h, 443, true), "{h}");
         }
         assert!(s.covers("ec2.us-east-1.amazonaws.com", 443, true));
+        for h in [
+            "apigateway.us-east-1.amazonaws.com",
+            "appsync.us-east-1.amazonaws.com",
+            "elasticbeanstalk.us-east-1.amazonaws.com",
+            "lambda.us-east-1.amazonaws.com",
+            "sts.cn-north-1.amazonaws.com.cn",
+            "bucket.s3.us-east-1.amazonaws.com",
+            "bucket.s3-accesspoint.us-east-1.amazonaws.com",
+        ] {
+            assert!(!customer_host(h), "{h}");
+            assert!(s.covers(h, 443, true) || h.ends_with(".cn"), "{h}");
+        }
         assert!(s.covers("elasticloadbalancing.us-east-1.amazonaws.com", 443, true));
         assert!(Signer::new(record(KEY, PH_SECRET)).is_err());
     }
@@ -831,7 +1070,7 @@ mod tests {
     #[test]
     fn s3_actions_from_method_and_path_shape() {
         let h = HeaderMap::new();
-        let a = |host: &str, m: &str, pq: &str| action("s3", host, m, pq, &h, None);
+        let a = |host: &str, m: &str, pq: &str| action("s3", host, m, pq, &h, None).unwrap();
         assert_eq!(
             a("s3.us-east-1.amazonaws.com", "GET", "/").as_deref(),
             Some("ListBuckets")
@@ -863,8 +1102,134 @@ mod tests {
             HeaderValue::from_static("AmazonSSM.GetParameter"),
         );
         assert_eq!(
-            action("ssm", "ssm.us-east-1.amazonaws.com", "POST", "/", &t, None).as_deref(),
+            action("ssm", "ssm.us-east-1.amazonaws.com", "POST", "/", &t, None)
+                .unwrap()
+                .as_deref(),
             Some("GetParameter")
+        );
+    }
+
+    /// THREATS A5 (review of #23: `deny service:Action` walked around): `Action` is read
+    /// percent-decoded from query and form, twice is refused; S3 path style is told from the
+    /// host's shape, so a bucket named `s3.something` is still virtual-hosted.
+    #[test]
+    fn actions_are_decoded_and_s3_path_style_is_told_by_host_shape() {
+        let h = HeaderMap::new();
+        let q = |pq: &str, body: Option<&[u8]>| {
+            action("iam", "iam.amazonaws.com", "POST", pq, &h, body)
+        };
+        assert_eq!(
+            q("/", Some(b"Action=%44eleteRole&RoleName=x"))
+                .unwrap()
+                .as_deref(),
+            Some("DeleteRole")
+        );
+        assert_eq!(
+            q("/", Some(b"%41ction=Delete%52ole")).unwrap().as_deref(),
+            Some("DeleteRole")
+        );
+        assert_eq!(
+            q("/?action=DeleteRole", None).unwrap().as_deref(),
+            Some("DeleteRole")
+        );
+        assert_eq!(q("/", Some(b"Version=2010-05-08")).unwrap(), None);
+        for (pq, body) in [
+            ("/", &b"Action=ListRoles&Action=DeleteRole"[..]),
+            ("/?Action=ListRoles", &b"Action=DeleteRole"[..]),
+            ("/", &b"Action=ListRoles&%41ction=DeleteRole"[..]),
+        ] {
+            let e = q(pq, Some(body)).unwrap_err();
+            assert!(e.contains("more than once"), "{e}");
+        }
+        assert_eq!(form_decode("a+b%2Fc%zz%4"), "a b/c%zz%4");
+        for path in [
+            "s3.amazonaws.com",
+            "s3.us-east-1.amazonaws.com",
+            "s3-us-west-2.amazonaws.com",
+            "s3-external-1.amazonaws.com",
+            "s3-fips.us-gov-west-1.amazonaws.com",
+            "s3.dualstack.eu-west-1.amazonaws.com",
+            "s3-fips.dualstack.us-east-1.amazonaws.com",
+            "s3.cn-north-1.amazonaws.com.cn",
+        ] {
+            assert!(s3_path_style(path), "{path}");
+        }
+        for vhost in [
+            "s3.something.s3.us-east-1.amazonaws.com",
+            "s3.us-east-1.s3.us-east-1.amazonaws.com",
+            "s3-bucket.s3.amazonaws.com",
+            "bucket.s3.us-east-1.amazonaws.com",
+            "s3.example.com",
+        ] {
+            assert!(!s3_path_style(vhost), "{vhost}");
+        }
+        let s3 = |host: &str, m: &str, pq: &str| action("s3", host, m, pq, &h, None).unwrap();
+        assert_eq!(
+            s3("s3.x.s3.us-east-1.amazonaws.com", "DELETE", "/k").as_deref(),
+            Some("DeleteObject")
+        );
+        assert_eq!(
+            s3("s3.x.s3.us-east-1.amazonaws.com", "DELETE", "/").as_deref(),
+            Some("DeleteBucket")
+        );
+    }
+
+    /// THREATS B4/B5 (review of #23): an action whose answer is a usable credential is never
+    /// signed, nor, for the services that have one, an action moat could not work out.
+    #[test]
+    fn credential_answers_are_not_signed() {
+        for (svc, act) in [
+            ("sts", "AssumeRole"),
+            ("sts", "assumerolewithwebidentity"),
+            ("sts", "AssumeRoleWithSAML"),
+            ("sts", "GetSessionToken"),
+            ("sts", "GetFederationToken"),
+            ("STS", "AssumeRoot"),
+            ("iam", "CreateAccessKey"),
+            ("iam", "CreateServiceSpecificCredential"),
+            ("sso", "GetRoleCredentials"),
+            ("cognito-identity", "GetCredentialsForIdentity"),
+            ("cognito-identity", "GetOpenIdToken"),
+            ("cognito-identity", "GetOpenIdTokenForDeveloperIdentity"),
+            ("ecr", "GetAuthorizationToken"),
+            ("codeartifact", "GetAuthorizationToken"),
+            ("redshift", "GetClusterCredentials"),
+            ("redshift", "GetClusterCredentialsWithIAM"),
+            ("iam", "ResetServiceSpecificCredential"),
+            ("ecr-public", "GetAuthorizationToken"),
+            ("awsssoportal", "GetRoleCredentials"),
+        ] {
+            let e = refuse_credential_answers(svc, Some(act)).unwrap_err();
+            assert!(
+                e.starts_with("moat does not sign requests whose answer is a credential"),
+                "{e}"
+            );
+        }
+        for svc in ["sts", "iam", "cognito-identity", "ecr", "redshift"] {
+            assert!(refuse_credential_answers(svc, None).is_err(), "{svc}");
+        }
+        for (svc, act) in [
+            ("sts", Some("GetCallerIdentity")),
+            ("iam", Some("ListRoles")),
+            ("s3", Some("GetObject")),
+            ("s3", None),
+            ("codeartifact", None),
+        ] {
+            assert!(refuse_credential_answers(svc, act).is_ok(), "{svc} {act:?}");
+        }
+        let h = HeaderMap::new();
+        assert_eq!(
+            action(
+                "codeartifact",
+                "codeartifact.us-east-1.amazonaws.com",
+                "POST",
+                "/v1/authorization-token?domain=d",
+                &h,
+                None
+            )
+            .unwrap()
+            .as_deref(),
+            Some("GetAuthorizationToken")
         );
     }
 

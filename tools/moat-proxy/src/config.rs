@@ -90,7 +90,8 @@ impl Rulebook {
             self.allow.clone(),
             injector.patterns(),
             net_rules,
-        );
+        )
+        .with_aws(injector.aws.clone());
         Ok((injector, policy, relays))
     }
 }

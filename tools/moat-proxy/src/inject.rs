@@ -104,11 +104,11 @@ impl Injector {
         g
     }
 
+    /// Not the AWS signer's: it grants only what it signs (see `Policy::with_aws`).
     pub fn patterns(&self) -> Vec<HostPattern> {
         self.rules
             .iter()
             .flat_map(|r| r.patterns.iter().map(|(_, p)| p.clone()))
-            .chain(self.aws.iter().flat_map(|a| a.patterns().to_vec()))
             .collect()
     }
 

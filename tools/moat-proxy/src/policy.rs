@@ -135,6 +135,8 @@ pub struct Policy {
     allow: Vec<HostPattern>,
     granted: Vec<HostPattern>,
     net: Vec<NetRule>,
+    /// An `aws_sign` record grants only what it signs: HTTPS to the hosts it covers.
+    aws: Option<std::sync::Arc<crate::awssign::Signer>>,
 }
 
 fn pattern_matches(p: &HostPattern, host: &str, port: u16) -> bool {
@@ -156,7 +158,15 @@ impl Policy {
             allow,
             granted,
             net,
+            aws: None,
         }
+    }
+
+    /// THREATS A8: the AWS signer's hosts are granted for TLS on the ports it signs for
+    /// ([`crate::awssign::Signer::covers`]), never for port 80 or names AWS customers run.
+    pub fn with_aws(mut self, aws: Option<std::sync::Arc<crate::awssign::Signer>>) -> Policy {
+        self.aws = aws;
+        self
     }
 
     /// Is this host and port explicitly allowed with its port (`--allow host:port`)?
@@ -224,6 +234,10 @@ impl Policy {
             || !rules.is_empty()
             || self.allow.iter().any(|p| pattern_matches(p, host, port))
             || self.granted.iter().any(|p| pattern_matches(p, host, port))
+            || self
+                .aws
+                .as_ref()
+                .is_some_and(|a| a.covers(host, port, true))
         {
             return Decision::Allow;
         }
@@ -256,7 +270,19 @@ impl Policy {
             .filter(|n| pattern_matches(&n.host, host, port))
         {
             for r in &n.actions {
-                // An action not worked out matches only `*`.
+                // An action not worked out matches only `*`; a rule of its service that
+                // names actions is reached first: refused, the rule cannot be applied.
+                if action.is_empty() && r.action != "*" && wild_eq(&r.service, &service) {
+                    let shown = display_host(host, port);
+                    return Decision::Deny {
+                        rule: r.text.clone(),
+                        kind: "request-rule",
+                        message: format!(
+                            "Moat: request blocked by network policy.\nHost \"{shown}\": the AWS action of this {service} request could not be determined, and rule \"{}\" names actions.\nSend the request as the AWS SDK or CLI does, or use a {service}:* rule.\n",
+                            r.text
+                        ),
+                    };
+                }
                 let act = r.action == "*" || (!action.is_empty() && wild_eq(&r.action, &action));
                 if wild_eq(&r.service, &service) && act {
                     if r.allow {
@@ -375,6 +401,76 @@ fn glob_match(glob: &[String], path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn aws_signer() -> std::sync::Arc<crate::awssign::Signer> {
+        let r = moat_core::rules::AwsSign {
+            grant: "aws".into(),
+            hosts: vec![
+                "*.amazonaws.com".into(),
+                "*.amazonaws.com.cn".into(),
+                "*.api.aws".into(),
+            ],
+            placeholder_access_key_id: "ASIAPLACEHOLDER00001".into(),
+            placeholder_secret_access_key: "placeholder-secret".into(),
+            placeholder_session_token: "placeholder-token".into(),
+            access_key_id: "ASIAREALKEY000000002".into(),
+            secret_access_key: "real-secret".into(),
+            session_token: "real-token".into(),
+            expiration: None,
+        };
+        std::sync::Arc::new(crate::awssign::Signer::new(r).unwrap())
+    }
+
+    /// THREATS A8 (issue #23 review): under strict policy an AWS grant reaches only what it
+    /// signs (HTTPS on 443 to AWS API names), not port 80 and not names whose servers AWS
+    /// customers run (EC2, load balancers, S3 websites, API Gateway, Lambda URLs, ...).
+    #[test]
+    fn an_aws_grant_allows_only_what_it_signs() {
+        let p = Policy::new(Mode::Strict, vec![], vec![], vec![]).with_aws(Some(aws_signer()));
+        for h in [
+            "sts.us-east-1.amazonaws.com",
+            "bucket.s3.us-east-1.amazonaws.com",
+            "iam.amazonaws.com.cn",
+            "sts.us-east-1.api.aws",
+        ] {
+            assert_eq!(p.check(h, 443, "GET", "/"), Decision::Allow, "{h}");
+            assert!(
+                matches!(p.check(h, 80, "GET", "/"), Decision::Deny { .. }),
+                "{h}:80"
+            );
+        }
+        for h in [
+            "ec2-203-0-113-5.compute-1.amazonaws.com",
+            "my-lb-1.us-east-1.elb.amazonaws.com",
+            "bucket.s3-website-us-east-1.amazonaws.com",
+            "abc123.execute-api.us-east-1.amazonaws.com",
+            "abc123.lambda-url.us-east-1.on.aws",
+            "app.eu-west-1.elasticbeanstalk.com",
+            "abc.appsync-api.us-east-1.amazonaws.com",
+        ] {
+            assert!(
+                matches!(p.check(h, 443, "GET", "/"), Decision::Deny { .. }),
+                "{h}"
+            );
+        }
+        // An explicit allow still reaches them.
+        let p = Policy::new(
+            Mode::Strict,
+            vec![HostPattern::parse("abc123.execute-api.us-east-1.amazonaws.com").unwrap()],
+            vec![],
+            vec![],
+        )
+        .with_aws(Some(aws_signer()));
+        assert_eq!(
+            p.check(
+                "abc123.execute-api.us-east-1.amazonaws.com",
+                443,
+                "GET",
+                "/"
+            ),
+            Decision::Allow
+        );
+    }
 
     fn gl(p: &str) -> Vec<String> {
         p.split('/').map(String::from).collect()
@@ -528,6 +624,48 @@ mod tests {
             p.check("api.example", 443, "GET", "/public/x"),
             Decision::Allow
         );
+    }
+
+    /// THREATS A5 (review of #23: rules walked around): an action moat could not work out never slips past a
+    /// rule that names actions; it is refused with a message that says so. A `service:*`
+    /// rule reached first still decides.
+    #[test]
+    fn aws_unknown_action_fails_closed() {
+        let n = NetRule::parse(
+            "*.amazonaws.com",
+            &[
+                "deny iam:Delete*".into(),
+                "allow s3:*".into(),
+                "allow *:*".into(),
+            ],
+        )
+        .unwrap();
+        let p = Policy::new(Mode::Permissive, vec![], vec![], vec![n]);
+        let Decision::Deny { rule, message, .. } =
+            p.check_aws("iam.amazonaws.com", 443, "iam", None)
+        else {
+            panic!("an unknown iam action passed deny iam:Delete*");
+        };
+        assert_eq!(rule, "deny iam:Delete*");
+        assert!(message.contains("could not be determined"), "{message}");
+        assert_eq!(
+            p.check_aws("iam.amazonaws.com", 443, "iam", Some("ListRoles")),
+            Decision::Allow
+        );
+        assert_eq!(
+            p.check_aws("s3.amazonaws.com", 443, "s3", None),
+            Decision::Allow
+        );
+        assert_eq!(
+            p.check_aws("lambda.us-east-1.amazonaws.com", 443, "lambda", None),
+            Decision::Allow
+        );
+        let n = NetRule::parse("*.amazonaws.com", &["deny *:Delete*".into()]).unwrap();
+        let p = Policy::new(Mode::Permissive, vec![], vec![], vec![n]);
+        assert!(matches!(
+            p.check_aws("lambda.us-east-1.amazonaws.com", 443, "lambda", None),
+            Decision::Deny { .. }
+        ));
     }
 
     /// Issue #23: `service:Action` rules for AWS requests (THREATS A5-style: a rule cannot be

@@ -954,6 +954,8 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         if !grants.is_empty() {
             let secrets = live.injector.secrets(&t.host, t.port, t.tls);
             crate::redact::mask_headers(&secrets, &mut parts.headers);
+            // hyper writes a non-standard reason phrase back as received; it may echo one.
+            parts.extensions.remove::<hyper::ext::ReasonPhrase>();
         }
         parts
             .headers
@@ -1015,6 +1017,8 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         // The request carried a credential: mask it wherever the response reflects it.
         let secrets = live.injector.secrets(&t.host, t.port, t.tls);
         crate::redact::mask_headers(&secrets, &mut parts.headers);
+        // hyper writes a non-standard reason phrase back as received; it may echo one.
+        parts.extensions.remove::<hyper::ext::ReasonPhrase>();
         crate::redact::Redact::new(body, secrets).boxed_unsync()
     };
     finish(ctx, Response::from_parts(parts, body))

@@ -176,3 +176,122 @@ fn placeholder_signed_requests_reach_aws_signed_with_the_real_session() {
     let f = moat_testkit::files_containing(env.path(), secret.as_bytes());
     assert!(f.is_empty(), "the real secret in {f:?}");
 }
+
+/// THREATS A5 (review of #23: `deny service:Action` walked around) and B4/B5 (an answer that
+/// is a credential): through the proxy, a form body's Action is read even when the client
+/// sends `x-amz-content-sha256`, percent-encoded names are decoded, a second Action is
+/// refused, and `sts:AssumeRole` is never signed. None of these reach the upstream; the
+/// allowed control request does, and the real token never reaches the client.
+#[test]
+fn action_rules_and_credential_answers_hold_against_other_spellings() {
+    let env = TestEnv::new();
+    let (secret, token) = (canary(), canary());
+    let (up, ca) = granted_upstream(&env, HOST, &[b"http/1.1"]);
+    let ct = format!("{HOST}:443:127.0.0.1:{}", up.port());
+    let mut rules = rules(&secret, &token);
+    rules.push_str(
+        r#"{"v":1,"type":"net_rule","host":"*.amazonaws.com","rules":["deny iam:DeleteRole"]}"#,
+    );
+    rules.push('\n');
+    let p = Proxy::start(
+        &env,
+        &rules,
+        &["--connect-to", &ct, "--extra-ca", ca.to_str().unwrap()],
+    );
+    let (purl, pca) = (p.url(), p.ca.to_str().unwrap().to_string());
+    let url = format!("https://{HOST}/");
+    // `hashed`: the body whose digest goes into x-amz-content-sha256, if any.
+    let send = |service: &str, body: &str, hashed: Option<&str>| {
+        let scope = format!("aws:amz:us-east-1:{service}");
+        let user = format!("{PH_KEY}:{PH_SECRET}");
+        let tok = format!("x-amz-security-token: {PH_TOKEN}");
+        let hash = format!(
+            "x-amz-content-sha256: {}",
+            sigv4::sha256_hex(hashed.unwrap_or("").as_bytes())
+        );
+        let mut args = vec![
+            "-x",
+            &purl,
+            "--cacert",
+            &pca,
+            "-i",
+            "--aws-sigv4",
+            &scope,
+            "-u",
+            &user,
+            "-H",
+            &tok,
+            "-d",
+            body,
+        ];
+        if hashed.is_some() {
+            args.extend(["-H", &hash]);
+        }
+        args.push(&url);
+        curl(&env, &args)
+    };
+    for (service, body, hash, says) in [
+        (
+            "iam",
+            "Action=DeleteRole&RoleName=r&Version=2010-05-08",
+            Some("Action=DeleteRole&RoleName=r&Version=2010-05-08"),
+            "is denied by rule",
+        ),
+        (
+            "iam",
+            "Action=%44eleteRole&RoleName=r&Version=2010-05-08",
+            None,
+            "is denied by rule",
+        ),
+        (
+            "iam",
+            "Action=ListRoles&Action=DeleteRole&RoleName=r",
+            Some("Action=ListRoles&Action=DeleteRole&RoleName=r"),
+            "more than once",
+        ),
+        (
+            "iam",
+            "Action=DeleteRole&RoleName=r",
+            Some("Action=ListRoles"),
+            "is not the hash of the body",
+        ),
+        (
+            "iam",
+            "Action=ListRoles&Action=DeleteRole&RoleName=r",
+            None,
+            "more than once",
+        ),
+        (
+            "sts",
+            "Action=AssumeRole&RoleArn=arn:aws:iam::1:role/x&RoleSessionName=s&Version=2011-06-15",
+            Some(
+                "Action=AssumeRole&RoleArn=arn:aws:iam::1:role/x&RoleSessionName=s&Version=2011-06-15",
+            ),
+            "moat does not sign requests whose answer is a credential",
+        ),
+        (
+            "sts",
+            "Action=GetSessionToken&Version=2011-06-15",
+            None,
+            "moat does not sign requests whose answer is a credential",
+        ),
+    ] {
+        let r = send(service, body, hash);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(status(&r.stdout), "403", "{body}: {}", r.stdout);
+        assert!(r.stdout.contains(says), "{body}: {}", r.stdout);
+    }
+    assert!(
+        up.seen().is_empty(),
+        "a refused request reached the upstream"
+    );
+    let ok = "Action=ListRoles&Version=2010-05-08";
+    let r = send("iam", ok, Some(ok));
+    assert_eq!(status(&r.stdout), "200", "{}", r.stdout);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    verifies(&seen[0], REAL_KEY, &secret).unwrap();
+    assert!(!r.stdout.contains(&token) && !r.stdout.contains(&secret));
+    let f = moat_testkit::files_containing(env.path(), secret.as_bytes());
+    assert!(f.is_empty(), "the real secret in {f:?}");
+}

@@ -352,3 +352,50 @@ fn a_gzip_transfer_coding_on_a_credentialed_response_is_refused() {
     );
     p.assert_no_leak(&secret);
 }
+
+/// THREATS B4: an upstream whose HTTP/1 status line echoes the credential as a non-standard
+/// reason phrase (`401 Bearer <credential>`) does not hand it to the client: the reason
+/// phrase of a response to a credentialed request is not forwarded.
+#[test]
+fn a_reason_phrase_echoing_the_credential_is_not_forwarded() {
+    use std::io::{Read, Write};
+    let env = TestEnv::new();
+    let secret = canary();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((mut c, _)) = l.accept() else { return };
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let h = String::from_utf8_lossy(&head).to_string();
+        let auth = h
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("authorization: "))
+            .map(|l| l["authorization: ".len()..].to_string())
+            .unwrap_or_else(|| "none".into());
+        let _ = write!(
+            c,
+            "HTTP/1.1 401 {auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    });
+    let rules = bearer_rule("plain", &["http://reason.example"], &secret);
+    let p = Proxy::routed(&env, &rules, &[("reason.example:80", port)], &[]);
+    let mut s = std::net::TcpStream::connect(&p.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET http://reason.example/ HTTP/1.1\r\nHost: reason.example\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
+        basic(&p.token)
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).to_string();
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(!out.contains(&secret), "{out}");
+    p.assert_no_leak(&secret);
+}
