@@ -133,11 +133,15 @@ pub fn canonical_authority(authority: &str, default_port: u16) -> Result<(String
 /// A host pattern as users write it in grants and `network.allow`: an exact host
 /// (`api.github.com`), or `*.suffix`, which matches every name under the suffix at any
 /// depth but not the suffix itself; either may end in `:port` to match that port only.
+/// Each further leading `*.` asks for one more label: `*.*.amazonaws.com` (as the Go
+/// moat's documents write it) matches `s3.us-east-1.amazonaws.com` and anything deeper,
+/// but not `s3.amazonaws.com`. A `*` anywhere else is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostPattern {
-    /// Canonical host, or for a wildcard the canonical suffix without `*.`.
+    /// Canonical host, or for a wildcard the canonical suffix without its `*.` labels.
     host: String,
-    wildcard: bool,
+    /// How many leading `*.` labels: 0 for an exact host.
+    stars: u8,
     port: Option<u16>,
 }
 
@@ -148,24 +152,25 @@ impl HostPattern {
             return Err(err("pattern \"*\" would match every host; name the hosts"));
         }
         let (h, port) = split_host_port(s)?;
-        let (wildcard, h) = match h.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, h),
-        };
+        let mut stars = 0u8;
+        let mut h = h;
+        while let Some(rest) = h.strip_prefix("*.") {
+            if stars == 8 {
+                return Err(err(format!("bad host pattern {s:?}: too many '*.' labels")));
+            }
+            stars += 1;
+            h = rest;
+        }
         if h.contains('*') {
             return Err(err(format!(
-                "bad host pattern {s:?}: '*' may only start it, as in *.example.com"
+                "bad host pattern {s:?}: '*' may only stand for whole leading labels, as in *.example.com"
             )));
         }
         let host = canonical_host(h)?;
-        if wildcard && !host.contains('.') {
+        if stars > 0 && !host.contains('.') {
             return Err(err(format!("pattern {s:?} is too broad; write *.name.tld")));
         }
-        Ok(HostPattern {
-            host,
-            wildcard,
-            port,
-        })
+        Ok(HostPattern { host, stars, port })
     }
 
     /// Does this pattern match a canonical host and port?
@@ -173,17 +178,23 @@ impl HostPattern {
         if self.port.is_some_and(|p| p != port) {
             return false;
         }
-        if self.wildcard {
-            host.len() > self.host.len() + 1
-                && host.ends_with(&self.host)
-                && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
-        } else {
-            host == self.host
+        if self.stars == 0 {
+            return host == self.host;
         }
+        if !(host.len() > self.host.len() + 1
+            && host.ends_with(&self.host)
+            && host.as_bytes()[host.len() - self.host.len() - 1] == b'.')
+        {
+            return false;
+        }
+        // The labels in front of the suffix: at least one per `*`, none of them empty
+        // (a canonical host has no empty labels).
+        let prefix = &host[..host.len() - self.host.len() - 1];
+        prefix.split('.').count() >= usize::from(self.stars)
     }
 
     pub fn is_wildcard(&self) -> bool {
-        self.wildcard
+        self.stars > 0
     }
     pub fn host(&self) -> &str {
         &self.host
@@ -195,7 +206,7 @@ impl HostPattern {
 
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.wildcard {
+        for _ in 0..self.stars {
             f.write_str("*.")?;
         }
         if self.host.contains(':') {
@@ -266,6 +277,24 @@ mod tests {
         assert!(HostPattern::parse("*").is_err());
         assert!(HostPattern::parse("*.com").is_err());
         assert!(HostPattern::parse("a.*.com").is_err());
+    }
+
+    #[test]
+    fn each_leading_star_asks_for_one_more_label() {
+        let p = HostPattern::parse("*.*.AmazonAWS.com").unwrap();
+        assert_eq!(p.to_string(), "*.*.amazonaws.com");
+        assert!(p.is_wildcard());
+        assert!(p.matches("s3.us-east-1.amazonaws.com", 443));
+        assert!(p.matches("a.b.c.amazonaws.com", 443));
+        assert!(!p.matches("s3.amazonaws.com", 443));
+        assert!(!p.matches("amazonaws.com", 443));
+        assert!(!p.matches("s3.us-east-1.evilamazonaws.com", 443));
+        assert_eq!(HostPattern::parse(&p.to_string()).unwrap(), p);
+        assert!(HostPattern::parse("*.*.com").is_err());
+        assert!(HostPattern::parse("*.*").is_err());
+        assert!(HostPattern::parse("*.a*.example.com").is_err());
+        assert!(HostPattern::parse("*.*.*.*.*.*.*.*.*.example.com").is_err());
+        assert!(HostPattern::parse("*.*.*.*.*.*.*.*.example.com").is_ok());
     }
 
     #[test]

@@ -1235,6 +1235,19 @@ mod tests {
     }
 
     #[test]
+    fn the_seeds_multi_label_wildcards_are_accepted() {
+        let text = "network:\n  policy: strict\n  allow:\n    - \"api.openai.com\"\n    - \"*.github.com\"\n    - \"*.*.amazonaws.com\"\n";
+        let (c, _) = parse(text, "moat.yaml").unwrap();
+        assert_eq!(c.network.allow[2], "*.*.amazonaws.com");
+        let e = parse(
+            "network:\n  allow:\n    - \"s3.*.amazonaws.com\"\n",
+            "moat.yaml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("whole leading labels"), "{e}");
+    }
+
+    #[test]
     fn unknown_fields_are_warned_with_a_suggestion() {
         let (_, w) = parse(
             "name: x\ngrnats: [github]\nnetwork:\n  polcy: strict\n",
