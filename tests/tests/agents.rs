@@ -98,6 +98,39 @@ fn claude_p_with_an_api_key_prints_the_streamed_answer() {
     assert!(s.stdout().contains(&id), "{}", s.stdout());
 }
 
+/// The seeds' `moat claude --grant github`: naming another provider's grant keeps the
+/// agent's own (`anthropic`), so Claude Code is signed in and answers; before, the named
+/// grant replaced the default and Claude started signed out.
+#[test]
+fn claude_with_a_github_grant_keeps_its_own_and_answers() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-api03-");
+    let gh = canary("ghp_");
+    let (m, st) = with_standin(Options::new(Kind::AnthropicApiKey, &real));
+    grant_token(&m, &["anthropic"], &real);
+    grant_token(&m, &["github"], &gh);
+    let r = m.run_timeout(
+        "moat",
+        &[
+            "claude",
+            "--no-sandbox",
+            "--grant",
+            "github",
+            "-p",
+            "say hello",
+        ],
+        None,
+        900,
+    );
+    assert_eq!(r.code(), 0, "{}\n{}", r.stderr(), st.request_lines());
+    assert!(r.stdout().contains(ANSWER), "{}", r.stdout());
+    assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
+    leaves_no_trace(&r, &m, &real);
+    leaves_no_trace(&r, &m, &gh);
+}
+
 /// A subscription whose access token expires a few seconds into the run: the supervisor
 /// renews it on the host at the stand-in's token endpoint, the store keeps the new tokens,
 /// the proxy takes the new rule set, and Claude Code (started after a pre_run pause)

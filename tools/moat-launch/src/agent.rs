@@ -64,6 +64,51 @@ pub fn default_grant(cli: &str) -> &'static str {
     }
 }
 
+/// Does a run of `cli` with these grants need the agent's default grant added? Not when
+/// one of them is a credential of the agent's own provider (`providers` maps stored
+/// grant names to their provider, as `moat-grant list --json` says); otherwise yes, so
+/// `moat claude --grant github` keeps Claude signed in, as the Go moat does.
+pub fn needs_default_grant(
+    cli: &str,
+    grants: &[String],
+    providers: &std::collections::HashMap<String, String>,
+) -> bool {
+    let own = default_grant(cli);
+    !grants
+        .iter()
+        .any(|g| g == own || providers.get(g).is_some_and(|p| p == own))
+}
+
+/// Stored grant names and their providers, from `moat-grant list --json` (names and
+/// providers only; nothing secret is printed by `list`).
+pub fn stored_providers() -> Result<std::collections::HashMap<String, String>> {
+    let o = std::process::Command::new(crate::run::tool("moat-grant"))
+        .args(["list", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| Error::io("running moat-grant list", e))?;
+    if !o.status.success() {
+        return Err(Error::new(
+            o.status.code().unwrap_or(moat_core::exit::SOFTWARE),
+            "could not list the stored grants",
+        ));
+    }
+    let mut out = std::collections::HashMap::new();
+    for l in String::from_utf8_lossy(&o.stdout).lines() {
+        let Ok(Some(r)) = moat_core::jsonl::parse(l) else {
+            continue;
+        };
+        if r.kind != "grant" {
+            continue;
+        }
+        if let (Some(n), Some(p)) = (r.str("name"), r.str("provider")) {
+            out.insert(n.to_string(), p.to_string());
+        }
+    }
+    Ok(out)
+}
+
 /// The directory under HOME that holds the CLI's session logs, and the run directory's
 /// subdirectory they land in with `sync_logs`.
 pub fn log_dir(cli: &str) -> (&'static str, &'static str) {
@@ -559,5 +604,27 @@ mod tests {
         assert!(!text.contains("REAL"));
         assert!(text.contains("sk-ant-oat01-moatProxyInjected"));
         assert!(env.contains(&("IS_SANDBOX".into(), "1".into())));
+    }
+
+    #[test]
+    fn another_providers_grant_keeps_the_agents_own() {
+        let stored: std::collections::HashMap<String, String> = [
+            ("github", "github"),
+            ("work", "anthropic"),
+            ("anthropic", "anthropic"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(needs_default_grant("claude", &g(&["github"]), &stored));
+        assert!(!needs_default_grant(
+            "claude",
+            &g(&["github", "work"]),
+            &stored
+        ));
+        assert!(!needs_default_grant("claude", &g(&["anthropic"]), &stored));
+        assert!(needs_default_grant("codex", &g(&["work"]), &stored));
+        assert!(!needs_default_grant("codex", &g(&["openai"]), &stored));
     }
 }

@@ -1085,8 +1085,15 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
             resume: args.resume.clone(),
         };
         command = Some(crate::agent::command(&spec));
+        let own = crate::agent::default_grant(cli);
         if grants.is_empty() {
-            grants.push(crate::agent::default_grant(cli).to_string());
+            grants.push(own.to_string());
+        } else if !grants.iter().any(|g| g == own)
+            && crate::agent::needs_default_grant(cli, &grants, &crate::agent::stored_providers()?)
+        {
+            // Another provider's grant (`moat claude --grant github`) must not sign the
+            // agent out: its own credential comes too.
+            grants.push(own.to_string());
         }
         agent_cli = Some(spec);
     }
