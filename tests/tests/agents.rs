@@ -131,6 +131,29 @@ fn claude_with_a_github_grant_keeps_its_own_and_answers() {
     leaves_no_trace(&r, &m, &gh);
 }
 
+/// The seeds' `moat run -p "prompt"`: with `agent: claude` in the workspace's moat.yaml the
+/// prompt goes to Claude Code, non-interactively, as `moat claude -p` does.
+#[test]
+fn run_p_sends_the_prompt_to_the_workspaces_agent() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-api03-");
+    let (m, st) = with_standin(Options::new(Kind::AnthropicApiKey, &real));
+    grant_token(&m, &["anthropic"], &real);
+    m.write_config("agent: claude\n");
+    let r = m.run_timeout(
+        "moat",
+        &["run", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(r.code(), 0, "{}\n{}", r.stderr(), st.request_lines());
+    assert!(r.stdout().contains(ANSWER), "{}", r.stdout());
+    assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
+    leaves_no_trace(&r, &m, &real);
+}
+
 /// A subscription whose access token expires a few seconds into the run: the supervisor
 /// renews it on the host at the stand-in's token endpoint, the store keeps the new tokens,
 /// the proxy takes the new rule set, and Claude Code (started after a pre_run pause)

@@ -79,6 +79,43 @@ pub fn needs_default_grant(
         .any(|g| g == own || providers.get(g).is_some_and(|p| p == own))
 }
 
+/// `moat run -p PROMPT` (as the seeds' README writes it): the workspace's `agent:` names
+/// the CLI that answers, exactly as `moat claude -p PROMPT` would. Without such an
+/// `agent:` the prompt would have nobody to go to, so it is refused, not dropped.
+pub fn run_prompt(
+    mut args: crate::args::RunArgs,
+    c: &crate::config::Config,
+) -> Result<crate::args::RunArgs> {
+    if args.agent.is_some() || args.prompt.is_none() {
+        return Ok(args);
+    }
+    let hint = "use `moat claude -p PROMPT` (or codex, gemini), or set `agent: claude` (codex, gemini) in moat.yaml";
+    match c.agent.as_deref() {
+        Some(a @ ("claude" | "codex" | "gemini")) => {
+            if args.command.is_some() {
+                return Err(Error::usage(format!(
+                    "-p sends the prompt to {a}; a command after -- cannot be run as well"
+                )));
+            }
+            if args.interactive {
+                return Err(Error::usage(
+                    "-p answers one prompt without a terminal; drop -i",
+                ));
+            }
+            args.agent = Some(a.to_string());
+            Ok(args)
+        }
+        Some(other) => Err(Error::usage(format!(
+            "moat run -p runs an agent's CLI, and this workspace's agent: {other:?} is not claude, codex or gemini"
+        ))
+        .with_hint(hint)),
+        None => Err(Error::usage(
+            "moat run -p needs `agent: claude|codex|gemini` in the workspace's moat.yaml to know which CLI answers",
+        )
+        .with_hint(hint)),
+    }
+}
+
 /// Stored grant names and their providers, from `moat-grant list --json` (names and
 /// providers only; nothing secret is printed by `list`).
 pub fn stored_providers() -> Result<std::collections::HashMap<String, String>> {

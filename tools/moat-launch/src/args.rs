@@ -70,7 +70,8 @@ Run options:
                              ~/.ssh, ~/.aws or another key directory (warns)
 
 Agent options (claude, codex, gemini; with the run options):
-    -p, --prompt PROMPT      answer PROMPT and exit (non-interactive)
+    -p, --prompt PROMPT      answer PROMPT and exit (non-interactive); `moat run -p`
+                             runs the CLI named by the workspace's `agent:`
     --keep-prompts           keep the CLI's own permission and trust prompts
     --resume RUN             continue the session kept by RUN (needs sync_logs)
 
@@ -374,7 +375,7 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
             Long("no-snapshots") => r.no_snapshots = true,
             Long("no-audit") => r.no_audit = true,
             Long("allow-sensitive-mount") => r.allow_sensitive_mount = true,
-            Short('p') | Long("prompt") if agent => {
+            Short('p') | Long("prompt") => {
                 r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)
             }
             Long("keep-prompts") if agent => r.keep_prompts = true,

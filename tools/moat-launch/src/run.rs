@@ -66,6 +66,7 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
     for w in &loaded.warnings {
         eprintln!("moat-launch: warning: {w}");
     }
+    let args = crate::agent::run_prompt(args, &loaded.config)?;
     let mut spec = config::resolve(&args, &loaded, &workspace)?;
     crate::mcp::check_stored(&home, &spec.mcp)?;
     crate::trust::check_sensitive(&home, &workspace, &spec.binds, args.allow_sensitive_mount)?;

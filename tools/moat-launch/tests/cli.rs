@@ -98,3 +98,28 @@ fn no_docker_is_a_clear_failure_of_the_run() {
     let list = env.run("moat-launch", &["list", "--json"]);
     list.success().stdout_has("\"state\":\"failed\"");
 }
+
+/// `moat run -p PROMPT` goes to the CLI the workspace's `agent:` names; without one (or
+/// with an agent that is not a CLI moat runs) it is refused, never dropped.
+#[test]
+fn run_p_without_an_agent_cli_is_refused_with_the_reason() {
+    let env = TestEnv::new();
+    let ws = env.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let w = ws.to_str().unwrap();
+    env.run("moat-launch", &["run", w, "-p", "fix the tests"])
+        .exit(64)
+        .stderr_has("needs `agent: claude|codex|gemini`")
+        .stderr_has("moat claude -p");
+    std::fs::write(ws.join("moat.yaml"), "agent: my-agent\n").unwrap();
+    env.run("moat-launch", &["run", w, "-p", "fix the tests"])
+        .exit(64)
+        .stderr_has("\"my-agent\" is not claude, codex or gemini");
+    std::fs::write(ws.join("moat.yaml"), "agent: claude\n").unwrap();
+    env.run("moat-launch", &["run", w, "-p", "x", "--", "true"])
+        .exit(64)
+        .stderr_has("cannot be run as well");
+    // Refused before any run exists.
+    let runs = env.path().join("home/.moat/runs");
+    assert!(!runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none());
+}
