@@ -154,6 +154,45 @@ fn run_p_sends_the_prompt_to_the_workspaces_agent() {
     leaves_no_trace(&r, &m, &real);
 }
 
+/// The seeds' `claude` grant: `moat grant claude` imports the subscription sign-in, and a
+/// workspace with `grants: [claude]` runs Claude Code signed in with it; no `anthropic`
+/// grant exists, so the agent's default is not added (it would fail to load).
+#[test]
+fn the_claude_grant_signs_claude_code_in() {
+    if !docker_ready() {
+        return;
+    }
+    let real = canary("sk-ant-oat01-");
+    let refresh = canary("sk-ant-ort01-");
+    let (m, st) = with_standin(Options::new(Kind::AnthropicOauth, &real));
+    grant_signed_in(
+        &m,
+        "claude",
+        ".claude/.credentials.json",
+        &serde_json::json!({"claudeAiOauth": {
+            "accessToken": real,
+            "refreshToken": refresh,
+            "expiresAt": epoch_ms_in(30 * 86400),
+            "subscriptionType": "max"
+        }}),
+    );
+    m.write_config("grants: [claude]\n");
+    m.trust(None);
+    let r = m.run_timeout(
+        "moat",
+        &["claude", "--no-sandbox", "-p", "say hello"],
+        None,
+        900,
+    );
+    assert_eq!(r.code(), 0, "{}\n{}", r.stderr(), st.request_lines());
+    assert!(r.stdout().contains(ANSWER), "{}", r.stdout());
+    assert!(messages_with(&st, &real) >= 1, "{}", st.request_lines());
+    let id = m.run_ids().pop().unwrap();
+    assert_eq!(m.metadata(&id)["grants"], serde_json::json!(["claude"]));
+    leaves_no_trace(&r, &m, &real);
+    leaves_no_trace(&r, &m, &refresh);
+}
+
 /// A subscription whose access token expires a few seconds into the run: the supervisor
 /// renews it on the host at the stand-in's token endpoint, the store keeps the new tokens,
 /// the proxy takes the new rule set, and Claude Code (started after a pre_run pause)

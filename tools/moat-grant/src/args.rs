@@ -5,7 +5,7 @@
 use moat_core::{Error, Result, cli};
 
 pub const USAGE: &str = "\
-usage: moat-grant github|anthropic|openai|gemini [--token-stdin] [--no-validate] [--name NAME]
+usage: moat-grant github|anthropic|claude|openai|gemini [--token-stdin] [--no-validate] [--name NAME]
                   [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]...
        moat-grant npm [--registry URL] [--token-stdin] [--no-validate] [--name NAME] [--connect-to ...]
        moat-grant ssh --host HOST [--key FINGERPRINT] [--host-key FILE] [--sshsig-namespace NS]...
@@ -23,6 +23,7 @@ Store credentials for moat runs, encrypted, and hand their injection rules to th
 
 Commands:
     github, anthropic, openai, gemini, npm   import or enter a provider's credential
+    claude   the Claude subscription only (an OAuth token; stored as `claude`, provider anthropic)
     ssh      pin a key of the running SSH agent and a host's public keys
     mcp      a token for a remote MCP server (stored as mcp:NAME)
     aws      an IAM role to assume at run time
@@ -195,6 +196,9 @@ fn parse(mut p: lexopt::Parser) -> Result<Command> {
             ))
         }
         "refresh" => parse_refresh(p),
+        // The Claude subscription under the Go moat's grant name: an `anthropic`
+        // credential named `claude`.
+        "claude" => parse_grant("claude", p),
         c if PROVIDERS.contains(&c) => parse_grant(c, p),
         other => Err(usage(format!(
             "unknown command or provider {other:?} (providers: {})",
@@ -217,7 +221,7 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
     // Which options a provider takes; anything else is a usage error, so a typo never
     // silently changes what gets stored.
     let allowed: &[&str] = match provider {
-        "github" | "anthropic" | "openai" | "gemini" => &[
+        "github" | "anthropic" | "claude" | "openai" | "gemini" => &[
             "name",
             "token-stdin",
             "no-validate",

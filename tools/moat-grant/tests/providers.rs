@@ -171,6 +171,52 @@ fn anthropic_api_key_and_claude_subscription() {
         .leaks_nothing("sk-ant-oat01-broken");
 }
 
+/// `moat grant claude`, as the seeds write it: the subscription sign-in, stored as an
+/// `anthropic` OAuth credential named `claude` (so `grants: [claude]` finds it); an API
+/// key is refused with where it goes instead.
+#[test]
+fn claude_is_the_subscription_under_its_own_name() {
+    let t = TestEnv::new();
+    fs::create_dir_all(t.home.join(".claude")).unwrap();
+    fs::write(
+        t.home.join(".claude/.credentials.json"),
+        r#"{"claudeAiOauth":{"accessToken":"sk-ant-oat01-claudegrant","refreshToken":"sk-ant-ort01-claudegrant","expiresAt":4102444800000}}"#,
+    )
+    .unwrap();
+    // An API key in the environment is not what `claude` takes: the sign-in is imported.
+    grant(
+        &t,
+        &["claude"],
+        &[("ANTHROPIC_API_KEY", "sk-ant-api03-notthisone")],
+        b"",
+    )
+    .success()
+    .stderr_has("stored claude (anthropic oauth");
+    let l = list_record(&t, "claude");
+    assert_eq!(l.str("provider"), Some("anthropic"));
+    assert_eq!(l.str("kind"), Some("oauth"));
+    let recs = rules(&t, &["claude"]);
+    let r = record(&recs, "inject", "api.anthropic.com");
+    assert_eq!(r.str("value"), Some("Bearer sk-ant-oat01-claudegrant"));
+
+    let t = TestEnv::new();
+    store_token(&t, &["claude"], "sk-ant-oat01-fromstdin");
+    assert_eq!(list_record(&t, "claude").str("kind"), Some("oauth"));
+
+    let t = TestEnv::new();
+    grant(
+        &t,
+        &["claude", "--token-stdin"],
+        &[],
+        b"sk-ant-api03-apikey\n",
+    )
+    .exit(64)
+    .stderr_has("not a Claude subscription token")
+    .stderr_has("moat grant anthropic")
+    .leaks_nothing("sk-ant-api03-apikey");
+    assert!(t.run("moat-grant", &["list", "--json"]).stdout().is_empty());
+}
+
 #[test]
 fn openai_from_env_and_codex() {
     let t = TestEnv::new();

@@ -43,6 +43,43 @@ pub fn grant(g: &Grant) -> Result<Credential> {
     Ok(c)
 }
 
+/// `claude`, the seeds' (and the Go moat's) name for the Claude subscription sign-in: an
+/// OAuth token only, from Claude Code's sign-in, `CLAUDE_CODE_OAUTH_TOKEN` (what `claude
+/// setup-token` prints), `--token-stdin` or a prompt. It is an `anthropic` credential of
+/// kind `oauth`, named `claude`, so `grants: [claude]` finds it and the proxy injects it
+/// as it injects any Claude subscription. An API key is refused with where it goes.
+pub fn subscription(g: &Grant) -> Result<Credential> {
+    let mut imported = None;
+    let (token, source) = token_from(
+        g,
+        "Claude OAuth token",
+        &["CLAUDE_CODE_OAUTH_TOKEN"],
+        || {
+            imported = from_claude_code()?;
+            Ok(imported
+                .as_ref()
+                .map(|c: &Credential| (String::new(), c.source.clone())))
+        },
+        "sign in to Claude Code (`claude`), or pass the token `claude setup-token` prints with --token-stdin or CLAUDE_CODE_OAUTH_TOKEN",
+    )?;
+    let mut c = match imported {
+        Some(c) => c,
+        None if token.starts_with(OAUTH_PREFIX) => {
+            let mut c = Credential::new("anthropic", "oauth", source);
+            c.secret.insert("access_token".into(), token.into());
+            c
+        }
+        None => {
+            return Err(Error::usage(
+                "that is not a Claude subscription token (they start with sk-ant-oat)",
+            )
+            .with_hint("an Anthropic API key is stored with `moat grant anthropic`"));
+        }
+    };
+    c.name = "claude".into();
+    Ok(c)
+}
+
 fn claude_credentials_path() -> Result<std::path::PathBuf> {
     Ok(match input::env("CLAUDE_CONFIG_DIR") {
         Some(d) => std::path::PathBuf::from(d).join(".credentials.json"),

@@ -24,6 +24,7 @@ pub fn build(g: &Grant) -> Result<Credential> {
     let mut cred = match g.provider.as_str() {
         "github" => github::grant(g)?,
         "anthropic" => anthropic::grant(g)?,
+        "claude" => anthropic::subscription(g)?,
         "openai" => openai::grant(g)?,
         "gemini" => gemini::grant(g)?,
         "npm" => npm::grant(g)?,
