@@ -239,8 +239,24 @@ fn kind_of(v: &'static str) -> Kind {
 
 /// `moat __complete CWORD WORD...`: print what to complete and the candidates.
 pub fn complete(rest: &[OsString]) -> Result<()> {
+    const USAGE: &str = "usage: moat __complete CWORD WORD...  (run by the completion scripts)";
     let mut it = rest.iter().map(|w| w.to_string_lossy().into_owned());
-    let cword: usize = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let first = it.next().unwrap_or_default();
+    if first == "-h" || first == "--help" {
+        return cli::write_stdout(
+            format!(
+                "{USAGE}\n\nPrint what to complete at word CWORD of the command line WORD... \
+                 (moat first):\na line 'words', 'files' or 'dirs', then the candidates, one a line.\n"
+            )
+            .as_bytes(),
+        );
+    }
+    let Ok(cword) = first.parse::<usize>() else {
+        return Err(cli::usage_error(
+            format!("{first:?} is not a word index"),
+            USAGE,
+        ));
+    };
     let words: Vec<String> = it.collect();
     let home = MoatHome::from_env().ok();
     let (what, cands) = candidates(home.as_ref(), &words, cword);

@@ -216,4 +216,9 @@ fn completions_needs_a_known_shell() {
     assert_eq!(env.run("moat", &["completions"]).code(), 64);
     assert_eq!(env.run("moat", &["completions", "tcsh"]).code(), 64);
     assert_eq!(env.run("moat", &["completions", "bash", "zsh"]).code(), 64);
+    assert_eq!(env.run("moat", &["completions", "--help"]).code(), 0);
+    assert_eq!(env.run("moat", &["__complete", "x", "moat"]).code(), 64);
+    assert_eq!(env.run("moat", &["__complete", "--help"]).code(), 0);
+    let r = env.run("moat", &["__complete", "1", "moat", "lo"]);
+    assert_eq!(r.stdout(), "words\nlogs\n");
 }
