@@ -82,3 +82,58 @@ impl Drop for Progress {
         }
     }
 }
+
+/// The same status line for a loop that also copies other output to the terminal (following
+/// a starting run): no thread; [`Quiet::tick`] draws it once nothing has been written for the
+/// quiet time, [`Quiet::clear`] blanks it before anything else is written, and dropping it
+/// blanks it.
+pub struct Quiet {
+    stage: String,
+    tty: bool,
+    delay: Duration,
+    start: Instant,
+    since: Instant,
+    drawn: Option<Instant>,
+    frame: usize,
+}
+
+impl Quiet {
+    pub fn new(stage: &str) -> Quiet {
+        let now = Instant::now();
+        Quiet {
+            stage: stage.chars().filter(|c| !c.is_control()).take(60).collect(),
+            tty: std::io::stderr().is_terminal(),
+            delay: delay(),
+            start: now,
+            since: now,
+            drawn: None,
+            frame: 0,
+        }
+    }
+
+    pub fn tick(&mut self) {
+        if !self.tty || self.since.elapsed() < self.delay {
+            return;
+        }
+        if self.drawn.is_some_and(|d| d.elapsed() < TICK) {
+            return;
+        }
+        draw(&self.stage, self.frame, self.start);
+        self.frame += 1;
+        self.drawn = Some(Instant::now());
+    }
+
+    pub fn clear(&mut self) {
+        if self.drawn.take().is_some() {
+            let width = self.stage.chars().count() + 16;
+            let _ = write!(std::io::stderr(), "\r{:width$}\r", "");
+        }
+        self.since = Instant::now();
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
