@@ -88,7 +88,26 @@ fn bash_completes_commands_flags_and_live_state() {
     m.env.env("MOAT_PROGRESS_DELAY_MS", "0");
     let r = m.launch(&["run", "--no-sandbox", "--name", "real-run", "--", "true"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
+    // Off a terminal a starting run prints no status line.
+    assert!(!r.stderr().contains("starting run"), "{}", r.stderr());
     let real_id = m.newest_run();
+    // On a terminal it does, while the run is created and started.
+    let (code, out) = m.env.on_terminal(
+        &format!(
+            "cd '{}' && exec moat run --no-sandbox --name pty-run -- true",
+            m.ws.display()
+        ),
+        "",
+        "",
+        &Terminal {
+            dir: None,
+            limit_secs: 300,
+            prompt_secs: 0,
+            hold_input: true,
+        },
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" starting run pty-run ("), "{out:?}");
     synthetic_run(m.moat_home(), "run_0123456789ab", "handmade-run", "stopped");
     let r = m.env.run_stdin(
         "moat",
@@ -135,6 +154,7 @@ fn bash_completes_commands_flags_and_live_state() {
         assert!(runs.contains(&w.to_string()), "{w} not in {runs:?}");
     }
     assert_eq!(c("moat attach real"), ["real-run"]);
+    assert_eq!(c("moat logs pty"), ["pty-run"]);
     assert_eq!(c("moat revoke "), ["canary-grant"]);
     assert_eq!(c("moat run --grant can"), ["canary-grant"]);
     assert_eq!(
