@@ -97,7 +97,7 @@ pub fn check_secret_file(path: &Path) -> Result<()> {
 
 // O_NOFOLLOW is 0o400000 on Linux (all architectures moat targets except some exotic ones)
 // and 0x100 on macOS/BSD. std exposes no constant and we avoid a libc dependency here.
-fn libc_o_nofollow() -> i32 {
+pub(crate) fn libc_o_nofollow() -> i32 {
     if cfg!(any(
         target_os = "macos",
         target_os = "freebsd",

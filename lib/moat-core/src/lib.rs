@@ -15,6 +15,7 @@ pub mod jsonl;
 pub mod lock;
 pub mod routes;
 pub mod rules;
+pub mod run_names;
 pub mod timefmt;
 
 pub use error::{Error, Result};

@@ -31,18 +31,40 @@ fn read_new(path: &Path, offset: &mut u64, lines: bool) -> Vec<u8> {
 struct Tail {
     logs: u64,
     launch: u64,
+    /// The status line while the run starts (see progress.rs).
+    status: Option<crate::progress::Quiet>,
 }
 
 impl Tail {
+    /// While the run is being created or started, a status line on a quiet terminal.
+    fn starting(&mut self, m: &crate::store::Metadata) {
+        if matches!(m.state, State::Created | State::Starting) {
+            let stage = format!("starting run {}", m.name);
+            self.status
+                .get_or_insert_with(|| crate::progress::Quiet::new(&stage))
+                .tick();
+        } else {
+            self.status = None;
+        }
+    }
+
     fn pump(&mut self, dir: &Path, show_logs: bool) {
         let launch = read_new(&dir.join("launch.log"), &mut self.launch, false);
         if !launch.is_empty() {
+            if let Some(s) = &mut self.status {
+                s.clear();
+            }
             let _ = std::io::stderr().write_all(&launch);
         }
         if !show_logs {
             return;
         }
         let logs = read_new(&dir.join("logs.jsonl"), &mut self.logs, true);
+        if !logs.is_empty()
+            && let Some(s) = &mut self.status
+        {
+            s.clear();
+        }
         let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
         for l in logs.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(l) else {
@@ -77,7 +99,11 @@ fn end_code(store: &Store, id: &str) -> Result<i32> {
 /// Follow until the run ends; returns the code to exit with (the command's own).
 pub fn follow(store: &Store, id: &str, from_start: bool) -> Result<i32> {
     let dir = store.dir(id);
-    let mut t = Tail { logs: 0, launch: 0 };
+    let mut t = Tail {
+        logs: 0,
+        launch: 0,
+        status: None,
+    };
     if !from_start {
         let size = |p: &str| std::fs::metadata(dir.join(p)).map(|m| m.len()).unwrap_or(0);
         t.logs = size("logs.jsonl");
@@ -120,6 +146,7 @@ pub fn follow(store: &Store, id: &str, from_start: bool) -> Result<i32> {
             }
             t.pump(&dir, true);
             let m = store.load(id)?;
+            t.starting(&m);
             if m.state.is_terminal() {
                 t.pump(&dir, true);
                 return end_code(store, id);
@@ -158,10 +185,15 @@ pub fn follow_quiet(store: &Store, id: &str) -> Result<i32> {
 /// For -d: show the supervisor's messages until the command is running, then print the id.
 pub fn wait_started(store: &Store, id: &str) -> Result<i32> {
     let dir = store.dir(id);
-    let mut t = Tail { logs: 0, launch: 0 };
+    let mut t = Tail {
+        logs: 0,
+        launch: 0,
+        status: None,
+    };
     loop {
         t.pump(&dir, false);
         let m = store.load(id)?;
+        t.starting(&m);
         if matches!(m.state, State::Running | State::Stopping) || m.state.is_terminal() {
             t.pump(&dir, false);
             if m.state == State::Failed && m.exit_code.is_none() {

@@ -445,6 +445,8 @@ pub fn clean(force: bool) -> Result<()> {
             images.len()
         ))?;
     }
+    let progress =
+        crate::progress::Progress::start("clean: removing stopped runs and unused images");
     for m in &runs {
         store.remove_dir(&m.id)?;
     }
@@ -469,6 +471,7 @@ pub fn clean(force: bool) -> Result<()> {
             }
         });
     }
+    drop(progress);
     eprintln!(
         "moat: removed {} run(s) and {removed} image(s); volumes are kept",
         runs.len()
@@ -592,7 +595,10 @@ pub fn snapshot(cmd: crate::args::SnapshotCmd) -> Result<()> {
                     m.workspace.display()
                 )));
             }
-            let ch = snap::restore(&store.dir(&m.id), &m.id, &m.workspace, &snapshot)?;
+            let progress = crate::progress::Progress::start("restoring the snapshot");
+            let ch = snap::restore(&store.dir(&m.id), &m.id, &m.workspace, &snapshot);
+            drop(progress);
+            let ch = ch?;
             let mut out = String::new();
             if json {
                 out.push_str(&moat_core::jsonl::line("snapshot_restored", &ch)?);

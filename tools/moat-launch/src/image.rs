@@ -577,6 +577,7 @@ pub async fn bootstrap(force: bool) -> Result<()> {
     eprintln!(
         "moat-launch: building {BASE} with mmdebstrap (the mirror comes from this host's apt sources)"
     );
+    let progress = crate::progress::Progress::start(&format!("building {BASE}"));
     let st = tokio::process::Command::new("mmdebstrap")
         .args(["--variant=minbase", "--quiet"])
         // The image gets this host's apt sources, so builds use the same mirrors.
@@ -596,6 +597,7 @@ pub async fn bootstrap(force: bool) -> Result<()> {
         Err(e) => Err(Error::io("running mmdebstrap", e)),
     };
     let _ = std::fs::remove_dir_all(&dir);
+    drop(progress);
     res?;
     eprintln!("moat-launch: {BASE} is ready");
     Ok(())

@@ -20,6 +20,7 @@ mod log_chunks;
 mod mcp;
 mod network;
 mod plugins;
+mod progress;
 mod promote;
 mod refresh;
 mod run;

@@ -134,7 +134,9 @@ impl Store {
         self.home.ensure_dir(&self.home.runs_dir())?;
         self.home.ensure_dir(&self.dir(&m.id))?;
         let _l = self.lock(&m.id)?;
-        self.write(m)
+        self.write(m)?;
+        moat_core::run_names::record(&self.home, &m.id, &m.name);
+        Ok(())
     }
 
     fn write(&self, m: &Metadata) -> Result<()> {

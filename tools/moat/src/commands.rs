@@ -87,6 +87,11 @@ pub const COMMANDS: &[Command] = &[
         "moat-proxy",
         "the hostname router (start, stop, status) and the credential proxy",
     ),
+    c(
+        "completions",
+        "moat",
+        "print a shell completion script (bash, zsh, fish)",
+    ),
 ];
 
 /// The tools moat is made of, for `moat help` and `--version` checks.

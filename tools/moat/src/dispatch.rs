@@ -23,6 +23,8 @@ pub fn main() -> Result<()> {
         "-h" | "--help" => cli::write_stdout(help_text().as_bytes()),
         "-V" | "--version" => cli::print_version("moat"),
         "help" => help(&rest),
+        "completions" => crate::complete::completions(&rest),
+        "__complete" => crate::complete::complete(&rest),
         w if w.starts_with('-') => Err(cli::usage_error(format!("unknown option '{w}'"), USAGE)),
         w => exec_command(w, rest),
     }
@@ -133,7 +135,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// `moat-*` programs that are not moat's own tools: user extensions.
-fn extensions() -> Vec<String> {
+pub(crate) fn extensions() -> Vec<String> {
     let mut out = Vec::new();
     for d in search_dirs() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -175,7 +177,10 @@ fn help_text() -> String {
             &["wt", "trust", "snapshot", "volumes", "deps"],
         ),
         ("Credentials", &["grant", "revoke"]),
-        ("Audit and tools", &["audit", "verify-bundle", "proxy"]),
+        (
+            "Audit and tools",
+            &["audit", "verify-bundle", "proxy", "completions"],
+        ),
     ];
     for (title, names) in groups {
         s.push_str(&format!("  {title}:\n"));

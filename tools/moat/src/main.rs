@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod complete;
 mod dispatch;
 mod manpage;
 
