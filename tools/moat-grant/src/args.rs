@@ -110,6 +110,8 @@ pub struct Refresh {
 pub const PROVIDERS: &[&str] = &[
     "github",
     "anthropic",
+    // The Claude subscription: stored as an `anthropic` credential named `claude`.
+    "claude",
     "openai",
     "gemini",
     "npm",
@@ -196,9 +198,6 @@ fn parse(mut p: lexopt::Parser) -> Result<Command> {
             ))
         }
         "refresh" => parse_refresh(p),
-        // The Claude subscription under the Go moat's grant name: an `anthropic`
-        // credential named `claude`.
-        "claude" => parse_grant("claude", p),
         c if PROVIDERS.contains(&c) => parse_grant(c, p),
         other => Err(usage(format!(
             "unknown command or provider {other:?} (providers: {})",

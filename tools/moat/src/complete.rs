@@ -99,6 +99,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("grant", ""),
     ("grant github", TOKEN_GRANT),
     ("grant anthropic", TOKEN_GRANT),
+    ("grant claude", TOKEN_GRANT),
     ("grant openai", TOKEN_GRANT),
     ("grant gemini", TOKEN_GRANT),
     (
@@ -171,6 +172,7 @@ const TOKEN_GRANT: &str = "--name= --token-stdin --no-validate --connect-to= --e
 pub const PROVIDERS: &[&str] = &[
     "github",
     "anthropic",
+    "claude",
     "openai",
     "gemini",
     "npm",
