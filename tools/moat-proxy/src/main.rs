@@ -50,7 +50,6 @@ mod h2guard;
 mod inject;
 mod policy;
 mod proxy;
-mod psl;
 mod redact;
 mod relay;
 mod router;
