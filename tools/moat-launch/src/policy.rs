@@ -599,6 +599,11 @@ pub fn suggest_cmd(run: Option<&str>, out: Option<&Path>) -> Result<()> {
     }
     match out {
         Some(p) => {
+            // A bare file name is in the current directory.
+            let p = &match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => p.to_path_buf(),
+                _ => Path::new(".").join(p),
+            };
             moat_core::fsutil::write_atomic(p, yaml.as_bytes(), 0o644)?;
             eprintln!(
                 "wrote {} ({} requests of {} read); merge its network: section into moat.yaml, then `moat trust` asks to approve it",

@@ -172,7 +172,7 @@ fn help_text() -> String {
         ),
         (
             "Workspaces",
-            &["wt", "trust", "snapshot", "volumes", "deps"],
+            &["wt", "trust", "policy", "snapshot", "volumes", "deps"],
         ),
         ("Credentials", &["grant", "revoke"]),
         ("Audit and tools", &["audit", "verify-bundle", "proxy"]),
