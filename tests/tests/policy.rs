@@ -286,3 +286,104 @@ fn bad_policy_invocations_are_refused() {
     let r = run(&["policy", "suggest", "nosuchrun"]);
     assert_eq!(r.code(), 66, "{}", r.stderr());
 }
+
+/// Issue #21 part 3, THREATS A1/A5 (the trace is the agent's doing): a crafted trace earns no
+/// wildcard over a public suffix, no allowance for a host it was denied, and no YAML of its
+/// own; a trace whose denial the suggestion would let through gets no suggestion at all.
+#[test]
+fn a_crafted_trace_cannot_widen_the_suggestion() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let r = m.launch_sh(&[], "true");
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let id = m.newest_run();
+    let rec = |method: &str, url: &str, policy: &str| {
+        serde_json::json!({"v":1,"type":"request","request_id":"req_0","method":method,"url":url,"status":200,"policy":policy,"grant":null})
+            .to_string()
+    };
+    let mut lines = vec![];
+    for h in ["evil1", "evil2", "evil3"] {
+        for i in 0..6 {
+            lines.push(rec(
+                "GET",
+                &format!("https://{h}.github.io/p{i}"),
+                "allowed",
+            ));
+        }
+    }
+    lines.push(rec(
+        "GET",
+        "https://inj.example.com/a\n  policy: permissive\n  allow: [\"*.com\"]\n#",
+        "allowed",
+    ));
+    lines.push(rec(
+        "POST",
+        "https://inj.example.com/b: c\n- \"x\"",
+        "deny * /b: c",
+    ));
+    lines.push(rec(
+        "GET",
+        "https://blocked.example.com/",
+        "strict: host not in allow list",
+    ));
+    let trace = m.run_dir(&id).join("network.jsonl");
+    std::fs::write(&trace, lines.join("\n") + "\n").unwrap();
+    let s = m.run_timeout(
+        "moat-launch",
+        &["policy", "suggest", &id, "-o", "s.yaml"],
+        None,
+        120,
+    );
+    assert_eq!(s.code(), 0, "{}", s.stderr());
+    let yaml = std::fs::read_to_string(m.ws.join("s.yaml")).unwrap();
+    assert!(!yaml.contains("*.github.io"), "{yaml}");
+    assert!(!yaml.contains("\"*.com\"\n"), "{yaml}");
+    assert!(yaml.contains("public suffix"), "{yaml}");
+    for l in yaml.lines() {
+        assert!(
+            l.starts_with('#') || l == "network:" || l.starts_with("  "),
+            "{l:?}\n{yaml}"
+        );
+    }
+    let keys: Vec<&str> = yaml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.trim_start().starts_with("policy:"))
+        .collect();
+    assert_eq!(keys, ["  policy: strict"], "{yaml}");
+    // The suggestion parses as a moat.yaml, and under it the denied host stays blocked.
+    let chk = m.run_timeout(
+        "moat-launch",
+        &["policy", "check", &id, "--config", "s.yaml"],
+        None,
+        120,
+    );
+    let o = chk.stdout();
+    assert_eq!(chk.code(), 1, "{o}\n{}", chk.stderr());
+    assert!(o.contains("\"blocked.example.com\" \"/\""), "{o}");
+    assert!(o.contains("\"POST\" \"inj.example.com\""), "{o}");
+    assert!(!o.contains("github.io"), "{o}");
+
+    // A denial the suggestion's exact rules would let through (another spelling of an
+    // allowed path): the replay through the proxy catches it, and nothing is written.
+    let crafted = [
+        rec("GET", "https://h.example.com/a", "allowed"),
+        rec("GET", "https://h.example.com/a;x", "deny GET /a;x"),
+    ];
+    std::fs::write(&trace, crafted.join("\n") + "\n").unwrap();
+    let s = m.run_timeout(
+        "moat-launch",
+        &["policy", "suggest", &id, "-o", "t.yaml"],
+        None,
+        120,
+    );
+    assert_eq!(s.code(), 70, "{}", s.stderr());
+    assert!(
+        s.stderr()
+            .contains("would allow 1 request(s) the run was denied"),
+        "{}",
+        s.stderr()
+    );
+    assert!(!m.ws.join("t.yaml").exists());
+}
