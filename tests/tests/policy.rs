@@ -341,6 +341,12 @@ fn a_crafted_trace_cannot_widen_the_suggestion() {
     assert!(!yaml.contains("*.github.io"), "{yaml}");
     assert!(!yaml.contains("\"*.com\"\n"), "{yaml}");
     assert!(yaml.contains("public suffix"), "{yaml}");
+    // The replay through the proxy names what the suggestion does not allow.
+    assert!(
+        yaml.contains("# Allowed in the run but not by this policy")
+            && yaml.contains("#   \"GET\" \"inj.example.com\" \"/a\\x0A  policy: permissive"),
+        "{yaml}"
+    );
     for l in yaml.lines() {
         assert!(
             l.starts_with('#') || l == "network:" || l.starts_with("  "),
@@ -386,4 +392,44 @@ fn a_crafted_trace_cannot_widen_the_suggestion() {
         s.stderr()
     );
     assert!(!m.ws.join("t.yaml").exists());
+}
+
+/// `moat-proxy policy-check` takes no credential on its input, and rules cut short are not
+/// a policy: one-line errors with sysexits codes, nothing decided.
+#[test]
+fn policy_check_refuses_credentials_and_unended_rules() {
+    let env = moat_testkit::TestEnv::new();
+    let run = |input: &str| {
+        let mut c = env.cmd("moat-proxy");
+        c.args(["policy-check", "--policy", "strict"]);
+        moat_e2e::run_with_deadline(
+            c,
+            "moat-proxy policy-check".into(),
+            Some(input.as_bytes()),
+            60,
+        )
+    };
+    let req = r#"{"v":1,"type":"request","method":"GET","url":"https://a.example.com/","policy":"allowed"}"#;
+    let r = run(&format!(
+        "{{\"v\":1,\"type\":\"inject\",\"grant\":\"g\",\"hosts\":[\"a.example.com\"],\"header\":\"X\",\"value\":\"SECRET-canary\"}}\n{{\"v\":1,\"type\":\"rules_end\"}}\n{req}\n"
+    ));
+    assert_eq!(r.code(), 64, "{}", r.stderr());
+    assert!(r.stdout().is_empty() && !r.stderr().contains("SECRET-canary"));
+    assert_eq!(r.stderr().trim().lines().count(), 1, "{}", r.stderr());
+    let r = run("{\"v\":1,\"type\":\"net_rule\",\"host\":\"a.example.com\",\"rules\":[]}\n");
+    assert_eq!(r.code(), 65, "{}", r.stderr());
+    let r = run(&format!(
+        "{{\"v\":1,\"type\":\"net_rule\",\"host\":\"a.example.com\",\"rules\":[]}}\n{{\"v\":1,\"type\":\"rules_end\"}}\n{req}\n{}\n",
+        "x".repeat(70 * 1024)
+    ));
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let v: Vec<serde_json::Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(v.len(), 2, "{}", r.stdout());
+    assert_eq!(v[0]["type"], "verdict");
+    assert_eq!(v[0]["verdict"], "allow");
+    assert_eq!(v[1]["verdict"], "skip");
 }

@@ -51,12 +51,16 @@ pub struct Req {
 /// Read a run's trace: at most MAX_TRACE bytes, lines of at most MAX_LINE. Returns the lines
 /// kept and how many were dropped.
 pub fn read_trace(path: &Path) -> Result<(Vec<String>, usize)> {
+    read_trace_capped(path, MAX_TRACE)
+}
+
+fn read_trace_capped(path: &Path, max: u64) -> Result<(Vec<String>, usize)> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], 0)),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
-    let mut r = std::io::BufReader::new(f.take(MAX_TRACE));
+    let mut r = std::io::BufReader::new(f.take(max));
     let (mut out, mut dropped) = (vec![], 0);
     loop {
         let mut buf = Vec::new();
@@ -475,18 +479,20 @@ impl PolicySpec {
     }
 }
 
+/// Hosts (`host` or `host:port`) the run reached with a grant and was not denied.
+fn granted_hosts(lines: &[String]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter_map(|l| parse_req(l))
+        .filter(|r| r.grant.is_some() && r.denied.is_none())
+        .map(|r| shown(&r.host, r.port))
+        .collect()
+}
+
 /// Replay `lines` against `spec` with `moat-proxy policy-check`; one verdict per line.
 /// Hosts the run reached with a grant count as granted, as they would be again.
 pub fn replay(spec: &PolicySpec, lines: &[String]) -> Result<Vec<serde_json::Value>> {
-    let mut granted = BTreeSet::new();
-    for l in lines {
-        if let Some(r) = parse_req(l)
-            && r.grant.is_some()
-            && r.denied.is_none()
-        {
-            granted.insert(shown(&r.host, r.port));
-        }
-    }
+    let granted = granted_hosts(lines);
     let mut cmd = Command::new(crate::run::tool("moat-proxy"));
     cmd.arg("policy-check").arg("--policy").arg(&spec.mode);
     for a in &spec.allow {
@@ -953,6 +959,28 @@ mod tests {
         );
         assert!(
             parse_req(r#"{"method":"CONNECT","url":"tcp://h:22","policy":"tunnel"}"#).is_none()
+        );
+        // At most `max` bytes are read: the second record is cut, the third never seen.
+        let (lines, _) = read_trace_capped(&p, ok.len() as u64 + 10).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(parse_req(&lines[1]).is_none());
+    }
+
+    #[test]
+    fn hosts_reached_with_a_grant_count_as_granted() {
+        let l = |url: &str, grant: &str, policy: &str| {
+            serde_json::json!({"method":"GET","url":url,"grant":grant,"policy":policy}).to_string()
+        };
+        let lines = vec![
+            l("https://api.github.com/user", "github", "allowed"),
+            l("https://uploads.example.com:8443/x", "up", "allowed"),
+            l("https://denied.example.com/", "g", "deny * /**"),
+            r#"{"method":"GET","url":"https://plain.example.com/","grant":null,"policy":"allowed"}"#
+                .to_string(),
+        ];
+        assert_eq!(
+            granted_hosts(&lines).into_iter().collect::<Vec<_>>(),
+            vec!["api.github.com", "uploads.example.com:8443"]
         );
     }
 }

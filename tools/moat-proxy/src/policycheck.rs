@@ -218,6 +218,14 @@ mod tests {
         assert_eq!(v("CONNECT", "tcp://github.com:22")["verdict"], "skip");
         assert_eq!(v("GET", "file:///etc/passwd")["verdict"], "skip");
         assert_eq!(verdict(&p, "{\"not\":1}")["verdict"], "skip");
+        // A granted host's rules apply before the grant's allowance.
+        let n = NetRule::parse("granted.example.com", &["deny * /**".into()]).unwrap();
+        let p = Policy::new(Mode::Strict, vec![], vec![], vec![n])
+            .with_granted(vec![HostPattern::parse("granted.example.com").unwrap()]);
+        assert_eq!(
+            verdict(&p, &rec("GET", "https://granted.example.com/"))["verdict"],
+            "deny"
+        );
     }
 
     #[test]
