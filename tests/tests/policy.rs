@@ -122,8 +122,9 @@ fn trace(m: &Moat, id: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Issue #21, THREATS A5 (rules enforced on what the agent sends): from permissive to
-/// strict in two commands; the learned policy allows exactly what the run did.
+/// Issue #21, THREATS A5 (rules enforced on what the agent sends), L1 (the learned
+/// network: section applies only once approved): from permissive to strict in two
+/// commands; the learned policy allows exactly what the run did.
 #[test]
 fn a_policy_learned_from_a_run_lets_it_run_again_and_blocks_what_is_new() {
     if !docker_ready() {
@@ -189,6 +190,13 @@ fn a_policy_learned_from_a_run_lets_it_run_again_and_blocks_what_is_new() {
 
     // 4. Network settings are privileged: approved, then the same commands run again, and a
     // new host and a path the first run never used are refused by the proxy.
+    let r = m.launch_sh(&[], "true");
+    assert_eq!(
+        r.code(),
+        77,
+        "an unapproved network: section ran: {}",
+        r.stderr()
+    );
     m.trust(None);
     let before = seen.lock().unwrap().len();
     let script = format!(
@@ -287,9 +295,10 @@ fn bad_policy_invocations_are_refused() {
     assert_eq!(r.code(), 66, "{}", r.stderr());
 }
 
-/// Issue #21 part 3, THREATS A1/A5 (the trace is the agent's doing): a crafted trace earns no
-/// wildcard over a public suffix, no allowance for a host it was denied, and no YAML of its
-/// own; a trace whose denial the suggestion would let through gets no suggestion at all.
+/// Issue #21 part 3, THREATS A8 (no wildcard over a public suffix), L6 (the trace is the
+/// agent's doing): a crafted trace earns no wildcard over a public suffix, no allowance for
+/// a host it was denied, and no YAML of its own; a trace whose denial the suggestion would
+/// let through gets no suggestion at all.
 #[test]
 fn a_crafted_trace_cannot_widen_the_suggestion() {
     if !docker_ready() {

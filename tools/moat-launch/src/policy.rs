@@ -793,7 +793,7 @@ mod tests {
         );
     }
 
-    /// THREATS A1-style: a crafted trace cannot earn a wildcard over a public suffix
+    /// THREATS A8, L6: a crafted trace cannot earn a wildcard over a public suffix
     /// (names anyone can register), nor over a parent under which something was denied.
     #[test]
     fn no_wildcard_across_a_public_suffix_or_a_denial() {
@@ -883,7 +883,7 @@ mod tests {
         assert!(s.yaml.contains("\"new.example.net\""));
     }
 
-    /// Hostile trace values: paths with newlines, `#`, `: `, `*`, quotes never become rules
+    /// THREATS L6. Hostile trace values: paths with newlines, `#`, `: `, `*`, quotes never become rules
     /// or YAML structure; the parsed suggestion has exactly the keys it should.
     #[test]
     fn crafted_paths_cannot_inject_yaml() {
