@@ -388,8 +388,9 @@ pub fn suggest(reqs: &[Req], about: &str, psl: &moat_core::psl::Suffixes) -> Sug
         "# Suggested by `moat policy suggest` from {}.\n",
         yq(about)
     ));
-    y.push_str("# Paste it into moat.yaml in place of its network: section. Network settings\n");
-    y.push_str("# are privileged: `moat trust` will ask you to approve the change.\n");
+    y.push_str("# Paste it into moat.yaml in place of its network: section. network.rules, and\n");
+    y.push_str("# allow entries with a port or a private address, are privileged: if it has\n");
+    y.push_str("# any, `moat trust` will ask you to approve them.\n");
     y.push_str("network:\n  policy: strict\n");
     let allow: Vec<(&String, &String)> = wild
         .iter()
@@ -612,7 +613,7 @@ pub fn suggest_cmd(run: Option<&str>, out: Option<&Path>) -> Result<()> {
             };
             moat_core::fsutil::write_atomic(p, yaml.as_bytes(), 0o644)?;
             eprintln!(
-                "wrote {} ({} requests of {} read); merge its network: section into moat.yaml, then `moat trust` asks to approve it",
+                "wrote {} ({} requests of {} read); put its network: section in moat.yaml (`moat trust` asks to approve network.rules)",
                 p.display(),
                 reqs.len(),
                 m.name
