@@ -13,6 +13,7 @@ pub mod home;
 pub mod host;
 pub mod jsonl;
 pub mod lock;
+pub mod psl;
 pub mod routes;
 pub mod rules;
 pub mod run_names;

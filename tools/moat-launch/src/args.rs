@@ -21,7 +21,8 @@ pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
        moat-launch image bootstrap [--force]
        moat-launch volumes [ls [--json] | rm NAME... [--force] | prune [--all] [--force]]
        moat-launch deps [list [--json] | info NAME [--json]]
-       moat-launch trust [PATH] [--yes] | trust --list [--json] | trust --revoke [PATH]";
+       moat-launch trust [PATH] [--yes] | trust --list [--json] | trust --revoke [PATH]
+       moat-launch policy suggest [RUN] [-o FILE] | policy check [RUN] [--config FILE]";
 
 pub const HELP: &str =
     "Run a command or agent in a container whose only network path is moat's proxy.
@@ -48,6 +49,9 @@ Commands:
     deps [list]              list the dependencies a run can name (kind, versions, what each gives)
     deps info NAME           show one dependency in full (image, packages, variables, ports)
     trust [PATH]             approve what PATH's moat.yaml asks for (--list, --revoke)
+    policy suggest [RUN]     print the strict network: section that allows what RUN did
+    policy check [RUN]       list what a policy would have blocked of RUN's requests
+                             (exit 1 when something would be)
 
 RUN is a run id, an id prefix or a name; it defaults to the latest run.
 
@@ -89,6 +93,9 @@ Other options:
                              while the run runs; promote: replace an earlier promoted
                              copy; image bootstrap: rebuild
     -y, --yes                trust: record the approval without asking
+    -o, --output FILE        policy suggest: write to FILE instead of standard output
+    --config FILE            policy check: the policy of FILE's network: section
+                             (default: the run's workspace moat.yaml)
     --list                   trust: list the approvals
     --revoke                 trust: remove PATH's approval
     -h, --help               show this help
@@ -124,7 +131,20 @@ pub struct RunArgs {
 }
 
 #[derive(Debug)]
+pub enum PolicyCmd {
+    Suggest {
+        run: Option<String>,
+        out: Option<PathBuf>,
+    },
+    Check {
+        run: Option<String>,
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug)]
 pub enum Command {
+    Policy(PolicyCmd),
     Help,
     Version,
     Run(Box<RunArgs>),
@@ -295,6 +315,7 @@ where
                 "system" => parse_system(&mut p),
                 "deps" => parse_deps(&mut p),
                 "trust" => parse_trust(&mut p),
+                "policy" => parse_policy(&mut p),
                 other => Err(usage(format!("unknown command {other:?}"))),
             }
         }
@@ -481,6 +502,34 @@ fn parse_trace(p: &mut lexopt::Parser) -> Result<Command> {
         }
     }
     Ok(Command::Trace { run, verbose, json })
+}
+
+fn parse_policy(p: &mut lexopt::Parser) -> Result<Command> {
+    let sub = match p.next().map_err(lex)? {
+        Some(Value(v)) => string(v, "policy command")?,
+        Some(Short('h') | Long("help")) => return Err(help_exit()),
+        Some(a) => return Err(usage(format!("policy: {}", a.unexpected()))),
+        None => return Err(usage("policy needs suggest or check")),
+    };
+    let (mut run, mut file) = (None, None);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Short('o') | Long("output") if sub == "suggest" => {
+                file = Some(PathBuf::from(p.value().map_err(lex)?))
+            }
+            Long("config") if sub == "check" => file = Some(PathBuf::from(p.value().map_err(lex)?)),
+            Value(v) if run.is_none() => run = Some(string(v, "run")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(format!("policy {sub}: {}", a.unexpected()))),
+        }
+    }
+    match sub.as_str() {
+        "suggest" => Ok(Command::Policy(PolicyCmd::Suggest { run, out: file })),
+        "check" => Ok(Command::Policy(PolicyCmd::Check { run, config: file })),
+        o => Err(usage(format!(
+            "unknown policy command {o:?}: expected suggest or check"
+        ))),
+    }
 }
 
 fn parse_volumes(p: &mut lexopt::Parser) -> Result<Command> {

@@ -20,6 +20,7 @@ mod log_chunks;
 mod mcp;
 mod network;
 mod plugins;
+mod policy;
 mod progress;
 mod promote;
 mod refresh;
@@ -113,6 +114,12 @@ fn real_main() -> Result<()> {
         Command::Deps(args::DepsCmd::List { json }) => deps::list(json),
         Command::Deps(args::DepsCmd::Info { name, json }) => deps::info(&name, json),
         Command::Trust(t) => trust::command(t),
+        Command::Policy(args::PolicyCmd::Suggest { run, out }) => {
+            policy::suggest_cmd(run.as_deref(), out.as_deref())
+        }
+        Command::Policy(args::PolicyCmd::Check { run, config }) => {
+            exit_with(policy::check_cmd(run.as_deref(), config.as_deref())?)
+        }
         Command::Bootstrap { force } => runtime()?.block_on(image::bootstrap(force)),
     }
 }

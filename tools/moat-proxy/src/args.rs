@@ -10,6 +10,7 @@ pub const USAGE: &str =
                         [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]... [--ca-dir DIR]
                         [--relay [mcp:]NAME=URL]... [--tunnel HOST:PORT]...
        moat-proxy ca-path
+       moat-proxy policy-check [--policy permissive|strict] [--allow HOST]... [--granted HOST]...
        moat-proxy start|stop|router [--port PORT]
        moat-proxy status [--port PORT] [--json]
        moat-proxy [--help] [--version]";
@@ -19,6 +20,9 @@ pub const HELP: &str = "moat-proxy: the TLS-intercepting proxy that injects cred
 Commands:
     serve      read injection rules, then serve as an HTTP(S) forward proxy
     ca-path    create the interception CA if needed and print the path of its certificate
+    policy-check  read net_rule records up to rules_end, then request records (a run's
+               network.jsonl) on stdin; print one verdict record per request, decided by
+               the same policy code serve enforces with
     start      start the hostname router in the background (no-op if it runs)
     stop       stop the hostname router
     status     say whether the router runs, where, and the routes it serves
@@ -45,6 +49,11 @@ Options for serve:
                              remote MCP server at /mcp/TOKEN/NAME[/...]; repeatable
     --tunnel HOST:PORT       pass CONNECT to HOST:PORT through as raw bytes, not intercepted
                              (SSH to a granted host); repeatable
+
+Options for policy-check:
+    --policy MODE            permissive (default) or strict
+    --allow HOST             allow HOST, as serve's --allow; repeatable
+    --granted HOST           allow HOST as a grant's host would be; repeatable
 
 Options for start, stop, status and router:
     --port PORT              the router's port (default MOAT_PROXY_PORT, else 8080)
@@ -87,6 +96,7 @@ pub enum RouterCmd {
 
 pub enum Command {
     Serve(Box<ServeArgs>),
+    PolicyCheck(crate::policycheck::Args),
     CaPath {
         ca_dir: Option<OsString>,
     },
@@ -117,6 +127,9 @@ pub fn parse() -> Result<Command> {
             Ok(Command::Done)
         }
         Some(Value(v)) if v == "serve" => parse_serve(&mut p).map(|a| Command::Serve(Box::new(a))),
+        Some(Value(v)) if v == "policy-check" => {
+            parse_policy_check(&mut p).map(Command::PolicyCheck)
+        }
         Some(Value(v)) if v == "ca-path" => {
             let mut ca_dir = None;
             while let Some(a) = p.next().map_err(le)? {
@@ -191,6 +204,49 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<ServeArgs> {
             }
             Long("relay") => a.relay.push(string(p.value().map_err(le)?, "--relay")?),
             Long("tunnel") => a.tunnel.push(string(p.value().map_err(le)?, "--tunnel")?),
+            Short('h') | Long("help") => {
+                cli::write_stdout(HELP.as_bytes())?;
+                std::process::exit(0);
+            }
+            _ => return Err(cli::usage_error(arg.unexpected().to_string(), USAGE)),
+        }
+    }
+    Ok(a)
+}
+
+fn parse_policy_check(p: &mut lexopt::Parser) -> Result<crate::policycheck::Args> {
+    use lexopt::prelude::*;
+    let le = |e: lexopt::Error| cli::lexopt_error(e, USAGE);
+    let mut a = crate::policycheck::Args {
+        mode: crate::policy::Mode::Permissive,
+        allow: vec![],
+        granted: vec![],
+    };
+    let host = |s: String, what: &str| {
+        moat_core::host::HostPattern::parse(&s)
+            .map_err(|e| cli::usage_error(format!("{what} {s:?}: {e}"), USAGE))
+    };
+    while let Some(arg) = p.next().map_err(le)? {
+        match arg {
+            Long("policy") => {
+                a.mode = match string(p.value().map_err(le)?, "--policy")?.as_str() {
+                    "permissive" => crate::policy::Mode::Permissive,
+                    "strict" => crate::policy::Mode::Strict,
+                    o => {
+                        return Err(cli::usage_error(
+                            format!("--policy {o:?}: expected permissive or strict"),
+                            USAGE,
+                        ));
+                    }
+                }
+            }
+            Long("allow") => a
+                .allow
+                .push(host(string(p.value().map_err(le)?, "--allow")?, "--allow")?),
+            Long("granted") => a.granted.push(host(
+                string(p.value().map_err(le)?, "--granted")?,
+                "--granted",
+            )?),
             Short('h') | Long("help") => {
                 cli::write_stdout(HELP.as_bytes())?;
                 std::process::exit(0);

@@ -61,7 +61,7 @@ impl Rulebook {
     /// Validate a rule set and build what the proxy serves with.
     pub fn build(&self, rules: Rules) -> Result<(Injector, Policy, Vec<crate::relay::Relay>)> {
         let (inject, net_rules, pipe_relays, aws) = rules;
-        let psl = crate::psl::Suffixes::load();
+        let psl = moat_core::psl::Suffixes::load();
         for r in &inject {
             for h in &r.hosts {
                 if let Ok(p) = HostPattern::parse(moat_core::rules::inject_host(h).1)

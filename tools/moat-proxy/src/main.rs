@@ -49,8 +49,8 @@ mod config;
 mod h2guard;
 mod inject;
 mod policy;
+mod policycheck;
 mod proxy;
-mod psl;
 mod redact;
 mod relay;
 mod router;
@@ -79,6 +79,7 @@ fn run() -> Result<()> {
             let (_, _, crt) = ca::ensure(&dir)?;
             cli::write_stdout(format!("{}\n", crt.display()).as_bytes())
         }
+        Command::PolicyCheck(a) => policycheck::run(a),
         Command::Router { cmd, port, json } => {
             use args::RouterCmd;
             match cmd {

@@ -169,6 +169,12 @@ impl Policy {
         self
     }
 
+    /// Hosts allowed as a grant's (`moat-proxy policy-check --granted`, replaying a run).
+    pub fn with_granted(mut self, granted: Vec<HostPattern>) -> Policy {
+        self.granted.extend(granted);
+        self
+    }
+
     /// Is this host and port explicitly allowed with its port (`--allow host:port`)?
     /// Only such an allowance lets the proxy dial private addresses.
     pub fn explicitly_allows_port(&self, host: &str, port: u16) -> bool {

@@ -70,6 +70,11 @@ pub const COMMANDS: &[Command] = &[
         "moat-launch",
         "approve what a workspace's moat.yaml asks for",
     ),
+    c(
+        "policy",
+        "moat-launch",
+        "learn a strict network policy from a run, or check one against it",
+    ),
     c("grant", "moat-grant", "store a credential for runs to use"),
     c("revoke", "moat-grant", "remove a stored credential"),
     c(

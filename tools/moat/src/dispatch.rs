@@ -174,7 +174,7 @@ fn help_text() -> String {
         ),
         (
             "Workspaces",
-            &["wt", "trust", "snapshot", "volumes", "deps"],
+            &["wt", "trust", "policy", "snapshot", "volumes", "deps"],
         ),
         ("Credentials", &["grant", "revoke"]),
         (
