@@ -162,6 +162,7 @@ fn bash_completes_commands_flags_and_live_state() {
         [
             "anthropic",
             "aws",
+            "claude",
             "gemini",
             "github",
             "http",
