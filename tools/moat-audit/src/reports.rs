@@ -1,0 +1,47 @@
+//! Reports recorded in a run's log: `moat report` appends a `report_written` event with the
+//! SHA-256 of the HTML file it wrote. Verification lists each one as a note, so a shared
+//! report can be checked against the run (`sha256sum FILE` against the listed hash).
+
+use crate::verify::Report;
+use std::io::BufRead;
+use std::path::Path;
+
+/// Add a note per `report_written` event of the log at `audit_log`; only for a log whose
+/// verification passed, so the hashes listed are the log's.
+pub fn note(r: &mut Report, audit_log: &Path) -> std::io::Result<()> {
+    if r.fault.is_some() {
+        return Ok(());
+    }
+    let reader = std::io::BufReader::new(std::fs::File::open(audit_log)?);
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        // A cheap filter before parsing: most entries are not reports.
+        if !line.windows(14).any(|w| w == b"report_written") {
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let ev = &v["event"];
+        if ev["type"] != "report_written" {
+            continue;
+        }
+        let sha = ev["sha256"].as_str().unwrap_or("-");
+        let sha: String = sha
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(64)
+            .collect();
+        r.notes.push(format!(
+            "report_written: sha256 {sha} ({} bytes) recorded at {} (entry {i})",
+            ev["bytes"].as_u64().map_or("?".into(), |b| b.to_string()),
+            v["ts"]
+                .as_str()
+                .unwrap_or("-")
+                .chars()
+                .take(40)
+                .collect::<String>(),
+        ));
+    }
+    Ok(())
+}
