@@ -22,6 +22,7 @@ mod network;
 mod plugins;
 mod promote;
 mod refresh;
+mod report;
 mod run;
 mod secrets_socket;
 mod services;
@@ -85,6 +86,7 @@ fn real_main() -> Result<()> {
         Command::Status { json } => commands::status(json),
         Command::Logs { run, lines, follow } => commands::logs(run.as_deref(), lines, follow),
         Command::Trace { run, verbose, json } => commands::trace(run.as_deref(), verbose, json),
+        Command::Report { run, output } => report::command(run.as_deref(), output.as_deref()),
         Command::Stop(run) => commands::stop(run.as_deref()),
         Command::Destroy(run) => commands::destroy(run.as_deref()),
         Command::Clean { force } => commands::clean(force),
