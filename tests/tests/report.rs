@@ -148,8 +148,8 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
-/// THREATS: the report is an artifact like any other (no credential, canary-tested); its
-/// records are hostile input; it is recorded in the tamper-evident audit log.
+/// THREATS B5 (the report is an artifact like any other: canary-tested), J1 (recording the
+/// report keeps the audit log verifiable), L6 (the run's records are hostile input).
 ///
 /// A real run: a granted request (the proxy injects the canary token), a request the strict
 /// policy denies, log lines. The report holds the rows (host, status, grant, the denial and
@@ -342,7 +342,7 @@ fn request(
         + "\n"
 }
 
-/// 10,000 requests over four hosts: the report is under 1 MiB, and its server-side (no
+/// THREATS L6 (size limits on what a run wrote). 10,000 requests over four hosts: the report is under 1 MiB, and its server-side (no
 /// JavaScript) host table has each host's exact count.
 #[test]
 fn ten_thousand_requests_fit_in_under_a_mebibyte_with_exact_counts() {
@@ -424,7 +424,7 @@ fn ten_thousand_requests_fit_in_under_a_mebibyte_with_exact_counts() {
     }
 }
 
-/// THREATS: hostile run records. A host, a path, a log line and an unknown event kind each
+/// THREATS L6: hostile run records. A host, a path, a log line and an unknown event kind each
 /// carry `</script><img src=x onerror=...>`: the report shows them as text, and the DOM
 /// Chromium builds from it holds no injected element. An unknown event type still appears
 /// by its type.
@@ -489,6 +489,37 @@ fn hostile_records_are_text_not_markup() {
             "the text is not shown"
         );
     }
+}
+
+/// Where the report goes: standard output when it is not a terminal (and with `-o -`);
+/// on a terminal, `moat-report-RUN.html` in the current directory, said on the terminal.
+#[test]
+fn the_report_goes_to_stdout_or_to_a_named_file_on_a_terminal() {
+    let env = TestEnv::new();
+    let id = "run_0000000000aa";
+    let net = request(0, "api.example.com", "/x", 200, None, "allowed");
+    synthetic_run(&env, id, &net, "", "");
+    for args in [vec!["report", id], vec!["report", id, "-o", "-"]] {
+        let r = env.run("moat-launch", &args);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        assert!(r.stdout().starts_with("<!DOCTYPE html>"), "{args:?}");
+        assert!(r.stdout().contains("api.example.com"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let how = moat_testkit::Terminal {
+        dir: Some(dir.path()),
+        limit_secs: 60,
+        prompt_secs: 0,
+        hold_input: true,
+    };
+    let cmd = format!("{} report {id}", moat_testkit::bin("moat-launch").display());
+    let (code, text) = env.on_terminal(&cmd, "", "", &how);
+    assert_eq!(code, 0, "{text}");
+    let name = format!("moat-report-{id}.html");
+    assert!(text.contains(&format!("wrote {name}")), "{text}");
+    assert!(!text.contains("<!DOCTYPE"), "the HTML went to the terminal");
+    let html = std::fs::read_to_string(dir.path().join(&name)).unwrap();
+    assert!(html.contains("api.example.com"));
 }
 
 /// Bad input is refused with a usage error: an unknown option, `-o` without a value.
