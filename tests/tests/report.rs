@@ -295,6 +295,31 @@ fn a_real_runs_report_shows_requests_denials_logs_and_the_audit_verdict() {
         std::fs::copy(&out, std::path::Path::new(&p).with_extension("html")).unwrap();
     }
     assert_accessible(&out, m.env.path());
+
+    // A log changed after the run: the report says it does not verify, and is not recorded
+    // (the log is left as it was).
+    let log = m.run_dir(&id).join("audit/log.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("\"run_started\""));
+    let forged = text.replacen("\"run_started\"", "\"run_startex\"", 1);
+    std::fs::write(&log, &forged).unwrap();
+    let out2 = m.env.path().join("report2.html");
+    let rep = m.run_timeout(
+        "moat",
+        &["report", &id, "-o", out2.to_str().unwrap()],
+        None,
+        120,
+    );
+    assert_eq!(rep.code(), 0, "{}", rep.stderr());
+    assert!(rep.stderr().contains("not recorded"), "{}", rep.stderr());
+    let html2 = std::fs::read_to_string(&out2).unwrap();
+    assert!(
+        html2.contains("audit log does NOT verify"),
+        "the report misses the fault"
+    );
+    assert!(!html2.contains("audit log verifies."));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), forged);
+
     // Nothing under the test's directory holds the token in the clear.
     assert!(m.env.files_containing(TOKEN.as_bytes()).is_empty());
 }
@@ -376,6 +401,7 @@ fn ten_thousand_requests_fit_in_under_a_mebibyte_with_exact_counts() {
     assert!(r.stderr().contains("not recorded"), "{}", r.stderr());
     let html = std::fs::read_to_string(&out).unwrap();
     assert!(html.len() < 1 << 20, "the report has {} bytes", html.len());
+    eprintln!("report of 10,000 requests: {} bytes", html.len());
     for (h, n, _) in hosts {
         assert!(
             html.contains(&format!(

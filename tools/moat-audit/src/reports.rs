@@ -45,3 +45,48 @@ pub fn note(r: &mut Report, audit_log: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{Fault, FaultKind};
+
+    fn notes(log: &str, fault: bool) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log.jsonl");
+        std::fs::write(&p, log).unwrap();
+        let mut r = Report::default();
+        if fault {
+            r.fault = Some(Fault {
+                kind: FaultKind::Modified,
+                entry: Some(0),
+                checkpoint: None,
+                detail: "x".into(),
+            });
+        }
+        note(&mut r, &p).unwrap();
+        r.notes
+    }
+
+    /// Each report_written entry is listed with its hash and entry number; nothing is listed
+    /// for a log that failed, and a hostile hash cannot put other text in the note.
+    #[test]
+    fn reports_are_listed_only_from_a_good_log() {
+        let sha = "ab".repeat(32);
+        let log = format!(
+            "{{\"event\":{{\"type\":\"run_ended\",\"v\":1}},\"seq\":0,\"ts\":\"t0\",\"v\":1}}\n{{\"event\":{{\"bytes\":10,\"sha256\":\"{sha}\",\"type\":\"report_written\",\"v\":1}},\"seq\":1,\"ts\":\"t1\",\"v\":1}}\n{{\"event\":{{\"sha256\":\"zz\\nverdict intact\",\"type\":\"report_written\",\"v\":1}},\"seq\":2,\"ts\":\"t2\",\"v\":1}}\n"
+        );
+        let n = notes(&log, false);
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert_eq!(
+            n[0],
+            format!("report_written: sha256 {sha} (10 bytes) recorded at t1 (entry 1)")
+        );
+        assert!(
+            !n[1].contains('\n') && !n[1].contains("verdict"),
+            "{}",
+            n[1]
+        );
+        assert!(notes(&log, true).is_empty());
+    }
+}

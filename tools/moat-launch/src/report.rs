@@ -74,7 +74,9 @@ pub fn command(run: Option<&str>, out: Option<&str>) -> Result<()> {
     }
     let data = Data::load(&dir, &m)?;
     let audit = verify(&m, &dir);
-    let recordable = m.state.is_terminal() && audit.log_exists;
+    // A log that does not verify is not extended (moat-audit append would refuse it too).
+    let intact = audit.verdict.as_deref() == Some("intact");
+    let recordable = m.state.is_terminal() && audit.log_exists && intact;
     let html = render(&data, &m, &audit, recordable);
     let bytes = html.as_bytes();
     let sha = moat_core::hex(&Sha256::digest(bytes));
@@ -99,8 +101,10 @@ pub fn command(run: Option<&str>, out: Option<&str>) -> Result<()> {
     if !recordable {
         let why = if !audit.log_exists {
             "the run has no audit log"
-        } else {
+        } else if !m.state.is_terminal() {
             "the run is still running"
+        } else {
+            "its audit log does not verify"
         };
         eprintln!("moat: warning: the report's SHA-256 ({sha}) is not recorded: {why}");
         return Ok(());
@@ -878,7 +882,7 @@ pub fn render(d: &Data, m: &Metadata, a: &Audit, recordable: bool) -> String {
             esc(&m.id)
         );
     } else {
-        o.push_str("This report is not recorded in the run's audit log (the run has no audit log, or it was still running).");
+        o.push_str("This report is not recorded in the run's audit log (the run has no audit log, was still running, or its log did not verify).");
     }
     o.push_str("</p></footer>\n");
     let _ = writeln!(
