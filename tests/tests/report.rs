@@ -482,6 +482,11 @@ fn hostile_records_are_text_not_markup() {
         + "\n"
         + &serde_json::json!({"v": 1, "type": format!("odd{evil}"), "ts": "2026-12-01T10:00:05.000Z"}).to_string()
         + "\n";
+    let other = other
+        + &serde_json::json!({"v": 1, "type": "usage", "ts": "2026-12-01T10:00:06.000Z", "model": evil, "input_tokens": 10, "cost_usd": 0.25}).to_string()
+        + "\n"
+        + &serde_json::json!({"v": 1, "type": "usage", "ts": "2026-12-01T10:00:07.000Z", "input_tokens": 5, "cost_usd": 0.5}).to_string()
+        + "\n";
     let id = "run_00000000beef";
     synthetic_run(&env, id, &net, &logs, &other);
     let out = env.path().join("hostile.html");
@@ -498,6 +503,9 @@ fn hostile_records_are_text_not_markup() {
         html.contains("decoy_tripped"),
         "an unknown event type is not shown"
     );
+    // Usage records are summed by member, without JavaScript.
+    assert!(html.contains("<tr><th scope=\"row\">input_tokens</th><td class=\"n\">15</td></tr>"));
+    assert!(html.contains("<tr><th scope=\"row\">cost_usd</th><td class=\"n\">0.75</td></tr>"));
     assert_eq!(
         html.matches("</script>").count(),
         2,

@@ -255,6 +255,9 @@ pub struct Data {
     pub grants: BTreeMap<(String, String), (u64, u64)>,
     /// Event type -> count, for everything that is not a request or a log line.
     pub kinds: BTreeMap<String, u64>,
+    /// Numeric members of usage records (types with "usage" in their name), summed by name:
+    /// spend, tokens, as the tools that record usage name them.
+    pub usage: BTreeMap<String, f64>,
     pub requests: u64,
     pub logs: u64,
     pub left_out: Vec<String>,
@@ -342,6 +345,22 @@ fn details(v: &Value) -> String {
         }
     }
     clip(&out, MAX_TEXT)
+}
+
+/// Add the numeric members of a usage record to the totals.
+fn add_usage(totals: &mut BTreeMap<String, f64>, ty: &str, v: &Value) {
+    if !ty.contains("usage") || totals.len() > 64 {
+        return;
+    }
+    if let Some(o) = v.as_object() {
+        for (k, x) in o {
+            if let Some(n) = x.as_f64().filter(|n| n.is_finite())
+                && !matches!(k.as_str(), "v" | "seq")
+            {
+                *totals.entry(clip(k, 40)).or_default() += n;
+            }
+        }
+    }
 }
 
 impl Data {
@@ -451,6 +470,7 @@ impl Data {
                 let g = s(v, "grant");
                 d.grants.entry((g, s(v, "host"))).or_default().1 += 1;
             }
+            add_usage(&mut d.usage, &ty, v);
             events.push(Row {
                 t: ms(&s(&e, "ts")).unwrap_or(0),
                 kind: clip(&ty, 40),
@@ -485,6 +505,7 @@ impl Data {
                 if ty.is_empty() {
                     return;
                 }
+                add_usage(&mut d.usage, &ty, &v);
                 events.push(Row {
                     t: ms(&s(&v, "ts")).unwrap_or(0),
                     kind: clip(&ty, 40),
@@ -820,6 +841,18 @@ pub fn render(d: &Data, m: &Metadata, a: &Audit, recordable: bool) -> String {
     }
     o.push_str("</section>\n");
 
+    if !d.usage.is_empty() {
+        o.push_str("<section id=\"usage\" aria-labelledby=\"usage-h\"><h2 id=\"usage-h\">Spend and usage</h2>\n<div class=\"scroll\"><table id=\"usage-table\"><caption>Totals of the run's usage records</caption><thead><tr><th scope=\"col\">Member</th><th scope=\"col\">Total</th></tr></thead><tbody>\n");
+        for (k, n) in &d.usage {
+            let _ = writeln!(
+                o,
+                "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td></tr>",
+                esc(k),
+                (n * 1e6).round() / 1e6
+            );
+        }
+        o.push_str("</tbody></table></div></section>\n");
+    }
     // Other events by type (credential uses, snapshots, the run's start and end, and types
     // this version does not know, such as usage or decoy records).
     o.push_str("<section id=\"events\" aria-labelledby=\"events-h\"><h2 id=\"events-h\">Recorded events</h2>\n");
