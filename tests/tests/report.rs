@@ -556,6 +556,42 @@ fn the_report_goes_to_stdout_or_to_a_named_file_on_a_terminal() {
     assert!(html.contains("api.example.com"));
 }
 
+/// A run that is still running: the report is written, and its hash is not recorded (the
+/// run's audit writer owns the log); a warning says so, and so does the footer.
+#[test]
+fn a_running_runs_report_is_written_and_not_recorded() {
+    let env = TestEnv::new();
+    let id = "run_0000000000bb";
+    let dir = synthetic_run(
+        &env,
+        id,
+        &request(0, "api.example.com", "/x", 200, None, "allowed"),
+        "",
+        "",
+    );
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metadata.json")).unwrap()).unwrap();
+    meta["state"] = "running".into();
+    meta["created_at"] = moat_core::timefmt::now_rfc3339().into();
+    meta.as_object_mut().unwrap().remove("stopped_at");
+    meta.as_object_mut().unwrap().remove("audit");
+    std::fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
+    std::fs::create_dir_all(dir.join("audit")).unwrap();
+    std::fs::write(dir.join("audit/log.jsonl"), "").unwrap();
+    let out = env.path().join("running.html");
+    let r = env.run("moat-launch", &["report", id, "-o", out.to_str().unwrap()]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(
+        r.stderr()
+            .contains("not recorded: the run is still running"),
+        "{}",
+        r.stderr()
+    );
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains("This report is not recorded in the run's audit log"));
+    assert_eq!(std::fs::read(dir.join("audit/log.jsonl")).unwrap(), b"");
+}
+
 /// Bad input is refused with a usage error: an unknown option, `-o` without a value.
 #[test]
 fn report_refuses_bad_arguments() {
