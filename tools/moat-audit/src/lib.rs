@@ -12,5 +12,6 @@ pub mod logs;
 pub mod merkle;
 pub mod note;
 pub mod report;
+pub mod reports;
 pub mod store;
 pub mod verify;

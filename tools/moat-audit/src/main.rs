@@ -173,6 +173,8 @@ fn verify_run(run: Option<&str>, json: bool) -> Result<()> {
         moat_audit::logs::check(&mut r, &log_path, &run_dir.join("logs.jsonl"))
             .map_err(|e| Error::io("checking logs.jsonl against the audit log", e))?;
     }
+    moat_audit::reports::note(&mut r, &log_path)
+        .map_err(|e| Error::io(format!("reading {}", log_path.display()), e))?;
     finish(&run, "run", &r, json)
 }
 

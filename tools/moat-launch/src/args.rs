@@ -12,6 +12,7 @@ pub const USAGE: &str = "usage: moat-launch run [OPTIONS] [PATH] [-- COMMAND...]
        moat-launch claude|codex|gemini [OPTIONS] [-p PROMPT] [PATH] [-- CLI ARGS...]
        moat-launch claude|codex|gemini sessions [--json]
        moat-launch attach|logs|trace|stop|destroy [OPTIONS] [RUN]
+       moat-launch report [RUN] [-o FILE]
        moat-launch list [--json] [--promoted]
        moat-launch status|clean [OPTIONS]
        moat-launch snapshot [RUN] [--label TEXT] | snapshot list [RUN] [--json]
@@ -38,6 +39,7 @@ Commands:
     status                   show runs, images, Docker and CA health
     logs [RUN]               print a run's output
     trace [RUN]              print a run's network requests
+    report [RUN]             write one HTML file showing what a run did (-o FILE)
     stop [RUN]               stop a run
     destroy [RUN]            stop a run and delete its directory
     clean                    delete stopped runs and unused moat images
@@ -86,6 +88,9 @@ Other options:
     -v, --verbose            trace: show grant, policy and errors
     --json                   list, trace, status, snapshot, system, volumes, deps: JSON lines
     --promoted               list: the promoted runs
+    -o, --output FILE        report: where to write ('-': standard output; default:
+                             moat-report-RUN.html on a terminal, else standard output);
+                             policy suggest: write to FILE instead of standard output
     --label TEXT             snapshot: a note kept with the snapshot
     --to DIR                 promote: where to copy (default MOAT_HOME/promoted/RUN)
     --all                    system: every moat object on the engine; volumes prune: all
@@ -93,7 +98,6 @@ Other options:
                              while the run runs; promote: replace an earlier promoted
                              copy; image bootstrap: rebuild
     -y, --yes                trust: record the approval without asking
-    -o, --output FILE        policy suggest: write to FILE instead of standard output
     --config FILE            policy check: the policy of FILE's network: section
                              (default: the run's workspace moat.yaml)
     --list                   trust: list the approvals
@@ -173,6 +177,10 @@ pub enum Command {
         run: Option<String>,
         verbose: bool,
         json: bool,
+    },
+    Report {
+        run: Option<String>,
+        output: Option<String>,
     },
     Stop(Option<String>),
     Destroy(Option<String>),
@@ -295,6 +303,7 @@ where
                 }),
                 "logs" => parse_logs(&mut p),
                 "trace" => parse_trace(&mut p),
+                "report" => parse_report(&mut p),
                 "stop" => one_run(&mut p).map(Command::Stop),
                 "destroy" | "rm" => one_run(&mut p).map(Command::Destroy),
                 "clean" => {
@@ -530,6 +539,27 @@ fn parse_policy(p: &mut lexopt::Parser) -> Result<Command> {
             "unknown policy command {o:?}: expected suggest or check"
         ))),
     }
+}
+
+fn parse_report(p: &mut lexopt::Parser) -> Result<Command> {
+    let (mut run, mut output) = (None, None);
+    while let Some(a) = p.next().map_err(lex)? {
+        match a {
+            Short('o') | Long("output") if output.is_none() => {
+                let v = string(p.value().map_err(lex)?, "-o")?;
+                if v.is_empty() {
+                    return Err(usage(
+                        "report: -o needs a file name, or - for standard output",
+                    ));
+                }
+                output = Some(v);
+            }
+            Value(v) if run.is_none() => run = Some(string(v, "run")?),
+            Short('h') | Long("help") => return Err(help_exit()),
+            _ => return Err(usage(format!("report: {}", a.unexpected()))),
+        }
+    }
+    Ok(Command::Report { run, output })
 }
 
 fn parse_volumes(p: &mut lexopt::Parser) -> Result<Command> {

@@ -24,6 +24,7 @@ mod policy;
 mod progress;
 mod promote;
 mod refresh;
+mod report;
 mod run;
 mod secrets_socket;
 mod services;
@@ -87,6 +88,7 @@ fn real_main() -> Result<()> {
         Command::Status { json } => commands::status(json),
         Command::Logs { run, lines, follow } => commands::logs(run.as_deref(), lines, follow),
         Command::Trace { run, verbose, json } => commands::trace(run.as_deref(), verbose, json),
+        Command::Report { run, output } => report::command(run.as_deref(), output.as_deref()),
         Command::Stop(run) => commands::stop(run.as_deref()),
         Command::Destroy(run) => commands::destroy(run.as_deref()),
         Command::Clean { force } => commands::clean(force),

@@ -32,6 +32,11 @@ pub const COMMANDS: &[Command] = &[
     ),
     c("logs", "moat-launch", "show a run's output"),
     c("trace", "moat-launch", "show a run's network requests"),
+    c(
+        "report",
+        "moat-launch",
+        "write one HTML file showing what a run did",
+    ),
     c("stop", "moat-launch", "stop a run"),
     c(
         "destroy",

@@ -96,6 +96,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("promote", "--to=dir -f/--force"),
     ("system", "--json --all"),
     ("trust", "-y/--yes --list --revoke --json"),
+    ("report", "-o/--output=file"),
     ("policy", ""),
     ("policy suggest", "-o/--output=file"),
     ("policy check", "--config=file"),

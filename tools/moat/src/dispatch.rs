@@ -169,7 +169,7 @@ fn help_text() -> String {
             "Runs",
             &[
                 "run", "claude", "codex", "gemini", "attach", "list", "status", "logs", "trace",
-                "stop", "destroy", "clean", "promote", "system",
+                "report", "stop", "destroy", "clean", "promote", "system",
             ],
         ),
         (
