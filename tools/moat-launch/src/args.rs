@@ -830,7 +830,11 @@ mod tests {
             parse_from(["codex", "sessions", "--json"]).unwrap(),
             Command::Sessions { json: true, .. }
         ));
-        assert!(parse_from(["run", "-p", "x"]).is_err());
+        // `run -p` parses; the workspace's `agent:` decides at start (tests/cli.rs).
+        match parse_from(["run", "-p", "x"]).unwrap() {
+            Command::Run(r) => assert_eq!(r.prompt.as_deref(), Some("x")),
+            _ => panic!("run -p is a run"),
+        }
     }
 
     #[test]
