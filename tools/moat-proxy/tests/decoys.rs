@@ -248,19 +248,22 @@ fn query_hit_percent_encoded_is_blocked_and_the_run_goes_on() {
         let r = send(&p, &[head(&p, "GET", &format!("/x?token={q}&a=1"), "")]);
         assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     }
+    let r = send(&p, &[head(&p, "GET", &format!("/files/{d}/x"), "")]);
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     assert!(
         up.got().is_empty(),
         "{}",
         String::from_utf8_lossy(&up.got())
     );
-    let e = tripped(&p);
+    let e = tripped_n(&p, 3);
     assert_eq!(e[0]["where"], "query");
     assert_eq!(e[0]["action"], "block");
+    assert_eq!(e[2]["where"], "path");
     let r = send(&p, &[head(&p, "GET", "/fine?a=1", "")]);
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(contains(&up.got(), b"/fine?a=1"));
     // The trace has the refused requests, their query replaced.
-    let t = p.wait_trace(3);
+    let t = p.wait_trace(4);
     assert!(
         t.iter()
             .any(|r| r["url"].as_str().unwrap().ends_with("/x?[decoy]")),
@@ -386,7 +389,7 @@ fn websocket_frame_hit_cuts_the_connection() {
         &p,
         "GET",
         "/ws",
-        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n",
     ))
     .unwrap();
     let mut resp = vec![0u8; 4096];
@@ -405,8 +408,33 @@ fn websocket_frame_hit_cuts_the_connection() {
     assert_eq!(e[0]["where"], "websocket");
     let got = up.got();
     assert!(contains(&got, b"hello-before"), "clean frames pass");
+    // No compression is offered upstream: compressed frames could not be searched.
+    assert!(!contains(&got, b"permessage-deflate"));
     assert!(!contains(&got, a.as_bytes()) && !contains(&got, d.as_bytes()));
     p.assert_no_leak(&d);
+}
+
+/// `log`: the request goes through as sent, decoy included, and the event says so.
+#[test]
+fn log_records_and_lets_the_decoy_through() {
+    let env = TestEnv::new();
+    let d = decoy();
+    let up = raw_upstream(true);
+    let p = start(&env, &up, &rules(&d, "log"));
+    let r = send(&p, &[head(&p, "GET", "/l", &format!("X-Token: {d}\r\n"))]);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        contains(&up.got(), d.as_bytes()),
+        "log sends the decoy upstream"
+    );
+    let e = tripped(&p);
+    assert_eq!(
+        (e[0]["where"].as_str(), e[0]["action"].as_str()),
+        (Some("header"), Some("log"))
+    );
+    // A later request is not refused.
+    let r = send(&p, &[head(&p, "GET", "/after", "")]);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 }
 
 fn rss_kib(pid: u32) -> u64 {
