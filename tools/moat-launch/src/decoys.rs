@@ -374,6 +374,63 @@ pub async fn on_event(line: &str, run: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Loaded, parse, resolve};
+
+    fn spec(yaml: &str, args: &crate::args::RunArgs) -> Result<crate::config::RunSpec> {
+        let (config, warnings) = parse(yaml, "moat.yaml")?;
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let l = Loaded {
+            config,
+            file: None,
+            warnings,
+        };
+        resolve(args, &l, &std::env::temp_dir())
+    }
+
+    /// `decoys:` takes auto or names (with `--decoy` adding to them), `on_decoy:` takes
+    /// stop, block or log; anything else is refused with a configuration or usage error.
+    #[test]
+    fn decoys_and_on_decoy_resolve_or_are_refused() {
+        let mut args = crate::args::RunArgs {
+            name: Some("t".into()),
+            no_sandbox: true,
+            ..Default::default()
+        };
+        let s = spec("decoys: auto\non_decoy: block\n", &args).unwrap();
+        assert!(s.decoys_auto && s.decoys.is_empty());
+        assert_eq!(s.on_decoy.as_deref(), Some("block"));
+        args.decoys = vec!["bait".into()];
+        args.on_decoy = Some("log".into());
+        let s = spec("decoys: [a, auto, a]\n", &args).unwrap();
+        assert_eq!(s.decoys, ["a", "bait"]);
+        assert!(s.decoys_auto);
+        assert_eq!(s.on_decoy.as_deref(), Some("log"));
+        args.on_decoy = Some("ignore".into());
+        assert_eq!(spec("", &args).unwrap_err().code, 64);
+        args.on_decoy = None;
+        for bad in ["decoys: 3\n", "decoys: [[x]]\n", "on_decoy: later\n"] {
+            let e = spec(bad, &args).unwrap_err();
+            assert_eq!(e.code, moat_core::exit::CONFIG, "{bad}: {}", e.msg);
+        }
+    }
+
+    /// A grant's hosts, placeholders or variables say which providers are real.
+    #[test]
+    fn granted_providers_are_read_from_the_rules() {
+        let inject = vec![
+            "{\"v\":1,\"type\":\"inject\",\"grant\":\"gh\",\"hosts\":[\"api.github.com\"],\"header\":\"Authorization\",\"value\":\"x\"}".to_string(),
+            "{\"v\":1,\"type\":\"inject\",\"grant\":\"n\",\"hosts\":[\"registry.example\"],\"header\":\"Authorization\",\"value\":\"x\",\"placeholder\":\"npm_abc\"}".to_string(),
+        ];
+        let env = vec![moat_core::rules::EnvPlaceholder {
+            grant: "o".into(),
+            name: "OPENAI_API_KEY".into(),
+            value: "p".into(),
+        }];
+        let mut g = granted(&inject, &env, true);
+        g.sort();
+        assert_eq!(g, ["aws", "github", "npm", "openai"]);
+        assert!(granted(&[], &[], false).is_empty());
+    }
 
     #[test]
     fn placement_never_shadows_a_grant() {
