@@ -28,7 +28,7 @@ Commands:
     mcp      a token for a remote MCP server (stored as mcp:NAME)
     aws      an IAM role to assume at run time
     http     a token for any other HTTPS API
-    decoy    store a decoy: shaped like a real credential, valid nowhere (runs get it with --decoy)
+    decoy    store a decoy: shaped like a real credential, valid nowhere, bait for runs
     list     show the stored credentials (never their values)
     revoke   remove credentials
     rules    print injection rules as JSON lines (secret; refuses a terminal)
