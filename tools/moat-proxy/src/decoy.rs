@@ -155,14 +155,7 @@ impl Decoys {
             return None;
         }
         let hold = bytes.iter().map(Vec::len).max().unwrap_or(1) - 1;
-        // A DFA: a few MiB at most for a run's decoys, and several times faster over a
-        // body than the default NFA (patterns start with too many different bytes for a
-        // prefilter to skip ahead).
-        let ac = AhoCorasick::builder()
-            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-            .build(&bytes)
-            .or_else(|_| AhoCorasick::new(&bytes))
-            .ok()?;
+        let ac = AhoCorasick::new(&bytes).ok()?;
         Some(Decoys {
             ac,
             pats,
