@@ -11,7 +11,9 @@
 # injection, masking or trace), the least any intercepting proxy must do, and a plain TCP
 # relay (loadgen relay --plain: the client's TLS reaches the origin), the cost of any third
 # process on the path, so the 1 MiB ratio can be read against what this machine allows at
-# all. It asserts nothing.
+# all. Last, decoy scanning (issue #21): a second moat-proxy with the same rules and five
+# decoys beside the first (no decoys), CPU per small request and per MiB uploaded, in
+# interleaved rounds. It asserts nothing.
 #
 # usage: bench/proxy.sh [SECONDS-PER-MEASUREMENT]     (default 5)
 set -euo pipefail
@@ -64,6 +66,19 @@ moat_pid=$!
 pids+=($moat_pid)
 for _ in $(seq 50); do [ -s "$work/moat.out" ] && break; sleep 0.1; done
 moat_addr=$(sed -n '1s/.*"addr":"\([^"]*\)".*/\1/p' "$work/moat.out")
+# the same with five decoys: every request's head and body is scanned
+{
+	cat "$work/rules"
+	for k in 1 2 3 4 5; do
+		printf '{"v":1,"type":"decoy","name":"decoy%s","values":["%s"],"on_trip":"stop"}\n' "$k" "$(head -c 30 /dev/urandom | base64)"
+	done
+} >"$work/rules-decoys"
+"$P" serve --listen 127.0.0.1:0 --rules - --token-file "$work/token" --trace "$work/trace-decoys.jsonl" \
+	--connect-to "bench.test:443:127.0.0.1:$oport" --extra-ca "$work/origin-ca.pem" <"$work/rules-decoys" >"$work/moatd.out" 2>"$work/moatd.err" &
+moatd_pid=$!
+pids+=($moatd_pid)
+for _ in $(seq 50); do [ -s "$work/moatd.out" ] && break; sleep 0.1; done
+moatd_addr=$(sed -n '1s/.*"addr":"\([^"]*\)".*/\1/p' "$work/moatd.out")
 # the two relays, for the 1 MiB floor: `start_relay NAME ARGS...` sets NAME_pid and NAME_addr
 start_relay() {
 	local name=$1; shift
@@ -239,5 +254,31 @@ if [ -n "$squid_addr" ]; then
 	echo "moat/squid rps64: $(ratio "${R[moat.rps64]}" "${R[squid.rps64]}") (target >= 2)   CPU/request moat/squid: $(ratio "${R[moat.cpu_us]}" "${R[squid.cpu_us]:-0}")"
 	echo "moat/squid rps64 in interleaved rounds: median $(median "$sqsorted") (sorted: $sqsorted)"
 fi
+# Decoy scanning: CPU per small GET (concurrency 16) and per MiB of 1 MiB uploads
+# (concurrency 4), off (no decoy) and on (five decoys), in two interleaved rounds.
+echo "measuring decoy scanning off/on ..." >&2
+decoy_cost() { # key pid addr -> R[key.req_us], R[key.up_ms_mib]
+	local key=$1 pid=$2 addr=$3 t0 t1 out
+	local via=(--proxy "$addr" --token "$(cat "$work/token")" --cacert "$moat_ca")
+	t0=$(cpu_ticks "$pid")
+	out=$("$L" load --url https://bench.test/small "${via[@]}" --concurrency 16 --seconds "$S")
+	t1=$(cpu_ticks "$pid")
+	R[$key.req_us]=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$(json "$out" requests)" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+	t0=$(cpu_ticks "$pid")
+	out=$("$L" load --url https://bench.test/upload --upload-kib 1024 "${via[@]}" --concurrency 4 --seconds "$S")
+	t1=$(cpu_ticks "$pid")
+	R[$key.up_ms_mib]=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v b="$(json "$out" bytes)" 'BEGIN { printf "%.2f", d / hz * 1e3 / (b / 1048576) }')
+	R[$key.up_mib_s]=$(json "$out" mib_per_s)
+}
+for round in 1 2; do
+	decoy_cost "off$round" "$moat_pid" "$moat_addr"
+	decoy_cost "on$round" "$moatd_pid" "$moatd_addr"
+done
+echo
+printf '%-40s%14s%14s%14s%14s\n' "decoy scanning (5 decoys)" "off r1" "on r1" "off r2" "on r2"
+for m in req_us up_ms_mib up_mib_s; do
+	printf '%-40s%14s%14s%14s%14s\n' "$m" "${R[off1.$m]}" "${R[on1.$m]}" "${R[off2.$m]}" "${R[on2.$m]}"
+done
+echo "decoy events in the scanning proxy (expected 0): $(grep -c '"type":"decoy_tripped"' "$work/moatd.out" || true)"
 # the measured path was the real one: every request traced, every credential use recorded
 echo "moat records: $(wc -l <"$work/trace.jsonl") trace lines, $(grep -c '"type":"credential_used"' "$work/moat.out") credential_used events"

@@ -12,6 +12,7 @@ usage: moat-grant github|anthropic|claude|openai|gemini [--token-stdin] [--no-va
        moat-grant mcp NAME --url URL --header HEADER [--prefix PREFIX] [--token-stdin]
        moat-grant aws --role ARN [--region R] [--session-duration D] [--external-id X] [--name NAME]
        moat-grant http NAME --host HOST[,HOST...] --header HEADER [--prefix PREFIX] [--token-stdin]
+       moat-grant decoy NAME --like github|anthropic|openai|aws|npm|http [--no-store]
        moat-grant list [--json]
        moat-grant revoke NAME...
        moat-grant rules NAME...
@@ -28,6 +29,7 @@ Commands:
     mcp      a token for a remote MCP server (stored as mcp:NAME)
     aws      an IAM role to assume at run time
     http     a token for any other HTTPS API
+    decoy    store a decoy: shaped like a real credential, valid nowhere, bait for runs
     list     show the stored credentials (never their values)
     revoke   remove credentials
     rules    print injection rules as JSON lines (secret; refuses a terminal)
@@ -50,6 +52,8 @@ Options:
     --region R              aws: the STS region (default us-east-1)
     --session-duration D    aws: session length, e.g. 15m, 1h (default 15m)
     --external-id X         aws: the external id the role requires
+    --like KIND             decoy: the credential it looks like
+    --no-store              decoy: print a fresh decoy record (values included), store nothing
     --json                  list: print JSON lines
     --if-expiring-within D  refresh: only when the access token expires within D (default 10m)
     --force                 refresh: even when the access token is not about to expire
@@ -63,11 +67,19 @@ Options:
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Grant(Box<Grant>),
-    List { json: bool },
+    List {
+        json: bool,
+    },
     Revoke(Vec<String>),
     Rules(Vec<String>),
     Update(String),
     Refresh(Box<Refresh>),
+    /// `decoy NAME --like KIND [--no-store]` (decoy.rs).
+    Decoy {
+        name: String,
+        like: String,
+        no_store: bool,
+    },
     Help,
     Version,
 }
@@ -119,6 +131,7 @@ pub const PROVIDERS: &[&str] = &[
     "mcp",
     "aws",
     "http",
+    crate::decoy::PROVIDER,
 ];
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -198,6 +211,7 @@ fn parse(mut p: lexopt::Parser) -> Result<Command> {
             ))
         }
         "refresh" => parse_refresh(p),
+        "decoy" => parse_decoy(p),
         c if PROVIDERS.contains(&c) => parse_grant(c, p),
         other => Err(usage(format!(
             "unknown command or provider {other:?} (providers: {})",
@@ -306,6 +320,48 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
     Ok(Command::Grant(Box::new(g)))
 }
 
+fn parse_decoy(mut p: lexopt::Parser) -> Result<Command> {
+    use lexopt::prelude::*;
+    let (mut name, mut like, mut no_store) = (None, None, false);
+    while let Some(a) = p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
+        match a {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Long("like") => {
+                let v = p.value().map_err(|e| cli::lexopt_error(e, USAGE))?;
+                like = Some(
+                    v.into_string()
+                        .map_err(|_| usage("--like is not valid UTF-8"))?,
+                )
+            }
+            Long("no-store") => no_store = true,
+            Value(v) if name.is_none() => {
+                name = Some(
+                    v.into_string()
+                        .map_err(|_| usage("the name is not valid UTF-8"))?,
+                )
+            }
+            _ => return Err(usage(a.unexpected().to_string())),
+        }
+    }
+    let like = like.ok_or_else(|| {
+        usage(format!(
+            "decoy needs --like {}",
+            crate::decoy::KINDS.join("|")
+        ))
+    })?;
+    if !crate::decoy::KINDS.contains(&like.as_str()) {
+        return Err(usage(format!(
+            "--like {like:?}: expected one of {}",
+            crate::decoy::KINDS.join(", ")
+        )));
+    }
+    Ok(Command::Decoy {
+        name: name.ok_or_else(|| usage("decoy needs a NAME"))?,
+        like,
+        no_store,
+    })
+}
+
 fn parse_refresh(mut p: lexopt::Parser) -> Result<Command> {
     use lexopt::prelude::*;
     let mut r = Refresh::default();
@@ -378,6 +434,9 @@ mod tests {
             &["refresh", "a", "b"],
             &["refresh", "a", "--if-expiring-within"],
             &["ssh", "--host", "h", "--connect-to", "a:1:b:2"],
+            &["decoy", "x"],
+            &["decoy", "--like", "github"],
+            &["decoy", "x", "--like", "gitlab"],
         ] {
             let e = parse_args(args.iter().copied()).unwrap_err();
             assert_eq!(e.code, 64, "{args:?}: {}", e.msg);

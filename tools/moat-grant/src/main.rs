@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod decoy;
 mod input;
 mod key;
 mod list;
@@ -31,5 +32,10 @@ fn run() -> Result<()> {
         Command::Rules(names) => commands::rules(&names),
         Command::Update(name) => commands::update(&name),
         Command::Refresh(r) => commands::refresh(&r),
+        Command::Decoy {
+            name,
+            like,
+            no_store,
+        } => decoy::command(&name, &like, no_store),
     }
 }

@@ -238,6 +238,9 @@ pub fn records(c: &Credential) -> Result<Vec<(&'static str, Value)>> {
             };
             out.push((TYPE_AWS_ROLE, serde_json::to_value(r)?));
         }
+        (crate::decoy::PROVIDER, _) => {
+            out.push((crate::decoy::TYPE_DECOY, crate::decoy::record(c)?))
+        }
         (p, _) => {
             return Err(moat_core::Error::data(format!(
                 "credential {}: unknown provider {p:?}",

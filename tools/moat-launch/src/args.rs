@@ -68,6 +68,8 @@ Run options:
     --no-sandbox             do not use gVisor
     --policy POLICY          network policy: permissive or strict
     --allow-host HOST        allow HOST under the strict policy (repeatable)
+    --decoy NAME             give the run a stored decoy credential, or `auto` (repeatable)
+    --on-decoy ACTION        when a request carries a decoy: stop (default), block or log
     --runtime RUNTIME        container runtime: docker
     -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
     --no-snapshots           no pre-run snapshot of the workspace
@@ -132,6 +134,9 @@ pub struct RunArgs {
     pub resume: Option<String>,
     /// `--allow-sensitive-mount`: only ever from the command line.
     pub allow_sensitive_mount: bool,
+    /// `--decoy NAME` (repeatable; `auto`) and `--on-decoy ACTION` (decoys.rs).
+    pub decoys: Vec<String>,
+    pub on_decoy: Option<String>,
 }
 
 #[derive(Debug)]
@@ -404,6 +409,8 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
             }
             Long("no-snapshots") => r.no_snapshots = true,
             Long("no-audit") => r.no_audit = true,
+            Long("decoy") => r.decoys.push(string(p.value().map_err(lex)?, "--decoy")?),
+            Long("on-decoy") => r.on_decoy = Some(string(p.value().map_err(lex)?, "--on-decoy")?),
             Long("allow-sensitive-mount") => r.allow_sensitive_mount = true,
             Short('p') | Long("prompt") => {
                 r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)

@@ -40,6 +40,10 @@ pub struct Config {
     pub mcp: Vec<crate::mcp::ServerConfig>,
     /// `aws:` (see aws.rs).
     pub aws: AwsSection,
+    /// `decoys: auto` or `decoys: [NAME...]` (decoys.rs; not privileged, see there).
+    pub decoys: Option<Value>,
+    /// `on_decoy: stop|block|log` (decoys.rs).
+    pub on_decoy: Option<String>,
 }
 
 /// `aws: {mode: sign | session-credentials}`: how an `aws` grant reaches the run. `sign`
@@ -280,6 +284,15 @@ pub struct RunSpec {
     /// credentials instead of placeholders the proxy signs for.
     #[serde(default)]
     pub aws_session_credentials: bool,
+    /// `--decoy NAME`, `decoys:`: stored decoys by name (decoys.rs).
+    #[serde(default)]
+    pub decoys: Vec<String>,
+    /// `decoys: auto` or `--decoy auto`.
+    #[serde(default)]
+    pub decoys_auto: bool,
+    /// `on_decoy:`/`--on-decoy`: stop (the default), block or log.
+    #[serde(default)]
+    pub on_decoy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -332,6 +345,8 @@ const TOP: &[&str] = &[
     "snapshots",
     "tracing",
     "aws",
+    "decoys",
+    "on_decoy",
 ];
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run). The
@@ -1103,6 +1118,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
             grants.push(g.clone());
         }
     }
+    let (decoys, decoys_auto, on_decoy) = resolve_decoys(args, c)?;
     let local: Vec<String> = agent_mcp.iter().map(|l| l.name.clone()).collect();
     let mcp = crate::mcp::resolve(&c.mcp, &mut grants, &local)?;
     Ok(RunSpec {
@@ -1143,7 +1159,49 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         mcp,
         claude_plugins: None,
         aws_session_credentials: c.aws.mode.as_deref() == Some(AWS_MODE_SESSION),
+        decoys,
+        decoys_auto,
+        on_decoy,
     })
+}
+
+/// `decoys:` (`auto` or a list of names, which may include `auto`) and `--decoy`, and
+/// `on_decoy:`/`--on-decoy` (stop, block or log).
+fn resolve_decoys(args: &RunArgs, c: &Config) -> Result<(Vec<String>, bool, Option<String>)> {
+    let bad = |m: &str| Error::config(format!("decoys: {m}"));
+    let mut names: Vec<String> = match &c.decoys {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(String::from))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("expected auto or a list of decoy names"))?,
+        Some(_) => return Err(bad("expected auto or a list of decoy names")),
+    };
+    names.extend(args.decoys.iter().cloned());
+    let auto = names.iter().any(|n| n == "auto");
+    let mut out: Vec<String> = vec![];
+    for n in names.into_iter().filter(|n| n != "auto") {
+        if n.is_empty() || n.starts_with('-') {
+            return Err(bad(&format!("{n:?} is not a decoy name")));
+        }
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    let on = args.on_decoy.clone().or(c.on_decoy.clone());
+    if let Some(o) = &on
+        && !matches!(o.as_str(), "stop" | "block" | "log")
+    {
+        let m = format!("on_decoy {o:?}: expected stop, block or log");
+        return Err(if args.on_decoy.is_some() {
+            Error::usage(m)
+        } else {
+            Error::config(m)
+        });
+    }
+    Ok((out, auto, on))
 }
 
 /// Whether a language server is installed with npm at image build.

@@ -11,6 +11,7 @@ mod audit_writer;
 mod aws;
 mod commands;
 mod config;
+mod decoys;
 mod deps;
 mod docker;
 mod guard;

@@ -44,6 +44,27 @@ if [ -d /run/moat/agent-home ]; then
 	cp -R /run/moat/agent-home/. "$HOME"/ || die "cannot set up the agent's files in $HOME"
 	chown -R "$uid:$gid" "$HOME" || die "cannot give $HOME to moatuser"
 fi
+# Decoy credentials (decoys.rs): not secrets, valid nowhere; written into the agent's home
+# (never the workspace) as if they were real, one PATH=BASE64 a word. A file the agent's
+# files already have (a grant's placeholder) is left alone.
+if [ -n "${MOAT_DECOY_FILES:-}" ]; then
+	set -f
+	for item in $MOAT_DECOY_FILES; do
+		rel=${item%%=*}
+		case "$rel" in
+		.aws/credentials | .config/gh/hosts.yml | .npmrc | .env) ;;
+		*) die "a bad decoy file name" ;;
+		esac
+		[ -e "$HOME/$rel" ] && continue
+		mkdir -p "$(dirname "$HOME/$rel")" || die "cannot place a decoy in $HOME"
+		printf '%s' "${item#*=}" | base64 -d >"$HOME/$rel" || die "cannot place a decoy in $HOME"
+		chmod 600 "$HOME/$rel"
+	done
+	set +f
+	chown -R "$uid:$gid" "$HOME" || die "cannot give $HOME to moatuser"
+	unset item rel
+fi
+unset MOAT_DECOY_FILES
 drop() {
 	setpriv --reuid="$uid" --regid="$gid" --init-groups \
 		--inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"

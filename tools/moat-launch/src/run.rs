@@ -350,6 +350,15 @@ pub async fn supervise(id: &str) -> Result<()> {
             (State::Failed, Some(msg), None, Some(e.code))
         }
     };
+    let (state, reason, exit_code, error_code) = match crate::decoys::stopped() {
+        Some(why) => (
+            State::Failed,
+            Some(why.clone()),
+            Some(crate::decoys::EXIT_TRIPPED),
+            None,
+        ),
+        None => (state, reason, exit_code, error_code),
+    };
     // The proxy goes first so its last events reach the audit log; the run is recorded as
     // ended (and a following CLI returns) before Docker's clean-up, which takes a moment.
     stop_proxy(&mut res).await;
@@ -570,6 +579,12 @@ pub async fn grant_rules(grants: &[String]) -> Result<GrantRules> {
             }
             moat_core::rules::TYPE_SSH => out.ssh.push(format!("{}\n", l.trim())),
             moat_core::rules::TYPE_AWS_ROLE => out.aws = Some(r.decode()?),
+            "decoy" => {
+                return Err(Error::usage(format!(
+                    "{} is a decoy, not a grant; give it with --decoy",
+                    r.str("name").unwrap_or_default()
+                )));
+            }
             _ => {}
         }
     }
@@ -665,6 +680,15 @@ async fn lifecycle(
         oauth = crate::refresh::oauth_grants(&spec.grants).await;
     }
     let mut rules = grant_rules(&spec.grants).await?;
+    let decoys = crate::decoys::prepare(
+        spec,
+        &rules.inject,
+        &rules.env,
+        rules.aws.is_some(),
+        res.audit.as_ref(),
+        id,
+    )
+    .await?;
     crate::mcp::check_rules(&spec.mcp, &rules.inject)?;
     let ssh_dir = if rules.ssh.is_empty() {
         None
@@ -854,6 +878,7 @@ async fn lifecycle(
         extra.extend(a.relays.iter().cloned());
     }
     extra.extend(crate::mcp::relay_records(&spec.mcp)?);
+    extra.extend(decoys.iter().flat_map(|d| d.records.iter().cloned()));
     {
         let mut stdin = proxy.stdin.take().expect("piped");
         // Issue #23: the proxy signs AWS requests with the session the supervisor holds.
@@ -1098,6 +1123,9 @@ async fn lifecycle(
                 "ANTHROPIC_BASE_URL=http://{pip}:{pport}/relay/{token}/{name}"
             ));
         }
+    }
+    if let Some(d) = &decoys {
+        crate::decoys::container_env(d, &mut env);
     }
     let mut binds = vec![format!("{}:/workspace", spec.workspace.display())];
     for Bind {
@@ -1473,8 +1501,10 @@ async fn proxy_listening(
         m.proxy_pid = pid;
     })?;
     let tx = res.audit.as_ref().map(|a| a.tx.clone());
+    let run = id.to_string();
     res.proxy_pump = Some(tokio::spawn(async move {
         while let Ok(Some(l)) = lines.next_line().await {
+            crate::decoys::on_event(&l, &run).await;
             if let Some(tx) = &tx
                 && moat_core::jsonl::parse(&l).ok().flatten().is_some()
             {

@@ -7,10 +7,12 @@
 //! runs workers for S seconds and prints one JSON line of results. `loadgen relay
 //! --upstream ADDR --cacert FILE --ca-out FILE [--name bench.test] [--plain]` is a bare TLS
 //! relay to the origin (the floor for any intercepting proxy; see [`relay`]), or with
-//! `--plain` a TCP relay, reached with `load --direct`.
+//! `--plain` a TCP relay, reached with `load --direct`. `load --upload-kib N` POSTs N KiB
+//! per request (to /upload, which the origin reads and answers `ok`) and counts the bytes
+//! sent.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
@@ -167,7 +169,11 @@ async fn origin(args: &[String]) {
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let big = big.clone();
                     async move {
-                        let body = match req.uri().path() {
+                        let path = req.uri().path().to_string();
+                        if path == "/upload" {
+                            let _ = req.into_body().collect().await;
+                        }
+                        let body = match path.as_str() {
                             "/1m" => Full::new(big).map_err(|n| match n {}).boxed_unsync(),
                             "/sse" => {
                                 let s = futures_util::stream::unfold(0u8, |i| async move {
@@ -214,9 +220,11 @@ struct Opts {
     tls: tokio_rustls::TlsConnector,
     new_conn: bool,
     sse: bool,
+    /// `--upload-kib N`: POST N KiB per request.
+    upload: Option<Bytes>,
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn connect(o: &Opts) -> Sender {
     let host = o.url.host().unwrap().to_string();
@@ -273,6 +281,16 @@ async fn load(args: &[String]) {
         tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
         new_conn: args.iter().any(|a| a == "--new-conn"),
         sse: args.iter().any(|a| a == "--sse"),
+        upload: arg(args, "--upload-kib").map(|k| {
+            let n: usize = k.parse().expect("--upload-kib N");
+            // Text-like bytes (not one repeated byte), so a scanner sees varied input.
+            let text = b"etaoinshrdlu{}\":,0123456789";
+            Bytes::from(
+                (0..n * 1024)
+                    .map(|i| text[i % text.len()])
+                    .collect::<Vec<u8>>(),
+            )
+        }),
     });
     let conc: usize = arg(args, "--concurrency")
         .map(|s| s.parse().unwrap())
@@ -301,10 +319,19 @@ async fn load(args: &[String]) {
                     send = Some(connect(&o).await);
                     s = send.as_mut().unwrap();
                 }
-                let req = http::Request::get(o.url.path())
-                    .header("host", o.url.host().unwrap())
-                    .body(Empty::new())
-                    .unwrap();
+                let req = match &o.upload {
+                    Some(b) => {
+                        bytes += b.len() as u64;
+                        http::Request::post(o.url.path())
+                            .header("host", o.url.host().unwrap())
+                            .body(Full::new(b.clone()))
+                            .unwrap()
+                    }
+                    None => http::Request::get(o.url.path())
+                        .header("host", o.url.host().unwrap())
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                };
                 let res = s.send_request(req).await.unwrap();
                 let mut body = res.into_body();
                 if o.sse {

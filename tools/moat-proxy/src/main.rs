@@ -46,6 +46,7 @@ mod args;
 mod awssign;
 mod ca;
 mod config;
+mod decoy;
 mod h2guard;
 mod inject;
 mod policy;
@@ -136,8 +137,9 @@ fn replace_rules(
         }
         n += 1;
         let built = config::parse_rules(&text, "stdin").and_then(|r| book.build(r));
+        let built = built.and_then(|b| Ok((b, decoy::parse(&text, "stdin")?)));
         match built {
-            Ok((injector, policy, relays)) => {
+            Ok(((injector, policy, relays), decoys)) => {
                 let grants = injector.grants();
                 *st.live
                     .write()
@@ -145,6 +147,7 @@ fn replace_rules(
                     injector,
                     policy,
                     relays,
+                    decoys,
                 });
                 st.sinks.event(
                     "rules_replaced",
@@ -207,6 +210,7 @@ async fn serve(cfg: Config) -> Result<()> {
             injector: cfg.injector,
             policy: cfg.policy,
             relays: cfg.relays,
+            decoys: cfg.decoys,
         })),
         ca,
         sinks: sinks.clone(),

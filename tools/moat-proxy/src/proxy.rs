@@ -54,6 +54,8 @@ pub struct Live {
     pub injector: Injector,
     pub policy: Policy,
     pub relays: Vec<crate::relay::Relay>,
+    /// Decoy credentials (decoy.rs): None when the run has none (nothing is scanned).
+    pub decoys: Option<Arc<crate::decoy::Decoys>>,
 }
 
 pub struct State {
@@ -699,9 +701,25 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     let ctx = ReqCtx::new(
         st.sinks.clone(),
         method.as_str(),
-        trace_url(scheme, &t.host, t.port, &pq),
+        trace_url(
+            scheme,
+            &t.host,
+            t.port,
+            &crate::decoy::traced(live.decoys.as_ref(), &pq),
+        ),
     );
     let path = pq.split('?').next().unwrap_or("/").to_string();
+    let trip = |action| crate::decoy::Trip {
+        sinks: st.sinks.clone(),
+        host: display_host(&t.host, t.port),
+        method: method.to_string(),
+        request_id: ctx.id.clone(),
+        action,
+    };
+    if let Some(r) = crate::decoy::check_head(live.decoys.as_ref(), trip, &ctx, &pq, req.headers())
+    {
+        return r;
+    }
 
     if let Decision::Deny {
         rule,
@@ -769,6 +787,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     let mut body: Body = body.map_err(box_hyper_err).boxed_unsync();
+    body = crate::decoy::scan_body(body, live.decoys.as_ref(), trip);
     let mut aws_grant = None;
     if let Some(signer) = live.injector.aws.as_ref()
         && signer.covers(&t.host, t.port, t.tls)
@@ -851,7 +870,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     }
     let mut grants = live.injector.apply(&mut headers, &t.host, t.port, t.tls);
     grants.extend(aws_grant);
-    if is_ws && !grants.is_empty() {
+    if is_ws && (!grants.is_empty() || live.decoys.is_some()) {
         // The upstream's frames are masked as they stream (THREATS D3), which needs them
         // uncompressed: no extension is offered.
         headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
@@ -967,13 +986,23 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         let c2 = ctx.clone();
         let masker = (!grants.is_empty())
             .then(|| crate::wsmask::WsMasker::new(live.injector.secrets(&t.host, t.port, t.tls)));
+        let scan = live
+            .decoys
+            .clone()
+            .map(|d| (trip(d.action), crate::decoy::WsScan::new(d)));
         tokio::spawn(async move {
             let (Ok(a), Ok(b)) = (client_up.await, upstream_up.await) else {
                 return;
             };
             let (mut ar, mut aw) = tokio::io::split(TokioIo::new(a));
             let (mut br, mut bw) = tokio::io::split(TokioIo::new(b));
-            let (i, o) = tokio::join!(pump(&mut ar, &mut bw, None), pump(&mut br, &mut aw, masker));
+            let up = async {
+                match scan {
+                    Some((tr, s)) => crate::decoy::pump_scanned(&mut ar, &mut bw, s, tr).await,
+                    None => pump(&mut ar, &mut bw, None).await,
+                }
+            };
+            let (i, o) = tokio::join!(up, pump(&mut br, &mut aw, masker));
             c2.add_in(i);
             c2.add_out(o);
         });
@@ -1117,6 +1146,9 @@ fn upstream_error(
     path: &str,
     e: &hyper_util::client::legacy::Error,
 ) -> Response<Body> {
+    if let Some(d) = crate::decoy::tripped_in(e) {
+        return crate::decoy::refused(&ctx, "body", Some(&d));
+    }
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(d) = s.downcast_ref::<DialError>() {
