@@ -163,6 +163,7 @@ fn bash_completes_commands_flags_and_live_state() {
             "anthropic",
             "aws",
             "claude",
+            "decoy",
             "gemini",
             "github",
             "http",

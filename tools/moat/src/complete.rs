@@ -104,6 +104,10 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("grant github", TOKEN_GRANT),
     ("grant anthropic", TOKEN_GRANT),
     ("grant claude", TOKEN_GRANT),
+    (
+        "grant decoy",
+        "--like=github|anthropic|openai|aws|npm|http --no-store",
+    ),
     ("grant openai", TOKEN_GRANT),
     ("grant gemini", TOKEN_GRANT),
     (
@@ -157,18 +161,20 @@ pub const FLAGS: &[(&str, &str)] = &[
 
 const RUN_COMMON: &str = "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach \
     -i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= \
-    --runtime=docker --no-snapshots --no-audit --allow-sensitive-mount";
+    --runtime=docker --no-snapshots --no-audit --allow-sensitive-mount --decoy=grant \
+    --on-decoy=stop|block|log";
 const RUN_FLAGS: &str = concat!(
     "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach ",
     "-i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= ",
-    "--runtime=docker --no-snapshots --no-audit --allow-sensitive-mount -w/--worktree="
+    "--runtime=docker --no-snapshots --no-audit --allow-sensitive-mount -w/--worktree= ",
+    "--decoy=grant --on-decoy=stop|block|log -p/--prompt="
 );
 const WT_FLAGS: &str = RUN_COMMON;
 const AGENT_FLAGS: &str = concat!(
     "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach ",
     "-i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= ",
     "--runtime=docker --no-snapshots --no-audit --allow-sensitive-mount -w/--worktree= ",
-    "-p/--prompt= --keep-prompts --resume=run"
+    "-p/--prompt= --keep-prompts --resume=run --decoy=grant --on-decoy=stop|block|log"
 );
 const TOKEN_GRANT: &str = "--name= --token-stdin --no-validate --connect-to= --extra-ca=file";
 
@@ -184,6 +190,7 @@ pub const PROVIDERS: &[&str] = &[
     "mcp",
     "aws",
     "http",
+    "decoy",
 ];
 
 /// The dependency registry moat-launch embeds: its names are the `- name:` lines.
@@ -238,6 +245,10 @@ fn kind_of(v: &'static str) -> Kind {
         w => Kind::Words(match w {
             "permissive|strict" => &["permissive", "strict"],
             "docker" => &["docker"],
+            "stop|block|log" => &["stop", "block", "log"],
+            "github|anthropic|openai|aws|npm|http" => {
+                &["github", "anthropic", "openai", "aws", "npm", "http"]
+            }
             _ => &[],
         }),
     }
