@@ -45,6 +45,8 @@ pub struct Config {
     pub rulebook: Rulebook,
     /// The rules pipe, still open after a `rules_end`: replacements follow.
     pub updates: Option<Box<dyn BufRead + Send>>,
+    /// Budgets and prices for the model APIs (`usage_rules`, see usage.rs).
+    pub usage: crate::usage::Settings,
 }
 
 /// What a rule set is combined with: the fixed policy mode and allowances and the relays
@@ -244,6 +246,7 @@ impl Config {
             .or_else(|| env_nonempty("MOAT_PROXY_TRACE").map(PathBuf::from));
 
         let mut updates: Option<Box<dyn BufRead + Send>> = None;
+        let mut usage = crate::usage::Settings::default();
         let rules = match a.rules.as_deref() {
             None => (Vec::new(), Vec::new(), Vec::new(), None),
             Some("-") => {
@@ -255,6 +258,7 @@ impl Config {
                 if ended {
                     updates = Some(input);
                 }
+                usage = crate::usage::Settings::from_rules(&s, "stdin")?;
                 parse_rules(&s, "stdin")?
             }
             Some(f) => {
@@ -264,6 +268,7 @@ impl Config {
                     .map_err(|e| Error::io(format!("reading {f}"), e))?;
                 let s = String::from_utf8(data)
                     .map_err(|_| Error::data(format!("{f}: rules are not UTF-8")))?;
+                usage = crate::usage::Settings::from_rules(&s, f)?;
                 parse_rules(&s, f)?
             }
         };
@@ -295,6 +300,7 @@ impl Config {
             tunnels,
             rulebook,
             updates,
+            usage,
         })
     }
 }
