@@ -40,6 +40,8 @@ pub struct Config {
     pub mcp: Vec<crate::mcp::ServerConfig>,
     /// `aws:` (see aws.rs).
     pub aws: AwsSection,
+    /// `budget:` (see budget.rs).
+    pub budget: crate::budget::BudgetSection,
 }
 
 /// `aws: {mode: sign | session-credentials}`: how an `aws` grant reaches the run. `sign`
@@ -280,6 +282,9 @@ pub struct RunSpec {
     /// credentials instead of placeholders the proxy signs for.
     #[serde(default)]
     pub aws_session_credentials: bool,
+    /// `--budget` over `budget:` (budget.rs).
+    #[serde(default)]
+    pub budget: crate::budget::Budget,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -332,6 +337,7 @@ const TOP: &[&str] = &[
     "snapshots",
     "tracing",
     "aws",
+    "budget",
 ];
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run). The
@@ -366,6 +372,7 @@ fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "mcp[].auth" => &["grant", "header"],
         "snapshots" => &["disabled", "triggers", "exclude", "retention"],
         "aws" => &["mode"],
+        "budget" => crate::budget::SECTION_KEYS,
         "snapshots.triggers" => &[
             "disable_pre_run",
             "disable_git_commits",
@@ -1136,7 +1143,16 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         mcp,
         claude_plugins: None,
         aws_session_credentials: c.aws.mode.as_deref() == Some(AWS_MODE_SESSION),
+        budget: crate::budget::resolve(&args.budget, &c.budget, &config_name(loaded))?,
     })
+}
+
+fn config_name(loaded: &Loaded) -> String {
+    loaded
+        .file
+        .as_ref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "moat.yaml".into())
 }
 
 /// Whether a language server is installed with npm at image build.

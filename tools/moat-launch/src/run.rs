@@ -169,6 +169,7 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         audit: None,
         worktree_branch: spec.worktree.as_ref().map(|w| w.branch.clone()),
         worktree_repo: spec.worktree.as_ref().map(|w| w.repo.clone()),
+        usage: None,
     };
     store.create(&meta)?;
     let dir = store.dir(&id);
@@ -853,6 +854,7 @@ async fn lifecycle(
         extra.extend(a.relays.iter().cloned());
     }
     extra.extend(crate::mcp::relay_records(&spec.mcp)?);
+    extra.push(crate::budget::rules_record(home, &spec.budget)?);
     {
         let mut stdin = proxy.stdin.take().expect("piped");
         // Issue #23: the proxy signs AWS requests with the session the supervisor holds.
@@ -1472,8 +1474,10 @@ async fn proxy_listening(
         m.proxy_pid = pid;
     })?;
     let tx = res.audit.as_ref().map(|a| a.tx.clone());
+    let (usage_store, usage_id) = (Store::new(store.home.clone()), id.to_string());
     res.proxy_pump = Some(tokio::spawn(async move {
         while let Ok(Some(l)) = lines.next_line().await {
+            crate::budget::on_proxy_record(&usage_store, &usage_id, &l);
             if let Some(tx) = &tx
                 && moat_core::jsonl::parse(&l).ok().flatten().is_some()
             {
