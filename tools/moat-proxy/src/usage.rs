@@ -959,6 +959,25 @@ mod tests {
     }
 
     #[test]
+    fn a_json_answer_over_the_cap_is_not_counted_and_says_so() {
+        let mut r = Reader::new(Provider::OpenAi, false);
+        let pad = vec![b' '; JSON_CAP];
+        r.push(br#"{"model":"gpt-5","usage":{"prompt_tokens":5,"completion_tokens":5}"#);
+        r.push(&pad);
+        r.push(b"}");
+        r.finish();
+        assert!(!r.seen.found);
+        assert_eq!(r.note, Some("answer over 4 MiB: not counted"));
+        // Just under the cap: counted.
+        let mut r = Reader::new(Provider::OpenAi, false);
+        r.push(br#"{"model":"gpt-5","usage":{"prompt_tokens":5,"completion_tokens":5}"#);
+        r.push(&pad[..JSON_CAP - 200]);
+        r.push(b"}");
+        r.finish();
+        assert_eq!(r.seen.counts.output, 5);
+    }
+
+    #[test]
     fn prices_longest_prefix_then_highest() {
         let s = Settings {
             budget: Budget::default(),

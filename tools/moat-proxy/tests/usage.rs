@@ -158,6 +158,12 @@ fn setup(api: Api, budget: Value) -> Setup {
 
 /// POST through the proxy with a placeholder credential; (status, body).
 fn call(s: &Setup, api: Api, stream: bool) -> (u16, String) {
+    let (status, body, _) = call_h(s, api, stream);
+    (status, body)
+}
+
+/// [`call`], also returning the answer's `x-should-retry` header.
+fn call_h(s: &Setup, api: Api, stream: bool) -> (u16, String, String) {
     let (h, _) = api.header("placeholder");
     let url = format!("https://{}{}", api.host(), api.path(stream));
     let r = curl(
@@ -174,7 +180,7 @@ fn call(s: &Setup, api: Api, stream: bool) -> (u16, String) {
             "--data-binary",
             &api.body(stream),
             "-w",
-            "\n@@%{http_code}",
+            "\n@@%{http_code} %header{x-should-retry}",
             &url,
         ],
     );
@@ -186,8 +192,13 @@ fn call(s: &Setup, api: Api, stream: bool) -> (u16, String) {
         r.stdout,
         s.proxy.events()
     );
-    let (body, code) = r.stdout.rsplit_once("\n@@").unwrap();
-    (code.parse().unwrap(), body.to_string())
+    let (body, tail) = r.stdout.rsplit_once("\n@@").unwrap();
+    let (code, retry) = tail.split_once(' ').unwrap_or((tail, ""));
+    (
+        code.parse().unwrap(),
+        body.to_string(),
+        retry.trim().to_string(),
+    )
 }
 
 /// The same request straight to the stand-in, with the real credential.
@@ -299,8 +310,10 @@ fn scenario(api: Api, stream: bool) {
 
     // The first answer crossed the budget of 100 tokens: the next request is refused.
     for _ in 0..2 {
-        let (status, body) = call(&s, api, stream);
+        let (status, body, retry) = call_h(&s, api, stream);
         assert_eq!(status, 429, "{body}");
+        // The SDKs retry a 429 unless told not to; a spent budget stays spent.
+        assert_eq!(retry, "false");
         let v: Value = serde_json::from_str(&body).unwrap();
         let msg = api.check_error(&v);
         assert!(
@@ -415,6 +428,23 @@ fn cost_budget() {
         "{msg}"
     );
     assert_eq!(model_requests(&s, api), 2);
+    // Every request to a model host is refused once a budget is spent, not only POSTs.
+    let r = curl(
+        &s.env,
+        &[
+            "--proxy",
+            &s.proxy.url(),
+            "--cacert",
+            s.proxy.ca.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://api.openai.com/v1/models",
+        ],
+    );
+    assert_eq!(r.stdout, "429", "{}", r.stderr);
+    assert!(!s.standin.request_lines().contains("/v1/models"));
 }
 
 /// A bad usage_rules record is refused at start, naming the line, not the values.
