@@ -579,6 +579,11 @@ impl Seen {
     }
 }
 
+fn usage_finder() -> &'static memchr::memmem::Finder<'static> {
+    static F: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    F.get_or_init(|| memchr::memmem::Finder::new(b"usage"))
+}
+
 enum Mode {
     /// `text/event-stream`: `data:` lines, split across chunks by a bounded buffer.
     Sse { line: Vec<u8>, skipping: bool },
@@ -619,7 +624,7 @@ impl Reader {
         let Some(rest) = l.strip_prefix(b"data:") else {
             return;
         };
-        if memchr::memmem::find(rest, b"usage").is_none() {
+        if usage_finder().find(rest).is_none() {
             return;
         }
         if let Ok(v) = serde_json::from_slice::<Value>(rest.trim_ascii()) {
@@ -642,47 +647,65 @@ impl Reader {
                 }
                 buf.extend_from_slice(d);
             }
-            Mode::Sse { .. } => {
-                let mut rest = d;
-                while let Some(i) = memchr::memchr(b'\n', rest) {
-                    let (head, tail) = (&rest[..i], &rest[i + 1..]);
-                    rest = tail;
-                    let Mode::Sse { line, skipping } = &mut self.mode else {
-                        return;
-                    };
-                    if *skipping {
-                        *skipping = false;
-                        line.clear();
-                        continue;
-                    }
-                    if line.is_empty() {
-                        let l = head.strip_suffix(b"\r").unwrap_or(head);
-                        self.line(l);
-                    } else {
-                        let mut l = std::mem::take(line);
-                        l.extend_from_slice(head);
-                        if l.last() == Some(&b'\r') {
-                            l.pop();
-                        }
-                        self.line(&l);
-                        if let Mode::Sse { line, .. } = &mut self.mode {
-                            l.clear();
-                            *line = l;
-                        }
-                    }
-                }
-                if let Mode::Sse { line, skipping } = &mut self.mode
-                    && !*skipping
-                {
-                    if line.len() + rest.len() > LINE_CAP {
-                        *skipping = true;
-                        line.clear();
-                        self.note = Some("an event over 4 MiB was not read");
-                    } else {
-                        line.extend_from_slice(rest);
-                    }
+            Mode::Sse { line, skipping } => {
+                let (mut carry, mut skip) = (std::mem::take(line), *skipping);
+                self.push_sse(d, &mut carry, &mut skip);
+                if let Mode::Sse { line, skipping } = &mut self.mode {
+                    *line = carry;
+                    *skipping = skip;
                 }
             }
+        }
+    }
+
+    /// One chunk of an event stream: only lines that mention `usage` are looked at, found
+    /// with one scan of the chunk; a line cut by the chunk's end waits in `carry`.
+    fn push_sse(&mut self, d: &[u8], carry: &mut Vec<u8>, skip: &mut bool) {
+        let mut rest = d;
+        if !carry.is_empty() || *skip {
+            let Some(i) = memchr::memchr(b'\n', rest) else {
+                self.keep(carry, skip, rest);
+                return;
+            };
+            if !*skip {
+                carry.extend_from_slice(&rest[..i]);
+                self.line(carry.strip_suffix(b"\r").unwrap_or(carry));
+            }
+            carry.clear();
+            *skip = false;
+            rest = &rest[i + 1..];
+        }
+        let (lines, tail) = match memchr::memrchr(b'\n', rest) {
+            Some(i) => (&rest[..=i], &rest[i + 1..]),
+            None => (&rest[..0], rest),
+        };
+        let mut at = 0;
+        while let Some(j) = usage_finder().find(&lines[at..]) {
+            let pos = at + j;
+            let start = memchr::memrchr(b'\n', &lines[..pos]).map_or(0, |k| k + 1);
+            let end = pos + memchr::memchr(b'\n', &lines[pos..]).unwrap_or(lines.len() - pos);
+            let l = &lines[start..end];
+            self.line(l.strip_suffix(b"\r").unwrap_or(l));
+            at = end + 1;
+            if at >= lines.len() {
+                break;
+            }
+        }
+        self.keep(carry, skip, tail);
+    }
+
+    /// Keep the start of an unfinished line, up to [`LINE_CAP`].
+    fn keep(&mut self, carry: &mut Vec<u8>, skip: &mut bool, part: &[u8]) {
+        if *skip {
+            return;
+        }
+        if carry.len() + part.len() > LINE_CAP {
+            *skip = true;
+            carry.clear();
+            carry.shrink_to_fit();
+            self.note = Some("an event over 4 MiB was not read");
+        } else {
+            carry.extend_from_slice(part);
         }
     }
 
@@ -925,6 +948,24 @@ mod tests {
             );
             assert_eq!(s.model.as_deref(), Some("claude-sonnet-4-5"));
         }
+    }
+
+    #[test]
+    fn gemini_stream_with_crlf_byte_by_byte() {
+        let mut body = String::new();
+        for i in 1..=5 {
+            body.push_str(&format!(
+                "data: {{\"candidates\":[],\"usageMetadata\":{{\"promptTokenCount\":{},\"candidatesTokenCount\":{i}}},\"modelVersion\":\"gemini-2.5-flash\"}}\r\n\r\n",
+                10 * i
+            ));
+        }
+        let chunks: Vec<&[u8]> = body.as_bytes().chunks(1).collect();
+        let s = read(Provider::Google, true, &chunks);
+        assert_eq!((s.counts.input, s.counts.output), (50, 5));
+        let chunks: Vec<&[u8]> = body.as_bytes().chunks(7).collect();
+        let s = read(Provider::Google, true, &chunks);
+        assert_eq!((s.counts.input, s.counts.output), (50, 5));
+        assert_eq!(s.model.as_deref(), Some("gemini-2.5-flash"));
     }
 
     #[test]
