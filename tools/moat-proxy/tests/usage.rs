@@ -23,6 +23,10 @@ enum Api {
     Chat,
     Responses,
     Gemini,
+    /// The ChatGPT sign-in's Codex backend (the Responses API on chatgpt.com).
+    Codex,
+    /// Code Assist (the Google sign-in): Gemini answers wrapped in `{"response": ...}`.
+    CodeAssist,
 }
 
 const USAGE: Usage = Usage {
@@ -38,6 +42,8 @@ impl Api {
             Api::Anthropic => Kind::AnthropicApiKey,
             Api::Chat | Api::Responses => Kind::OpenAiApiKey,
             Api::Gemini => Kind::GeminiApiKey,
+            Api::Codex => Kind::ChatGpt,
+            Api::CodeAssist => Kind::GoogleOauth,
         }
     }
     fn host(self) -> &'static str {
@@ -45,12 +51,16 @@ impl Api {
             Api::Anthropic => "api.anthropic.com",
             Api::Chat | Api::Responses => "api.openai.com",
             Api::Gemini => "generativelanguage.googleapis.com",
+            Api::Codex => "chatgpt.com",
+            Api::CodeAssist => "cloudcode-pa.googleapis.com",
         }
     }
     fn header(self, key: &str) -> (String, String) {
         match self {
             Api::Anthropic => ("x-api-key".into(), key.into()),
-            Api::Chat | Api::Responses => ("Authorization".into(), format!("Bearer {key}")),
+            Api::Chat | Api::Responses | Api::Codex | Api::CodeAssist => {
+                ("Authorization".into(), format!("Bearer {key}"))
+            }
             Api::Gemini => ("x-goog-api-key".into(), key.into()),
         }
     }
@@ -61,6 +71,9 @@ impl Api {
             (Api::Responses, _) => "/v1/responses",
             (Api::Gemini, true) => "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
             (Api::Gemini, false) => "/v1beta/models/gemini-2.5-pro:generateContent",
+            (Api::Codex, _) => "/backend-api/codex/responses",
+            (Api::CodeAssist, true) => "/v1internal:streamGenerateContent?alt=sse",
+            (Api::CodeAssist, false) => "/v1internal:generateContent",
         }
     }
     fn body(self, stream: bool) -> String {
@@ -68,10 +81,12 @@ impl Api {
             Api::Anthropic => json!({"model":"claude-sonnet-4-5","max_tokens":64,
                 "messages":[{"role":"user","content":"hi"}]}),
             Api::Chat => json!({"model":"gpt-5","messages":[{"role":"user","content":"hi"}]}),
-            Api::Responses => json!({"model":"gpt-5","input":"hi"}),
+            Api::Responses | Api::Codex => json!({"model":"gpt-5","input":"hi"}),
+            Api::CodeAssist => json!({"model":"gemini-2.5-pro","project":"p",
+                "request":{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}}),
             Api::Gemini => json!({"contents":[{"role":"user","parts":[{"text":"hi"}]}]}),
         };
-        if stream && !matches!(self, Api::Gemini) {
+        if stream && !matches!(self, Api::Gemini | Api::CodeAssist) {
             b["stream"] = json!(true);
         }
         if stream && matches!(self, Api::Chat) {
@@ -90,8 +105,8 @@ impl Api {
     fn provider(self) -> &'static str {
         match self {
             Api::Anthropic => "anthropic",
-            Api::Chat | Api::Responses => "openai",
-            Api::Gemini => "google",
+            Api::Chat | Api::Responses | Api::Codex => "openai",
+            Api::Gemini | Api::CodeAssist => "google",
         }
     }
     /// The 429 body has the API's own error shape.
@@ -102,12 +117,12 @@ impl Api {
                 assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
                 v["error"]["message"].as_str().unwrap().to_string()
             }
-            Api::Chat | Api::Responses => {
+            Api::Chat | Api::Responses | Api::Codex => {
                 assert_eq!(v["error"]["type"], "insufficient_quota", "{v}");
                 assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
                 v["error"]["message"].as_str().unwrap().to_string()
             }
-            Api::Gemini => {
+            Api::Gemini | Api::CodeAssist => {
                 assert_eq!(v["error"]["code"], 429, "{v}");
                 assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{v}");
                 v["error"]["message"].as_str().unwrap().to_string()
@@ -296,12 +311,13 @@ fn scenario(api: Api, stream: bool) {
         // 100×3 + 50×15 + 7×0.3 + 3×3.75 micro-dollars, rounded.
         Api::Anthropic => assert_eq!(u["cost_micro_usd"], 1063, "{u}"),
         // 100×1.25 + 50×10 + 7×0.125.
-        Api::Chat | Api::Responses => {
+        Api::Chat | Api::Responses | Api::Codex => {
             assert_eq!(u["model"], "gpt-5");
             assert_eq!(u["cost_micro_usd"], 626, "{u}");
         }
         // Not in the table: priced at its highest rates (3, 15, 0.3).
-        Api::Gemini => {
+        Api::Gemini | Api::CodeAssist => {
+            assert_eq!(u["model"], "gemini-2.5-pro");
             assert!(u["priced_as"].as_str().unwrap().starts_with("highest"));
             assert_eq!(u["cost_micro_usd"], 300 + 750 + 2, "{u}");
         }
@@ -393,6 +409,21 @@ fn gemini_streamed() {
 #[test]
 fn gemini_json() {
     scenario(Api::Gemini, false);
+}
+
+#[test]
+fn codex_backend_streamed() {
+    scenario(Api::Codex, true);
+}
+
+#[test]
+fn code_assist_streamed() {
+    scenario(Api::CodeAssist, true);
+}
+
+#[test]
+fn code_assist_json() {
+    scenario(Api::CodeAssist, false);
 }
 
 /// requests_per_minute: the request past the limit gets 429 (Retry-After) without reaching
