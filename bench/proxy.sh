@@ -14,6 +14,10 @@
 # all. Last, decoy scanning (issue #21): a second moat-proxy with the same rules and five
 # decoys beside the first (no decoys), CPU per small request and per MiB uploaded, in
 # interleaved rounds. It asserts nothing.
+# all. Usage accounting (issue #21) is measured with model-shaped answers (an Anthropic
+# Messages JSON answer, and a 1 MiB event stream) served for bench.test (not a model host:
+# accounting off) and for api.anthropic.com (accounting on), both granted: proxy CPU per
+# answer and per MiB, off beside on, in interleaved rounds. It asserts nothing.
 #
 # usage: bench/proxy.sh [SECONDS-PER-MEASUREMENT]     (default 5)
 set -euo pipefail
@@ -47,6 +51,11 @@ start_origin() {
 start_origin 127.0.0.1:443 || start_origin 127.0.0.1:0
 origin=$(cat "$work/origin.addr")
 oport=${origin##*:}
+# a second origin named api.anthropic.com, where the proxy reads token usage
+"$L" origin --name api.anthropic.com --ca-out "$work/model-ca.pem" --listen 127.0.0.1:0 >"$work/model.addr" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 50); do [ -s "$work/model.addr" ] && break; sleep 0.1; done
+mport=$(sed 's/.*://' "$work/model.addr")
 
 # moat-proxy as a run uses it: a token, injection rules (bench.test is granted, so every
 # request gets a credential, a credential_used event and response masking), a trace file
@@ -61,7 +70,8 @@ rule() { printf '{"v":1,"type":"inject","grant":"%s","hosts":["%s"],"header":"%s
 	echo '{"v":1,"type":"net_rule","host":"api.github.com","rules":["allow GET /repos/**","deny * /**"]}'
 } >"$work/rules"
 "$P" serve --listen 127.0.0.1:0 --rules - --token-file "$work/token" --trace "$work/trace.jsonl" \
-	--connect-to "bench.test:443:127.0.0.1:$oport" --extra-ca "$work/origin-ca.pem" <"$work/rules" >"$work/moat.out" 2>"$work/moat.err" &
+	--connect-to "bench.test:443:127.0.0.1:$oport" --extra-ca "$work/origin-ca.pem" \
+	--connect-to "api.anthropic.com:443:127.0.0.1:$mport" --extra-ca "$work/model-ca.pem" <"$work/rules" >"$work/moat.out" 2>"$work/moat.err" &
 moat_pid=$!
 pids+=($moat_pid)
 for _ in $(seq 50); do [ -s "$work/moat.out" ] && break; sleep 0.1; done
@@ -198,6 +208,28 @@ else
 	echo "squid-openssl not available; comparing with direct only" >&2
 fi
 
+# Usage accounting: the same model-shaped answers from bench.test (off) and from
+# api.anthropic.com (on), through moat-proxy, both granted; 3 interleaved rounds.
+usage_round() { # host -> "CPU-us-per-JSON-answer CPU-ms-per-MiB-streamed"
+	local host=$1 t0 t1 out a b
+	t0=$(cpu_ticks "$moat_pid")
+	out=$("$L" load --url "https://$host/v1/messages" --post --proxy "$moat_addr" --token "$(cat "$work/token")" --cacert "$moat_ca" --concurrency 16 --seconds "$S")
+	t1=$(cpu_ticks "$moat_pid")
+	a=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$(json "$out" requests)" 'BEGIN { printf "%.0f", d / hz * 1e6 / n }')
+	t0=$(cpu_ticks "$moat_pid")
+	out=$("$L" load --url "https://$host/v1/messages?stream" --post --proxy "$moat_addr" --token "$(cat "$work/token")" --cacert "$moat_ca" --concurrency 4 --seconds "$S")
+	t1=$(cpu_ticks "$moat_pid")
+	b=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v by="$(json "$out" bytes)" 'BEGIN { printf "%.3f", d / hz * 1e3 / (by / 1048576) }')
+	echo "$a $b"
+}
+echo "measuring usage accounting off/on rounds ..." >&2
+usage_lines=()
+for i in 1 2 3; do
+	off=$(usage_round bench.test)
+	on=$(usage_round api.anthropic.com)
+	usage_lines+=("round $i: CPU per model JSON answer off ${off% *} us, on ${on% *} us; CPU per MiB streamed off ${off#* } ms, on ${on#* } ms")
+done
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 # ratio of field $3 of two loadgen results
 ratio_of() { ratio "$(json "$1" "$3")" "$(json "$2" "$3")"; }
@@ -280,5 +312,8 @@ for m in req_us up_ms_mib up_mib_s; do
 	printf '%-40s%14s%14s%14s%14s\n' "$m" "${R[off1.$m]}" "${R[on1.$m]}" "${R[off2.$m]}" "${R[on2.$m]}"
 done
 echo "decoy events in the scanning proxy (expected 0): $(grep -c '"type":"decoy_tripped"' "$work/moatd.out" || true)"
+echo "usage accounting (off: bench.test, on: api.anthropic.com; same answers, both granted):"
+printf '    %s\n' "${usage_lines[@]}"
+echo "    usage events: $(grep -c '"type":"usage"' "$work/moat.out")"
 # the measured path was the real one: every request traced, every credential use recorded
 echo "moat records: $(wc -l <"$work/trace.jsonl") trace lines, $(grep -c '"type":"credential_used"' "$work/moat.out") credential_used events"

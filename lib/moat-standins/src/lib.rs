@@ -87,6 +87,31 @@ pub struct Options {
     /// Also serve every route under this path prefix (e.g. `/gateway`), as an API gateway
     /// in front of the provider would; requests are recorded with the path as sent.
     pub base_path: Option<String>,
+    /// The token usage every model answer reports, in each API's own fields.
+    pub usage: Usage,
+}
+
+/// Token counts a stand-in reports for each model answer. `input` is the uncached input;
+/// the APIs that count cached input inside the input (OpenAI, Gemini) report
+/// `input + cache_read` there, with `cache_read` as the cached part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    /// Anthropic only (`cache_creation_input_tokens`).
+    pub cache_write: u64,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            input: 12,
+            output: 9,
+            cache_read: 0,
+            cache_write: 0,
+        }
+    }
 }
 
 impl Options {
@@ -100,6 +125,7 @@ impl Options {
             mcp: None,
             tool_use: None,
             base_path: None,
+            usage: Usage::default(),
         }
     }
 }

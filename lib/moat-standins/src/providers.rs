@@ -152,9 +152,9 @@ fn websocket(state: &State, r: &Req, on: hyper::upgrade::OnUpgrade) -> Response<
     if !responses || r.method != "GET" || !authorized(state, r) {
         return route(state, r);
     }
-    let answer = state.opts.answer.clone();
+    let (answer, usage) = (state.opts.answer.clone(), state.opts.usage);
     crate::ws::spawn(on, state.opts.event_delay, move |req| {
-        responses_events(&answer, req)
+        responses_events(&answer, req, usage)
     });
     let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -567,13 +567,13 @@ fn anthropic(opts: &crate::Options, r: &Req) -> Response<Body> {
                     json!({"id":id,"type":"message","role":"assistant","model":model,
                         "content":[{"type":"text","text":opts.answer}],
                         "stop_reason":"end_turn","stop_sequence":null,
-                        "usage":{"input_tokens":12,"output_tokens":9}}),
+                        "usage":anthropic_usage(opts, opts.usage.output)}),
                 );
             }
             let mut ev = vec![
                 named_event(
                     "message_start",
-                    &json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","model":model,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}),
+                    &json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","model":model,"content":[],"stop_reason":null,"stop_sequence":null,"usage":anthropic_usage(opts, 1)}}),
                 ),
                 named_event(
                     "content_block_start",
@@ -593,7 +593,7 @@ fn anthropic(opts: &crate::Options, r: &Req) -> Response<Body> {
             ));
             ev.push(named_event(
                 "message_delta",
-                &json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":9}}),
+                &json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":opts.usage.output}}),
             ));
             ev.push(named_event("message_stop", &json!({"type":"message_stop"})));
             let mut resp = sse(ev, opts.event_delay);
@@ -625,6 +625,13 @@ fn anthropic(opts: &crate::Options, r: &Req) -> Response<Body> {
         ),
         _ => not_found(Style::Anthropic),
     }
+}
+
+/// A Messages `usage` object with `output` output tokens.
+fn anthropic_usage(opts: &crate::Options, output: u64) -> Value {
+    let u = opts.usage;
+    json!({"input_tokens":u.input,"cache_creation_input_tokens":u.cache_write,
+        "cache_read_input_tokens":u.cache_read,"output_tokens":output})
 }
 
 /// Whether a Messages request lists `tool` in `tools`.
@@ -660,13 +667,13 @@ fn tool_use(
             json!({"id":id,"type":"message","role":"assistant","model":model,
                 "content":[{"type":"tool_use","id":call_id,"name":tool,"input":{}}],
                 "stop_reason":"tool_use","stop_sequence":null,
-                "usage":{"input_tokens":12,"output_tokens":9}}),
+                "usage":anthropic_usage(opts, opts.usage.output)}),
         );
     }
     let ev = vec![
         named_event(
             "message_start",
-            &json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","model":model,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}),
+            &json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","model":model,"content":[],"stop_reason":null,"stop_sequence":null,"usage":anthropic_usage(opts, 1)}}),
         ),
         named_event(
             "content_block_start",
@@ -682,7 +689,7 @@ fn tool_use(
         ),
         named_event(
             "message_delta",
-            &json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":9}}),
+            &json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":opts.usage.output}}),
         ),
         named_event("message_stop", &json!({"type":"message_stop"})),
     ];
@@ -797,7 +804,7 @@ fn openai(opts: &crate::Options, r: &Req) -> Response<Body> {
 fn responses(opts: &crate::Options, r: &Req) -> Response<Body> {
     let j = r.json();
     let stream = j.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let events = responses_events(&opts.answer, &j);
+    let events = responses_events(&opts.answer, &j, opts.usage);
     if !stream {
         let done = events.last().cloned().unwrap_or(Value::Null);
         return json_resp(StatusCode::OK, done["response"].clone());
@@ -810,7 +817,7 @@ fn responses(opts: &crate::Options, r: &Req) -> Response<Body> {
 }
 
 /// The Responses API's stream events for one answer, each a JSON object with `type`.
-fn responses_events(answer: &str, j: &Value) -> Vec<Value> {
+fn responses_events(answer: &str, j: &Value, u: crate::Usage) -> Vec<Value> {
     let model = j
         .get("model")
         .and_then(Value::as_str)
@@ -820,8 +827,9 @@ fn responses_events(answer: &str, j: &Value) -> Vec<Value> {
     let rid = format!("resp_standin{now}");
     let mid = format!("msg_standin{now}");
     let text = answer.to_string();
-    let usage = json!({"input_tokens":12,"input_tokens_details":{"cached_tokens":0},
-        "output_tokens":9,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":21});
+    let usage = json!({"input_tokens":u.input + u.cache_read,"input_tokens_details":{"cached_tokens":u.cache_read},
+        "output_tokens":u.output,"output_tokens_details":{"reasoning_tokens":0},
+        "total_tokens":u.input + u.cache_read + u.output});
     let done_item = json!({"id":mid,"type":"message","status":"completed","role":"assistant",
         "content":[{"type":"output_text","text":text,"annotations":[]}]});
     let resp_obj = |status: &str, output: Value, usage: Value| {
@@ -892,34 +900,56 @@ fn chat_completions(opts: &crate::Options, r: &Req) -> Response<Body> {
             StatusCode::OK,
             json!({"id":id,"object":"chat.completion","created":now,"model":model,
                 "choices":[{"index":0,"message":{"role":"assistant","content":opts.answer},"finish_reason":"stop"}],
-                "usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}),
+                "usage":chat_usage(opts.usage)}),
         );
     }
+    // `stream_options.include_usage`: every chunk has `"usage":null` and a last chunk,
+    // with no choices, carries the usage.
+    let with_usage = j["stream_options"]["include_usage"].as_bool() == Some(true);
     let chunk = |delta: Value, finish: Value| {
-        data_event(
-            &json!({"id":id,"object":"chat.completion.chunk","created":now,"model":model,
-            "choices":[{"index":0,"delta":delta,"finish_reason":finish}]}),
-        )
+        let mut c = json!({"id":id,"object":"chat.completion.chunk","created":now,"model":model,
+            "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
+        if with_usage {
+            c["usage"] = Value::Null;
+        }
+        data_event(&c)
     };
     let mut ev = vec![chunk(json!({"role":"assistant","content":""}), Value::Null)];
     for piece in pieces(&opts.answer) {
         ev.push(chunk(json!({"content":piece}), Value::Null));
     }
     ev.push(chunk(json!({}), json!("stop")));
+    if with_usage {
+        ev.push(data_event(
+            &json!({"id":id,"object":"chat.completion.chunk","created":now,"model":model,
+                "choices":[],"usage":chat_usage(opts.usage)}),
+        ));
+    }
     ev.push("data: [DONE]\n\n".into());
     sse(ev, opts.event_delay)
 }
 
+/// A Chat Completions `usage` object (cached input counted inside `prompt_tokens`).
+fn chat_usage(u: crate::Usage) -> Value {
+    json!({"prompt_tokens":u.input + u.cache_read,"completion_tokens":u.output,
+        "total_tokens":u.input + u.cache_read + u.output,
+        "prompt_tokens_details":{"cached_tokens":u.cache_read}})
+}
+
 // ---------------------------------------------------------------- Google
 
-fn gemini_chunk(text: &str, last: bool, model: &str) -> Value {
+fn gemini_chunk(text: &str, last: bool, model: &str, u: crate::Usage) -> Value {
     let mut cand = json!({"content":{"parts":[{"text":text}],"role":"model"},"index":0});
     if last {
         cand["finishReason"] = json!("STOP");
     }
-    json!({"candidates":[cand],
-        "usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":9,"totalTokenCount":21},
-        "modelVersion":model})
+    let prompt = u.input + u.cache_read;
+    let mut meta = json!({"promptTokenCount":prompt,"candidatesTokenCount":u.output,
+        "totalTokenCount":prompt + u.output});
+    if u.cache_read > 0 {
+        meta["cachedContentTokenCount"] = json!(u.cache_read);
+    }
+    json!({"candidates":[cand],"usageMetadata":meta,"modelVersion":model})
 }
 
 fn google(state: &State, r: &Req) -> Response<Body> {
@@ -970,7 +1000,7 @@ fn google(state: &State, r: &Req) -> Response<Body> {
             let chunks: Vec<Value> = ps
                 .iter()
                 .enumerate()
-                .map(|(i, t)| wrap(gemini_chunk(t, i == last, &model)))
+                .map(|(i, t)| wrap(gemini_chunk(t, i == last, &model, opts.usage)))
                 .collect();
             if sse_mode {
                 let ev = chunks
@@ -998,7 +1028,10 @@ fn google(state: &State, r: &Req) -> Response<Body> {
                 Some(s) => sample_from_schema(s).to_string(),
                 None => opts.answer.clone(),
             };
-            json_resp(StatusCode::OK, wrap(gemini_chunk(&text, true, &model)))
+            json_resp(
+                StatusCode::OK,
+                wrap(gemini_chunk(&text, true, &model, opts.usage)),
+            )
         }
         ("POST", "countTokens") => json_resp(StatusCode::OK, json!({"totalTokens": 12})),
         ("POST", "loadCodeAssist") => json_resp(

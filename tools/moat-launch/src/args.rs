@@ -74,6 +74,9 @@ Run options:
     -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
     --no-snapshots           no pre-run snapshot of the workspace
     --no-audit               run without an audit log (warned; recorded in metadata)
+    --budget tokens=N,cost=USD,rpm=N
+                             stop model requests (429) once the run has used N tokens
+                             or USD dollars, or past N model requests a minute
     --allow-sensitive-mount  run even if the workspace or a mount overlaps MOAT_HOME,
                              ~/.ssh, ~/.aws or another key directory (warns)
 
@@ -87,6 +90,7 @@ Other options:
     -n, --lines N            logs: print the last N lines
     -f, --follow             logs: keep printing until the run ends
     --network                trace: show network requests (the default)
+    --usage                  trace: model token usage and spend, per model and request
     -v, --verbose            trace: show grant, policy and errors
     --json                   list, trace, status, snapshot, system, volumes, deps: JSON lines
     --promoted               list: the promoted runs
@@ -137,6 +141,8 @@ pub struct RunArgs {
     /// `--decoy NAME` (repeatable; `auto`) and `--on-decoy ACTION` (decoys.rs).
     pub decoys: Vec<String>,
     pub on_decoy: Option<String>,
+    /// `--budget tokens=N,cost=USD,rpm=N` (repeatable; budget.rs).
+    pub budget: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -182,6 +188,8 @@ pub enum Command {
         run: Option<String>,
         verbose: bool,
         json: bool,
+        /// `--usage`: model usage and spend instead of requests.
+        usage: bool,
     },
     Report {
         run: Option<String>,
@@ -412,6 +420,7 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
             Long("decoy") => r.decoys.push(string(p.value().map_err(lex)?, "--decoy")?),
             Long("on-decoy") => r.on_decoy = Some(string(p.value().map_err(lex)?, "--on-decoy")?),
             Long("allow-sensitive-mount") => r.allow_sensitive_mount = true,
+            Long("budget") => r.budget.push(string(p.value().map_err(lex)?, "--budget")?),
             Short('p') | Long("prompt") => {
                 r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)
             }
@@ -506,10 +515,11 @@ fn parse_logs(p: &mut lexopt::Parser) -> Result<Command> {
 }
 
 fn parse_trace(p: &mut lexopt::Parser) -> Result<Command> {
-    let (mut run, mut verbose, mut json) = (None, false, false);
+    let (mut run, mut verbose, mut json, mut usage_) = (None, false, false, false);
     while let Some(a) = p.next().map_err(lex)? {
         match a {
             Long("network") => {}
+            Long("usage") => usage_ = true,
             Short('v') | Long("verbose") => verbose = true,
             Long("json") => json = true,
             Value(v) if run.is_none() => run = Some(string(v, "run")?),
@@ -517,7 +527,12 @@ fn parse_trace(p: &mut lexopt::Parser) -> Result<Command> {
             _ => return Err(usage(a.unexpected().to_string())),
         }
     }
-    Ok(Command::Trace { run, verbose, json })
+    Ok(Command::Trace {
+        run,
+        verbose,
+        json,
+        usage: usage_,
+    })
 }
 
 fn parse_policy(p: &mut lexopt::Parser) -> Result<Command> {

@@ -131,6 +131,7 @@ pub fn list(json: bool, promoted: bool) -> Result<()> {
                     "created_at": m.created_at, "image": m.image, "exit_code": m.exit_code,
                     "reason": m.reason, "workspace": m.workspace,
                     "worktree_branch": m.worktree_branch, "endpoints": m.endpoints,
+                    "usage": m.usage,
                 }),
             )?);
         }
@@ -159,17 +160,18 @@ pub fn list(json: bool, promoted: bool) -> Result<()> {
         let sw = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(8);
         let ew = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(9);
         out.push_str(&format!(
-            "{:<w$}  {:<16}  {:<8}  {:<sw$}  {:<ew$}  AGE\n",
-            "NAME", "RUN ID", "STATE", "SERVICES", "ENDPOINTS"
+            "{:<w$}  {:<16}  {:<8}  {:<sw$}  {:<ew$}  {:<9}  AGE\n",
+            "NAME", "RUN ID", "STATE", "SERVICES", "ENDPOINTS", "SPEND"
         ));
         for (m, (svc, eps)) in runs.iter().zip(&rows) {
             out.push_str(&format!(
-                "{:<w$}  {:<16}  {:<8}  {:<sw$}  {:<ew$}  {}\n",
+                "{:<w$}  {:<16}  {:<8}  {:<sw$}  {:<ew$}  {:<9}  {}\n",
                 m.name,
                 m.id,
                 m.state.as_str(),
                 svc,
                 eps,
+                crate::budget::spend_cell(m),
                 age(m)
             ));
         }

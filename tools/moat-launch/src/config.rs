@@ -44,6 +44,8 @@ pub struct Config {
     pub decoys: Option<Value>,
     /// `on_decoy: stop|block|log` (decoys.rs).
     pub on_decoy: Option<String>,
+    /// `budget:` (see budget.rs).
+    pub budget: crate::budget::BudgetSection,
 }
 
 /// `aws: {mode: sign | session-credentials}`: how an `aws` grant reaches the run. `sign`
@@ -293,6 +295,9 @@ pub struct RunSpec {
     /// `on_decoy:`/`--on-decoy`: stop (the default), block or log.
     #[serde(default)]
     pub on_decoy: Option<String>,
+    /// `--budget` over `budget:` (budget.rs).
+    #[serde(default)]
+    pub budget: crate::budget::Budget,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -347,6 +352,7 @@ const TOP: &[&str] = &[
     "aws",
     "decoys",
     "on_decoy",
+    "budget",
 ];
 
 /// Fields of the reference that are parsed but not acted on yet (said once per run). The
@@ -381,6 +387,7 @@ fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "mcp[].auth" => &["grant", "header"],
         "snapshots" => &["disabled", "triggers", "exclude", "retention"],
         "aws" => &["mode"],
+        "budget" => crate::budget::SECTION_KEYS,
         "snapshots.triggers" => &[
             "disable_pre_run",
             "disable_git_commits",
@@ -1162,6 +1169,7 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         decoys,
         decoys_auto,
         on_decoy,
+        budget: crate::budget::resolve(&args.budget, &c.budget, &config_name(loaded))?,
     })
 }
 
@@ -1202,6 +1210,14 @@ fn resolve_decoys(args: &RunArgs, c: &Config) -> Result<(Vec<String>, bool, Opti
         });
     }
     Ok((out, auto, on))
+}
+
+fn config_name(loaded: &Loaded) -> String {
+    loaded
+        .file
+        .as_ref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "moat.yaml".into())
 }
 
 /// Whether a language server is installed with npm at image build.

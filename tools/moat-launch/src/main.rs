@@ -9,6 +9,7 @@ mod args;
 mod attach;
 mod audit_writer;
 mod aws;
+mod budget;
 mod commands;
 mod config;
 mod decoys;
@@ -88,7 +89,15 @@ fn real_main() -> Result<()> {
         Command::List { json, promoted } => commands::list(json, promoted),
         Command::Status { json } => commands::status(json),
         Command::Logs { run, lines, follow } => commands::logs(run.as_deref(), lines, follow),
-        Command::Trace { run, verbose, json } => commands::trace(run.as_deref(), verbose, json),
+        Command::Trace {
+            run,
+            json,
+            usage: true,
+            ..
+        } => budget::trace_usage(run.as_deref(), json),
+        Command::Trace {
+            run, verbose, json, ..
+        } => commands::trace(run.as_deref(), verbose, json),
         Command::Report { run, output } => report::command(run.as_deref(), output.as_deref()),
         Command::Stop(run) => commands::stop(run.as_deref()),
         Command::Destroy(run) => commands::destroy(run.as_deref()),

@@ -170,6 +170,7 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         audit: None,
         worktree_branch: spec.worktree.as_ref().map(|w| w.branch.clone()),
         worktree_repo: spec.worktree.as_ref().map(|w| w.repo.clone()),
+        usage: None,
     };
     store.create(&meta)?;
     let dir = store.dir(&id);
@@ -879,6 +880,7 @@ async fn lifecycle(
     }
     extra.extend(crate::mcp::relay_records(&spec.mcp)?);
     extra.extend(decoys.iter().flat_map(|d| d.records.iter().cloned()));
+    extra.push(crate::budget::rules_record(home, &spec.budget)?);
     {
         let mut stdin = proxy.stdin.take().expect("piped");
         // Issue #23: the proxy signs AWS requests with the session the supervisor holds.
@@ -1502,8 +1504,10 @@ async fn proxy_listening(
     })?;
     let tx = res.audit.as_ref().map(|a| a.tx.clone());
     let run = id.to_string();
+    let (usage_store, usage_id) = (Store::new(store.home.clone()), id.to_string());
     res.proxy_pump = Some(tokio::spawn(async move {
         while let Ok(Some(l)) = lines.next_line().await {
+            crate::budget::on_proxy_record(&usage_store, &usage_id, &l);
             crate::decoys::on_event(&l, &run).await;
             if let Some(tx) = &tx
                 && moat_core::jsonl::parse(&l).ok().flatten().is_some()

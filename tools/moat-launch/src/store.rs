@@ -86,6 +86,9 @@ pub struct Metadata {
     pub worktree_branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree_repo: Option<PathBuf>,
+    /// Model usage so far (budget.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::budget::Spend>,
 }
 
 /// `audit` in metadata.json: the seal, or `"disabled"` for a run started with `--no-audit`.
@@ -308,6 +311,7 @@ mod tests {
             audit: None,
             worktree_branch: None,
             worktree_repo: None,
+            usage: None,
         }
     }
 

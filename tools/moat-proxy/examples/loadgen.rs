@@ -154,12 +154,14 @@ async fn origin(args: &[String]) {
         .unwrap();
     println!("{}", l.local_addr().unwrap());
     let big = Bytes::from(vec![b'x'; 1 << 20]);
+    let (model_json, model_sse) = model_answers();
     loop {
         let Ok((tcp, _)) = l.accept().await else {
             continue;
         };
         let acc = acc.clone();
         let big = big.clone();
+        let (model_json, model_sse) = (model_json.clone(), model_sse.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let Ok(tls) = acc.accept(tcp).await else {
@@ -168,6 +170,7 @@ async fn origin(args: &[String]) {
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let big = big.clone();
+                    let (model_json, model_sse) = (model_json.clone(), model_sse.clone());
                     async move {
                         let path = req.uri().path().to_string();
                         if path == "/upload" {
@@ -175,6 +178,29 @@ async fn origin(args: &[String]) {
                         }
                         let body = match path.as_str() {
                             "/1m" => Full::new(big).map_err(|n| match n {}).boxed_unsync(),
+                            // Model-API-shaped answers (Anthropic Messages) with usage, for
+                            // measuring the proxy's usage accounting: a small JSON answer,
+                            // or with ?stream a 1 MiB event stream of text deltas.
+                            "/v1/messages" if req.uri().query() == Some("stream") => {
+                                let mut r = hyper::Response::new(
+                                    Full::new(model_sse).map_err(|n| match n {}).boxed_unsync(),
+                                );
+                                r.headers_mut().insert(
+                                    "content-type",
+                                    http::HeaderValue::from_static("text/event-stream"),
+                                );
+                                return Ok::<_, Infallible>(r);
+                            }
+                            "/v1/messages" => {
+                                let mut r = hyper::Response::new(
+                                    Full::new(model_json).map_err(|n| match n {}).boxed_unsync(),
+                                );
+                                r.headers_mut().insert(
+                                    "content-type",
+                                    http::HeaderValue::from_static("application/json"),
+                                );
+                                return Ok::<_, Infallible>(r);
+                            }
                             "/sse" => {
                                 let s = futures_util::stream::unfold(0u8, |i| async move {
                                     match i {
@@ -212,6 +238,19 @@ async fn origin(args: &[String]) {
     }
 }
 
+/// An Anthropic Messages answer with usage, as JSON and as a 1 MiB event stream.
+fn model_answers() -> (Bytes, Bytes) {
+    let json = br#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello from the bench origin."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1200,"cache_creation_input_tokens":0,"cache_read_input_tokens":800,"output_tokens":42}}"#;
+    let mut sse = Vec::with_capacity((1 << 20) + 4096);
+    sse.extend_from_slice(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":1200,\"cache_read_input_tokens\":800,\"output_tokens\":1}}}\n\n");
+    let delta = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"some streamed words of an answer \"}}\n\n";
+    while sse.len() < 1 << 20 {
+        sse.extend_from_slice(delta);
+    }
+    sse.extend_from_slice(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9000}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    (Bytes::from_static(json), Bytes::from(sse))
+}
+
 struct Opts {
     url: http::Uri,
     direct: Option<String>,
@@ -222,6 +261,8 @@ struct Opts {
     sse: bool,
     /// `--upload-kib N`: POST N KiB per request.
     upload: Option<Bytes>,
+    /// `--post`: POST (with an empty body) instead of GET.
+    post: bool,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -291,6 +332,7 @@ async fn load(args: &[String]) {
                     .collect::<Vec<u8>>(),
             )
         }),
+        post: args.iter().any(|a| a == "--post"),
     });
     let conc: usize = arg(args, "--concurrency")
         .map(|s| s.parse().unwrap())
@@ -319,15 +361,22 @@ async fn load(args: &[String]) {
                     send = Some(connect(&o).await);
                     s = send.as_mut().unwrap();
                 }
+                let pq = o.url.path_and_query().map_or("/", |p| p.as_str());
                 let req = match &o.upload {
                     Some(b) => {
                         bytes += b.len() as u64;
-                        http::Request::post(o.url.path())
+                        http::Request::post(pq)
                             .header("host", o.url.host().unwrap())
                             .body(Full::new(b.clone()))
                             .unwrap()
                     }
-                    None => http::Request::get(o.url.path())
+                    None => http::Request::builder()
+                        .method(if o.post {
+                            http::Method::POST
+                        } else {
+                            http::Method::GET
+                        })
+                        .uri(pq)
                         .header("host", o.url.host().unwrap())
                         .body(Full::new(Bytes::new()))
                         .unwrap(),

@@ -47,6 +47,8 @@ pub struct Config {
     pub updates: Option<Box<dyn BufRead + Send>>,
     /// `decoy` records of the rule set (decoy.rs).
     pub decoys: Option<std::sync::Arc<crate::decoy::Decoys>>,
+    /// Budgets and prices for the model APIs (`usage_rules`, see usage.rs).
+    pub usage: crate::usage::Settings,
 }
 
 /// What a rule set is combined with: the fixed policy mode and allowances and the relays
@@ -247,6 +249,7 @@ impl Config {
 
         let mut updates: Option<Box<dyn BufRead + Send>> = None;
         let mut decoys = None;
+        let mut usage = crate::usage::Settings::default();
         let rules = match a.rules.as_deref() {
             None => (Vec::new(), Vec::new(), Vec::new(), None),
             Some("-") => {
@@ -259,6 +262,7 @@ impl Config {
                     updates = Some(input);
                 }
                 decoys = crate::decoy::parse(&s, "stdin")?;
+                usage = crate::usage::Settings::from_rules(&s, "stdin")?;
                 parse_rules(&s, "stdin")?
             }
             Some(f) => {
@@ -269,6 +273,7 @@ impl Config {
                 let s = String::from_utf8(data)
                     .map_err(|_| Error::data(format!("{f}: rules are not UTF-8")))?;
                 decoys = crate::decoy::parse(&s, f)?;
+                usage = crate::usage::Settings::from_rules(&s, f)?;
                 parse_rules(&s, f)?
             }
         };
@@ -301,6 +306,7 @@ impl Config {
             rulebook,
             updates,
             decoys,
+            usage,
         })
     }
 }

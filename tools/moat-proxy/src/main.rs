@@ -59,6 +59,7 @@ mod routerctl;
 mod tlsprov;
 mod trace;
 mod upstream;
+mod usage;
 mod wsmask;
 
 use args::Command;
@@ -137,6 +138,7 @@ fn replace_rules(
         }
         n += 1;
         let built = config::parse_rules(&text, "stdin").and_then(|r| book.build(r));
+        let built = built.and_then(|b| st.usage.replace(&text).map(|_| b));
         let built = built.and_then(|b| Ok((b, decoy::parse(&text, "stdin")?)));
         match built {
             Ok(((injector, policy, relays), decoys)) => {
@@ -220,6 +222,7 @@ async fn serve(cfg: Config) -> Result<()> {
         shutdown: sd_rx,
         tunnels: cfg.tunnels,
         dial,
+        usage: Arc::new(usage::Meter::new(cfg.usage)),
     });
     sinks.event(
         "listening",

@@ -70,6 +70,8 @@ pub struct State {
     /// `--tunnel` targets: CONNECT passes through as raw bytes.
     pub tunnels: Vec<(String, u16)>,
     pub dial: Arc<crate::upstream::DialPolicy>,
+    /// Token usage and budgets for the model APIs (usage.rs).
+    pub usage: Arc<crate::usage::Meter>,
 }
 
 impl State {
@@ -729,6 +731,19 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     {
         return deny(&st, ctx, &t, &method, &path, rule, kind, message);
     }
+    // Issue #21: a spent budget refuses model requests before anything is sent.
+    let model_api = crate::usage::model_host(&t.host);
+    if let Some(p) = model_api
+        && let Err(r) = st.usage.admit(method == Method::POST)
+    {
+        ctx.set_policy(format!("budget:{}", r.which()));
+        crate::usage::drain(req.into_body()).await;
+        let host = display_host(&t.host, t.port);
+        return finish(
+            ctx.clone(),
+            st.usage.refuse(&r, p, &st.sinks, &host, &ctx.id),
+        );
+    }
 
     // THREATS A6: a credential never crosses the network in clear unless its grant was
     // stored for `http://`. A plain-HTTP request that would get one over HTTPS is refused.
@@ -874,6 +889,13 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         // The upstream's frames are masked as they stream (THREATS D3), which needs them
         // uncompressed: no extension is offered.
         headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    if model_api.is_some() && method == Method::POST {
+        // Usage is read from the answer as it passes; a compressed one could not be.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
     if !grants.is_empty() {
         // Masking reads response bodies as they pass; a compressed body would carry an
@@ -1040,8 +1062,15 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
         ctx: Some(ctx.clone()),
         outbound: true,
     };
+    let body: Body = match model_api {
+        Some(p) if method == Method::POST => {
+            let host = display_host(&t.host, t.port);
+            crate::usage::tap(&st.usage, &st.sinks, p, &host, &ctx.id, &parts, body).boxed_unsync()
+        }
+        _ => body.boxed_unsync(),
+    };
     let body = if grants.is_empty() {
-        body.boxed_unsync()
+        body
     } else {
         // The request carried a credential: mask it wherever the response reflects it.
         let secrets = live.injector.secrets(&t.host, t.port, t.tls);
