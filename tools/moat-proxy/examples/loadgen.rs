@@ -173,6 +173,7 @@ async fn origin(args: &[String]) {
                     let (model_json, model_sse) = (model_json.clone(), model_sse.clone());
                     async move {
                         let path = req.uri().path().to_string();
+                        let stream = req.uri().query() == Some("stream");
                         if path == "/upload" {
                             let _ = req.into_body().collect().await;
                         }
@@ -181,7 +182,7 @@ async fn origin(args: &[String]) {
                             // Model-API-shaped answers (Anthropic Messages) with usage, for
                             // measuring the proxy's usage accounting: a small JSON answer,
                             // or with ?stream a 1 MiB event stream of text deltas.
-                            "/v1/messages" if req.uri().query() == Some("stream") => {
+                            "/v1/messages" if stream => {
                                 let mut r = hyper::Response::new(
                                     Full::new(model_sse).map_err(|n| match n {}).boxed_unsync(),
                                 );

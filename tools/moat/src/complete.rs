@@ -86,7 +86,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("list", "--json --promoted"),
     ("status", "--json"),
     ("logs", "-n/--lines= -f/--follow"),
-    ("trace", "--network -v/--verbose --json"),
+    ("trace", "--network -v/--verbose --json --usage"),
     ("stop", ""),
     ("destroy", ""),
     ("clean", "-f/--force"),
@@ -162,19 +162,20 @@ pub const FLAGS: &[(&str, &str)] = &[
 const RUN_COMMON: &str = "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach \
     -i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= \
     --runtime=docker --no-snapshots --no-audit --allow-sensitive-mount --decoy=grant \
-    --on-decoy=stop|block|log";
+    --on-decoy=stop|block|log --budget=";
 const RUN_FLAGS: &str = concat!(
     "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach ",
     "-i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= ",
     "--runtime=docker --no-snapshots --no-audit --allow-sensitive-mount -w/--worktree= ",
-    "--decoy=grant --on-decoy=stop|block|log -p/--prompt="
+    "--decoy=grant --on-decoy=stop|block|log -p/--prompt= --budget="
 );
 const WT_FLAGS: &str = RUN_COMMON;
 const AGENT_FLAGS: &str = concat!(
     "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach ",
     "-i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= ",
     "--runtime=docker --no-snapshots --no-audit --allow-sensitive-mount -w/--worktree= ",
-    "-p/--prompt= --keep-prompts --resume=run --decoy=grant --on-decoy=stop|block|log"
+    "-p/--prompt= --keep-prompts --resume=run --decoy=grant --on-decoy=stop|block|log ",
+    "--budget="
 );
 const TOKEN_GRANT: &str = "--name= --token-stdin --no-validate --connect-to= --extra-ca=file";
 
