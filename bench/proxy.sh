@@ -19,6 +19,14 @@
 # accounting off) and for api.anthropic.com (accounting on), both granted: proxy CPU per
 # answer and per MiB, off beside on, in interleaved rounds. It asserts nothing.
 #
+# A second harness (when nginx and oha are at hand; nginx-light is installed when missing,
+# oha is built from crates into target/bench-tools when missing, or OHA=path): oha, an
+# HTTP/1.1 client, through CONNECT tunnels to an nginx origin over TLS (its own config in
+# the temp dir, on 127.0.0.2:443, named nginx.test; every request through moat-proxy is
+# injected), against direct and squid in interleaved rounds: rate at 64 connections, p50
+# and p99, proxy CPU per request, keep-alive latency p50 at 1 connection, and the ratios.
+# The machine may be shared: compare only ratios from one invocation.
+#
 # usage: bench/proxy.sh [SECONDS-PER-MEASUREMENT]     (default 5)
 set -euo pipefail
 S=${1:-5}
@@ -57,6 +65,54 @@ pids+=($!)
 for _ in $(seq 50); do [ -s "$work/model.addr" ] && break; sleep 0.1; done
 mport=$(sed 's/.*://' "$work/model.addr")
 
+# The second harness's origin: nginx over TLS on 127.0.0.2:443 (a name of its own, so squid's
+# hosts_file can send it there), certificate from a CA made here.
+ngx=""
+ngx_extra=()
+if [ "$oport" = 443 ]; then
+	. "$root/scripts/lib.sh"
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_packages nginx-light || true
+fi
+if [ "$oport" = 443 ] && [ -x /usr/sbin/nginx ]; then
+	nd=$work/nginx
+	mkdir -p "$nd/tmp"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench nginx CA" \
+		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+		-keyout "$nd/ca.key" -out "$nd/ca.crt" >/dev/null 2>&1
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=nginx.test" \
+		-keyout "$nd/leaf.key" -out "$nd/leaf.csr" >/dev/null 2>&1
+	printf 'subjectAltName=DNS:nginx.test\nextendedKeyUsage=serverAuth\n' >"$nd/ext"
+	openssl x509 -req -in "$nd/leaf.csr" -CA "$nd/ca.crt" -CAkey "$nd/ca.key" -CAcreateserial -days 2 \
+		-extfile "$nd/ext" -out "$nd/leaf.crt" >/dev/null 2>&1
+	cat >"$nd/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $nd/nginx.pid;
+error_log $nd/error.log;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	client_body_temp_path $nd/tmp/body;
+	proxy_temp_path $nd/tmp/proxy;
+	fastcgi_temp_path $nd/tmp/fastcgi;
+	uwsgi_temp_path $nd/tmp/uwsgi;
+	scgi_temp_path $nd/tmp/scgi;
+	keepalive_requests 1000000;
+	server {
+		listen 127.0.0.2:443 ssl;
+		server_name nginx.test;
+		ssl_certificate $nd/leaf.crt;
+		ssl_certificate_key $nd/leaf.key;
+		location = /small { default_type text/plain; return 200 "ok small response\n"; }
+	}
+}
+CONF
+	/usr/sbin/nginx -p "$nd" -c "$nd/nginx.conf" -e "$nd/error.log" >"$nd/out" 2>&1 &
+	pids+=($!)
+	for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.2/443) 2>/dev/null && { ngx=127.0.0.2:443; break; }; sleep 0.1; done
+	[ -n "$ngx" ] && ngx_extra=(--connect-to "nginx.test:443:127.0.0.2:443" --extra-ca "$nd/ca.crt")
+fi
+
 # moat-proxy as a run uses it: a token, injection rules (bench.test is granted, so every
 # request gets a credential, a credential_used event and response masking), a trace file
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
@@ -66,11 +122,12 @@ rule() { printf '{"v":1,"type":"inject","grant":"%s","hosts":["%s"],"header":"%s
 	rule github api.github.com Authorization "Bearer ghp_$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" ghp_placeholder
 	rule anthropic api.anthropic.com x-api-key "sk-ant-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" sk-ant-placeholder
 	rule bench bench.test Authorization "Bearer bench_$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" bench_placeholder
+	rule nginx nginx.test Authorization "Bearer nginx_$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" nginx_placeholder
 	echo '{"v":1,"type":"net_rule","host":"bench.test","rules":["deny * /admin/**","allow GET /**","allow POST /v1/**"]}'
 	echo '{"v":1,"type":"net_rule","host":"api.github.com","rules":["allow GET /repos/**","deny * /**"]}'
 } >"$work/rules"
 "$P" serve --listen 127.0.0.1:0 --rules - --token-file "$work/token" --trace "$work/trace.jsonl" \
-	--connect-to "bench.test:443:127.0.0.1:$oport" --extra-ca "$work/origin-ca.pem" \
+	--connect-to "bench.test:443:127.0.0.1:$oport" --extra-ca "$work/origin-ca.pem" "${ngx_extra[@]}" \
 	--connect-to "api.anthropic.com:443:127.0.0.1:$mport" --extra-ca "$work/model-ca.pem" <"$work/rules" >"$work/moat.out" 2>"$work/moat.err" &
 moat_pid=$!
 pids+=($moat_pid)
@@ -112,7 +169,7 @@ if [ "$oport" = 443 ] && [ -x /usr/sbin/squid ] && [ -x /usr/lib/squid/security_
 		-keyout "$sq/ca.key" -out "$sq/ca.crt" >/dev/null 2>&1
 	cat "$sq/ca.crt" "$sq/ca.key" >"$sq/ca.pem"
 	/usr/lib/squid/security_file_certgen -c -s "$sq/ssl_db" -M 16MB >/dev/null 2>&1
-	echo "127.0.0.1 bench.test" >"$sq/hosts"
+	printf '127.0.0.1 bench.test\n127.0.0.2 nginx.test\n' >"$sq/hosts"
 	sport=$(( (RANDOM % 20000) + 30000 ))
 	cat >"$sq/squid.conf" <<CONF
 http_port 127.0.0.1:$sport ssl-bump generate-host-certificates=on dynamic_cert_mem_cache_size=16MB tls-cert=$sq/ca.pem
@@ -133,7 +190,8 @@ workers 1
 shutdown_lifetime 1 seconds
 CONF
 	# squid refuses to run as root and reads its files as the proxy user
-	cp "$work/origin-ca.pem" "$sq/"
+	cat "$work/origin-ca.pem" >"$sq/origin-ca.pem"
+	[ -n "$ngx" ] && cat "$nd/ca.crt" >>"$sq/origin-ca.pem"
 	chown -R proxy "$sq" 2>/dev/null || true
 	chmod o+x "$work"
 	sqname=moatbench$$
@@ -317,3 +375,100 @@ printf '    %s\n' "${usage_lines[@]}"
 echo "    usage events: $(grep -c '"type":"usage"' "$work/moat.out")"
 # the measured path was the real one: every request traced, every credential use recorded
 echo "moat records: $(wc -l <"$work/trace.jsonl") trace lines, $(grep -c '"type":"credential_used"' "$work/moat.out") credential_used events"
+
+# ---- the second harness: oha (HTTP/1.1) through CONNECT to nginx, interleaved rounds ----
+OHA=${OHA:-}
+if [ -z "$OHA" ]; then
+	if command -v oha >/dev/null; then OHA=$(command -v oha)
+	else
+		OHA=$root/target/bench-tools/bin/oha
+		if [ ! -x "$OHA" ] && [ -n "$ngx" ]; then
+			echo "building oha into target/bench-tools (once; takes a while) ..." >&2
+			cargo install oha --locked --quiet --root "$root/target/bench-tools" >&2 || true
+		fi
+	fi
+fi
+if [ -z "$ngx" ] || [ ! -x "$OHA" ]; then
+	echo
+	echo "oha harness skipped: $([ -z "$ngx" ] && echo "no nginx origin (needs root for 127.0.0.2:443 and nginx-light)" || echo "no oha")"
+	exit 0
+fi
+RS=${OHA_SECONDS:-3}
+ROUNDS=${OHA_ROUNDS:-5}
+od=$work/oha
+mkdir -p "$od"
+basic=$(printf 'moat:%s' "$(cat "$work/token")" | base64 -w0)
+# one oha measurement: name round conns pid-or-empty args... -> $od/name.round.conns.{json,cpu}
+oha_one() {
+	local name=$1 round=$2 c=$3 pid=$4; shift 4
+	local t0 t1
+	[ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+	"$OHA" --no-tui --output-format json -z "${RS}s" -c "$c" --insecure "$@" >"$od/$name.$round.$c.json" 2>"$od/$name.$round.$c.err" || true
+	if [ -n "$pid" ]; then
+		t1=$(cpu_ticks "$pid")
+		echo $((t1 - t0)) >"$od/$name.$round.$c.cpu"
+	fi
+}
+onames="direct moat"
+[ -n "$squid_addr" ] && onames="direct moat squid"
+echo "measuring oha rounds (direct, moat-proxy$([ -n "$squid_addr" ] && echo ", squid"); 64 and 1 connections; ${RS} s each, $ROUNDS rounds) ..." >&2
+for r in $(seq "$ROUNDS"); do
+	for c in 64 1; do
+		oha_one direct "$r" "$c" "" https://nginx.test/small --connect-to nginx.test:443:127.0.0.2:443
+		# --no-pre-lookup: the proxy resolves nginx.test (oha would look it up itself first)
+		oha_one moat "$r" "$c" "$moat_pid" https://nginx.test/small --no-pre-lookup -x "http://$moat_addr" --proxy-header "Proxy-Authorization: Basic $basic"
+		[ -n "$squid_addr" ] && oha_one squid "$r" "$c" "$squid_pid" https://nginx.test/small --no-pre-lookup -x "http://$squid_addr"
+	done
+done
+python3 - "$od" "$ROUNDS" "$hz" $onames <<'PY'
+import json, os, statistics, sys
+od, rounds, hz, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+def load(n, r, c):
+    p = f"{od}/{n}.{r}.{c}.json"
+    try:
+        d = json.load(open(p))
+    except Exception:
+        return None
+    codes = d.get("statusCodeDistribution", {})
+    ok = codes.get("200", 0)
+    # requests still in flight at the deadline are counted as errors by oha: not failures
+    errs = {k: v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k}
+    total = sum(codes.values()) + sum(errs.values())
+    lp = d.get("latencyPercentiles", {})
+    out = {"rps": d["summary"]["requestsPerSec"], "p50": lp.get("p50", 0) * 1e3,
+           "p99": lp.get("p99", 0) * 1e3, "ok": ok, "bad": total - ok}
+    if os.path.exists(f"{od}/{n}.{r}.{c}.cpu") and ok:
+        out["cpu_us"] = int(open(f"{od}/{n}.{r}.{c}.cpu").read()) / hz * 1e6 / ok
+    return out
+R = {(n, r, c): load(n, r, c) for n in names for r in range(1, rounds + 1) for c in (64, 1)}
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def col(n, c, k):
+    return med([R[(n, r, c)].get(k) if R[(n, r, c)] else None for r in range(1, rounds + 1)])
+def ratio(a, b, c, k):  # median over rounds of the per-round ratio a/b
+    xs = []
+    for r in range(1, rounds + 1):
+        x, y = R[(a, r, c)], R[(b, r, c)]
+        if x and y and x.get(k) and y.get(k):
+            xs.append(x[k] / y[k])
+    return med(xs), sorted(round(v, 2) for v in xs)
+fmt = lambda v, f="%.2f": "-" if v is None else f % v
+print(f"\noha harness: HTTP/1.1 through CONNECT to nginx over TLS (every moat-proxy request injected), medians of {rounds} interleaved rounds")
+print("%-34s" % "metric" + "".join("%14s" % n for n in names))
+for label, c, k, f in [("rate at 64 conns (req/s)", 64, "rps", "%.0f"), ("p50 at 64 (ms)", 64, "p50", "%.2f"),
+                       ("p99 at 64 (ms)", 64, "p99", "%.2f"), ("CPU per request at 64 (us)", 64, "cpu_us", "%.0f"),
+                       ("keep-alive p50 at 1 conn (ms)", 1, "p50", "%.3f"), ("rate at 1 conn (req/s)", 1, "rps", "%.0f")]:
+    print("%-34s" % label + "".join("%14s" % fmt(col(n, c, k), f) for n in names))
+bad = {n: sum((R[(n, r, c)] or {}).get("bad", 0) for r in range(1, rounds + 1) for c in (64, 1)) for n in names}
+print("requests that were not 200:", bad)
+if "squid" in names:
+    m, xs = ratio("moat", "squid", 64, "cpu_us"); print(f"moat/squid CPU per request: {fmt(m)} (per round: {xs}; target <= 0.25)")
+    m, xs = ratio("moat", "squid", 64, "rps"); print(f"moat/squid rate at 64: {fmt(m)} (per round: {xs}; target >= 2.5)")
+m, xs = ratio("moat", "direct", 64, "rps"); print(f"moat/direct rate at 64: {fmt(m)} (per round: {xs})")
+m, xs = ratio("moat", "direct", 64, "p99"); print(f"moat/direct p99 at 64: {fmt(m)} (per round: {xs}; target <= 1.5)")
+d = [R[("moat", r, 1)]["p50"] - R[("direct", r, 1)]["p50"] for r in range(1, rounds + 1) if R[("moat", r, 1)] and R[("direct", r, 1)]]
+print(f"moat keep-alive p50 - direct: {fmt(med(d), '%.3f')} ms (per round: {sorted(round(v, 3) for v in d)}; target <= 0.06)")
+PY
+# the oha requests took the real path too: traced with the nginx grant (so injected)
+echo "moat records: $(grep -c '"grant":"nginx"' "$work/trace.jsonl") traced requests to nginx.test under the nginx grant"

@@ -44,7 +44,11 @@ Options for serve:
     --extra-ca FILE          also trust the CA certificates in FILE upstream; repeatable
     --ca-dir DIR             interception CA directory (default MOAT_HOME/proxy/ca)
     --header-timeout SECS    time a client has to send request headers (default 30)
-    --max-connections N      client connections served at once (default 1024)
+    --handshake-timeout SECS time from accept to the first byte, and from CONNECT to the end
+                             of the TLS handshake inside it (default 5)
+    --max-connections N      client connections open at once (default 1024); when all are
+                             taken, the oldest that has not yet sent a request or finished
+                             its tunnel's TLS handshake is closed to make room
     --relay NAME=URL         serve /relay/TOKEN/NAME/... from URL; with mcp:NAME=URL, a
                              remote MCP server at /mcp/TOKEN/NAME[/...]; repeatable
     --tunnel HOST:PORT       pass CONNECT to HOST:PORT through as raw bytes, not intercepted
@@ -82,6 +86,7 @@ pub struct ServeArgs {
     pub ca_dir: Option<OsString>,
     pub header_timeout: Option<u64>,
     pub max_connections: Option<usize>,
+    pub handshake_timeout: Option<u64>,
     pub relay: Vec<String>,
     pub tunnel: Vec<String>,
 }
@@ -198,6 +203,9 @@ fn parse_serve(p: &mut lexopt::Parser) -> Result<ServeArgs> {
             Long("ca-dir") => a.ca_dir = Some(p.value().map_err(le)?),
             Long("header-timeout") => {
                 a.header_timeout = Some(p.value().map_err(le)?.parse().map_err(le)?)
+            }
+            Long("handshake-timeout") => {
+                a.handshake_timeout = Some(p.value().map_err(le)?.parse().map_err(le)?)
             }
             Long("max-connections") => {
                 a.max_connections = Some(p.value().map_err(le)?.parse().map_err(le)?)

@@ -38,6 +38,7 @@ pub struct Config {
     pub ca_dir: PathBuf,
     pub header_timeout: Duration,
     pub max_connections: usize,
+    pub handshake_timeout: Duration,
     pub relays: Vec<crate::relay::Relay>,
     /// `--tunnel HOST:PORT`: CONNECT targets passed through uninspected (canonical host).
     pub tunnels: Vec<(String, u16)>,
@@ -301,6 +302,11 @@ impl Config {
             ca_dir: ca_dir(a.ca_dir)?,
             header_timeout: Duration::from_secs(a.header_timeout.unwrap_or(30).max(1)),
             max_connections: a.max_connections.unwrap_or(1024).max(1),
+            handshake_timeout: match a.handshake_timeout {
+                None => Duration::from_secs(5),
+                Some(0) => return Err(Error::usage("--handshake-timeout must be at least 1")),
+                Some(n) => Duration::from_secs(n),
+            },
             relays,
             tunnels,
             rulebook,

@@ -42,6 +42,7 @@ macro_rules! writes_pass_through {
     };
 }
 
+mod admit;
 mod args;
 mod awssign;
 mod ca;
@@ -67,7 +68,7 @@ use config::Config;
 use moat_core::{Error, Result, cli};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 
 fn main() {
     cli::run_main("moat-proxy", run)
@@ -193,15 +194,13 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     let client = mk(tls_h2);
     let client_h1 = mk(tls_h1);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| {
-            Error::unavailable(format!(
-                "listening on {}: {}",
-                cfg.listen,
-                moat_core::error::io_msg(&e)
-            ))
-        })?;
+    let listener = admit::listen(cfg.listen).map_err(|e| {
+        Error::unavailable(format!(
+            "listening on {}: {}",
+            cfg.listen,
+            moat_core::error::io_msg(&e)
+        ))
+    })?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("listening", e))?;
@@ -219,6 +218,7 @@ async fn serve(cfg: Config) -> Result<()> {
         client,
         client_h1,
         header_timeout: cfg.header_timeout,
+        handshake_timeout: cfg.handshake_timeout,
         shutdown: sd_rx,
         tunnels: cfg.tunnels,
         dial,
@@ -233,51 +233,53 @@ async fn serve(cfg: Config) -> Result<()> {
         std::thread::spawn(move || replace_rules(input, &st2, &book));
     }
 
-    let max = cfg.max_connections;
-    let sem = Arc::new(Semaphore::new(max));
-    accept_until_signal(&listener, &sem, |tcp, _, permit| {
-        tokio::spawn(proxy::serve_client(st.clone(), tcp, permit));
+    let adm = admit::Admission::new(cfg.max_connections);
+    accept_until_signal(&listener, &adm, |tcp, _, slot| {
+        tokio::spawn(proxy::serve_client(st.clone(), tcp, slot));
     })
     .await?;
     drop(listener);
     let _ = sd_tx.send(true);
-    // Drain: every connection task holds a permit until it is done.
-    let _ = tokio::time::timeout(Duration::from_secs(30), sem.acquire_many(max as u32)).await;
+    // Drain: every connection task holds its slot until it is done.
+    let _ = tokio::time::timeout(Duration::from_secs(30), adm.drain()).await;
     sinks.sync(Duration::from_secs(5));
     Ok(())
 }
 
-/// Accept connections until SIGTERM or SIGINT, at most as many at once as `sem` has
-/// permits: each accepted connection goes to `serve` with a permit, to hold until it is done.
+/// Accept connections until SIGTERM or SIGINT, at most as many at once as `adm` has
+/// slots (see `admit`: with all taken, the oldest connection that has done nothing useful
+/// yet makes room): each accepted connection goes to `serve` with its slot, to hold until
+/// it is done.
 async fn accept_until_signal(
     listener: &tokio::net::TcpListener,
-    sem: &Arc<Semaphore>,
-    mut serve: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr, OwnedSemaphorePermit),
+    adm: &Arc<admit::Admission>,
+    mut serve: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr, admit::Slot),
 ) -> Result<()> {
     let sig =
         |k| tokio::signal::unix::signal(k).map_err(|e| Error::io("installing signal handlers", e));
     let mut term = sig(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = sig(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
-        let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
         match accepted {
-            Ok((tcp, peer)) => serve(tcp, peer, permit),
+            Ok((tcp, peer)) => {
+                let slot = tokio::select! {
+                    s = adm.slot() => match s { Some(s) => s, None => break },
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                };
+                serve(tcp, peer, slot)
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of ending the accept loop.
                 eprintln!(
                     "moat-proxy: accepting a connection: {}",
                     moat_core::error::io_msg(&e)
                 );
-                drop(permit);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -4,6 +4,7 @@
 //! injection and forwarding. Errors are labelled by the side that failed: the client (400),
 //! the upstream (502) or the proxy (500); denials are readable 403s.
 
+use crate::admit::Slot;
 use crate::ca::Ca;
 use crate::h2guard::{Guarded, Tripped};
 use crate::inject::{Injector, is_hop_by_hop};
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -66,6 +67,9 @@ pub struct State {
     pub client: Client<Connector, Body>,
     pub client_h1: Client<Connector, Body>,
     pub header_timeout: Duration,
+    /// From accept to the first byte, and from a CONNECT's 200 to the end of the TLS
+    /// handshake inside it.
+    pub handshake_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
     /// `--tunnel` targets: CONNECT passes through as raw bytes.
     pub tunnels: Vec<(String, u16)>,
@@ -117,22 +121,22 @@ pub fn server_builder(st: &State, http1_only: bool) -> auto::Builder<TokioExecut
 }
 
 /// Serve one accepted client connection.
-pub async fn serve_client(
-    st: Arc<State>,
-    tcp: tokio::net::TcpStream,
-    permit: OwnedSemaphorePermit,
-) {
+pub async fn serve_client(st: Arc<State>, tcp: tokio::net::TcpStream, permit: Slot) {
     let _ = tcp.set_nodelay(true);
+    let permit = Arc::new(permit);
     // hyper times out slow headers once a byte has arrived; a client that sends nothing
     // at all would hold its connection slot forever.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(st.header_timeout, tcp.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
+    tokio::select! {
+        r = tokio::time::timeout(st.handshake_timeout, tcp.peek(&mut first)) => match r {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        },
+        _ = permit.evicted() => return,
     }
-    let permit = Arc::new(permit);
     let b = server_builder(&st, true);
     let st2 = st.clone();
+    let evicted = permit.clone();
     let svc = service_fn(move |req| {
         let st = st2.clone();
         let permit = permit.clone();
@@ -146,6 +150,7 @@ pub async fn serve_client(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        _ = evicted.evicted() => {}
     }
 }
 
@@ -197,11 +202,7 @@ fn too_large(st: &State, req: &Request<Incoming>) -> Option<Response<Body>> {
     })
 }
 
-async fn outer(
-    req: Request<Incoming>,
-    st: Arc<State>,
-    permit: Arc<OwnedSemaphorePermit>,
-) -> Response<Body> {
+async fn outer(req: Request<Incoming>, st: Arc<State>, permit: Arc<Slot>) -> Response<Body> {
     if let Some(r) = too_large(&st, &req) {
         return r;
     }
@@ -209,6 +210,7 @@ async fn outer(
         && req.method() != Method::CONNECT
         && (req.uri().path().starts_with("/relay/") || req.uri().path().starts_with("/mcp/"))
     {
+        permit.productive();
         return relay(req, st).await;
     }
     if !authorized(&st, req.headers()) {
@@ -232,6 +234,7 @@ async fn outer(
     if req.method() == Method::CONNECT {
         return connect(req, st, permit).await;
     }
+    permit.productive();
     match req.uri().scheme_str() {
         Some("http") => {}
         Some(_) => {
@@ -439,11 +442,7 @@ fn misdirected(st: &State, req: &Request<Incoming>) -> Response<Body> {
     )
 }
 
-async fn connect(
-    req: Request<Incoming>,
-    st: Arc<State>,
-    permit: Arc<OwnedSemaphorePermit>,
-) -> Response<Body> {
+async fn connect(req: Request<Incoming>, st: Arc<State>, permit: Arc<Slot>) -> Response<Body> {
     let Some(auth) = req.uri().authority().map(|a| a.as_str().to_string()) else {
         return client_error(
             &st,
@@ -465,9 +464,14 @@ async fn connect(
         return raw_tunnel(on_upgrade, host, port, st, permit).await;
     }
     tokio::spawn(async move {
-        let _permit = permit;
-        if let Ok(up) = on_upgrade.await {
-            intercept(up, host, port, st).await;
+        let tunnel = async {
+            if let Ok(up) = on_upgrade.await {
+                intercept(up, host, port, st, &permit).await;
+            }
+        };
+        tokio::select! {
+            _ = tunnel => {}
+            _ = permit.evicted() => {}
         }
     });
     let mut r = Response::new(full(Bytes::new()));
@@ -483,7 +487,7 @@ async fn raw_tunnel(
     host: String,
     port: u16,
     st: Arc<State>,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<Slot>,
 ) -> Response<Body> {
     let ctx = ReqCtx::new(
         st.sinks.clone(),
@@ -506,6 +510,7 @@ async fn raw_tunnel(
         }
     };
     ctx.set_status(200);
+    permit.productive();
     let mut shutdown = st.shutdown.clone();
     tokio::spawn(async move {
         let _permit = permit;
@@ -539,7 +544,13 @@ struct Target {
     port: u16,
 }
 
-async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Arc<State>) {
+async fn intercept(
+    up: hyper::upgrade::Upgraded,
+    host: String,
+    port: u16,
+    st: Arc<State>,
+    slot: &Slot,
+) {
     let fail = |msg: String| {
         let ctx = ReqCtx::new(st.sinks.clone(), "CONNECT", display_host(&host, port));
         ctx.set_error("client", msg);
@@ -548,7 +559,10 @@ async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Ar
         rustls::server::Acceptor::default(),
         TokioIo::new(up),
     );
-    let start = match tokio::time::timeout(st.header_timeout, acceptor).await {
+    // The whole handshake (ClientHello included) has `handshake_timeout`: a tunnel that
+    // never starts TLS holds a connection slot for that long at most.
+    let deadline = tokio::time::Instant::now() + st.handshake_timeout;
+    let start = match tokio::time::timeout_at(deadline, acceptor).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return fail(format!(
@@ -565,7 +579,7 @@ async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Ar
         Ok(c) => c,
         Err(e) => return fail(format!("minting a certificate: {}", e.msg)),
     };
-    let mut tls = match tokio::time::timeout(st.header_timeout, start.into_stream(cfg)).await {
+    let mut tls = match tokio::time::timeout_at(deadline, start.into_stream(cfg)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return fail(format!(
@@ -576,6 +590,7 @@ async fn intercept(up: hyper::upgrade::Upgraded, host: String, port: u16, st: Ar
         Err(_) => return fail("TLS handshake with the client timed out".into()),
     };
     tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUF));
+    slot.productive();
     let t_host = host.clone();
     let tunnel = Arc::new(Tunnel {
         host,

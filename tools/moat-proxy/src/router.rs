@@ -21,7 +21,10 @@ use std::time::Duration;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From accept to a complete TLS handshake (or, for plain HTTP, the first byte); then the
+/// request headers have HEADER_TIMEOUT.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a host name asks for.
@@ -113,18 +116,39 @@ fn log(line: &str) {
     eprintln!("{} {line}", moat_core::timefmt::now_rfc3339());
 }
 
-/// Serve one accepted connection: TLS or plain HTTP, told apart by the first byte.
-pub async fn serve_conn(st: Arc<State>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+/// Serve one accepted connection until it is done, or until, before its first request,
+/// it is closed to make room for a newer connection (see `admit`).
+pub async fn serve_conn(
+    st: Arc<State>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: crate::admit::Slot,
+) {
+    let slot = Arc::new(slot);
+    tokio::select! {
+        _ = serve_tcp(st, tcp, peer, slot.clone()) => {}
+        _ = slot.evicted() => {}
+    }
+}
+
+/// TLS or plain HTTP, told apart by the first byte.
+async fn serve_tcp(
+    st: Arc<State>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: Arc<crate::admit::Slot>,
+) {
     let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(Ok(n)) if n > 0 => {}
         _ => return,
     }
     if first[0] == 0x16 {
         let acceptor =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-        let Ok(Ok(start)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await else {
+        let Ok(Ok(start)) = tokio::time::timeout_at(deadline, acceptor).await else {
             return;
         };
         let (name, sni) = match start.client_hello().server_name() {
@@ -151,8 +175,7 @@ pub async fn serve_conn(st: Arc<State>, tcp: tokio::net::TcpStream, peer: Socket
                 return;
             }
         };
-        let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(cfg)).await
-        else {
+        let Ok(Ok(tls)) = tokio::time::timeout_at(deadline, start.into_stream(cfg)).await else {
             return;
         };
         let c = Arc::new(Conn {
@@ -160,29 +183,30 @@ pub async fn serve_conn(st: Arc<State>, tcp: tokio::net::TcpStream, peer: Socket
             sni,
             peer,
         });
-        serve_http(st, TokioIo::new(tls), c).await
+        serve_http(st, TokioIo::new(tls), c, slot).await
     } else {
         let c = Arc::new(Conn {
             tls: false,
             sni: None,
             peer,
         });
-        serve_http(st, TokioIo::new(tcp), c).await
+        serve_http(st, TokioIo::new(tcp), c, slot).await
     }
 }
 
-async fn serve_http<I>(st: Arc<State>, io: I, c: Arc<Conn>)
+async fn serve_http<I>(st: Arc<State>, io: I, c: Arc<Conn>, slot: Arc<crate::admit::Slot>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
+        slot.productive();
         let st = st.clone();
         let c = c.clone();
         async move { Ok::<_, Infallible>(handle(req, st, c).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(io, svc)
         .with_upgrades()
         .await;

@@ -101,7 +101,7 @@ pub fn serve(port: u16) -> Result<()> {
         .map_err(|e| Error::io("starting the runtime", e))?;
     let res = rt.block_on(async move {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let listener = crate::admit::listen(addr).map_err(|e| {
             Error::unavailable(format!(
                 "listening on {addr}: {}",
                 moat_core::error::io_msg(&e)
@@ -127,13 +127,10 @@ pub fn serve(port: u16) -> Result<()> {
             info.pid
         );
         let st = Arc::new(router::State { home, ca, port });
-        let sem = Arc::new(tokio::sync::Semaphore::new(1024));
-        crate::accept_until_signal(&listener, &sem, |tcp, peer, permit| {
+        let adm = crate::admit::Admission::new(1024);
+        crate::accept_until_signal(&listener, &adm, |tcp, peer, slot| {
             let st = st.clone();
-            tokio::spawn(async move {
-                router::serve_conn(st, tcp, peer).await;
-                drop(permit);
-            });
+            tokio::spawn(router::serve_conn(st, tcp, peer, slot));
         })
         .await?;
         Ok::<_, Error>(st.home.clone())
