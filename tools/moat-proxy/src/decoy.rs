@@ -195,12 +195,26 @@ impl Decoys {
     /// Returns (where, header name, hit).
     pub fn check_head(
         &self,
+        method: &str,
         pq: &str,
         headers: &HeaderMap,
     ) -> Option<(&'static str, Option<String>, Hit)> {
+        // An extension method is any token (`curl -X "$TOKEN"`): most decoys are tokens.
+        if let Some(h) = self.find_text(method.as_bytes(), false) {
+            return Some(("method", None, h));
+        }
         for (k, v) in headers {
             if let Some(h) = self.find_text(v.as_bytes(), false) {
                 return Some(("header", Some(k.as_str().to_string()), h));
+            }
+            // Names arrive lowercased; an all-capitals decoy (an AWS key id) survives
+            // that, so the name is searched upper-cased too. The name is not recorded.
+            let upper = k.as_str().to_ascii_uppercase();
+            if let Some(h) = self
+                .find(k.as_str().as_bytes())
+                .or_else(|| self.find(upper.as_bytes()))
+            {
+                return Some(("header-name", None, h));
             }
         }
         let (path, query) = match pq.split_once('?') {
@@ -216,6 +230,14 @@ impl Decoys {
             return Some(("query", None, h));
         }
         None
+    }
+}
+
+/// The request method as the trace records it: `[decoy]` when it carries one.
+pub fn traced_method<'a>(decoys: Option<&Arc<Decoys>>, m: &'a str) -> std::borrow::Cow<'a, str> {
+    match decoys {
+        Some(d) if d.find_text(m.as_bytes(), false).is_some() => "[decoy]".into(),
+        _ => m.into(),
     }
 }
 
@@ -409,6 +431,7 @@ pub fn check_head(
     decoys: Option<&Arc<Decoys>>,
     trip: impl FnOnce(Action) -> Trip,
     ctx: &crate::trace::ReqCtx,
+    method: &str,
     pq: &str,
     headers: &HeaderMap,
 ) -> Option<http::Response<crate::proxy::Body>> {
@@ -416,7 +439,7 @@ pub fn check_head(
         return Some(refused(ctx, "request", None));
     }
     let d = decoys?;
-    let (place, header, hit) = d.check_head(pq, headers)?;
+    let (place, header, hit) = d.check_head(method, pq, headers)?;
     let what = match &header {
         Some(h) => format!("header {h}"),
         None => place.to_string(),
@@ -683,6 +706,11 @@ impl WsScan {
                     self.kpos = 0;
                     self.fin = h[0] & 0x80 != 0;
                     self.control = h[0] & 0x08 != 0;
+                    // RFC 6455: a control frame carries at most 125 bytes. A longer one
+                    // would be held whole here (it is scanned at its end): refused.
+                    if self.control && len > 125 {
+                        return Err(WsStop::Unreadable);
+                    }
                     if self.control {
                         self.ctrl_start = Some(self.out.len());
                     }
@@ -824,12 +852,17 @@ mod tests {
         let partial = V.replace('/', "%2f").replace('+', "%2B");
         let mut h = HeaderMap::new();
         h.insert("x-a", "ok".parse().unwrap());
-        let (w, _, hit) = d.check_head(&format!("/p?q={partial}"), &h).unwrap();
+        let (w, _, hit) = d.check_head("GET", &format!("/p?q={partial}"), &h).unwrap();
         assert_eq!((w, hit.encoding), ("query", "percent"));
         h.insert("x-b", format!("t {V}").parse().unwrap());
-        let (w, n, _) = d.check_head("/p", &h).unwrap();
+        let (w, n, _) = d.check_head("GET", "/p", &h).unwrap();
         assert_eq!((w, n.as_deref()), ("header", Some("x-b")));
-        assert!(d.check_head("/p?q=1", &HeaderMap::new()).is_none());
+        assert!(d.check_head("GET", "/p?q=1", &HeaderMap::new()).is_none());
+        // In the method (`curl -X "$TOKEN"`), and in a header name.
+        let (w, _, _) = d.check_head(V, "/p", &HeaderMap::new()).unwrap();
+        assert_eq!(w, "method");
+        assert_eq!(traced_method(Some(&Arc::new(ds())), V), "[decoy]");
+        assert_eq!(traced_method(Some(&Arc::new(ds())), "GET"), "GET");
     }
 
     fn frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
@@ -882,6 +915,13 @@ mod tests {
         }
         sent.extend(s.finish());
         assert_eq!(sent, clean);
+        // A control frame that declares more than 125 bytes is refused at its header,
+        // before anything of it is held: a "ping" of 2^40 bytes cannot grow the proxy.
+        let mut big = vec![0x89u8, 0x80 | 127];
+        big.extend((1u64 << 40).to_be_bytes());
+        big.extend([0, 0, 0, 0]);
+        let mut s = WsScan::new(Arc::new(ds()));
+        assert!(matches!(s.push(&big), Err(WsStop::Unreadable)));
     }
 
     #[test]

@@ -216,8 +216,8 @@ async fn outer(req: Request<Incoming>, st: Arc<State>, permit: Arc<Slot>) -> Res
     if !authorized(&st, req.headers()) {
         let ctx = ReqCtx::new(
             st.sinks.clone(),
-            req.method().as_str(),
-            target_for_trace(&req),
+            &crate::decoy::traced_method(st.live().decoys.as_ref(), req.method().as_str()),
+            target_for_trace(&st, &req),
         );
         ctx.set_status(407);
         ctx.set_error("client", "missing or wrong proxy credentials".into());
@@ -360,7 +360,10 @@ async fn relay(mut req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
     .await
 }
 
-fn target_for_trace(req: &Request<Incoming>) -> String {
+/// The target of a request refused before `forward` (never sent upstream), as the trace
+/// records it: a path or query carrying a decoy is `[decoy]` here too.
+fn target_for_trace(st: &State, req: &Request<Incoming>) -> String {
+    let live = st.live();
     let a = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
     match canonical_authority(
         a,
@@ -375,10 +378,13 @@ fn target_for_trace(req: &Request<Incoming>) -> String {
             "http",
             &h,
             p,
-            req.uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/"),
+            &crate::decoy::traced(
+                live.decoys.as_ref(),
+                req.uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/"),
+            ),
         ),
         Err(_) => "-".into(),
     }
@@ -392,8 +398,8 @@ fn client_error(
 ) -> Response<Body> {
     let ctx = ReqCtx::new(
         st.sinks.clone(),
-        req.method().as_str(),
-        target_for_trace(req),
+        &crate::decoy::traced_method(st.live().decoys.as_ref(), req.method().as_str()),
+        target_for_trace(st, req),
     );
     ctx.set_status(status.as_u16());
     ctx.set_error(
@@ -717,7 +723,7 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     let method = req.method().clone();
     let ctx = ReqCtx::new(
         st.sinks.clone(),
-        method.as_str(),
+        &crate::decoy::traced_method(live.decoys.as_ref(), method.as_str()),
         trace_url(
             scheme,
             &t.host,
@@ -729,12 +735,18 @@ async fn forward(mut req: Request<Incoming>, st: Arc<State>, t: Target) -> Respo
     let trip = |action| crate::decoy::Trip {
         sinks: st.sinks.clone(),
         host: display_host(&t.host, t.port),
-        method: method.to_string(),
+        method: crate::decoy::traced_method(live.decoys.as_ref(), method.as_str()).into_owned(),
         request_id: ctx.id.clone(),
         action,
     };
-    if let Some(r) = crate::decoy::check_head(live.decoys.as_ref(), trip, &ctx, &pq, req.headers())
-    {
+    if let Some(r) = crate::decoy::check_head(
+        live.decoys.as_ref(),
+        trip,
+        &ctx,
+        method.as_str(),
+        &pq,
+        req.headers(),
+    ) {
         return r;
     }
 
@@ -1173,7 +1185,7 @@ fn deny(
 ) -> Response<Body> {
     st.sinks.event(
         "policy_denied",
-        &json!({"host": display_host(&t.host, t.port), "method": method.as_str(), "path": path, "rule": rule, "request_id": ctx.id}),
+        &json!({"host": display_host(&t.host, t.port), "method": crate::decoy::traced_method(st.live().decoys.as_ref(), method.as_str()), "path": crate::decoy::traced(st.live().decoys.as_ref(), path), "rule": rule, "request_id": ctx.id}),
     );
     ctx.set_policy(rule);
     let mut r = text(StatusCode::FORBIDDEN, message);

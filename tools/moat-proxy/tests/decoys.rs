@@ -523,3 +523,35 @@ fn tripped_now(p: &Proxy) -> Vec<serde_json::Value> {
         .filter(|e| e["type"] == "decoy_tripped")
         .collect()
 }
+
+/// A token-shaped decoy sent as the request method (`curl -X "$GITHUB_TOKEN"`: any token is a
+/// legal extension method) is found like one in a header: nothing reaches the upstream,
+/// and no record holds the value (the trace writes the method as `[decoy]`). THREATS E3.
+#[test]
+fn method_hit_sends_nothing_and_records_no_value() {
+    let env = TestEnv::new();
+    let d = format!("ghp_{}", moat_core::hex(&moat_core::random_bytes::<15>()));
+    let (up, ca) = granted_upstream(&env, "api.example", &[b"http/1.1"]);
+    let p = Proxy::to_upstream(&env, &rules(&d, "block"), "api.example", up.port(), &ca);
+    let moat_ca = p.ca.to_str().unwrap().to_string();
+    let o = curl(
+        &env,
+        &[
+            "-x",
+            &p.url(),
+            "--cacert",
+            &moat_ca,
+            "-w",
+            "%{http_code}",
+            "-X",
+            &d,
+            "https://api.example/v1",
+        ],
+    );
+    assert!(o.stdout.ends_with("403"), "{} {}", o.stdout, o.stderr);
+    assert!(up.seen().is_empty(), "the upstream got {:?}", up.seen());
+    let e = tripped(&p);
+    assert_eq!(e[0]["where"], "method");
+    assert_ne!(e[0]["method"], d.as_str());
+    p.assert_no_leak(&d);
+}
