@@ -142,6 +142,8 @@ fn run_p_sends_the_prompt_to_the_workspaces_agent() {
     let (m, st) = with_standin(Options::new(Kind::AnthropicApiKey, &real));
     grant_token(&m, &["anthropic"], &real);
     m.write_config("agent: claude\n");
+    // The file picks the CLI and so its credential: a privileged field.
+    m.trust(None);
     let r = m.run_timeout(
         "moat",
         &["run", "--no-sandbox", "-p", "say hello"],

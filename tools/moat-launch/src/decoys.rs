@@ -1,17 +1,17 @@
 //! Decoy credentials for a run (issue #21): `--decoy NAME`, `decoys: [NAME...]` and
 //! `decoys: auto` (one fresh decoy per common provider the run was not granted, made for
 //! this run and stored nowhere). The decoys are placed where an attacker looks, as if they
-//! were real: `~/.aws/credentials`, `~/.config/gh/hosts.yml`, `~/.npmrc` and `~/.env` in the
+//! were real: `~/.aws/credentials`, `~/.config/gh/hosts.yml` and `~/.env` in the
 //! agent's home (written by moat-init from `MOAT_DECOY_FILES`; never the workspace), and the
 //! usual variables, each only when the run has no grant for that provider and nothing else
 //! sets the variable. The proxy gets them as `decoy` records with the run's `on_decoy`;
 //! when it reports `decoy_tripped`, the supervisor announces it and, under `stop`, stops the
 //! run with exit code 77.
 //!
-//! `decoys:` and `on_decoy:` in moat.yaml are not privileged fields (trust.rs): a decoy
-//! gives the run nothing it can use (its values are valid nowhere, and a request that
-//! carries one is refused or recorded), so a workspace that adds decoys or picks `block`
-//! or `log` only changes what a misbehaving run is caught doing, never what it can reach.
+//! `decoys:` in moat.yaml is not a privileged field (trust.rs): a decoy gives the run
+//! nothing it can use (its values are valid nowhere, and a request that carries one is
+//! refused or recorded). `on_decoy: block|log` is: a file that a run wrote must not let the
+//! next run go on after it was caught, or send the decoy (promise 10); `stop` asks nothing.
 
 use moat_core::{Error, Result};
 use serde_json::Value;
@@ -222,8 +222,9 @@ pub fn place(decoys: &[Decoy], granted: &[&str], on_decoy: &str) -> RunDecoys {
             }
             "npm" => {
                 if !real {
+                    // Not in ~/.npmrc: npm sends a bare `_authToken` to its default
+                    // registry (or refuses it), so every `npm install` would trip it.
                     put(&mut env, "NPM_TOKEN", v);
-                    file(&mut files, ".npmrc", format!("_authToken={v}\n"));
                 }
                 dotenv.push_str(&format!("NPM_TOKEN={v}\n"));
             }

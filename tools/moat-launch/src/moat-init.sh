@@ -52,7 +52,7 @@ if [ -n "${MOAT_DECOY_FILES:-}" ]; then
 	for item in $MOAT_DECOY_FILES; do
 		rel=${item%%=*}
 		case "$rel" in
-		.aws/credentials | .config/gh/hosts.yml | .npmrc | .env) ;;
+		.aws/credentials | .config/gh/hosts.yml | .env) ;;
 		*) die "a bad decoy file name" ;;
 		esac
 		[ -e "$HOME/$rel" ] && continue

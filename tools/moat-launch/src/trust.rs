@@ -137,6 +137,34 @@ pub fn requests(c: &Config, workspace: &Path, home: &MoatHome) -> Vec<Request> {
             json!(["grant", g]),
         );
     }
+    // `moat run -p` sends the prompt to the CLI `agent:` names, with that agent's own
+    // grant: the file would pick a credential for the run (THREATS L1).
+    if let Some(a @ ("claude" | "codex" | "gemini")) = c.agent.as_deref() {
+        add(
+            "agent".into(),
+            format!(
+                "makes `moat run -p` run the {a} CLI with the {} credential",
+                crate::agent::default_grant(a)
+            ),
+            json!(["agent", a]),
+        );
+    }
+    // A decoy that trips stops the run unless the command line says otherwise; the file
+    // may not weaken that for the next run (promise 10).
+    if let Some(o) = c.on_decoy.as_deref().filter(|o| *o != "stop") {
+        add(
+            "on_decoy".into(),
+            format!(
+                "lets a run go on after a request carries a decoy ({o}{})",
+                if o == "log" {
+                    ": the decoy is sent"
+                } else {
+                    ""
+                }
+            ),
+            json!(["on_decoy", o]),
+        );
+    }
     for (k, r) in &c.secrets {
         add(
             format!("secrets.{k}"),
@@ -777,6 +805,9 @@ mod tests {
                 "volumes.st",
                 "/st",
             ),
+            ("agent: codex\n", "agent", "openai credential"),
+            ("on_decoy: log\n", "on_decoy", "the decoy is sent"),
+            ("on_decoy: block\n", "on_decoy", "go on"),
         ] {
             let r = reqs(yaml, ws);
             assert_eq!(r.len(), 1, "{yaml}: {r:?}");
@@ -787,6 +818,8 @@ mod tests {
         assert!(reqs("claude:\n  base_url: https://api.anthropic.com\n", ws).is_empty());
         // The default (the proxy signs) asks nothing.
         assert!(reqs("aws:\n  mode: sign\n", ws).is_empty());
+        // An agent moat does not run as a CLI, and the default on_decoy, ask nothing.
+        assert!(reqs("agent: my-agent\non_decoy: stop\n", ws).is_empty());
     }
 
     #[test]
