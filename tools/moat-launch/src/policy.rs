@@ -354,7 +354,7 @@ pub fn suggest(reqs: &[Req], about: &str, psl: &moat_core::psl::Suffixes) -> Sug
                 "{} names under {} not collapsed: it is or holds the public suffix {}",
                 names.len(),
                 yq(&parent),
-                yq(s)
+                yq(&s)
             ));
             continue;
         }
