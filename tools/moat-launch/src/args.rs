@@ -71,6 +71,7 @@ Run options:
     --runtime RUNTIME        container runtime: docker
     -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
     --no-snapshots           no pre-run snapshot of the workspace
+    --read-only-workspace    mount the workspace read-only (also `workspace: ro`)
     --no-audit               run without an audit log (warned; recorded in metadata)
     --allow-sensitive-mount  run even if the workspace or a mount overlaps MOAT_HOME,
                              ~/.ssh, ~/.aws or another key directory (warns)
@@ -123,6 +124,8 @@ pub struct RunArgs {
     pub runtime: Option<String>,
     pub worktree: Option<String>,
     pub no_snapshots: bool,
+    /// `--read-only-workspace`: mount /workspace read-only.
+    pub read_only_workspace: bool,
     /// `--no-audit`: run without an audit log (loudly).
     pub no_audit: bool,
     /// `claude`, `codex` or `gemini` for the agent subcommands.
@@ -403,6 +406,7 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
                 r.worktree = Some(string(p.value().map_err(lex)?, "--worktree")?)
             }
             Long("no-snapshots") => r.no_snapshots = true,
+            Long("read-only-workspace") => r.read_only_workspace = true,
             Long("no-audit") => r.no_audit = true,
             Long("allow-sensitive-mount") => r.allow_sensitive_mount = true,
             Short('p') | Long("prompt") => {

@@ -1099,7 +1099,11 @@ async fn lifecycle(
             ));
         }
     }
-    let mut binds = vec![format!("{}:/workspace", spec.workspace.display())];
+    let mut binds = vec![format!(
+        "{}:/workspace{}",
+        spec.workspace.display(),
+        if spec.readonly_workspace { ":ro" } else { "" }
+    )];
     for Bind {
         source,
         target,
