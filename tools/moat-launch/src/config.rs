@@ -1,7 +1,9 @@
 //! agent.yaml / moat.yaml → a validated `Config`, then CLI flags over file over defaults →
-//! the `RunSpec` a run is started from. Every field of the reference is accepted; unknown
-//! fields are warned about with a suggestion; invalid values are errors naming the file, the
-//! line and the field. Nothing here talks to Docker or reads credentials.
+//! the `RunSpec` a run is started from. Every field of the reference either acts or, where
+//! this version has not built it, is refused (`refuse_unbuilt`); unknown fields are warned
+//! about with a suggestion; invalid values are errors naming the file, the line of the key
+//! (from the parser's locations, yaml_lines.rs) and the field. Nothing here talks to Docker
+//! or reads credentials.
 
 use crate::args::RunArgs;
 use moat_core::{Error, Result};

@@ -157,17 +157,17 @@ pub const FLAGS: &[(&str, &str)] = &[
 
 const RUN_COMMON: &str = "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach \
     -i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= \
-    --runtime=docker --no-snapshots --no-audit --allow-sensitive-mount";
+    --runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount";
 const RUN_FLAGS: &str = concat!(
     "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach ",
     "-i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= ",
-    "--runtime=docker --no-snapshots --no-audit --allow-sensitive-mount -w/--worktree="
+    "--runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount -w/--worktree="
 );
 const WT_FLAGS: &str = RUN_COMMON;
 const AGENT_FLAGS: &str = concat!(
     "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach ",
     "-i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= ",
-    "--runtime=docker --no-snapshots --no-audit --allow-sensitive-mount -w/--worktree= ",
+    "--runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount -w/--worktree= ",
     "-p/--prompt= --keep-prompts --resume=run"
 );
 const TOKEN_GRANT: &str = "--name= --token-stdin --no-validate --connect-to= --extra-ca=file";
