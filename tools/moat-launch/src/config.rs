@@ -825,6 +825,23 @@ fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> 
              method and path rules)",
         );
     }
+    // Keep policies elsewhere in the Go moat's configuration (REFERENCE.md).
+    if let Some(items) = at("/mcp").and_then(Value::as_array) {
+        for (i, m) in items.iter().enumerate() {
+            if m.get("policy").is_some() {
+                return refuse(
+                    &format!("mcp[{i}].policy"),
+                    "Keep policies are not built yet; remove it",
+                );
+            }
+        }
+    }
+    if at("/claude/llm-gateway").is_some() {
+        return refuse(
+            "claude.llm-gateway",
+            "the LLM gateway policy is not built yet; remove it",
+        );
+    }
     if let Some(t) = at("/tracing") {
         match t.get("disable_exec") {
             Some(Value::Bool(true)) => {}
@@ -876,6 +893,13 @@ fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> 
                 "workspace",
                 "volume workspaces (a copy of the workspace in a Docker volume) are not built \
                  yet; use rw (the default) or ro",
+            );
+        }
+        Some(Value::Object(m)) if m.contains_key("mode") => {
+            return refuse(
+                "workspace",
+                "the Go moat's `workspace: {mode: ...}` is written `workspace: rw` (bind, the \
+                 default) or `workspace: ro` here; volume mode is not built yet",
             );
         }
         Some(w) => {
@@ -1401,6 +1425,17 @@ mod tests {
             ),
             ("workspace: volume\n", 1, "not built"),
             ("workspace: readonly\n", 1, "must be rw or ro"),
+            ("name: a\nworkspace:\n  mode: bind\n", 2, "`workspace: rw`"),
+            (
+                "mcp:\n  - name: a\n    url: https://a.example/\n  - name: b\n    url: https://b.example/\n    policy: p.yaml\n",
+                6,
+                "mcp[1].policy: Keep policies",
+            ),
+            (
+                "claude:\n  llm-gateway:\n    policy: p.yaml\n",
+                2,
+                "claude.llm-gateway",
+            ),
         ] {
             let e = parse(text, "moat.yaml").unwrap_err();
             assert_eq!(e.code, moat_core::exit::CONFIG, "{text}: {}", e.msg);
