@@ -905,7 +905,10 @@ fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> 
         Some(w) => {
             return refuse(
                 "workspace",
-                &format!("must be rw or ro, not {}", one_line(&w.to_string())),
+                &format!(
+                    "must be rw or ro, not {}",
+                    w.to_string().chars().take(40).collect::<String>()
+                ),
             );
         }
     }
@@ -1424,7 +1427,11 @@ mod tests {
                 "idle_threshold_seconds",
             ),
             ("workspace: volume\n", 1, "not built"),
-            ("workspace: readonly\n", 1, "must be rw or ro"),
+            (
+                "workspace: readonly\n",
+                1,
+                "must be rw or ro, not \"readonly\"",
+            ),
             ("name: a\nworkspace:\n  mode: bind\n", 2, "`workspace: rw`"),
             (
                 "mcp:\n  - name: a\n    url: https://a.example/\n  - name: b\n    url: https://b.example/\n    policy: p.yaml\n",
