@@ -478,8 +478,8 @@ fn system_lists_exactly_the_images_and_containers_of_this_home() {
 /// A read-only workspace (`workspace: ro`, `--read-only-workspace`) and `SRC:DST:ro` in
 /// `mounts:`: the run reads them, its writes fail with EROFS, and the host files keep their
 /// bytes (no marker the run tried to write reaches the host). The pre-run snapshot still
-/// works, since it only reads. THREATS: the workspace is the run's only writable host path
-/// unless the user says otherwise.
+/// works, since it only reads. THREATS L1: with `workspace: ro` the run cannot rewrite the
+/// moat.yaml the next run reads.
 #[test]
 fn a_read_only_workspace_and_ro_mounts_refuse_writes() {
     if !docker_ready() {
@@ -494,7 +494,7 @@ fn a_read_only_workspace_and_ro_mounts_refuse_writes() {
     std::fs::write(m.ws.join("moat.yaml"), yaml).unwrap();
     let script = format!(
         "cat /workspace/data.txt /extra/e.txt; \
-         for f in /workspace/data.txt /workspace/new.txt /extra/e.txt /extra/new.txt; do \
+         for f in /workspace/data.txt /workspace/new.txt /workspace/moat.yaml /extra/e.txt /extra/new.txt; do \
            if echo {marker} > $f 2>/tmp/err; then echo WROTE $f; else echo REFUSED $f; cat /tmp/err; fi; \
          done; mkdir /workspace/.claude 2>&1 || echo MKDIR_REFUSED"
     );
@@ -506,7 +506,7 @@ fn a_read_only_workspace_and_ro_mounts_refuse_writes() {
         "{out}"
     );
     assert!(!out.contains("WROTE"), "{out}");
-    for f in ["data.txt", "new.txt"] {
+    for f in ["data.txt", "new.txt", "moat.yaml"] {
         assert!(out.contains(&format!("REFUSED /workspace/{f}")), "{out}");
     }
     assert!(out.contains("REFUSED /extra/e.txt"), "{out}");
