@@ -474,3 +474,78 @@ fn system_lists_exactly_the_images_and_containers_of_this_home() {
     let r = m.launch(&["system", "volumes"]);
     assert_eq!(r.code(), 64, "{}", r.stderr());
 }
+
+/// A read-only workspace (`workspace: ro`, `--read-only-workspace`) and `SRC:DST:ro` in
+/// `mounts:`: the run reads them, its writes fail with EROFS, and the host files keep their
+/// bytes (no marker the run tried to write reaches the host). The pre-run snapshot still
+/// works, since it only reads. THREATS L1: with `workspace: ro` the run cannot rewrite the
+/// moat.yaml the next run reads.
+#[test]
+fn a_read_only_workspace_and_ro_mounts_refuse_writes() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    let marker = unique("ro-marker-");
+    std::fs::write(m.ws.join("data.txt"), "host bytes\n").unwrap();
+    std::fs::create_dir_all(m.ws.join("extra")).unwrap();
+    std::fs::write(m.ws.join("extra/e.txt"), "extra bytes\n").unwrap();
+    let yaml = "name: roagent\nworkspace: ro\nmounts:\n  - ./extra:/extra:ro\n";
+    std::fs::write(m.ws.join("moat.yaml"), yaml).unwrap();
+    let script = format!(
+        "cat /workspace/data.txt /extra/e.txt; \
+         for f in /workspace/data.txt /workspace/new.txt /workspace/moat.yaml /extra/e.txt /extra/new.txt; do \
+           if echo {marker} > $f 2>/tmp/err; then echo WROTE $f; else echo REFUSED $f; cat /tmp/err; fi; \
+         done; mkdir /workspace/.claude 2>&1 || echo MKDIR_REFUSED"
+    );
+    let r = m.launch_sh(&[], &script);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    assert!(
+        out.contains("host bytes") && out.contains("extra bytes"),
+        "{out}"
+    );
+    assert!(!out.contains("WROTE"), "{out}");
+    for f in ["data.txt", "new.txt", "moat.yaml"] {
+        assert!(out.contains(&format!("REFUSED /workspace/{f}")), "{out}");
+    }
+    assert!(out.contains("REFUSED /extra/e.txt"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(out.contains("MKDIR_REFUSED"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(m.ws.join("data.txt")).unwrap(),
+        "host bytes\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.ws.join("extra/e.txt")).unwrap(),
+        "extra bytes\n"
+    );
+    assert!(!m.ws.join("new.txt").exists() && !m.ws.join("extra/new.txt").exists());
+    assert!(!m.ws.join(".claude").exists());
+    assert_eq!(
+        std::fs::read(m.ws.join("moat.yaml")).unwrap(),
+        yaml.as_bytes()
+    );
+    let id = m.run_ids().pop().unwrap();
+    let l = m.launch(&["snapshot", "list", &id, "--json"]);
+    assert_eq!(l.code(), 0, "{}", l.stderr());
+    assert_eq!(jsonl(&l.stdout())[0]["kind"], "pre-run", "{}", l.stdout());
+
+    // The flag does the same for a workspace whose file says nothing; without either the
+    // same write lands (so the refusal above is the setting's doing).
+    std::fs::write(m.ws.join("moat.yaml"), "name: roagent\n").unwrap();
+    let w = format!("echo {marker} > /workspace/data.txt && echo WROTE");
+    let r = m.launch_sh(&["--read-only-workspace"], &w);
+    assert_ne!(r.code(), 0, "{}", r.stdout());
+    assert!(!r.stdout().contains("WROTE"), "{}", r.stdout());
+    assert_eq!(
+        std::fs::read_to_string(m.ws.join("data.txt")).unwrap(),
+        "host bytes\n"
+    );
+    let r = m.launch_sh(&[], &w);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(
+        std::fs::read_to_string(m.ws.join("data.txt")).unwrap(),
+        format!("{marker}\n")
+    );
+}

@@ -73,6 +73,7 @@ Run options:
     --runtime RUNTIME        container runtime: docker
     -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
     --no-snapshots           no pre-run snapshot of the workspace
+    --read-only-workspace    mount the workspace read-only (also `workspace: ro`)
     --no-audit               run without an audit log (warned; recorded in metadata)
     --budget tokens=N,cost=USD,rpm=N
                              stop model requests (429) once the run has used N tokens
@@ -129,6 +130,8 @@ pub struct RunArgs {
     pub runtime: Option<String>,
     pub worktree: Option<String>,
     pub no_snapshots: bool,
+    /// `--read-only-workspace`: mount /workspace read-only.
+    pub read_only_workspace: bool,
     /// `--no-audit`: run without an audit log (loudly).
     pub no_audit: bool,
     /// `claude`, `codex` or `gemini` for the agent subcommands.
@@ -416,6 +419,7 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
                 r.worktree = Some(string(p.value().map_err(lex)?, "--worktree")?)
             }
             Long("no-snapshots") => r.no_snapshots = true,
+            Long("read-only-workspace") => r.read_only_workspace = true,
             Long("no-audit") => r.no_audit = true,
             Long("decoy") => r.decoys.push(string(p.value().map_err(lex)?, "--decoy")?),
             Long("on-decoy") => r.on_decoy = Some(string(p.value().map_err(lex)?, "--on-decoy")?),

@@ -39,6 +39,7 @@ mod tty;
 mod unix_http;
 mod volumes;
 mod worktree;
+mod yaml_lines;
 
 use args::Command;
 use moat_core::{Error, Result, cli};

@@ -1129,7 +1129,11 @@ async fn lifecycle(
     if let Some(d) = &decoys {
         crate::decoys::container_env(d, &mut env);
     }
-    let mut binds = vec![format!("{}:/workspace", spec.workspace.display())];
+    let mut binds = vec![format!(
+        "{}:/workspace{}",
+        spec.workspace.display(),
+        if spec.readonly_workspace { ":ro" } else { "" }
+    )];
     for Bind {
         source,
         target,

@@ -126,6 +126,7 @@ fn mcp_widens(url: &str) -> bool {
 
 /// The privileged requests of a file's configuration (flags are the user's own and are not
 /// part of it). `workspace` is canonical; relative mount sources are resolved against it.
+/// `workspace: ro` is not a request: a read-only workspace only narrows what the run can do.
 pub fn requests(c: &Config, workspace: &Path, home: &MoatHome) -> Vec<Request> {
     let mut out = vec![];
     let mut add =
@@ -757,7 +758,7 @@ mod tests {
     #[test]
     fn privileged_fields_are_requests_and_the_rest_are_not() {
         let ws = Path::new("/nonexistent/ws");
-        let plain = "name: x\nenv:\n  A: b\ncommand: [sh]\nhooks:\n  pre_run: make\ndependencies: [node@20]\nmounts: [\"./data:/data\"]\nnetwork:\n  policy: strict\n  allow: [api.example.com]\nports:\n  web: 3000\n";
+        let plain = "name: x\nenv:\n  A: b\ncommand: [sh]\nhooks:\n  pre_run: make\ndependencies: [node@20]\nmounts: [\"./data:/data\"]\nnetwork:\n  policy: strict\n  allow: [api.example.com]\nports:\n  web: 3000\nworkspace: ro\n";
         assert_eq!(reqs(plain, ws), vec![], "plain config asks nothing");
         for (yaml, field, word) in [
             ("grants: [github]\n", "grants", "github"),

@@ -84,6 +84,35 @@ fn a_bad_workspace_or_config_fails_before_any_run_exists() {
     assert!(!env.moat_home.join("runs").exists());
 }
 
+/// Reference fields moat has not built are refused (78) at their own line with the reason,
+/// before any run exists; a same-named key earlier in the file does not move the line.
+#[test]
+fn unbuilt_config_fields_are_refused_at_their_line() {
+    let env = TestEnv::new();
+    let ws = env.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let run = |yaml: &str| {
+        std::fs::write(ws.join("moat.yaml"), yaml).unwrap();
+        env.run("moat-launch", &["run", ws.to_str().unwrap(), "--", "true"])
+    };
+    run("hooks:\n  pre_run: x\nnetwork:\n  host: [8080]\n")
+        .exit(78)
+        .stderr_has("moat.yaml:4: network.host: reaching ports on the host");
+    run("tracing:\n  disable_exec: false\n")
+        .exit(78)
+        .stderr_has("moat.yaml:2: tracing.disable_exec: exec tracing is not built yet");
+    run("snapshots:\n  triggers:\n    disable_idle: false\n")
+        .exit(78)
+        .stderr_has("moat.yaml:3: snapshots.triggers.disable_idle");
+    run("workspace: volume\n")
+        .exit(78)
+        .stderr_has("moat.yaml:1: workspace: volume workspaces");
+    run("mcp:\n  - name: a\n    url: https://a.example/\nname: \"b c\"\n")
+        .exit(78)
+        .stderr_has("moat.yaml:4: name:");
+    assert!(!env.moat_home.join("runs").exists());
+}
+
 #[test]
 fn no_docker_is_a_clear_failure_of_the_run() {
     let mut env = TestEnv::new();
