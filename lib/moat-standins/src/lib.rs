@@ -10,6 +10,7 @@
 //! so tests can assert what reached the "provider" and what never did.
 #![forbid(unsafe_code)]
 
+mod device;
 mod providers;
 mod tls;
 mod ws;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+pub use device::DeviceFlow;
 pub use providers::{chatgpt_id_token, fake_jwt};
 pub use tls::HOSTS;
 
@@ -87,6 +89,10 @@ pub struct Options {
     /// Also serve every route under this path prefix (e.g. `/gateway`), as an API gateway
     /// in front of the provider would; requests are recorded with the path as sent.
     pub base_path: Option<String>,
+    /// GitHub: serve the OAuth device flow on github.com (see `device.rs`).
+    pub device: Option<DeviceFlow>,
+    /// GitHub: the `X-OAuth-Scopes` header of API answers (a classic token's scopes).
+    pub github_scopes: Option<String>,
 }
 
 impl Options {
@@ -100,6 +106,8 @@ impl Options {
             mcp: None,
             tool_use: None,
             base_path: None,
+            device: None,
+            github_scopes: None,
         }
     }
 }
@@ -168,6 +176,8 @@ pub(crate) struct State {
     pub refresh_tokens: Mutex<Vec<String>>,
     pub log: Mutex<Vec<Request>>,
     pub refreshes: Mutex<Vec<Refresh>>,
+    /// Device-flow token polls answered so far.
+    pub device_polls: Mutex<usize>,
 }
 
 /// A running stand-in; stops when dropped.
@@ -201,6 +211,7 @@ impl Standin {
             opts,
             log: Mutex::new(Vec::new()),
             refreshes: Mutex::new(Vec::new()),
+            device_polls: Mutex::new(0),
         });
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         std_listener.set_nonblocking(true).expect("nonblocking");

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod device;
 mod input;
 mod key;
 mod list;
