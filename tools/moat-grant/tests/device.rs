@@ -148,16 +148,26 @@ fn device_flow_stores_a_scoped_token_after_pending_polls() {
     assert!(listed(&t).is_empty());
 }
 
-/// `slow_down` adds 5 s to the polling interval.
+/// `slow_down` adds 5 s to the polling interval. `--device` wins over a token in the
+/// environment, and without `--scope` the flow asks for `repo`.
 #[test]
 fn slow_down_lengthens_the_interval() {
     let s = standin(&["slow_down", "token"], &canary("gho_"), "dc-slow", "repo");
-    let t = env_for(&s);
+    let mut t = env_for(&s);
+    t.env("GH_TOKEN", "ghp_from_the_environment");
     let (code, text) = on_terminal(
         &t,
         &format!("moat-grant github --device --client-id {CLIENT_ID}"),
     );
     assert_eq!(code, 0, "{text}");
+    let dc = s
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/login/device/code")
+        .expect("a device code request");
+    assert!(body(&dc).ends_with("scope=repo"), "{}", body(&dc));
+    let recs = t.run("moat-grant", &["list", "--json"]).records();
+    assert_eq!(recs[0].str("source"), Some("device"));
     let polls = token_polls(&s);
     assert_eq!(polls.len(), 2, "{}", s.request_lines());
     let gap = polls[1].at.duration_since(polls[0].at);
@@ -237,15 +247,43 @@ fn without_a_terminal_or_client_id_the_message_says_what_to_do() {
     assert!(listed(&t).is_empty());
 }
 
+/// Without a client id, a terminal still gets today's hidden token prompt.
+#[test]
+fn without_a_client_id_the_terminal_asks_for_a_token() {
+    let t = TestEnv::new();
+    let how = Terminal {
+        dir: None,
+        limit_secs: 30,
+        prompt_secs: 20,
+        hold_input: false,
+    };
+    let (code, text) = t.on_terminal(
+        "moat-grant github --scope repo --no-validate",
+        "GitHub token:",
+        "ghp_typed_at_the_prompt\n",
+        &how,
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("Enter code"), "{text}");
+    assert!(text.contains("scopes were not checked"), "{text}");
+    let recs = t.run("moat-grant", &["list", "--json"]).records();
+    assert_eq!(recs[0].str("name"), Some("github:repo"));
+    assert_eq!(recs[0].str("source"), Some("prompt"));
+}
+
 /// An imported token with `--scope`: GitHub's X-OAuth-Scopes must include the scope
 /// (a parent scope counts), else nothing is stored (77).
 #[test]
 fn imported_tokens_must_have_the_scope_asked_for() {
-    for (has, ok) in [("gist, read:org", false), ("repo, admin:org", true)] {
+    for (has, ok) in [
+        (Some("gist, read:org"), false),
+        (Some("repo, admin:org"), true),
+        (None, true),
+    ] {
         let mut o = Options::new(Kind::GitHub, "");
         let tok = canary("ghp_");
         o.credential = tok.clone();
-        o.github_scopes = Some(has.into());
+        o.github_scopes = has.map(String::from);
         let s = Standin::start_with(o);
         let t = TestEnv::new();
         let route = [
@@ -267,10 +305,26 @@ fn imported_tokens_must_have_the_scope_asked_for() {
             assert_eq!(r.code(), 0, "{}", r.stderr());
             assert_eq!(listed(&t), ["github:repo+read:org"]);
             let recs = t.run("moat-grant", &["list", "--json"]).records();
-            assert_eq!(
-                recs[0].fields["scopes"],
-                serde_json::json!(["repo", "admin:org"])
-            );
+            if has.is_some() {
+                assert_eq!(
+                    recs[0].fields["scopes"],
+                    serde_json::json!(["repo", "admin:org"])
+                );
+            } else {
+                // A fine-grained token: GitHub names no scopes; stored with a warning.
+                assert!(
+                    r.stderr().contains("did not say the token's scopes"),
+                    "{}",
+                    r.stderr()
+                );
+                assert_eq!(
+                    recs[0].fields["scopes"],
+                    serde_json::json!(["repo", "read:org"])
+                );
+            }
+            let inj = rules(&t, &["github:repo+read:org"]);
+            let want = format!("Bearer {tok}");
+            assert!(inj.iter().any(|r| r.str("value") == Some(want.as_str())));
         } else {
             assert_eq!(r.code(), 77, "{}", r.stderr());
             assert!(
