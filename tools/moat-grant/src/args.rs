@@ -389,6 +389,22 @@ mod tests {
         };
         assert_eq!(g.arg_name.as_deref(), Some("dd"));
         assert_eq!(g.hosts, vec!["a.example", "*.b.example"]);
+        let Command::Grant(g) = parse_args([
+            "github",
+            "--scope",
+            "repo,read:org",
+            "--scope",
+            "repo",
+            "--device",
+            "--client-id",
+            "abc",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(g.scopes, vec!["repo", "read:org"]);
+        assert!(g.device);
+        assert_eq!(g.client_id.as_deref(), Some("abc"));
     }
 
     #[test]
@@ -405,6 +421,8 @@ mod tests {
             &["refresh", "a", "b"],
             &["refresh", "a", "--if-expiring-within"],
             &["ssh", "--host", "h", "--connect-to", "a:1:b:2"],
+            &["anthropic", "--scope", "repo"],
+            &["openai", "--device"],
         ] {
             let e = parse_args(args.iter().copied()).unwrap_err();
             assert_eq!(e.code, 64, "{args:?}: {}", e.msg);

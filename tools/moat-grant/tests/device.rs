@@ -199,6 +199,59 @@ fn expired_and_denied_codes_store_nothing() {
     }
 }
 
+/// A code nobody approves ends when GitHub's `expires_in` runs out (exit 75), without
+/// polling past it.
+#[test]
+fn the_wait_is_bounded_by_expires_in() {
+    let token = canary("gho_");
+    let mut o = Options::new(Kind::GitHub, "ghp_unused_by_this_test");
+    let mut f = DeviceFlow::new(CLIENT_ID, &token);
+    f.answers = vec!["authorization_pending".into()];
+    f.expires_in = 3;
+    o.device = Some(f);
+    let s = Standin::start_with(o);
+    let t = env_for(&s);
+    let (code, text) = on_terminal(
+        &t,
+        &format!("moat-grant github --device --client-id {CLIENT_ID}"),
+    );
+    assert_eq!(code, 75, "{text}");
+    assert!(text.contains("expired"), "{text}");
+    let n = token_polls(&s).len();
+    assert!(
+        (1..=3).contains(&n),
+        "{n} polls in a 3 s window at 1 s intervals"
+    );
+    assert_nothing_stored(&t, &[&token]);
+}
+
+/// What GitHub answers is shown on a terminal only when it is plain: a user code carrying
+/// terminal escape sequences is refused (65), not written out.
+#[test]
+fn a_hostile_user_code_is_not_written_to_the_terminal() {
+    let mut o = Options::new(Kind::GitHub, "ghp_unused_by_this_test");
+    let mut f = DeviceFlow::new(CLIENT_ID, &canary("gho_"));
+    f.user_code = "\u{1b}]0;MOATPWNED\u{7}".into();
+    o.device = Some(f);
+    let s = Standin::start_with(o);
+    let t = env_for(&s);
+    let how = Terminal {
+        dir: None,
+        limit_secs: 30,
+        prompt_secs: 10,
+        hold_input: true,
+    };
+    let (code, text) = t.on_terminal(
+        &format!("moat-grant github --device --client-id {CLIENT_ID}"),
+        "user_code",
+        "",
+        &how,
+    );
+    assert_eq!(code, 65, "{text}");
+    assert!(!text.contains("MOATPWNED"), "{text}");
+    assert!(token_polls(&s).is_empty());
+}
+
 /// A client id GitHub does not know is a configuration error (78), and no token is polled.
 #[test]
 fn a_wrong_client_id_is_refused() {
