@@ -23,6 +23,8 @@ pub struct DeviceFlow {
     pub access_token: String,
     /// The `scope` of the token answer (GitHub's comma-separated form).
     pub scope: String,
+    /// `expires_in` of the token answer (a GitHub App's expiring user token).
+    pub token_expires_in: Option<u64>,
 }
 
 impl DeviceFlow {
@@ -37,6 +39,7 @@ impl DeviceFlow {
             answers: vec!["token".into()],
             access_token: access_token.into(),
             scope: "repo".into(),
+            token_expires_in: None,
         }
     }
 }
@@ -78,11 +81,13 @@ pub(crate) fn answer(
         .map(String::as_str)
         .unwrap_or("token");
     match a {
-        "token" => (
-            200,
-            json!({"access_token": flow.access_token, "token_type": "bearer", "scope": flow.scope}),
-            Some(flow.access_token.clone()),
-        ),
+        "token" => {
+            let mut v = json!({"access_token": flow.access_token, "token_type": "bearer", "scope": flow.scope});
+            if let Some(e) = flow.token_expires_in {
+                v["expires_in"] = e.into();
+            }
+            (200, v, Some(flow.access_token.clone()))
+        }
         other => (200, json!({"error": other}), None),
     }
 }

@@ -40,6 +40,9 @@ pub struct Token {
     pub access_token: String,
     /// The scopes GitHub says it granted.
     pub scopes: Vec<String>,
+    /// Seconds the token lasts, when GitHub says (a GitHub App's expiring user token;
+    /// an OAuth app's token does not expire).
+    pub expires_in: Option<u64>,
 }
 
 /// The client id to use: `--client-id`, else `MOAT_GITHUB_CLIENT_ID`, else the built-in
@@ -232,6 +235,7 @@ pub fn run(net: &Net, client_id: &str, scopes: &[String]) -> Result<Token> {
             return Ok(Token {
                 access_token,
                 scopes,
+                expires_in: v["expires_in"].as_u64().filter(|&e| e > 0),
             });
         }
         match error_word(&v).as_deref() {

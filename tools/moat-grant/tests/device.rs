@@ -133,6 +133,11 @@ fn device_flow_stores_a_scoped_token_after_pending_polls() {
     assert_eq!(recs[0].str("name"), Some("github:repo"));
     assert_eq!(recs[0].str("source"), Some("device"));
     assert_eq!(
+        recs[0].get("expires_at"),
+        None,
+        "an OAuth app's token does not expire"
+    );
+    assert_eq!(
         recs[0].fields["scopes"],
         serde_json::json!(["repo", "gist"])
     );
@@ -152,7 +157,14 @@ fn device_flow_stores_a_scoped_token_after_pending_polls() {
 /// environment, and without `--scope` the flow asks for `repo`.
 #[test]
 fn slow_down_lengthens_the_interval() {
-    let s = standin(&["slow_down", "token"], &canary("gho_"), "dc-slow", "repo");
+    let mut o = Options::new(Kind::GitHub, "ghp_unused_by_this_test");
+    let mut f = DeviceFlow::new(CLIENT_ID, &canary("ghu_"));
+    f.answers = vec!["slow_down".into(), "token".into()];
+    // A GitHub App's user token expires: the expiry is stored and said.
+    f.token_expires_in = Some(28800);
+    o.device = Some(f);
+    o.github_scopes = Some("repo".into());
+    let s = Standin::start_with(o);
     let mut t = env_for(&s);
     t.env("GH_TOKEN", "ghp_from_the_environment");
     let (code, text) = on_terminal(
@@ -168,6 +180,8 @@ fn slow_down_lengthens_the_interval() {
     assert!(body(&dc).ends_with("scope=repo"), "{}", body(&dc));
     let recs = t.run("moat-grant", &["list", "--json"]).records();
     assert_eq!(recs[0].str("source"), Some("device"));
+    assert!(recs[0].str("expires_at").is_some(), "{:?}", recs[0]);
+    assert!(text.contains("moat does not renew GitHub tokens"), "{text}");
     let polls = token_polls(&s);
     assert_eq!(polls.len(), 2, "{}", s.request_lines());
     let gap = polls[1].at.duration_since(polls[0].at);

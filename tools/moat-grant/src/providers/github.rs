@@ -132,6 +132,15 @@ fn from_device(g: &Grant, name: String) -> Result<Credential> {
     c.secret.insert("token".into(), tok.access_token.into());
     c.scopes = tok.scopes;
     c.config.insert("client_id".into(), id.into());
+    if let Some(secs) = tok.expires_in {
+        // A GitHub App's user token: moat does not renew it, so say when it stops working.
+        let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs.min(1 << 32));
+        let at = moat_core::timefmt::rfc3339(at);
+        eprintln!(
+            "moat-grant: warning: this token expires at {at} and moat does not renew GitHub tokens; grant it again then (an OAuth app's tokens do not expire)"
+        );
+        c.expires_at = Some(at);
+    }
     Ok(c)
 }
 
