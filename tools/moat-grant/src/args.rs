@@ -207,6 +207,10 @@ fn parse(mut p: lexopt::Parser) -> Result<Command> {
         }
         "refresh" => parse_refresh(p),
         c if PROVIDERS.contains(&c) => parse_grant(c, p),
+        c if c.starts_with("github:") => Err(usage(format!(
+            "{c:?} is the name a scoped grant is stored under: store it with `moat grant github --scope {}`",
+            &c["github:".len()..]
+        ))),
         other => Err(usage(format!(
             "unknown command or provider {other:?} (providers: {})",
             PROVIDERS.join(", ")
@@ -422,6 +426,7 @@ mod tests {
             &["refresh", "a", "--if-expiring-within"],
             &["ssh", "--host", "h", "--connect-to", "a:1:b:2"],
             &["anthropic", "--scope", "repo"],
+            &["github:repo"],
             &["openai", "--device"],
         ] {
             let e = parse_args(args.iter().copied()).unwrap_err();
