@@ -10,6 +10,7 @@
 //! so tests can assert what reached the "provider" and what never did.
 #![forbid(unsafe_code)]
 
+mod device;
 mod providers;
 mod tls;
 mod ws;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+pub use device::DeviceFlow;
 pub use providers::{chatgpt_id_token, fake_jwt};
 pub use tls::HOSTS;
 
@@ -89,6 +91,10 @@ pub struct Options {
     pub base_path: Option<String>,
     /// The token usage every model answer reports, in each API's own fields.
     pub usage: Usage,
+    /// GitHub: serve the OAuth device flow on github.com (see `device.rs`).
+    pub device: Option<DeviceFlow>,
+    /// GitHub: the `X-OAuth-Scopes` header of API answers (a classic token's scopes).
+    pub github_scopes: Option<String>,
 }
 
 /// Token counts a stand-in reports for each model answer. `input` is the uncached input;
@@ -126,6 +132,8 @@ impl Options {
             tool_use: None,
             base_path: None,
             usage: Usage::default(),
+            device: None,
+            github_scopes: None,
         }
     }
 }
@@ -194,6 +202,8 @@ pub(crate) struct State {
     pub refresh_tokens: Mutex<Vec<String>>,
     pub log: Mutex<Vec<Request>>,
     pub refreshes: Mutex<Vec<Refresh>>,
+    /// Device-flow token polls answered so far.
+    pub device_polls: Mutex<usize>,
 }
 
 /// A running stand-in; stops when dropped.
@@ -227,6 +237,7 @@ impl Standin {
             opts,
             log: Mutex::new(Vec::new()),
             refreshes: Mutex::new(Vec::new()),
+            device_polls: Mutex::new(0),
         });
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         std_listener.set_nonblocking(true).expect("nonblocking");

@@ -181,6 +181,11 @@ fn route(state: &State, r: &Req) -> Response<Body> {
     }
     // Token endpoints first: they take no access token.
     match (r.host.as_str(), m, p) {
+        ("github.com", "POST", "/login/device/code" | "/login/oauth/access_token")
+            if kind == Kind::GitHub && state.opts.device.is_some() =>
+        {
+            return device_flow(state, r);
+        }
         ("console.anthropic.com" | "platform.claude.com", "POST", "/v1/oauth/token")
             if kind == Kind::AnthropicOauth =>
         {
@@ -219,8 +224,36 @@ fn route(state: &State, r: &Req) -> Response<Body> {
         Style::Anthropic => anthropic(opts, r),
         Style::OpenAi => openai(opts, r),
         Style::Google => google(state, r),
-        Style::GitHub => github(r),
+        Style::GitHub => {
+            let mut resp = github(r);
+            if let Some(sc) = opts
+                .github_scopes
+                .as_deref()
+                .and_then(|s| HeaderValue::from_str(s).ok())
+            {
+                resp.headers_mut().insert("x-oauth-scopes", sc);
+            }
+            resp
+        }
     }
+}
+
+fn device_flow(state: &State, r: &Req) -> Response<Body> {
+    let flow = state.opts.device.as_ref().expect("device flow configured");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    let polls = {
+        let mut n = state.device_polls.lock().unwrap();
+        let before = *n;
+        if r.path == "/login/oauth/access_token" {
+            *n += 1;
+        }
+        before
+    };
+    let (status, v, issued) = crate::device::answer(flow, &r.path, |k| form_param(&body, k), polls);
+    if let Some(t) = issued {
+        state.accepted.lock().unwrap().push(t);
+    }
+    json_resp(StatusCode::from_u16(status).unwrap(), v)
 }
 
 fn bearer(r: &Req) -> Option<&str> {

@@ -7,6 +7,7 @@ use moat_core::{Error, Result, cli};
 pub const USAGE: &str = "\
 usage: moat-grant github|anthropic|claude|openai|gemini [--token-stdin] [--no-validate] [--name NAME]
                   [--connect-to HOST:PORT:ADDR:PORT2]... [--extra-ca FILE]...
+       moat-grant github [--scope SCOPE[,SCOPE...]] [--device] [--client-id ID] [options as above]
        moat-grant npm [--registry URL] [--token-stdin] [--no-validate] [--name NAME] [--connect-to ...]
        moat-grant ssh --host HOST [--key FINGERPRINT] [--host-key FILE] [--sshsig-namespace NS]...
        moat-grant mcp NAME --url URL --header HEADER [--prefix PREFIX] [--token-stdin]
@@ -40,6 +41,9 @@ Options:
     --token-stdin           read the secret from standard input instead of importing or prompting
     --no-validate           store without asking the service whether the credential is good
     --name NAME             store under NAME instead of the provider's name
+    --scope S[,S...]        github: the OAuth scopes the token must have (stored as github:S)
+    --device                github: sign in with GitHub's device flow (needs a terminal)
+    --client-id ID          github: the OAuth app for the device flow (also $MOAT_GITHUB_CLIENT_ID)
     --registry URL          npm: the registry the token is for (with --token-stdin or a prompt)
     --host HOST             ssh: the server; http: comma-separated host patterns
     --key FINGERPRINT       ssh: the agent key to use (SHA256:...)
@@ -107,6 +111,10 @@ pub struct Grant {
     pub external_id: Option<String>,
     pub connect_to: Vec<String>,
     pub extra_ca: Vec<String>,
+    /// github: `--device`, `--client-id`, `--scope` (see `device.rs`).
+    pub device: bool,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
 }
 
 /// A `moat-grant refresh NAME ...` invocation.
@@ -213,6 +221,10 @@ fn parse(mut p: lexopt::Parser) -> Result<Command> {
         "refresh" => parse_refresh(p),
         "decoy" => parse_decoy(p),
         c if PROVIDERS.contains(&c) => parse_grant(c, p),
+        c if c.starts_with("github:") => Err(usage(format!(
+            "{c:?} is the name a scoped grant is stored under: store it with `moat grant github --scope {}`",
+            &c["github:".len()..]
+        ))),
         other => Err(usage(format!(
             "unknown command or provider {other:?} (providers: {})",
             PROVIDERS.join(", ")
@@ -234,7 +246,17 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
     // Which options a provider takes; anything else is a usage error, so a typo never
     // silently changes what gets stored.
     let allowed: &[&str] = match provider {
-        "github" | "anthropic" | "claude" | "openai" | "gemini" => &[
+        "github" => &[
+            "name",
+            "token-stdin",
+            "no-validate",
+            "connect-to",
+            "extra-ca",
+            "device",
+            "client-id",
+            "scope",
+        ],
+        "anthropic" | "claude" | "openai" | "gemini" => &[
             "name",
             "token-stdin",
             "no-validate",
@@ -294,6 +316,15 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
             Long("external-id") => g.external_id = Some(s(&mut p)?),
             Long("connect-to") => g.connect_to.push(s(&mut p)?),
             Long("extra-ca") => g.extra_ca.push(s(&mut p)?),
+            Long("device") => g.device = true,
+            Long("client-id") => g.client_id = Some(s(&mut p)?),
+            Long("scope") => {
+                for sc in s(&mut p)?.split([',', ' ']) {
+                    if !sc.is_empty() && !g.scopes.iter().any(|x| x == sc) {
+                        g.scopes.push(sc.to_string());
+                    }
+                }
+            }
             Value(v) if (provider == "mcp" || provider == "http") && g.arg_name.is_none() => {
                 g.arg_name = Some(
                     v.into_string()
@@ -418,6 +449,22 @@ mod tests {
         };
         assert_eq!(g.arg_name.as_deref(), Some("dd"));
         assert_eq!(g.hosts, vec!["a.example", "*.b.example"]);
+        let Command::Grant(g) = parse_args([
+            "github",
+            "--scope",
+            "repo,read:org",
+            "--scope",
+            "repo",
+            "--device",
+            "--client-id",
+            "abc",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(g.scopes, vec!["repo", "read:org"]);
+        assert!(g.device);
+        assert_eq!(g.client_id.as_deref(), Some("abc"));
     }
 
     #[test]
@@ -437,6 +484,9 @@ mod tests {
             &["decoy", "x"],
             &["decoy", "--like", "github"],
             &["decoy", "x", "--like", "gitlab"],
+            &["anthropic", "--scope", "repo"],
+            &["github:repo"],
+            &["openai", "--device"],
         ] {
             let e = parse_args(args.iter().copied()).unwrap_err();
             assert_eq!(e.code, 64, "{args:?}: {}", e.msg);

@@ -62,7 +62,14 @@ fn existing(store: &Store, names: &[String]) -> Result<Vec<String>> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
-        .with_hint("see `moat-grant list` for what is stored"));
+        .with_hint(match missing.iter().find_map(|m| m.strip_prefix("github:")) {
+            // `github:SCOPE` grants are made with --scope.
+            Some(sc) => format!(
+                "store one with `moat grant github --scope {}`; see `moat-grant list` for what is stored",
+                sc.replace('+', ",")
+            ),
+            None => "see `moat-grant list` for what is stored".to_string(),
+        }));
     }
     let mut out: Vec<String> = Vec::new();
     for n in names {

@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod decoy;
+mod device;
 mod input;
 mod key;
 mod list;

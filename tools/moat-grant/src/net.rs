@@ -105,6 +105,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// `x-ratelimit-remaining: 0`: a 403 that says "slow down", not "bad credential".
     pub rate_limited: bool,
+    /// GitHub's `X-OAuth-Scopes`: a classic token's scopes (absent for other tokens).
+    pub oauth_scopes: Option<String>,
 }
 
 impl Response {
@@ -304,6 +306,12 @@ async fn exchange(
         .headers()
         .get("x-ratelimit-remaining")
         .is_some_and(|v| v.as_bytes() == b"0");
+    let oauth_scopes = resp
+        .headers()
+        .get("x-oauth-scopes")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 4096)
+        .map(String::from);
     let body = Limited::new(resp.into_body(), MAX_BODY)
         .collect()
         .await
@@ -314,6 +322,7 @@ async fn exchange(
         status,
         body,
         rate_limited,
+        oauth_scopes,
     })
 }
 

@@ -143,10 +143,19 @@ pub fn check(c: &mut Credential, net: &Net) -> Result<()> {
                 c.provider,
                 kind_phrase(c),
                 p.service
-            )
+            );
+            if c.provider == "github" && !c.scopes.is_empty() && c.source != "device" {
+                eprintln!(
+                    "moat-grant: warning: the token's scopes were not checked against {}",
+                    c.scopes.join(", ")
+                );
+            }
         };
         match answer {
             Ok(r) if (200..300).contains(&r.status) => {
+                if c.provider == "github" {
+                    crate::providers::github::check_scopes(c, r.oauth_scopes.as_deref())?;
+                }
                 if let Some(field) = p.login
                     && let Some(login) = r.json()[field].as_str().and_then(account_name)
                 {

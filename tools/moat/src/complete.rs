@@ -101,7 +101,10 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("policy suggest", "-o/--output=file"),
     ("policy check", "--config=file"),
     ("grant", ""),
-    ("grant github", TOKEN_GRANT),
+    (
+        "grant github",
+        "--name= --token-stdin --no-validate --connect-to= --extra-ca=file --scope= --device --client-id=",
+    ),
     ("grant anthropic", TOKEN_GRANT),
     ("grant claude", TOKEN_GRANT),
     (
