@@ -68,6 +68,8 @@ Run options:
     --no-audit               run without an audit log (warned; recorded in metadata)
     --allow-sensitive-mount  run even if the workspace or a mount overlaps MOAT_HOME,
                              ~/.ssh, ~/.aws or another key directory (warns)
+    --timings                print each start-up stage and its duration on stderr
+                             (also MOAT_TIMINGS=1)
 
 Agent options (claude, codex, gemini; with the run options):
     -p, --prompt PROMPT      answer PROMPT and exit (non-interactive)
@@ -120,6 +122,8 @@ pub struct RunArgs {
     pub resume: Option<String>,
     /// `--allow-sensitive-mount`: only ever from the command line.
     pub allow_sensitive_mount: bool,
+    /// `--timings`: start-up stages on stderr (timings.rs).
+    pub timings: bool,
 }
 
 #[derive(Debug)]
@@ -374,6 +378,7 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
             Long("no-snapshots") => r.no_snapshots = true,
             Long("no-audit") => r.no_audit = true,
             Long("allow-sensitive-mount") => r.allow_sensitive_mount = true,
+            Long("timings") => r.timings = true,
             Short('p') | Long("prompt") if agent => {
                 r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)
             }

@@ -51,6 +51,7 @@ pub fn tool(name: &str) -> PathBuf {
 // ---------------------------------------------------------------- the CLI side
 
 pub fn start(args: crate::args::RunArgs) -> Result<i32> {
+    crate::timings::begin(args.timings);
     let home = MoatHome::from_env()?;
     let store = Store::new(home.clone());
     let path = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -67,9 +68,11 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
         eprintln!("moat-launch: warning: {w}");
     }
     let mut spec = config::resolve(&args, &loaded, &workspace)?;
+    crate::timings::stage("config");
     crate::mcp::check_stored(&home, &spec.mcp)?;
     crate::trust::check_sensitive(&home, &workspace, &spec.binds, args.allow_sensitive_mount)?;
     crate::trust::check(&home, &workspace, &loaded)?;
+    crate::timings::stage("trust check");
     if let Some(branch) = &args.worktree {
         let wt = crate::worktree::prepare(&home, &workspace, branch)?;
         crate::commands::reconcile_all(&store)?;
@@ -234,6 +237,7 @@ fn spawn_supervisor(dir: &Path, id: &str) -> Result<u32> {
         c.process_group(0);
         c
     };
+    c.envs(crate::timings::child_env());
     c.arg("__supervise")
         .arg(id)
         .stdin(Stdio::null())
@@ -270,6 +274,8 @@ struct Resources {
     audit: Option<Audit>,
     /// The hostname route registered for this run: (name, run id).
     route: Option<(String, String)>,
+    /// The guard image, for the spare guard left for the next run (guard.rs).
+    guard_image: Option<String>,
 }
 
 pub async fn supervise(id: &str) -> Result<()> {
@@ -300,6 +306,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         secrets: None,
         audit: None,
         route: None,
+        guard_image: None,
     };
     let config_before = crate::trust::config_hashes(&spec.workspace);
     let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
@@ -484,7 +491,7 @@ async fn release(r: &mut Resources) {
         crate::services::remove(d, &cars).await;
         if let Some(n) = r.network.take() {
             crate::network::remove(d, &n).await;
-            crate::network::replenish(d).await;
+            crate::network::replenish(d, r.guard_image.as_deref()).await;
         }
     }
     stop_proxy(r).await;
@@ -615,6 +622,7 @@ async fn lifecycle(
         crate::audit_writer::disabled(store, id)?;
     } else {
         res.audit = Some(Audit::start(id).await?);
+        crate::timings::stage("audit start");
     }
     if !spec.snapshots.disabled && spec.snapshots.pre_run {
         let (d, rid, ws, sp) = (
@@ -771,6 +779,7 @@ async fn lifecycle(
         (docker::LABEL_NAME.to_string(), spec.name.clone()),
     ]);
     phase("network");
+    crate::timings::stage("network");
 
     // The image: worked out first, so the proxy knows whether this run builds.
     let ca_path = home.ca_dir().join("ca.crt");
@@ -792,6 +801,8 @@ async fn lifecycle(
     // through the proxy.
     let guard_image = crate::guard::guard_image(&d, &ctx.base).await?;
     let needs_guard = docker::image_id(&d, &guard_image).await?.is_none();
+    res.guard_image = Some(guard_image.clone());
+    crate::timings::stage("image check");
 
     // The proxy, listening on the gateway: reachable from this network only.
     let token_file = dir.join("proxy.token");
@@ -1178,14 +1189,47 @@ async fn lifecycle(
         dns: &spec.dns,
         labels: &labels,
     };
-    // Created first, so the run container can name it; it starts (and sets its rules) while
+    // A spare guard on the claimed network is told the run's proxy (guard.rs); else the
+    // guard is created first, so the run container can name it. Either sets its rules while
     // the run container is created, and the run container starts only once it is ready.
-    let guard =
-        crate::guard::create_run_guard(&d, id, &run_guard, &guard_image, &mut res.sidecars).await?;
-    let guard_ready = {
-        let (d, guard, net) = (d.clone(), guard.clone(), net_name.clone());
-        tokio::spawn(async move { crate::guard::start_run_guard(&d, &guard, &net).await })
+    let spare = if wiring.allow.is_empty() && wiring.hosts.is_empty() && spec.dns.is_empty() {
+        match crate::guard::claim_spare(&d, &net_name, &guard_image).await {
+            Some(g) => match crate::guard::open_spare(&net_name) {
+                Some(fifo) => Some((g, fifo)),
+                None => {
+                    crate::guard::remove_spare(&d, &net_name).await;
+                    None
+                }
+            },
+            None => None,
+        }
+    } else {
+        crate::guard::remove_spare(&d, &net_name).await;
+        None
     };
+    let (guard, guard_ready) = match spare {
+        Some((g, fifo)) => {
+            res.sidecars.push(g.clone());
+            let (d, g2, pa) = (d.clone(), g.clone(), proxy_addr.clone());
+            let t = tokio::spawn(
+                async move { crate::guard::configure_spare(&d, &g2, fifo, &pa).await },
+            );
+            (g, t)
+        }
+        None => {
+            let guard =
+                crate::guard::create_run_guard(&d, id, &run_guard, &guard_image, &mut res.sidecars)
+                    .await?;
+            let (d, g2, net) = (d.clone(), guard.clone(), net_name.clone());
+            let t = tokio::spawn(async move {
+                crate::guard::start_run_guard(&d, &g2, &net)
+                    .await
+                    .map(|_| ())
+            });
+            (guard, t)
+        }
+    };
+    crate::timings::stage("guard start");
     let (network_mode, cap_drop) = crate::guard::run_network_mode(&guard);
     let host = bollard::models::HostConfig {
         binds: Some(binds),
@@ -1224,9 +1268,11 @@ async fn lifecycle(
         .await
         .map_err(|e| docker::err("creating the container", e))?;
     res.container = Some(created.id.clone());
+    crate::timings::stage("container create");
     guard_ready
         .await
         .map_err(|e| Error::software(format!("starting the run's guard: {e}")))??;
+    crate::timings::stage("firewall ready");
     phase("run guard ready");
     if listening.is_some() {
         proxy_listening(
@@ -1286,6 +1332,7 @@ async fn lifecycle(
     )
     .await
     .map_err(|e| docker::err("starting the container", e))?;
+    crate::timings::stage("container start");
     store.update(id, |m| {
         if m.state == State::Starting {
             m.state = State::Running;
@@ -1467,6 +1514,7 @@ async fn proxy_listening(
         .map(PathBuf::from)
         .unwrap_or_else(|| store.home.ca_dir().join("ca.crt"));
     phase("proxy listening");
+    crate::timings::stage("proxy start");
     store.update(id, |m| {
         m.proxy_addr = Some(addr.clone());
         m.proxy_pid = pid;
@@ -1553,6 +1601,7 @@ async fn capture_logs(
         }
     };
     let mut tick = tokio::time::interval(crate::log_chunks::EVERY);
+    let mut first = true;
     loop {
         let out = tokio::select! {
             o = s.next() => match o {
@@ -1570,6 +1619,9 @@ async fn capture_logs(
             bollard::container::LogOutput::StdErr { message } => ("stderr", message),
             bollard::container::LogOutput::StdIn { .. } => continue,
         };
+        if std::mem::take(&mut first) {
+            crate::timings::stage("first output");
+        }
         let buf = partial.entry(stream).or_default();
         buf.extend_from_slice(&msg);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
