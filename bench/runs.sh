@@ -97,15 +97,25 @@ rss_tree() {
 	done
 	echo "${kb:-0}"
 }
-# Mean host-side RSS per running run (MiB, one decimal), from each run's supervisor.
+# PSS (KiB): the process tree's share of the pages it shares with other runs (the
+# binaries' pages are shared by every run; RSS counts them in full for each).
+pss_tree() {
+	local pid=$1 kb c
+	kb=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
+	for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+		kb=$((kb + $(pss_tree "$c")))
+	done
+	echo "${kb:-0}"
+}
+# Mean host-side RSS and PSS per running run (MiB, one decimal), from each run's supervisor.
 mem_per_run() {
-	local total=0 n=0 pid
+	local rss=0 pss=0 n=0 pid
 	for pid in $(sed -n 's/.*"supervisor_pid": \([0-9]*\).*/\1/p' "$MOAT_HOME"/runs/*/metadata.json); do
 		[ -d "/proc/$pid" ] || continue
-		total=$((total + $(rss_tree "$pid"))) n=$((n + 1))
+		rss=$((rss + $(rss_tree "$pid"))) pss=$((pss + $(pss_tree "$pid"))) n=$((n + 1))
 	done
-	[ "$n" -gt 0 ] || { echo "0 0"; return; }
-	echo "$(echo "scale=1; $total / $n / 1024" | bc -l) $n"
+	[ "$n" -gt 0 ] || { echo "0 0 0"; return; }
+	echo "$(echo "scale=1; $rss / $n / 1024" | bc -l) $(echo "scale=1; $pss / $n / 1024" | bc -l) $n"
 }
 stop_all() {
 	for id in $(moat list --json | sed -n 's/.*"id":"\([^"]*\)".*"state":"running".*/\1/p'); do
@@ -123,8 +133,8 @@ mem_at() {
 	done
 	wait
 	sleep 2
-	read -r mib n < <(mem_per_run)
-	mem[$k]="$mib MiB ($n runs)"
+	read -r rss pss n < <(mem_per_run)
+	mem[$k]="RSS $rss MiB, PSS $pss MiB ($n runs)"
 }
 
 parallel_start 16
@@ -158,8 +168,11 @@ best() { # best of 3, ms
 	echo "$b"
 }
 lst=$(best ls -l "$MOAT_HOME"/runs/)
+dit=$(best docker images --filter label=moat.image=1)
 lt=$(best moat list)
 st=$(best moat status)
 row "moat list, $runs runs (ms, best of 3)" "$lt" "$lst" "$(ratio "$lt" "$((lst > 0 ? lst : 1))")"
 row "moat status, $runs runs (ms, best of 3)" "$st" "$lst" "$(ratio "$st" "$((lst > 0 ? lst : 1))")"
-echo "baselines: docker run --rm/-d of the run's image; ls -l of the runs directory"
+row "  the engine's image list (ms, best of 3)" "-" "$dit" "-"
+echo "baselines: docker run --rm/-d of the run's image; ls -l of the runs directory;"
+echo "  docker images --filter label=moat.image=1 (the engine's image list, which status waits for)"

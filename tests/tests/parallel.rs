@@ -316,10 +316,10 @@ fn timings_name_every_start_up_stage_once_in_order() {
     const STAGES: &[&str] = &[
         "config",
         "trust check",
-        "audit start",
         "network",
         "image check",
         "guard start",
+        "audit start",
         "container create",
         "firewall ready",
         "proxy start",

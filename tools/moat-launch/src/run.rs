@@ -622,7 +622,6 @@ async fn lifecycle(
         crate::audit_writer::disabled(store, id)?;
     } else {
         res.audit = Some(Audit::start(id).await?);
-        crate::timings::stage("audit start");
     }
     if !spec.snapshots.disabled && spec.snapshots.pre_run {
         let (d, rid, ws, sp) = (
@@ -1258,6 +1257,11 @@ async fn lifecycle(
         attach_stdin: Some(spec.interactive),
         ..Default::default()
     };
+    // The record is not optional: no run container exists before its writer is ready.
+    if let Some(a) = res.audit.as_mut() {
+        a.ready().await?;
+        crate::timings::stage("audit start");
+    }
     let cname = format!("moat-{id}");
     let opts = bollard::query_parameters::CreateContainerOptions {
         name: Some(cname.clone()),
