@@ -357,3 +357,168 @@ fn timings_name_every_start_up_stage_once_in_order() {
     assert_eq!(stages(&env.stderr()), STAGES, "{}", env.stderr());
     assert!(env.stdout().contains("hello"));
 }
+
+/// Spare guards (guard.rs): the guard a finished run leaves on the spare network is closed
+/// before any run claims it (a container in its namespace reaches no host service, THREATS
+/// E2), and the run that claims it gets exactly its own proxy as the way out (E2, E4: the run
+/// container joins it without NET_ADMIN or NET_RAW and starts only after the rules are in).
+#[test]
+fn a_spare_guard_is_closed_until_a_run_claims_it_and_then_admits_only_that_runs_proxy() {
+    if !docker_ready() {
+        return;
+    }
+    let canary = canary("spare_");
+    let (port, hits) = moat_e2e::host_service(&canary);
+    let m = Moat::new();
+    let probe = |ip: &str| {
+        format!(
+            "if timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}; head -c 64 <&3' 2>/dev/null; then echo OPEN; else echo CLOSED; fi"
+        )
+    };
+    // Runs may share spares with other homes on this engine: try a few times to get one.
+    let mut claimed = None;
+    let mut checked = 0;
+    for _ in 0..3 {
+        let w = m.launch(&["run", "--no-sandbox", "--", "true"]);
+        assert_eq!(w.code(), 0, "{}", w.stderr());
+        let image = m.metadata(&m.newest_run())["image"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Every unclaimed spare guard on the engine: closed.
+        for g in docker_out(&["ps", "-q", "--filter", "label=moat.guard=spare"]).lines() {
+            let net = docker_out(&[
+                "inspect",
+                "--format",
+                "{{index .Config.Labels \"moat.spare\"}}",
+                g,
+            ]);
+            let gw = docker_out(&[
+                "network",
+                "inspect",
+                "--format",
+                "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                &net,
+            ]);
+            if gw.is_empty() {
+                continue;
+            }
+            let rules = docker_out(&["exec", g, "iptables-save"]);
+            let o = Command::new("docker")
+                .args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    &format!("container:{g}"),
+                    "--cap-drop",
+                    "NET_RAW",
+                    "--cap-drop",
+                    "NET_ADMIN",
+                    "--entrypoint",
+                    "bash",
+                    &image,
+                    "-c",
+                    &probe(&gw),
+                ])
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            if out.trim().is_empty() {
+                continue; // claimed and gone meanwhile
+            }
+            assert_eq!(
+                out.trim(),
+                "CLOSED",
+                "spare guard {g} let a host service through"
+            );
+            assert!(!out.contains(&canary));
+            // Unless a run claimed it meanwhile: closed but loopback.
+            let run_rules = rules
+                .lines()
+                .any(|l| l.starts_with("-A OUTPUT -d ") && l.ends_with("-j ACCEPT"));
+            if !rules.is_empty() && !run_rules {
+                assert!(rules.contains(":OUTPUT DROP"), "{rules}");
+                assert!(rules.contains(":INPUT DROP"), "{rules}");
+                checked += 1;
+            }
+        }
+        let id = m.detached(&["--", "sh", "-c", "sleep 120"]);
+        let mode = docker_out(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.NetworkMode}}",
+            &format!("moat-{id}"),
+        ]);
+        let guard = mode.strip_prefix("container:").unwrap_or("").to_string();
+        let name = docker_out(&["inspect", "--format", "{{.Name}}", &guard]);
+        if name.starts_with("/moat-spare-") {
+            claimed = Some((id, guard));
+            break;
+        }
+        m.launch(&["stop", &id]);
+    }
+    assert!(checked > 0, "no unclaimed spare guard was there to probe");
+    let (id, guard) = claimed.expect("no run took a spare guard in three tries");
+    let md = m.metadata(&id);
+    let proxy = md["proxy_addr"].as_str().unwrap();
+    let (pip, pport) = proxy.rsplit_once(':').unwrap();
+    let rules = docker_out(&["exec", &guard, "iptables-save"]);
+    assert!(rules.contains(":OUTPUT DROP"), "{rules}");
+    let accepts: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.starts_with("-A OUTPUT") && l.contains("--dport"))
+        .collect();
+    assert_eq!(
+        accepts,
+        vec![format!("-A OUTPUT -d {pip}/32 -p tcp -m tcp --dport {pport} -j ACCEPT").as_str()],
+        "{rules}"
+    );
+    assert_eq!(
+        docker_out(&[
+            "inspect",
+            "--format",
+            "{{json .HostConfig.CapDrop}} {{json .HostConfig.CapAdd}}",
+            &format!("moat-{id}"),
+        ]),
+        "[\"NET_RAW\",\"NET_ADMIN\"] null"
+    );
+    // From inside the run: the host service through the gateway is closed, the proxy open.
+    let x = Command::new("docker")
+        .args([
+            "exec",
+            &format!("moat-{id}"),
+            "bash",
+            "-c",
+            &format!(
+                "{}; if timeout 3 bash -c 'exec 3<>/dev/tcp/{pip}/{pport}' 2>/dev/null; then echo PROXY-OPEN; fi",
+                probe(pip)
+            ),
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&x.stdout).to_string();
+    assert!(
+        out.contains("CLOSED") && out.contains("PROXY-OPEN"),
+        "{out}"
+    );
+    assert!(!out.contains(&canary));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let s = m.launch(&["stop", &id]);
+    assert_eq!(s.code(), 0, "{}", s.stderr());
+    // The claimed spare guard went with the run.
+    m.wait_state(&id, &["stopped"], 60);
+    let gone = (0..150).any(|_| {
+        let there = Command::new("docker")
+            .args(["inspect", &guard])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if there {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        !there
+    });
+    assert!(gone, "the claimed guard {guard} is still there");
+}

@@ -428,7 +428,7 @@ fn spare_dir(network: &str) -> PathBuf {
     std::env::temp_dir().join("moat-guards").join(network)
 }
 
-/// Start a spare guard on the (new, unclaimed) spare `network`; it does not wait for it.
+/// Start a spare guard on the new spare `network` and wait until it waits for a run.
 pub async fn create_spare(d: &Docker, network: &str, image: &str) -> Result<()> {
     let dir = spare_dir(network);
     moat_core::fsutil::create_private_dir(dir.parent().unwrap_or(&dir))?;
@@ -461,8 +461,8 @@ pub async fn create_spare(d: &Docker, network: &str, image: &str) -> Result<()> 
         }),
         ..Default::default()
     };
-    create_and_start(d, &spare_name(network), body, &mut vec![]).await?;
-    Ok(())
+    let id = create_and_start(d, &spare_name(network), body, &mut vec![]).await?;
+    ready(d, &id, "moat-guard: waiting", "the spare guard").await
 }
 
 /// Remove the spare guard of `network` (if any) and its directory.

@@ -1,10 +1,13 @@
 //! Each run's own Docker network: an internal bridge (no route out) whose gateway address is
 //! where the run's proxy listens; the container's firewall admits only that address and port.
 //!
-//! Creating a network costs about a tenth of a second, so a finished run leaves one spare
-//! behind (label `moat.spare`) and the next run claims it instead of creating one. A spare is
-//! never shared: a claim is a file created exclusively (and kept), and the run removes its
-//! network when it ends. `moat clean` removes unclaimed spares.
+//! Creating a network costs about a tenth of a second, and starting its guard most of a
+//! run's start-up, so once its container started a run makes sure two spares (label
+//! `moat.spare`, each with a spare guard, guard.rs) wait for the next runs, which claim one
+//! instead of creating a network. A spare is never shared: a claim is a file created
+//! exclusively (and kept), and the run removes its network when it ends. `moat clean` removes
+//! unclaimed spares. Once Docker's default address pools are used up, networks get a /27 of
+//! `MOAT_NETWORK_POOL`.
 
 use crate::docker::{self, LABEL_RUN};
 use bollard::Docker;
@@ -167,12 +170,20 @@ pub async fn acquire(d: &Docker, run_id: &str) -> Result<(String, String)> {
     Ok((name, gw))
 }
 
-/// Leave one unclaimed spare for the next run, with a spare guard from `guard_image` when
-/// it is known (guard.rs). Claims are never released (a removed network must not be claimed
-/// again by a run that listed it a moment earlier); old ones are pruned. Runs that end
-/// together take turns (a lock), so they leave one spare, not one each.
+/// Unclaimed spares kept ready: two, so that a run started right after another finds one
+/// ready while the other's replacement is still being made.
+const SPARES: usize = 2;
+
+/// Leave `SPARES` unclaimed spares for the next runs, each with a spare guard from
+/// `guard_image` when it is known (guard.rs). Claims of networks are never released (a
+/// removed network must not be claimed again by a run that listed it a moment earlier); old
+/// ones are pruned. Runs take turns (a lock), so they leave `SPARES`, not that many each.
 pub async fn replenish(d: &Docker, guard_image: Option<&str>) {
-    let _l = moat_core::lock::FileLock::exclusive(&std::env::temp_dir().join("moat-spare.lock"));
+    let lock = std::env::temp_dir().join("moat-spare.lock");
+    let _l = tokio::task::spawn_blocking(move || moat_core::lock::FileLock::exclusive(&lock))
+        .await
+        .ok()
+        .and_then(|l| l.ok());
     if let Ok(rd) = std::fs::read_dir(claims_dir()) {
         for e in rd.flatten() {
             let old = e
@@ -191,11 +202,16 @@ pub async fn replenish(d: &Docker, guard_image: Option<&str>) {
         .into_iter()
         .filter(|n| !claim_file(n).exists())
         .count();
-    if free == 0 {
+    for _ in free..SPARES {
         let name = format!(
             "moat-spare-{}",
             moat_core::hex(&moat_core::random_bytes::<6>())
         );
+        // Claimed by this process while it is made, so no run takes it before its guard
+        // waits for a run; then open to claims (its name is new: nobody claimed it before).
+        if !claim(&name) {
+            continue;
+        }
         let labels = HashMap::from([(LABEL_SPARE.to_string(), "1".to_string())]);
         if create(d, &name, labels).await.is_ok()
             && let Some(image) = guard_image
@@ -204,6 +220,7 @@ pub async fn replenish(d: &Docker, guard_image: Option<&str>) {
             eprintln!("moat: warning: no spare guard: {}", e.msg);
             crate::guard::remove_spare(d, &name).await;
         }
+        let _ = std::fs::remove_file(claim_file(&name));
     }
 }
 
@@ -219,8 +236,24 @@ pub async fn remove(d: &Docker, name: &str) {
     }
 }
 
-/// `moat clean`: spares nobody has claimed.
+/// `moat clean`: spares nobody has claimed, and spare guards that are not running (one whose
+/// network went before it started).
 pub async fn remove_spares(d: &Docker) -> usize {
+    let opts = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(docker::label_filter([format!(
+            "{}=spare",
+            crate::guard::LABEL_GUARD
+        )])),
+        ..Default::default()
+    };
+    for c in d.list_containers(Some(opts)).await.unwrap_or_default() {
+        if c.state.map(|s| s.to_string()).as_deref() != Some("running")
+            && let Some(id) = c.id
+        {
+            let _ = docker::force_remove(d, &id).await;
+        }
+    }
     let mut n = 0;
     for name in spares(d).await {
         if claim(&name) {

@@ -276,6 +276,8 @@ struct Resources {
     route: Option<(String, String)>,
     /// The guard image, for the spare guard left for the next run (guard.rs).
     guard_image: Option<String>,
+    /// The spare network and guard for the next run, made while this one runs.
+    spare: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn supervise(id: &str) -> Result<()> {
@@ -307,6 +309,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         audit: None,
         route: None,
         guard_image: None,
+        spare: None,
     };
     let config_before = crate::trust::config_hashes(&spec.workspace);
     let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
@@ -491,7 +494,12 @@ async fn release(r: &mut Resources) {
         crate::services::remove(d, &cars).await;
         if let Some(n) = r.network.take() {
             crate::network::remove(d, &n).await;
-            crate::network::replenish(d, r.guard_image.as_deref()).await;
+            match r.spare.take() {
+                Some(t) => {
+                    let _ = t.await;
+                }
+                None => crate::network::replenish(d, r.guard_image.as_deref()).await,
+            }
         }
     }
     stop_proxy(r).await;
@@ -1337,6 +1345,14 @@ async fn lifecycle(
     .await
     .map_err(|e| docker::err("starting the container", e))?;
     crate::timings::stage("container start");
+    // The next run's spare network and guard, made while this one runs (not when it ends,
+    // which is when a following run may already be starting).
+    {
+        let (d, image) = (d.clone(), guard_image.clone());
+        res.spare = Some(tokio::spawn(async move {
+            crate::network::replenish(&d, Some(&image)).await
+        }));
+    }
     store.update(id, |m| {
         if m.state == State::Starting {
             m.state = State::Running;
