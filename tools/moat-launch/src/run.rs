@@ -1211,7 +1211,9 @@ async fn lifecycle(
             None => None,
         }
     } else {
-        crate::guard::remove_spare(&d, &net_name).await;
+        // Not for this run (its guard takes settings only at creation): it goes meanwhile.
+        let (d, n) = (d.clone(), net_name.clone());
+        tokio::spawn(async move { crate::guard::remove_spare(&d, &n).await });
         None
     };
     let (guard, guard_ready) = match spare {
