@@ -80,6 +80,8 @@ Run options:
                              or USD dollars, or past N model requests a minute
     --allow-sensitive-mount  run even if the workspace or a mount overlaps MOAT_HOME,
                              ~/.ssh, ~/.aws or another key directory (warns)
+    --timings                print each start-up stage and its duration on stderr
+                             (also MOAT_TIMINGS=1)
 
 Agent options (claude, codex, gemini; with the run options):
     -p, --prompt PROMPT      answer PROMPT and exit (non-interactive); `moat run -p`
@@ -146,6 +148,8 @@ pub struct RunArgs {
     pub on_decoy: Option<String>,
     /// `--budget tokens=N,cost=USD,rpm=N` (repeatable; budget.rs).
     pub budget: Vec<String>,
+    /// `--timings`: start-up stages on stderr (timings.rs).
+    pub timings: bool,
 }
 
 #[derive(Debug)]
@@ -425,6 +429,7 @@ fn parse_run_into(p: &mut lexopt::Parser, r: &mut RunArgs) -> Result<()> {
             Long("on-decoy") => r.on_decoy = Some(string(p.value().map_err(lex)?, "--on-decoy")?),
             Long("allow-sensitive-mount") => r.allow_sensitive_mount = true,
             Long("budget") => r.budget.push(string(p.value().map_err(lex)?, "--budget")?),
+            Long("timings") => r.timings = true,
             Short('p') | Long("prompt") => {
                 r.prompt = Some(string(p.value().map_err(lex)?, "--prompt")?)
             }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// How long the writer may take to open, check and sign over its log.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -27,7 +27,11 @@ pub struct Audit {
     /// `Some(reason)` once the writer is gone while the run still needs it.
     died: watch::Receiver<Option<String>>,
     closing: Arc<AtomicBool>,
+    /// The writer's first answer, until `ready` has taken it.
+    ready: Option<oneshot::Receiver<std::result::Result<(), String>>>,
 }
+
+const READY_HINT: &str = "fix that and start the run again; `--no-audit` runs without an audit log";
 
 fn status_text(s: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -40,9 +44,9 @@ fn status_text(s: &ExitStatus) -> String {
 }
 
 impl Audit {
-    /// Start the writer and wait until it is ready. Errors are the run's reason to fail.
+    /// Start the writer; `ready` waits until it is ready. Errors are the run's reason to fail.
     pub async fn start(run_id: &str) -> Result<Audit> {
-        let hint = "fix that and start the run again; `--no-audit` runs without an audit log";
+        let hint = READY_HINT;
         let mut child = Command::new(tool("moat-audit"))
             .args(["append", "--run", run_id])
             .stdin(Stdio::piped())
@@ -77,25 +81,10 @@ impl Audit {
         let last_line =
             |last: &Arc<Mutex<String>>| last.lock().map(|g| g.clone()).unwrap_or_default();
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let first = tokio::time::timeout(READY_WITHIN, lines.next_line()).await;
-        let ready = matches!(&first, Ok(Ok(Some(l)))
-            if moat_core::jsonl::parse(l).ok().flatten().is_some_and(|r| r.kind == "audit_ready"));
-        if !ready {
-            let _ = child.start_kill();
-            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), err_task).await;
-            let why = match (&first, last_line(&last_err)) {
-                (Err(_), _) => format!("it was not ready within {}s", READY_WITHIN.as_secs()),
-                (_, l) if !l.is_empty() => l,
-                _ => match status {
-                    Ok(Ok(s)) => format!("moat-audit ended with {}", status_text(&s)),
-                    _ => "moat-audit ended before it was ready".to_string(),
-                },
-            };
-            return Err(
-                Error::software(format!("the audit writer could not start: {why}")).with_hint(hint),
-            );
-        }
+        // Readiness is awaited by `ready` (before the run's container is created), so the
+        // writer opens and checks its log while the run's network, proxy and guard start;
+        // events sent meanwhile wait in the pipe.
+        let (ready_tx, ready_rx) = oneshot::channel::<std::result::Result<(), String>>();
 
         let (died_tx, died) = watch::channel(None::<String>);
         let died_tx = Arc::new(died_tx);
@@ -128,6 +117,27 @@ impl Audit {
         let watcher = {
             let closing = closing.clone();
             tokio::spawn(async move {
+                let first = tokio::time::timeout(READY_WITHIN, lines.next_line()).await;
+                let ready = matches!(&first, Ok(Ok(Some(l)))
+                    if moat_core::jsonl::parse(l).ok().flatten().is_some_and(|r| r.kind == "audit_ready"));
+                if !ready {
+                    let _ = child.start_kill();
+                    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), err_task).await;
+                    let why = match (&first, last_line(&last_err)) {
+                        (Err(_), _) => {
+                            format!("it was not ready within {}s", READY_WITHIN.as_secs())
+                        }
+                        (_, l) if !l.is_empty() => l,
+                        _ => match status {
+                            Ok(Ok(s)) => format!("moat-audit ended with {}", status_text(&s)),
+                            _ => "moat-audit ended before it was ready".to_string(),
+                        },
+                    };
+                    let _ = ready_tx.send(Err(why));
+                    return None;
+                }
+                let _ = ready_tx.send(Ok(()));
                 let mut seal = None;
                 while let Ok(Some(l)) = lines.next_line().await {
                     if let Ok(Some(r)) = moat_core::jsonl::parse(&l)
@@ -182,7 +192,24 @@ impl Audit {
             watcher,
             died,
             closing,
+            ready: Some(ready_rx),
         })
+    }
+
+    /// Wait until the writer said `audit_ready`; its failure is the run's reason to fail.
+    pub async fn ready(&mut self) -> Result<()> {
+        let Some(rx) = self.ready.take() else {
+            return Ok(());
+        };
+        let why = match rx.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(why)) => why,
+            Err(_) => "moat-audit ended before it was ready".to_string(),
+        };
+        Err(
+            Error::software(format!("the audit writer could not start: {why}"))
+                .with_hint(READY_HINT),
+        )
     }
 
     pub fn event(&self, kind: &str, body: serde_json::Value) {

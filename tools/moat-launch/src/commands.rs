@@ -36,12 +36,20 @@ fn is_orphan(m: &Metadata) -> bool {
 }
 
 pub fn reconcile_all(store: &Store) -> Result<()> {
-    for m in store.all()? {
-        if is_orphan(&m) {
+    reconciled(store).map(|_| ())
+}
+
+/// Every run, after reconciling the orphans: each record is read once (list and status with
+/// a thousand runs), and again only if it was reconciled.
+pub fn reconciled(store: &Store) -> Result<Vec<Metadata>> {
+    let mut all = store.all()?;
+    for m in all.iter_mut() {
+        if is_orphan(m) {
             reconcile_one(store, &m.id)?;
+            *m = store.load(&m.id)?;
         }
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Bring a supervisor-less run's record in line with Docker and release what it held.
@@ -119,8 +127,7 @@ pub fn list(json: bool, promoted: bool) -> Result<()> {
     if promoted {
         return crate::promote::list(&store, json);
     }
-    reconcile_all(&store)?;
-    let runs = store.all()?;
+    let runs = reconciled(&store)?;
     let mut out = String::new();
     if json {
         for m in &runs {
@@ -659,26 +666,29 @@ pub(crate) fn dir_size(p: &std::path::Path) -> u64 {
 
 pub fn status(json: bool) -> Result<()> {
     let store = store()?;
-    reconcile_all(&store)?;
-    let runs = store.all()?;
+    let runs = reconciled(&store)?;
     let active: Vec<&Metadata> = runs.iter().filter(|m| !m.state.is_terminal()).collect();
     let stopped = runs.len() - active.len();
+    // The disk figures walk every run's directory: beside the engine's answers.
+    let sizes = {
+        let (runs_dir, promoted) = (store.home.runs_dir(), store.home.root().join("promoted"));
+        std::thread::spawn(move || (dir_size(&runs_dir), dir_size(&promoted)))
+    };
     let (docker_ok, docker_msg, images, containers, runsc) = rt()?.block_on(async {
         match docker::connect().await {
             Ok(d) => {
-                let v = d
-                    .version()
-                    .await
-                    .ok()
-                    .and_then(|v| v.version)
-                    .unwrap_or_default();
-                let images = crate::system::images(&d, &store, &runs, false)
-                    .await
-                    .unwrap_or_default();
-                let containers = crate::system::containers(&d, &store, &runs, false)
-                    .await
-                    .unwrap_or_default();
-                let runsc = docker::has_runsc(&d).await.unwrap_or(false);
+                // The engine's answers, asked for at once; no container sizes (status does
+                // not show them, and they are the engine's slowest answer).
+                let (v, images, containers, runsc) = tokio::join!(
+                    d.version(),
+                    crate::system::images(&d, &store, &runs, false),
+                    crate::system::containers(&d, &store, &runs, false, false),
+                    docker::has_runsc(&d),
+                );
+                let v = v.ok().and_then(|v| v.version).unwrap_or_default();
+                let images = images.unwrap_or_default();
+                let containers = containers.unwrap_or_default();
+                let runsc = runsc.unwrap_or(false);
                 (true, format!("ok (engine {v})"), images, containers, runsc)
             }
             Err(e) => (false, e.msg, vec![], vec![], false),
@@ -686,10 +696,9 @@ pub fn status(json: bool) -> Result<()> {
     });
     let image_bytes: u64 = images.iter().map(|i| i.bytes).sum();
     let running = containers.iter().filter(|c| c.state == "running").count();
-    let promoted = dir_size(&store.home.root().join("promoted"));
+    let (disk, promoted) = sizes.join().unwrap_or((0, 0));
     let ca = store.home.ca_dir().join("ca.crt");
     let ca_ok = ca.exists();
-    let disk = dir_size(&store.home.runs_dir());
     if json {
         let l = moat_core::jsonl::line(
             "status",

@@ -402,3 +402,133 @@ pub fn run_network_mode(guard: &str) -> (String, Vec<String>) {
         vec!["NET_RAW".into(), "NET_ADMIN".into()],
     )
 }
+
+// ---------------------------------------------------------------- spare run guards
+//
+// Starting the run's guard (create, start, iptables) is most of a run's start-up. So the
+// spare network a finished run leaves behind (network.rs) gets a *spare guard*: a guard
+// container (`MOAT_GUARD_MODE=spare`) on that network, started at once with everything closed
+// but loopback, that then waits for one line on a fifo in a private host directory
+// (`<tmp>/moat-guards/<network>/in`, bind-mounted at /run/moat-guard; the run container
+// joins the guard's network namespace, not its mounts, so it never sees the fifo). The run
+// that claims the network (an exclusive claim file, network.rs) and needs nothing the guard
+// takes only at creation (no sidecars, `extra_hosts` or `dns`) writes its proxy's address and
+// a fresh nonce there; the guard installs the run's rules for that address and prints
+// `moat-guard: ready <nonce>`, and only then does the run container start. The guard reads
+// one line, once. A spare guard that is not running, is from another guard image, or does
+// not take its line is removed, and the run starts a guard of its own as before. A spare
+// guard is named `<network>-guard`: whoever removes the network removes it first.
+
+/// The name of the spare guard on `network`.
+pub fn spare_name(network: &str) -> String {
+    format!("{network}-guard")
+}
+
+fn spare_dir(network: &str) -> PathBuf {
+    std::env::temp_dir().join("moat-guards").join(network)
+}
+
+/// Start a spare guard on the new spare `network` and wait until it waits for a run.
+pub async fn create_spare(d: &Docker, network: &str, image: &str) -> Result<()> {
+    let dir = spare_dir(network);
+    moat_core::fsutil::create_private_dir(dir.parent().unwrap_or(&dir))?;
+    moat_core::fsutil::create_private_dir(&dir)?;
+    let fifo = dir.join("in");
+    let _ = std::fs::remove_file(&fifo);
+    let ok = tokio::process::Command::new("mkfifo")
+        .arg("-m")
+        .arg("600")
+        .arg(&fifo)
+        .status()
+        .await
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        return Err(Error::unavailable("mkfifo failed"));
+    }
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(image.to_string()),
+        env: Some(vec!["MOAT_GUARD_MODE=spare".to_string()]),
+        labels: Some(HashMap::from([
+            (crate::network::LABEL_SPARE.to_string(), network.to_string()),
+            (LABEL_GUARD.to_string(), "spare".to_string()),
+        ])),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some(network.to_string()),
+            cap_add: Some(vec!["NET_ADMIN".into()]),
+            binds: Some(vec![format!("{}:/run/moat-guard", dir.display())]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = create_and_start(d, &spare_name(network), body, &mut vec![]).await?;
+    ready(d, &id, "moat-guard: waiting", "the spare guard").await
+}
+
+/// Remove the spare guard of `network` (if any) and its directory.
+pub async fn remove_spare(d: &Docker, network: &str) {
+    let _ = docker::force_remove(d, &spare_name(network)).await;
+    let _ = std::fs::remove_dir_all(spare_dir(network));
+}
+
+/// The spare guard of the claimed `network`, if it is running from `image`: its id. One that
+/// is there but does not fit is removed (in the background).
+pub async fn claim_spare(d: &Docker, network: &str, image: &str) -> Option<String> {
+    let name = spare_name(network);
+    let i = d
+        .inspect_container(
+            &name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()?;
+    let fits = i.state.as_ref().and_then(|s| s.running) == Some(true)
+        && i.config.as_ref().and_then(|c| c.image.as_deref()) == Some(image)
+        && i.config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(crate::network::LABEL_SPARE))
+            .map(String::as_str)
+            == Some(network)
+        && spare_dir(network).join("in").exists();
+    match (fits, i.id) {
+        (true, Some(id)) => Some(id),
+        _ => {
+            let (d, n) = (d.clone(), network.to_string());
+            tokio::spawn(async move { remove_spare(&d, &n).await });
+            None
+        }
+    }
+}
+
+/// The claimed spare guard's fifo, opened without waiting: `None` when nobody reads it (a
+/// guard that died or is not that far yet); the caller removes it and starts a guard of its
+/// own.
+pub fn open_spare(network: &str) -> Option<tokio::net::unix::pipe::Sender> {
+    tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(spare_dir(network).join("in"))
+        .ok()
+}
+
+/// Hand the claimed spare guard `id` the run's proxy address (through `fifo`, from
+/// `open_spare`) and wait until its rules are in place.
+pub async fn configure_spare(
+    d: &Docker,
+    id: &str,
+    mut fifo: tokio::net::unix::pipe::Sender,
+    proxy: &str,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let nonce = moat_core::hex(&moat_core::random_bytes::<8>());
+    fifo.write_all(format!("{proxy} {nonce}\n").as_bytes())
+        .await
+        .map_err(|e| Error::io("configuring the run's guard", e))?;
+    drop(fifo);
+    ready(
+        d,
+        id,
+        &format!("moat-guard: ready {nonce}"),
+        "the run's guard",
+    )
+    .await
+}

@@ -34,6 +34,7 @@ mod snapshot;
 mod ssh_client;
 mod store;
 mod system;
+mod timings;
 mod trust;
 mod tty;
 mod unix_http;

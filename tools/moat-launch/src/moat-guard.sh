@@ -11,6 +11,10 @@
 # run's proxy and to each sidecar's address and port, loopback (but not 127.0.0.11), replies;
 # nothing else out, IPv6 only on loopback. In is open, so the hostname router reaches the
 # run's `ports:`.
+# MOAT_GUARD_MODE=spare: started ahead of any run (guard.rs, spare guards): everything
+# closed (loopback aside) until one line "PROXY_IP:PORT NONCE" arrives on the fifo
+# /run/moat-guard/in (a private host directory), then the run mode's rules for that proxy,
+# and "moat-guard: ready NONCE". It reads one line, once: nothing can reconfigure it later.
 set -eu
 
 die() {
@@ -18,7 +22,39 @@ die() {
 	exit 125
 }
 
-case "${MOAT_GUARD_MODE:-service}" in
+apply() {
+	fam=$1
+	rules=$2
+	for t in "$fam-restore" "$fam-legacy-restore"; do
+		if command -v "$t" >/dev/null 2>&1 && printf '%s' "$rules" | "$t" -w 5 2>/dev/null; then
+			return 0
+		fi
+	done
+	return 1
+}
+mode=${MOAT_GUARD_MODE:-service}
+nonce=""
+if [ "$mode" = spare ]; then
+	closed="*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT DROP [0:0]
+-A INPUT -i lo -j ACCEPT
+-A OUTPUT -o lo -j ACCEPT
+COMMIT
+"
+	apply iptables "$closed" || die "cannot set the firewall (iptables failed)"
+	if [ -e /proc/net/if_inet6 ]; then
+		apply ip6tables "$closed" || die "cannot set the IPv6 firewall (ip6tables failed)"
+	fi
+	echo "moat-guard: waiting"
+	read -r MOAT_PROXY_ADDR nonce </run/moat-guard/in || die "no settings arrived"
+	case "$nonce" in *[!0-9a-f]* | "") die "bad nonce" ;; esac
+	MOAT_SERVICE_ADDRS=""
+	mode=run
+fi
+
+case "$mode" in
 service)
 	port=${MOAT_GUARD_PORT:-}
 	case "$port" in *[!0-9]* | "") die "bad service port '$port'" ;; esac
@@ -75,22 +111,12 @@ COMMIT
 COMMIT
 "
 	;;
-*) die "bad mode '$MOAT_GUARD_MODE'" ;;
+*) die "bad mode '$mode'" ;;
 esac
 
-apply() {
-	fam=$1
-	rules=$2
-	for t in "$fam-restore" "$fam-legacy-restore"; do
-		if command -v "$t" >/dev/null 2>&1 && printf '%s' "$rules" | "$t" -w 5 2>/dev/null; then
-			return 0
-		fi
-	done
-	return 1
-}
 apply iptables "$rules4" || die "cannot set the firewall (iptables failed)"
 if [ -e /proc/net/if_inet6 ]; then
 	apply ip6tables "$rules6" || die "cannot set the IPv6 firewall (ip6tables failed)"
 fi
-echo "moat-guard: ready"
+echo "moat-guard: ready${nonce:+ $nonce}"
 exec sleep infinity

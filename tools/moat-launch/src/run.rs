@@ -51,6 +51,7 @@ pub fn tool(name: &str) -> PathBuf {
 // ---------------------------------------------------------------- the CLI side
 
 pub fn start(args: crate::args::RunArgs) -> Result<i32> {
+    crate::timings::begin(args.timings);
     let home = MoatHome::from_env()?;
     let store = Store::new(home.clone());
     let path = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -68,9 +69,11 @@ pub fn start(args: crate::args::RunArgs) -> Result<i32> {
     }
     let args = crate::agent::run_prompt(args, &loaded.config)?;
     let mut spec = config::resolve(&args, &loaded, &workspace)?;
+    crate::timings::stage("config");
     crate::mcp::check_stored(&home, &spec.mcp)?;
     crate::trust::check_sensitive(&home, &workspace, &spec.binds, args.allow_sensitive_mount)?;
     crate::trust::check(&home, &workspace, &loaded)?;
+    crate::timings::stage("trust check");
     if let Some(branch) = &args.worktree {
         let wt = crate::worktree::prepare(&home, &workspace, branch)?;
         crate::commands::reconcile_all(&store)?;
@@ -236,6 +239,7 @@ fn spawn_supervisor(dir: &Path, id: &str) -> Result<u32> {
         c.process_group(0);
         c
     };
+    c.envs(crate::timings::child_env());
     c.arg("__supervise")
         .arg(id)
         .stdin(Stdio::null())
@@ -272,6 +276,10 @@ struct Resources {
     audit: Option<Audit>,
     /// The hostname route registered for this run: (name, run id).
     route: Option<(String, String)>,
+    /// The guard image, for the spare guard left for the next run (guard.rs).
+    guard_image: Option<String>,
+    /// The spare network and guard for the next run, made while this one runs.
+    spare: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn supervise(id: &str) -> Result<()> {
@@ -302,6 +310,8 @@ pub async fn supervise(id: &str) -> Result<()> {
         secrets: None,
         audit: None,
         route: None,
+        guard_image: None,
+        spare: None,
     };
     let config_before = crate::trust::config_hashes(&spec.workspace);
     let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
@@ -495,7 +505,12 @@ async fn release(r: &mut Resources) {
         crate::services::remove(d, &cars).await;
         if let Some(n) = r.network.take() {
             crate::network::remove(d, &n).await;
-            crate::network::replenish(d).await;
+            match r.spare.take() {
+                Some(t) => {
+                    let _ = t.await;
+                }
+                None => crate::network::replenish(d, r.guard_image.as_deref()).await,
+            }
         }
     }
     stop_proxy(r).await;
@@ -797,6 +812,7 @@ async fn lifecycle(
         (docker::LABEL_NAME.to_string(), spec.name.clone()),
     ]);
     phase("network");
+    crate::timings::stage("network");
 
     // The image: worked out first, so the proxy knows whether this run builds.
     let ca_path = home.ca_dir().join("ca.crt");
@@ -818,6 +834,8 @@ async fn lifecycle(
     // through the proxy.
     let guard_image = crate::guard::guard_image(&d, &ctx.base).await?;
     let needs_guard = docker::image_id(&d, &guard_image).await?.is_none();
+    res.guard_image = Some(guard_image.clone());
+    crate::timings::stage("image check");
 
     // The proxy, listening on the gateway: reachable from this network only.
     let token_file = dir.join("proxy.token");
@@ -1213,14 +1231,49 @@ async fn lifecycle(
         dns: &spec.dns,
         labels: &labels,
     };
-    // Created first, so the run container can name it; it starts (and sets its rules) while
+    // A spare guard on the claimed network is told the run's proxy (guard.rs); else the
+    // guard is created first, so the run container can name it. Either sets its rules while
     // the run container is created, and the run container starts only once it is ready.
-    let guard =
-        crate::guard::create_run_guard(&d, id, &run_guard, &guard_image, &mut res.sidecars).await?;
-    let guard_ready = {
-        let (d, guard, net) = (d.clone(), guard.clone(), net_name.clone());
-        tokio::spawn(async move { crate::guard::start_run_guard(&d, &guard, &net).await })
+    let spare = if wiring.allow.is_empty() && wiring.hosts.is_empty() && spec.dns.is_empty() {
+        match crate::guard::claim_spare(&d, &net_name, &guard_image).await {
+            Some(g) => match crate::guard::open_spare(&net_name) {
+                Some(fifo) => Some((g, fifo)),
+                None => {
+                    crate::guard::remove_spare(&d, &net_name).await;
+                    None
+                }
+            },
+            None => None,
+        }
+    } else {
+        // Not for this run (its guard takes settings only at creation): it goes meanwhile.
+        let (d, n) = (d.clone(), net_name.clone());
+        tokio::spawn(async move { crate::guard::remove_spare(&d, &n).await });
+        None
     };
+    let (guard, guard_ready) = match spare {
+        Some((g, fifo)) => {
+            res.sidecars.push(g.clone());
+            let (d, g2, pa) = (d.clone(), g.clone(), proxy_addr.clone());
+            let t = tokio::spawn(
+                async move { crate::guard::configure_spare(&d, &g2, fifo, &pa).await },
+            );
+            (g, t)
+        }
+        None => {
+            let guard =
+                crate::guard::create_run_guard(&d, id, &run_guard, &guard_image, &mut res.sidecars)
+                    .await?;
+            let (d, g2, net) = (d.clone(), guard.clone(), net_name.clone());
+            let t = tokio::spawn(async move {
+                crate::guard::start_run_guard(&d, &g2, &net)
+                    .await
+                    .map(|_| ())
+            });
+            (guard, t)
+        }
+    };
+    crate::timings::stage("guard start");
     let (network_mode, cap_drop) = crate::guard::run_network_mode(&guard);
     let host = bollard::models::HostConfig {
         binds: Some(binds),
@@ -1249,6 +1302,11 @@ async fn lifecycle(
         attach_stdin: Some(spec.interactive),
         ..Default::default()
     };
+    // The record is not optional: no run container exists before its writer is ready.
+    if let Some(a) = res.audit.as_mut() {
+        a.ready().await?;
+        crate::timings::stage("audit start");
+    }
     let cname = format!("moat-{id}");
     let opts = bollard::query_parameters::CreateContainerOptions {
         name: Some(cname.clone()),
@@ -1259,9 +1317,11 @@ async fn lifecycle(
         .await
         .map_err(|e| docker::err("creating the container", e))?;
     res.container = Some(created.id.clone());
+    crate::timings::stage("container create");
     guard_ready
         .await
         .map_err(|e| Error::software(format!("starting the run's guard: {e}")))??;
+    crate::timings::stage("firewall ready");
     phase("run guard ready");
     if listening.is_some() {
         proxy_listening(
@@ -1321,6 +1381,15 @@ async fn lifecycle(
     )
     .await
     .map_err(|e| docker::err("starting the container", e))?;
+    crate::timings::stage("container start");
+    // The next run's spare network and guard, made while this one runs (not when it ends,
+    // which is when a following run may already be starting).
+    {
+        let (d, image) = (d.clone(), guard_image.clone());
+        res.spare = Some(tokio::spawn(async move {
+            crate::network::replenish(&d, Some(&image)).await
+        }));
+    }
     store.update(id, |m| {
         if m.state == State::Starting {
             m.state = State::Running;
@@ -1502,6 +1571,7 @@ async fn proxy_listening(
         .map(PathBuf::from)
         .unwrap_or_else(|| store.home.ca_dir().join("ca.crt"));
     phase("proxy listening");
+    crate::timings::stage("proxy start");
     store.update(id, |m| {
         m.proxy_addr = Some(addr.clone());
         m.proxy_pid = pid;
@@ -1592,6 +1662,7 @@ async fn capture_logs(
         }
     };
     let mut tick = tokio::time::interval(crate::log_chunks::EVERY);
+    let mut first = true;
     loop {
         let out = tokio::select! {
             o = s.next() => match o {
@@ -1609,6 +1680,9 @@ async fn capture_logs(
             bollard::container::LogOutput::StdErr { message } => ("stderr", message),
             bollard::container::LogOutput::StdIn { .. } => continue,
         };
+        if std::mem::take(&mut first) {
+            crate::timings::stage("first output");
+        }
         let buf = partial.entry(stream).or_default();
         buf.extend_from_slice(&msg);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {

@@ -96,10 +96,11 @@ pub async fn containers(
     store: &Store,
     runs: &[Metadata],
     all: bool,
+    size: bool,
 ) -> Result<Vec<ContainerRow>> {
     let opts = bollard::query_parameters::ListContainersOptions {
         all: true,
-        size: true,
+        size,
         filters: Some(docker::label_filter([LABEL_RUN])),
         ..Default::default()
     };
@@ -150,7 +151,7 @@ pub fn command(store: &Store, want_containers: bool, json: bool, all: bool) -> R
     if want_containers {
         let rows = rt.block_on(async {
             let d = docker::connect().await?;
-            containers(&d, store, &runs, all).await
+            containers(&d, store, &runs, all, true).await
         })?;
         if json {
             for r in &rows {
