@@ -164,19 +164,19 @@ pub const FLAGS: &[(&str, &str)] = &[
 
 const RUN_COMMON: &str = "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach \
     -i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= \
-    --runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount \
+    --runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount --timings \
     --decoy=grant --on-decoy=stop|block|log --budget=";
 const RUN_FLAGS: &str = concat!(
     "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach ",
     "-i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= ",
-    "--runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount -w/--worktree= ",
+    "--runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount --timings -w/--worktree= ",
     "--decoy=grant --on-decoy=stop|block|log -p/--prompt= --budget="
 );
 const WT_FLAGS: &str = RUN_COMMON;
 const AGENT_FLAGS: &str = concat!(
     "-g/--grant=grant -e/--env= -m/--mount=file -n/--name= -d/--detach ",
     "-i/--interactive --rebuild --no-sandbox --policy=permissive|strict --allow-host= ",
-    "--runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount -w/--worktree= ",
+    "--runtime=docker --no-snapshots --read-only-workspace --no-audit --allow-sensitive-mount --timings -w/--worktree= ",
     "-p/--prompt= --keep-prompts --resume=run --decoy=grant --on-decoy=stop|block|log ",
     "--budget="
 );
