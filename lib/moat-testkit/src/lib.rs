@@ -160,6 +160,18 @@ impl TestEnv {
         input: &str,
         how: &Terminal,
     ) -> (i32, String) {
+        self.on_terminal_dialog(cmd, &[(prompt, input)], how)
+    }
+
+    /// As [`TestEnv::on_terminal`], with several questions: for each `(prompt, input)` in turn,
+    /// wait until `prompt` shows after what was typed before (or each wait in `how` is over),
+    /// then type `input`.
+    pub fn on_terminal_dialog(
+        &self,
+        cmd: &str,
+        steps: &[(&str, &str)],
+        how: &Terminal,
+    ) -> (i32, String) {
         use std::io::{Read, Write};
         use std::time::{Duration, Instant};
         let mut c = self.program("timeout");
@@ -188,16 +200,21 @@ impl TestEnv {
             }
         });
         let mut seen = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(how.prompt_secs);
-        while !String::from_utf8_lossy(&seen).contains(prompt) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(chunk) => seen.extend(chunk),
-                Err(_) => break,
-            }
-        }
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input.as_bytes()).unwrap();
+        for (prompt, input) in steps {
+            // Only what the terminal showed after the previous answer counts.
+            let from = seen.len();
+            let deadline = Instant::now() + Duration::from_secs(how.prompt_secs);
+            while !String::from_utf8_lossy(&seen[from..]).contains(prompt) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(chunk) => seen.extend(chunk),
+                    Err(_) => break,
+                }
+            }
+            stdin.write_all(input.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+        }
         let status = if how.hold_input {
             // script(1) ends the session when its input closes: keep it open until the end.
             let status = child.wait().unwrap();

@@ -10,7 +10,7 @@ usage: moat-grant github|anthropic|claude|openai|gemini [--token-stdin] [--no-va
        moat-grant github [--scope SCOPE[,SCOPE...]] [--device] [--client-id ID] [options as above]
        moat-grant npm [--registry URL] [--token-stdin] [--no-validate] [--name NAME] [--connect-to ...]
        moat-grant ssh --host HOST [--key FINGERPRINT] [--host-key FILE] [--sshsig-namespace NS]...
-       moat-grant mcp NAME --url URL --header HEADER [--prefix PREFIX] [--token-stdin]
+       moat-grant mcp NAME [--url URL --header HEADER [--prefix PREFIX]] [--token-stdin]
        moat-grant aws --role ARN [--region R] [--session-duration D] [--external-id X] [--name NAME]
        moat-grant http NAME --host HOST[,HOST...] --header HEADER [--prefix PREFIX] [--token-stdin]
        moat-grant decoy NAME --like github|anthropic|openai|aws|npm|http [--no-store]
@@ -27,7 +27,8 @@ Commands:
     github, anthropic, openai, gemini, npm   import or enter a provider's credential
     claude   the Claude subscription only (an OAuth token; stored as `claude`, provider anthropic)
     ssh      pin a key of the running SSH agent and a host's public keys
-    mcp      a token for a remote MCP server (stored as mcp:NAME)
+    mcp      a token for a remote MCP server (stored as mcp:NAME); what --url, --header
+             and --prefix do not give is asked for on a terminal
     aws      an IAM role to assume at run time
     http     a token for any other HTTPS API
     decoy    store a decoy: shaped like a real credential, valid nowhere, bait for runs
@@ -341,8 +342,6 @@ fn parse_grant(provider: &str, mut p: lexopt::Parser) -> Result<Command> {
         "mcp" | "http" if g.arg_name.is_none() => {
             return Err(usage(format!("{provider} needs a NAME")));
         }
-        "mcp" if g.url.is_none() => return Err(usage("mcp needs --url URL")),
-        "mcp" if g.header.is_none() => return Err(usage("mcp needs --header HEADER")),
         "http" if g.hosts.is_empty() => return Err(usage("http needs --host HOST[,HOST...]")),
         "http" if g.header.is_none() => return Err(usage("http needs --header HEADER")),
         "aws" if g.role.is_none() => return Err(usage("aws needs --role ARN")),
@@ -476,7 +475,7 @@ mod tests {
             &["ssh"],
             &["http", "x", "--header", "X"],
             &["aws"],
-            &["mcp", "x", "--url", "https://a"],
+            &["mcp", "--url", "https://a"],
             &["refresh"],
             &["refresh", "a", "b"],
             &["refresh", "a", "--if-expiring-within"],

@@ -78,3 +78,73 @@ fn several_agent_keys_are_offered_on_a_terminal() {
         Some(second.as_str())
     );
 }
+
+#[test]
+fn mcp_asks_on_a_terminal_for_what_the_flags_did_not_give() {
+    let t = TestEnv::new();
+    let secret = canary("mcp_");
+    let how = Terminal {
+        dir: None,
+        limit_secs: 30,
+        prompt_secs: 20,
+        hold_input: true,
+    };
+    let (code, text) = t.on_terminal_dialog(
+        "moat-grant mcp context7",
+        &[
+            (
+                "URL of the context7 MCP server",
+                "https://mcp.context7.example/mcp\n",
+            ),
+            ("Header that carries the token", "Authorization\n"),
+            ("Text before the token", "Bearer\n"),
+            ("MCP server token:", &format!("{secret}\n")),
+        ],
+        &how,
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains(&secret), "the token was echoed: {text}");
+    let recs = rules(&t, &["mcp:context7"]);
+    let inject = |recs: &[moat_core::jsonl::Record]| {
+        recs.iter()
+            .find(|r| r.kind == "inject")
+            .unwrap_or_else(|| panic!("no inject record: {recs:?}"))
+            .clone()
+    };
+    let r = inject(&recs);
+    assert_eq!(r.str("value"), Some(format!("Bearer {secret}").as_str()));
+    assert_eq!(r.str("header"), Some("Authorization"));
+    assert_eq!(
+        r.get("hosts"),
+        Some(&serde_json::json!(["mcp.context7.example"]))
+    );
+    // Given flags are not asked again: only the token is.
+    let (code, text) = t.on_terminal_dialog(
+        "moat-grant mcp other --url https://other.example/mcp --header X-Api-Key",
+        &[("MCP server token:", "tok_other\n")],
+        &how,
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("Header that carries"), "{text}");
+    let r = inject(&rules(&t, &["mcp:other"]));
+    assert_eq!(r.str("value"), Some("tok_other"));
+    assert_eq!(r.str("header"), Some("X-Api-Key"));
+}
+
+#[test]
+fn mcp_without_a_terminal_names_the_flags_it_needs() {
+    let t = TestEnv::new();
+    let r = t.run("moat-grant", &["mcp", "context7"]);
+    assert_eq!(r.code(), 64, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("--url URL and --header HEADER"),
+        "{}",
+        r.stderr()
+    );
+    let listed = t.run("moat-grant", &["list", "--json"]);
+    assert!(
+        !listed.stdout().contains("mcp:context7"),
+        "{}",
+        listed.stdout()
+    );
+}

@@ -64,10 +64,65 @@ fn check_prefix(p: &str) -> Result<String> {
     Ok(p.to_string())
 }
 
+/// What `moat grant mcp NAME` was not given on the command line, asked for on a terminal
+/// (as the Go moat's `moat grant mcp NAME` does); without one, the flags to use. Nothing is
+/// taken from a workspace's moat.yaml: the run's files are not trusted to say where a token
+/// may be sent.
+fn mcp_asked(g: &Grant, n: &str) -> Result<(String, String, String)> {
+    let missing: Vec<&str> = [
+        ("--url URL", g.url.is_none()),
+        ("--header HEADER", g.header.is_none()),
+    ]
+    .iter()
+    .filter(|(_, m)| *m)
+    .map(|(f, _)| *f)
+    .collect();
+    if missing.is_empty() {
+        return Ok((
+            g.url.clone().unwrap_or_default(),
+            g.header.clone().unwrap_or_default(),
+            g.prefix.clone().unwrap_or_default(),
+        ));
+    }
+    // With --token-stdin, standard input holds the token: there is nothing to ask on.
+    if g.token_stdin || !input::can_prompt() {
+        return Err(Error::usage(format!(
+            "mcp {n}: no terminal to ask on; give {}",
+            missing.join(" and ")
+        ))
+        .with_hint(format!(
+            "moat grant mcp {n} --url https://HOST/PATH --header HEADER [--prefix 'Bearer '] --token-stdin < TOKEN_FILE"
+        )));
+    }
+    let url = match &g.url {
+        Some(u) => u.clone(),
+        None => input::prompt_line(&format!("URL of the {n} MCP server (https://...): "))?,
+    };
+    let header = match &g.header {
+        Some(h) => h.clone(),
+        None => input::prompt_line("Header that carries the token (e.g. Authorization): ")?,
+    };
+    let prefix = match &g.prefix {
+        Some(p) => p.clone(),
+        None if g.header.is_none() => {
+            // A word typed here (Bearer) is followed by a space before the token.
+            let p = input::prompt_line("Text before the token (e.g. Bearer; empty for none): ")?;
+            if p.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+                format!("{p} ")
+            } else {
+                p
+            }
+        }
+        None => String::new(),
+    };
+    Ok((url, header, prefix))
+}
+
 pub fn mcp(g: &Grant) -> Result<Credential> {
     let n = g.arg_name.as_deref().unwrap_or_default();
     check_name(n)?;
-    let url = g.url.as_deref().unwrap_or_default();
+    let (url, header, prefix) = mcp_asked(g, n)?;
+    let url = url.as_str();
     let authority = url
         .strip_prefix("https://")
         .ok_or_else(|| Error::usage(format!("--url {url:?} must start with https://")))?
@@ -84,8 +139,8 @@ pub fn mcp(g: &Grant) -> Result<Credential> {
     if host.is_wildcard() {
         return Err(Error::usage("--url must name one host"));
     }
-    let header = check_header(g.header.as_deref().unwrap_or_default())?;
-    let prefix = check_prefix(g.prefix.as_deref().unwrap_or_default())?;
+    let header = check_header(&header)?;
+    let prefix = check_prefix(&prefix)?;
     let (token, source) = secret(g, "MCP server token")?;
     let mut c = Credential::new("mcp", "header", source);
     c.name = format!("mcp:{n}");
