@@ -460,7 +460,19 @@ fn slow_clients_time_out_and_others_are_served() {
     let env = TestEnv::new();
     let up = plain_upstream();
     let ct = format!("plain.example:80:127.0.0.1:{}", up.port());
-    let p = Proxy::start(&env, "", &["--connect-to", &ct, "--header-timeout", "1"]);
+    // Both deadlines at 1 s: a header that never ends, and a CONNECT whose TLS never starts.
+    let p = Proxy::start(
+        &env,
+        "",
+        &[
+            "--connect-to",
+            &ct,
+            "--header-timeout",
+            "1",
+            "--handshake-timeout",
+            "1",
+        ],
+    );
     let auth = basic("moat", &p.token);
     let mut slow = Vec::new();
     for i in 0..60 {
