@@ -750,6 +750,53 @@ mod tests {
         );
     }
 
+    /// The build trigger end to end on the host side: a finished `cargo build` appended to
+    /// the run's exec.jsonl gives one `build` snapshot, recorded for the audit log; a failed
+    /// build and what was traced before watching began give none.
+    #[tokio::test]
+    async fn a_build_in_the_exec_trace_is_snapshotted() {
+        let t = tempfile::tempdir().unwrap();
+        let (ws, run) = (t.path().join("ws"), t.path().join("run"));
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(ws.join("main.rs"), "fn main() {}").unwrap();
+        let rec = |argv: &str, code: i32| {
+            format!(
+                "{{\"v\":1,\"type\":\"exec\",\"event\":\"exit\",\"argv\":{argv},\"exit_code\":{code}}}\n"
+            )
+        };
+        std::fs::write(run.join("exec.jsonl"), rec(r#"["make"]"#, 0)).unwrap();
+        let spec = SnapshotSpec {
+            git_commits: false,
+            idle: false,
+            ..SnapshotSpec::default()
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let h = start(run.clone(), "run_x".into(), ws, None, spec, Some(tx)).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(run.join("exec.jsonl"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, rec(r#"["cargo","build"]"#, 101).as_bytes()).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            crate::snapshot::list(&run).unwrap().is_empty(),
+            "a failed build, or one traced before"
+        );
+        std::io::Write::write_all(&mut f, rec(r#"["cargo","build"]"#, 0).as_bytes()).unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        h.finish().await;
+        let all = crate::snapshot::list(&run).unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].kind, "build");
+        assert_eq!(all[0].label.as_deref(), Some("cargo build"));
+        let ev = rx.recv().await.unwrap();
+        assert!(
+            ev.contains("snapshot_created") && ev.contains("\"kind\":\"build\""),
+            "{ev}"
+        );
+    }
+
     #[test]
     fn the_tail_reads_whole_lines_and_drops_huge_ones() {
         let t = tempfile::tempdir().unwrap();
