@@ -72,7 +72,7 @@ Run options:
     --on-decoy ACTION        when a request carries a decoy: stop (default), block or log
     --runtime RUNTIME        container runtime: docker
     -w, --worktree BRANCH    run on a git worktree for BRANCH (also --wt)
-    --no-snapshots           no pre-run snapshot of the workspace
+    --no-snapshots           no pre-run or automatic snapshots of the workspace
     --read-only-workspace    mount the workspace read-only (also `workspace: ro`)
     --no-audit               run without an audit log (warned; recorded in metadata)
     --budget tokens=N,cost=USD,rpm=N

@@ -64,8 +64,7 @@ pub struct AwsSection {
 
 pub const AWS_MODE_SESSION: &str = "session-credentials";
 
-/// `snapshots:`. Only the pre-run and manual snapshots exist; the git-commit, build and
-/// idle triggers of the reference are accepted and have nothing to switch off.
+/// `snapshots:`: the pre-run snapshot and the automatic triggers (triggers.rs).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub struct Snapshots {
@@ -111,7 +110,18 @@ pub struct SnapshotSpec {
     pub ignore_gitignore: bool,
     pub max_count: usize,
     pub delete_initial: bool,
+    /// A snapshot after each new commit in the workspace (triggers.rs).
+    pub git_commits: bool,
+    /// A snapshot after a finished build seen in the run's exec trace.
+    pub builds: bool,
+    /// A snapshot once the run has been idle `idle_threshold_seconds` after activity.
+    pub idle: bool,
+    pub idle_threshold_seconds: u64,
 }
+
+pub const IDLE_THRESHOLD_DEFAULT: u64 = 30;
+/// The longest idle threshold accepted (a day).
+pub const IDLE_THRESHOLD_MAX: u64 = 86_400;
 
 impl Default for SnapshotSpec {
     fn default() -> Self {
@@ -122,6 +132,10 @@ impl Default for SnapshotSpec {
             ignore_gitignore: false,
             max_count: 10,
             delete_initial: false,
+            git_commits: true,
+            builds: true,
+            idle: true,
+            idle_threshold_seconds: IDLE_THRESHOLD_DEFAULT,
         }
     }
 }
@@ -742,6 +756,17 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
             "must be at least 1 (use `snapshots: {disabled: true}` for none)",
         ));
     }
+    if let Some(t) = c.snapshots.triggers.idle_threshold_seconds
+        && !(1..=IDLE_THRESHOLD_MAX).contains(&t)
+    {
+        return Err(bad(
+            file,
+            text,
+            "idle_threshold_seconds",
+            "snapshots.triggers.idle_threshold_seconds",
+            format!("must be 1-{IDLE_THRESHOLD_MAX} seconds (use `disable_idle: true` for none)"),
+        ));
+    }
     for p in &c.snapshots.exclude.additional {
         if p.trim().is_empty() || p.split('/').any(|c| c == "..") {
             return Err(bad(
@@ -824,8 +849,8 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
 /// Fields of the reference that this version has not built: each is refused (exit 78) with
 /// what is missing and what to do instead, so nothing in a file is accepted and dropped.
 /// Values that are exactly true of moat are accepted: `tracing.disable_exec: true` (moat
-/// records no exec trace) and `snapshots.triggers.disable_git_commits|disable_builds|
-/// disable_idle: true` (moat's only automatic snapshot is the pre-run one).
+/// records no exec trace) and `snapshots.triggers.disable_builds: true` (build snapshots need
+/// that trace).
 fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> Result<()> {
     let refuse = |path: &str, msg: &str| {
         let at = lines.get(path).map(|l| format!(":{l}")).unwrap_or_default();
@@ -883,28 +908,17 @@ fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> 
             }
         }
     }
-    for (k, what) in [
-        ("disable_git_commits", "after a git commit"),
-        ("disable_builds", "after a build"),
-        ("disable_idle", "when the run goes idle"),
-    ] {
-        match at(&format!("/snapshots/triggers/{k}")) {
-            None | Some(Value::Bool(true)) => {}
-            Some(_) => {
-                return refuse(
-                    &format!("snapshots.triggers.{k}"),
-                    &format!(
-                        "snapshots {what} are not built yet (moat takes the pre-run snapshot \
-                         and `moat snapshot` ones); set it to true or remove it"
-                    ),
-                );
-            }
-        }
-    }
-    if at("/snapshots/triggers/idle_threshold_seconds").is_some() {
+    // Build snapshots follow the run's exec trace (triggers.rs), and this version records
+    // none: asking for them outright is refused rather than accepted and left idle. Left
+    // unset, the trigger is on and watches for an exec.jsonl that never appears.
+    if let Some(v) = at("/snapshots/triggers/disable_builds")
+        && v != &Value::Bool(true)
+        && v.is_boolean()
+    {
         return refuse(
-            "snapshots.triggers.idle_threshold_seconds",
-            "idle snapshots are not built yet, so there is no idle threshold; remove it",
+            "snapshots.triggers.disable_builds",
+            "build snapshots come from the run's exec trace, and exec tracing is not built \
+             yet, so no build would ever be seen; set it to true or remove it",
         );
     }
     match at("/workspace") {
@@ -1222,6 +1236,14 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         ignore_gitignore: c.snapshots.exclude.ignore_gitignore,
         max_count: c.snapshots.retention.max_count.unwrap_or(10),
         delete_initial: c.snapshots.retention.delete_initial,
+        git_commits: !c.snapshots.triggers.disable_git_commits,
+        builds: !c.snapshots.triggers.disable_builds,
+        idle: !c.snapshots.triggers.disable_idle,
+        idle_threshold_seconds: c
+            .snapshots
+            .triggers
+            .idle_threshold_seconds
+            .unwrap_or(IDLE_THRESHOLD_DEFAULT),
     };
     let mut command = args.command.clone().or(c.command.clone());
     let mut agent_cli = None;
@@ -1486,19 +1508,9 @@ mod tests {
             ),
             ("name: a\ntracing: {}\n", 2, "tracing: exec tracing"),
             (
-                "snapshots:\n  triggers:\n    disable_git_commits: false\n",
-                3,
-                "snapshots.triggers.disable_git_commits",
-            ),
-            (
                 "snapshots:\n  triggers:\n    disable_builds: false\n",
                 3,
-                "disable_builds",
-            ),
-            (
-                "snapshots:\n  triggers:\n    disable_idle: true\n    idle_threshold_seconds: 30\n",
-                4,
-                "idle_threshold_seconds",
+                "snapshots.triggers.disable_builds: build snapshots come from the run's exec trace",
             ),
             ("workspace: volume\n", 1, "not built"),
             (
@@ -1529,12 +1541,87 @@ mod tests {
         for ok in [
             "tracing:\n  disable_exec: true\n",
             "snapshots:\n  triggers:\n    disable_pre_run: false\n    disable_git_commits: true\n    disable_builds: true\n    disable_idle: true\n",
+            "snapshots:\n  triggers:\n    disable_git_commits: false\n    disable_idle: false\n    idle_threshold_seconds: 30\n",
             "workspace: rw\n",
             "workspace: ro\n",
             "container:\n  dns: [\"1.1.1.1\"]\n",
         ] {
             let (_, w) = parse(ok, "moat.yaml").unwrap();
             assert!(w.is_empty(), "{ok}: {w:?}");
+        }
+    }
+
+    /// The triggers reach the run's spec as written (defaults of the reference: all on,
+    /// 30 s); bad values are refused with the key's line.
+    #[test]
+    fn snapshot_triggers_reach_the_spec_and_bad_values_are_refused() {
+        let spec_of = |text: &str, no_snapshots: bool| {
+            let (c, _) = parse(text, "moat.yaml").unwrap();
+            let l = Loaded {
+                config: c,
+                file: None,
+                warnings: vec![],
+            };
+            let args = RunArgs {
+                name: Some("t".into()),
+                no_sandbox: true,
+                no_snapshots,
+                ..Default::default()
+            };
+            resolve(&args, &l, &std::env::temp_dir()).unwrap().snapshots
+        };
+        let d = spec_of("name: a\n", false);
+        assert!(d.git_commits && d.builds && d.idle && !d.disabled);
+        assert_eq!(d.idle_threshold_seconds, 30);
+        assert!(crate::triggers::any(&d));
+        let s = spec_of(
+            "snapshots:\n  triggers:\n    disable_git_commits: true\n    disable_builds: true\n    idle_threshold_seconds: 2\n",
+            false,
+        );
+        assert!(!s.git_commits && !s.builds && s.idle);
+        assert_eq!(s.idle_threshold_seconds, 2);
+        let s = spec_of(
+            "snapshots:\n  triggers:\n    disable_git_commits: true\n    disable_builds: true\n    disable_idle: true\n",
+            false,
+        );
+        assert!(!crate::triggers::any(&s), "all triggers off");
+        assert!(
+            !crate::triggers::any(&spec_of("name: a\n", true)),
+            "--no-snapshots"
+        );
+        assert!(!crate::triggers::any(&spec_of(
+            "snapshots:\n  disabled: true\n",
+            false
+        )));
+        for (text, line, want) in [
+            (
+                "snapshots:\n  triggers:\n    idle_threshold_seconds: 0\n",
+                3,
+                "must be 1-86400 seconds",
+            ),
+            (
+                "snapshots:\n  triggers:\n    idle_threshold_seconds: 86401\n",
+                3,
+                "must be 1-86400 seconds",
+            ),
+        ] {
+            let e = parse(text, "moat.yaml").unwrap_err();
+            assert_eq!(e.code, moat_core::exit::CONFIG, "{text}: {}", e.msg);
+            assert!(
+                e.msg.starts_with(&format!("moat.yaml:{line}: ")) && e.msg.contains(want),
+                "{text}: {}",
+                e.msg
+            );
+        }
+        for text in [
+            "snapshots:\n  triggers:\n    idle_threshold_seconds: -5\n",
+            "snapshots:\n  triggers:\n    idle_threshold_seconds: soon\n",
+            "snapshots:\n  triggers:\n    disable_idle: maybe\n",
+            "snapshots:\n  triggers:\n    disable_git_commits: 1\n",
+        ] {
+            let e = parse(text, "moat.yaml").unwrap_err();
+            assert_eq!(e.code, moat_core::exit::CONFIG, "{text}: {}", e.msg);
+            assert!(e.msg.contains("moat.yaml"), "{text}: {}", e.msg);
         }
     }
 

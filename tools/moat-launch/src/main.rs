@@ -35,6 +35,7 @@ mod ssh_client;
 mod store;
 mod system;
 mod timings;
+mod triggers;
 mod trust;
 mod tty;
 mod unix_http;

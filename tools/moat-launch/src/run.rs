@@ -280,6 +280,8 @@ struct Resources {
     guard_image: Option<String>,
     /// The spare network and guard for the next run, made while this one runs.
     spare: Option<tokio::task::JoinHandle<()>>,
+    /// Automatic snapshots (git commits, builds, idle) while the container runs.
+    triggers: Option<crate::triggers::Handle>,
 }
 
 pub async fn supervise(id: &str) -> Result<()> {
@@ -312,6 +314,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         route: None,
         guard_image: None,
         spare: None,
+        triggers: None,
     };
     let config_before = crate::trust::config_hashes(&spec.workspace);
     let outcome = lifecycle(&home, &store, id, &spec, &mut res).await;
@@ -401,6 +404,10 @@ pub async fn supervise(id: &str) -> Result<()> {
 }
 
 async fn stop_proxy(r: &mut Resources) {
+    // The triggers hold a sender into the audit log too, and may be taking a last snapshot.
+    if let Some(t) = r.triggers.take() {
+        t.finish().await;
+    }
     // The credential endpoint holds a sender into the audit log: it goes before the log closes.
     for t in [r.aws.take(), r.aws_renew.take()].into_iter().flatten() {
         t.abort();
@@ -1413,6 +1420,14 @@ async fn lifecycle(
         dir.join("logs.jsonl"),
         (id.to_string(), res.audit.as_ref().map(|a| a.tx.clone())),
     ));
+    res.triggers = crate::triggers::start(
+        dir.clone(),
+        id.to_string(),
+        spec.workspace.clone(),
+        spec.worktree.as_ref().map(|w| w.repo.clone()),
+        spec.snapshots.clone(),
+        res.audit.as_ref().map(|a| a.tx.clone()),
+    );
     // The record is not optional: a writer that dies takes the run's network with it.
     let died = res.audit.as_ref().map(|a| a.died());
     let code = tokio::select! {
@@ -1424,6 +1439,11 @@ async fn lifecycle(
     phase("container exited");
     let _ = tokio::time::timeout(Duration::from_secs(10), logs).await;
     phase("logs drained");
+    // A commit or build in the run's last second is snapshotted before the run ends.
+    if let Some(t) = res.triggers.take() {
+        t.finish().await;
+        phase("triggers finished");
+    }
     Ok(code)
 }
 

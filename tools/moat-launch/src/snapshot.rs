@@ -18,7 +18,7 @@ use moat_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,23 +117,73 @@ pub fn excluded(patterns: &[String], rel: &str, is_dir: bool) -> bool {
 }
 
 /// What git ignores in `ws` (relative paths; directories end in '/'); empty if not a repo.
+///
+/// The workspace's `.git` is the run's: its `config` can name commands git runs
+/// (`core.fsmonitor` runs one for `ls-files` itself). So git never reads it: it runs against
+/// an empty repository of ours with `ws` as its work tree, which gives the same answer from
+/// the workspace's .gitignore files, its `.git/info/exclude` (copied, bounded, never through
+/// a link) and the user's own global excludes. One difference: a tracked file that a
+/// .gitignore pattern matches counts as ignored.
 fn git_ignored(ws: &Path) -> BTreeSet<String> {
-    let o = std::process::Command::new("git")
-        .arg("-C")
-        .arg(ws)
-        .args([
-            "ls-files",
-            "-z",
-            "--others",
-            "--ignored",
-            "--exclude-standard",
-            "--directory",
+    if std::fs::symlink_metadata(ws.join(".git")).is_err() {
+        return BTreeSet::new();
+    }
+    let Ok(tmp) = tempdir_private() else {
+        return BTreeSet::new();
+    };
+    let git = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("git")
+            .args([
+                "-c",
+                "core.fsmonitor=false",
+                "-c",
+                "core.untrackedCache=false",
+            ])
+            .args(args)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE")
+            .env_remove("GIT_CONFIG_PARAMETERS")
+            .env_remove("GIT_CONFIG_COUNT")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+    };
+    let repo = tmp.join("repo.git");
+    let out = (|| {
+        let o = git(&[
+            "init".as_ref(),
+            "--quiet".as_ref(),
+            "--bare".as_ref(),
+            repo.as_os_str(),
         ])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output();
-    match o {
-        Ok(o) if o.status.success() => o
+        .ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        if let Some(b) = crate::triggers::read_bounded(ws, ".git/info/exclude", 1 << 20) {
+            let _ = std::fs::create_dir_all(repo.join("info"));
+            std::fs::write(repo.join("info/exclude"), b).ok()?;
+        }
+        let git_dir = format!("--git-dir={}", repo.display());
+        let work_tree = format!("--work-tree={}", ws.display());
+        git(&[
+            git_dir.as_ref(),
+            work_tree.as_ref(),
+            "-C".as_ref(),
+            ws.as_os_str(),
+            "ls-files".as_ref(),
+            "-z".as_ref(),
+            "--others".as_ref(),
+            "--ignored".as_ref(),
+            "--exclude-standard".as_ref(),
+            "--directory".as_ref(),
+        ])
+        .ok()
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    match out {
+        Some(o) if o.status.success() => o
             .stdout
             .split(|b| *b == 0)
             .filter(|s| !s.is_empty())
@@ -141,6 +191,19 @@ fn git_ignored(ws: &Path) -> BTreeSet<String> {
             .collect(),
         _ => BTreeSet::new(),
     }
+}
+
+/// A fresh 0700 directory under the temporary directory.
+fn tempdir_private() -> Result<PathBuf> {
+    let p = std::env::temp_dir().join(format!(
+        "moat-snap-{}",
+        moat_core::hex(&moat_core::random_bytes::<8>())
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&p)
+        .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+    Ok(p)
 }
 
 struct Filter {
@@ -738,6 +801,44 @@ mod tests {
         assert!(ch.restored.contains(&"d/e/b.txt".to_string()));
         assert_eq!(ch.removed, ["new.txt"]);
         assert_eq!(list(&run).unwrap().len(), 2, "the safety snapshot is kept");
+    }
+
+    /// The workspace's .git/config is the run's: a snapshot must not run what it names
+    /// (git runs `core.fsmonitor` for `ls-files`), and .gitignore is still honoured.
+    #[test]
+    fn a_snapshot_runs_nothing_from_the_workspace_git_config() {
+        let t = tempfile::tempdir().unwrap();
+        let ws = t.path().join("ws");
+        let run = t.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::create_dir_all(&ws).unwrap();
+        let git = |args: &[&str]| {
+            let st = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&ws)
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        std::fs::write(ws.join(".gitignore"), "*.tmp\nbuild/\n").unwrap();
+        std::fs::write(ws.join(".git/info/exclude"), "secret.txt\n").unwrap();
+        std::fs::create_dir_all(ws.join("build")).unwrap();
+        std::fs::write(ws.join("build/out"), "o").unwrap();
+        std::fs::write(ws.join("a.tmp"), "t").unwrap();
+        std::fs::write(ws.join("secret.txt"), "s").unwrap();
+        std::fs::write(ws.join("keep.rs"), "k").unwrap();
+        let marker = t.path().join("fsmonitor-ran");
+        let canary = format!("touch {}; false", marker.display());
+        git(&["config", "core.fsmonitor", &canary]);
+        let m = create(&run, "run_x", &ws, &spec(), "manual", None).unwrap();
+        assert!(
+            !marker.exists(),
+            "the workspace's core.fsmonitor ran on the host"
+        );
+        let paths: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, [".gitignore", "keep.rs"], "{paths:?}");
     }
 
     #[test]

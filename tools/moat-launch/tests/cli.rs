@@ -101,9 +101,12 @@ fn unbuilt_config_fields_are_refused_at_their_line() {
     run("tracing:\n  disable_exec: false\n")
         .exit(78)
         .stderr_has("moat.yaml:2: tracing.disable_exec: exec tracing is not built yet");
-    run("snapshots:\n  triggers:\n    disable_idle: false\n")
+    run("snapshots:\n  triggers:\n    disable_builds: false\n")
         .exit(78)
-        .stderr_has("moat.yaml:3: snapshots.triggers.disable_idle");
+        .stderr_has("moat.yaml:3: snapshots.triggers.disable_builds: build snapshots");
+    run("snapshots:\n  triggers:\n    idle_threshold_seconds: 0\n")
+        .exit(78)
+        .stderr_has("moat.yaml:3: snapshots.triggers.idle_threshold_seconds: must be 1-86400");
     run("workspace: volume\n")
         .exit(78)
         .stderr_has("moat.yaml:1: workspace: volume workspaces");
