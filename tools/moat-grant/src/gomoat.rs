@@ -160,6 +160,17 @@ pub fn map(stem: &str, plaintext: &[u8]) -> std::result::Result<Credential, Stri
                 c
             }
         }
+        _ if stem.starts_with("mcp:") || stem.starts_with("mcp-") => {
+            return Err(
+                "moat's mcp grant also holds the server's URL and header, which the Go moat kept in moat.yaml, not here"
+                    .into(),
+            );
+        }
+        _ if stem.starts_with("oauth:") => {
+            return Err(
+                "moat has no OAuth sign-in for MCP servers; a token can be granted as mcp".into(),
+            );
+        }
         ("claude-oauth", _) => {
             return Err(
                 "it is the Go moat's older name for claude.enc (the Go moat moves it when it next runs)"
@@ -748,8 +759,8 @@ pub mod tests {
         assert!(map("aws", &go("aws", "not-an-arn", json!({}))).is_err());
 
         for stem in ["mcp:linear", "mcp-linear", "oauth:notion", "graphite"] {
-            let e = map(stem, &go(stem, "tok", json!({}))).unwrap_err();
-            assert!(!e.contains("tok"), "{e}");
+            let e = map(stem, &go(stem, "tokCANARY9", json!({}))).unwrap_err();
+            assert!(!e.contains("CANARY9"), "{e}");
         }
         assert_eq!(
             regrant_command("mcp:linear"),
@@ -840,7 +851,7 @@ pub mod tests {
                 "{}",
                 e.msg
             );
-            assert!(e.hint.unwrap().contains(&format!("moat grant {n}")));
+            assert!(e.msg.contains(&format!("`moat grant {n}`")), "{}", e.msg);
         }
         let e = store.load("mcp:linear", &k).unwrap_err();
         assert!(

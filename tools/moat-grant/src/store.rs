@@ -223,10 +223,8 @@ impl Store {
             return Err(ours_err(msg));
         }
         Err(ours_err(format!(
-            "{msg}, nor does it decrypt as a Go moat credential with the current key"
-        ))
-        .with_hint(format!(
-            "if the Go moat wrote it with another key, grant it again with `{}` (a copy of its file is kept)",
+            "{msg}, nor does it decrypt as a Go moat credential with the current key \
+             (if the Go moat wrote it with another key, grant it again with `{}`; its file is kept)",
             gomoat::regrant_command(name)
         )))
     }
