@@ -880,6 +880,21 @@ pub mod tests {
             store.load_any("github", &k).unwrap(),
             Loaded::Ours(_)
         ));
+        put(
+            "gemini",
+            &go_seal(&k, &go("gemini", "AIzaCANARY", json!({}))),
+        );
+        let orig = std::fs::read(store.path("gemini")).unwrap();
+        store
+            .update("gemini", &k, |c| {
+                c.expires_at = None;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            std::fs::read(preserved_dir(&home).join("gemini.enc")).unwrap(),
+            orig
+        );
         let orig = std::fs::read(store.path("openai")).unwrap();
         store.remove("openai", None).unwrap();
         assert_eq!(
