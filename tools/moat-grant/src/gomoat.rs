@@ -903,6 +903,31 @@ pub mod tests {
         );
     }
 
+    const FORMAT_BYTE: u8 = crate::store::FORMAT;
+
+    #[test]
+    fn no_copy_no_write() {
+        let d = tempfile::tempdir().unwrap();
+        let home = MoatHome::at(d.path().to_path_buf());
+        fsutil::create_private_dir(&home.credentials_dir()).unwrap();
+        let k = crate::key::tests_key(5);
+        let data = loop {
+            let d = go_seal(&k, &go("github", "ghp_canary", json!({})));
+            if d[0] != FORMAT_BYTE {
+                break d;
+            }
+        };
+        fsutil::write_secret(&home.credential_file("github"), &data).unwrap();
+        // go-moat is a file: no copy can be made.
+        std::fs::write(d.path().join("go-moat"), b"in the way").unwrap();
+        let store = Store::new(home.clone());
+        let c = store.load("github", &k).unwrap();
+        let e = store.save(&c, &k).unwrap_err();
+        assert!(e.msg.contains("no copy could be kept"), "{}", e.msg);
+        assert!(store.remove("github", Some(&k)).is_err());
+        assert_eq!(std::fs::read(store.path("github")).unwrap(), data);
+    }
+
     #[test]
     fn preserving_never_overwrites_a_copy() {
         let d = tempfile::tempdir().unwrap();
