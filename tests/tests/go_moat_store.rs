@@ -69,6 +69,14 @@ fn a_go_moat_github_credential_is_used_by_a_run() {
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     assert!(r.stdout().contains(LOGIN), "{}", r.stdout());
     assert!(gh.authorized.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // The run is the first command to meet the Go moat's store: it says so, once.
+    assert!(
+        r.stderr().contains("found the Go moat's files")
+            && r.stderr().contains("github (from credentials/github.enc)"),
+        "{}",
+        r.stderr()
+    );
+    assert!(m.moat_home().join("go-moat/notice.json").is_file());
     r.leaks_nothing(&token);
     no_artifact_holds(&m, &token);
     assert_eq!(

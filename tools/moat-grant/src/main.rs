@@ -26,7 +26,11 @@ fn main() {
 
 fn run() -> Result<()> {
     let cmd = args::parse_from_env()?;
-    if !matches!(cmd, Command::Help | Command::Version | Command::GoMoat) {
+    // `list --json` is read by programs, which may not show its standard error.
+    if !matches!(
+        cmd,
+        Command::Help | Command::Version | Command::GoMoat | Command::List { json: true }
+    ) {
         gomoat::notice_once();
     }
     match cmd {
