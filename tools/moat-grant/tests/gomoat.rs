@@ -283,3 +283,15 @@ fn without_go_state_there_is_no_notice() {
         .success()
         .stdout_has("nothing of the Go moat's was found");
 }
+
+#[test]
+fn list_json_is_for_programs_and_says_nothing() {
+    let t = TestEnv::new();
+    let _g = go_home(&t);
+    t.run("moat-grant", &["list", "--json"])
+        .stderr_lacks("found the Go moat's files");
+    assert!(!t.moat_home.join("go-moat/notice.json").exists());
+    t.run("moat-grant", &["rules", "github"])
+        .success()
+        .stderr_has("found the Go moat's files");
+}
