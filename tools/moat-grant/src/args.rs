@@ -15,6 +15,7 @@ usage: moat-grant github|anthropic|claude|openai|gemini [--token-stdin] [--no-va
        moat-grant http NAME --host HOST[,HOST...] --header HEADER [--prefix PREFIX] [--token-stdin]
        moat-grant decoy NAME --like github|anthropic|openai|aws|npm|http [--no-store]
        moat-grant list [--json]
+       moat-grant go-moat
        moat-grant revoke NAME...
        moat-grant rules NAME...
        moat-grant update NAME < JSON
@@ -33,6 +34,7 @@ Commands:
     http     a token for any other HTTPS API
     decoy    store a decoy: shaped like a real credential, valid nowhere, bait for runs
     list     show the stored credentials (never their values)
+    go-moat  show what of the Go moat's ~/.moat moat uses, and what to grant again
     revoke   remove credentials
     rules    print injection rules as JSON lines (secret; refuses a terminal)
     update   merge refreshed secret values and expiry (JSON on stdin) into a credential
@@ -85,6 +87,8 @@ pub enum Command {
         like: String,
         no_store: bool,
     },
+    /// `go-moat`: the Go moat's state, as the first-use notice tells it (gomoat.rs).
+    GoMoat,
     Help,
     Version,
 }
@@ -169,6 +173,15 @@ fn parse(mut p: lexopt::Parser) -> Result<Command> {
         Some(a) => return Err(usage(a.unexpected().to_string())),
     };
     match cmd.as_str() {
+        "go-moat" => {
+            if let Some(a) = p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {
+                return match a {
+                    Short('h') | Long("help") => Ok(Command::Help),
+                    _ => Err(usage(a.unexpected().to_string())),
+                };
+            }
+            Ok(Command::GoMoat)
+        }
         "list" => {
             let mut json = false;
             while let Some(a) = p.next().map_err(|e| cli::lexopt_error(e, USAGE))? {

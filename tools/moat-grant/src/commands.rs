@@ -82,8 +82,12 @@ fn existing(store: &Store, names: &[String]) -> Result<Vec<String>> {
 
 pub fn revoke(names: &[String]) -> Result<()> {
     let store = store()?;
-    for n in existing(&store, names)? {
-        store.remove(&n)?;
+    let names = existing(&store, names)?;
+    // Only to tell our files from the Go moat's more surely: revoke works without a key.
+    let all = store.names()?;
+    let key = key::obtain(store.home(), &all, false).ok().flatten();
+    for n in names {
+        store.remove(&n, key.as_ref())?;
         eprintln!("moat-grant: revoked {n}");
     }
     Ok(())

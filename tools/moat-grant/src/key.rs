@@ -215,13 +215,25 @@ fn keyring_get_now() -> std::result::Result<Option<Key>, String> {
             k.copy_from_slice(&b);
             Ok(Some(Key(k)))
         }
-        Ok(b) => Err(format!(
-            "the keyring's moat key has {} bytes, not 32",
-            b.len()
-        )),
+        // The Go moat keeps the same entry as base64 text (REFERENCE §3.2): the same key.
+        Ok(b) => from_base64_text(&b).map(Some).ok_or_else(|| {
+            format!(
+                "the keyring's moat key has {} bytes, not 32 (nor 32 in base64)",
+                b.len()
+            )
+        }),
         Err(keyring::Error::NoEntry) => Ok(None),
         Err(e) => Err(keyring_msg(&e)),
     }
+}
+
+/// 32 bytes written as base64 text, as the Go moat stores its key in the keyring.
+fn from_base64_text(b: &[u8]) -> Option<Key> {
+    let text = std::str::from_utf8(b).ok()?;
+    let bytes = B64.decode(text.trim()).ok().filter(|d| d.len() == 32)?;
+    let mut k = [0u8; 32];
+    k.copy_from_slice(&bytes);
+    Some(Key(k))
 }
 
 /// Store the key and read it back: a keyring that accepts a write but returns something
@@ -267,5 +279,22 @@ mod tests {
         let good = B64.encode([7u8; 32]);
         fsutil::write_secret(&p, good.as_bytes()).unwrap();
         assert_eq!(read_key_file(&p).unwrap().bytes(), &[7u8; 32]);
+        // The Go moat's rule too: a key file others may read is refused, not used.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_key_file(&p).is_err());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_key_file(&p).is_err());
+    }
+
+    #[test]
+    fn a_keyring_value_in_base64_is_the_go_moats_key() {
+        let text = format!("{}\n", B64.encode([9u8; 32]));
+        assert_eq!(
+            from_base64_text(text.as_bytes()).unwrap().bytes(),
+            &[9u8; 32]
+        );
+        assert!(from_base64_text(B64.encode([9u8; 31]).as_bytes()).is_none());
+        assert!(from_base64_text(&[0xff; 44]).is_none());
     }
 }

@@ -2,7 +2,8 @@
 //! per credential, `unreadable` for files that do not decrypt). Never a secret value: the
 //! record is built from the credential's non-secret fields only.
 
-use crate::store::{Credential, Store};
+use crate::gomoat::{self, Unusable};
+use crate::store::{Credential, Loaded, Store};
 use crate::{key, rules};
 use moat_core::{Error, MoatHome, Result, cli, jsonl};
 use serde_json::{Value, json};
@@ -37,6 +38,12 @@ fn day(ts: &str) -> String {
 pub fn list(json_out: bool) -> Result<()> {
     let store = Store::new(MoatHome::from_env()?);
     let names = store.names()?;
+    let extras = gomoat::extras(store.home());
+    let mut go_unusable = extras.unusable.clone();
+    if names.is_empty() && !go_unusable.is_empty() {
+        let out = go_lines(&go_unusable, json_out)?;
+        return cli::write_stdout(out.as_bytes());
+    }
     if names.is_empty() {
         if !json_out {
             eprintln!(
@@ -51,8 +58,9 @@ pub fn list(json_out: bool) -> Result<()> {
     let mut rows = Vec::new();
     let mut errors: Vec<Error> = Vec::new();
     for n in &names {
-        match store.load(n, &key) {
-            Ok(c) => {
+        match store.load_any(n, &key) {
+            Ok(Loaded::GoUnusable(u)) => go_unusable.push(u),
+            Ok(Loaded::Ours(c) | Loaded::Go(c)) => {
                 if json_out {
                     out.push_str(&jsonl::line("grant", &record(&c))?);
                 } else {
@@ -113,6 +121,8 @@ pub fn list(json_out: bool) -> Result<()> {
             out.push_str(&fmt(r.each_ref().map(String::as_str)));
         }
     }
+    go_unusable.sort_by(|a, b| a.name.cmp(&b.name));
+    out.push_str(&go_lines(&go_unusable, json_out)?);
     cli::write_stdout(out.as_bytes())?;
     if errors.is_empty() {
         return Ok(());
@@ -129,6 +139,25 @@ pub fn list(json_out: bool) -> Result<()> {
             names.len()
         ),
     ))
+}
+
+/// The Go moat's grants moat cannot use: `go_moat` records, or lines under the table.
+fn go_lines(u: &[Unusable], json_out: bool) -> Result<String> {
+    let mut out = String::new();
+    if !json_out && !u.is_empty() {
+        out.push_str("\nfrom the Go moat, to be granted again (its files are left as they are):\n");
+    }
+    for x in u {
+        if json_out {
+            out.push_str(&jsonl::line(
+                "go_moat",
+                &json!({"name": x.name, "file": x.file, "reason": x.why, "regrant": x.regrant}),
+            )?);
+        } else {
+            out.push_str(&format!("  {}: {}\n    {}\n", x.name, x.why, x.regrant));
+        }
+    }
+    Ok(out)
 }
 
 fn short_source(s: &str) -> String {

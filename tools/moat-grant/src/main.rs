@@ -6,6 +6,7 @@ mod args;
 mod commands;
 mod decoy;
 mod device;
+mod gomoat;
 mod input;
 mod key;
 mod list;
@@ -24,11 +25,20 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    match args::parse_from_env()? {
+    let cmd = args::parse_from_env()?;
+    // `list --json` is read by programs, which may not show its standard error.
+    if !matches!(
+        cmd,
+        Command::Help | Command::Version | Command::GoMoat | Command::List { json: true }
+    ) {
+        gomoat::notice_once();
+    }
+    match cmd {
         Command::Help => cli::write_stdout(format!("{}\n\n{}", args::USAGE, args::HELP).as_bytes()),
         Command::Version => cli::print_version("moat-grant"),
         Command::Grant(g) => commands::grant(&g),
         Command::List { json } => list::list(json),
+        Command::GoMoat => gomoat::command(),
         Command::Revoke(names) => commands::revoke(&names),
         Command::Rules(names) => commands::rules(&names),
         Command::Update(name) => commands::update(&name),

@@ -6,6 +6,7 @@
 //! a single flipped bit fails authentication. Every write gets a fresh random nonce and
 //! replaces the file atomically while holding `credentials/.lock`.
 
+use crate::gomoat::{self, Unusable};
 use crate::key::Key;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -100,6 +101,21 @@ impl Credential {
     }
 }
 
+/// A credential file, by whose it is.
+pub enum Loaded {
+    Ours(Credential),
+    /// The Go moat's, mapped onto ours in memory.
+    Go(Credential),
+    /// The Go moat's (or not ours and not readable), with the command that re-grants it.
+    GoUnusable(Unusable),
+}
+
+/// Our format: the version byte, and (given the key) the key's id. Anything else in
+/// `credentials/` is treated as the Go moat's and is never replaced without a copy.
+pub fn is_ours(data: &[u8], key: Option<&Key>) -> bool {
+    data.len() >= HEADER + TAG && data[0] == FORMAT && key.is_none_or(|k| data[1..9] == k.id())
+}
+
 pub struct Store {
     home: MoatHome,
 }
@@ -151,8 +167,25 @@ impl Store {
         std::fs::symlink_metadata(self.path(name)).is_ok()
     }
 
-    /// Read and decrypt one credential.
+    /// Read and decrypt one credential: ours, or the Go moat's mapped onto ours. A Go file
+    /// moat cannot use is an error that names the command that grants it again.
     pub fn load(&self, name: &str, key: &Key) -> Result<Credential> {
+        match self.load_any(name, key)? {
+            Loaded::Ours(c) | Loaded::Go(c) => Ok(c),
+            Loaded::GoUnusable(u) => Err(Error::config(format!(
+                "credential {name}: {} is the Go moat's and moat cannot use it: {}",
+                self.home.root().join(&u.file).display(),
+                u.why
+            ))
+            .with_hint(format!(
+                "grant it again with `{}` (the Go moat's file is kept)",
+                u.regrant
+            ))),
+        }
+    }
+
+    /// Read one credential file and say whose it is. Never writes.
+    pub fn load_any(&self, name: &str, key: &Key) -> Result<Loaded> {
         let path = self.path(name);
         let data = match fsutil::read_secret(&path) {
             Ok(d) => d,
@@ -162,15 +195,71 @@ impl Store {
             }
             Err(e) => return Err(e.context(format!("credential {name}"))),
         };
-        let cred = open(name, key, &data)
-            .map_err(|m| Error::data(format!("credential {name}: {}: {m}", path.display())))?;
-        Ok(cred)
+        let ours_err =
+            |m: String| Error::data(format!("credential {name}: {}: {m}", path.display()));
+        if is_ours(&data, Some(key)) {
+            return open(name, key, &data).map(Loaded::Ours).map_err(ours_err);
+        }
+        let file = format!(
+            "credentials/{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let unusable = |why: String| Unusable {
+            name: name.to_string(),
+            file: file.clone(),
+            why,
+            regrant: gomoat::regrant_command(name),
+        };
+        if let Some(pt) = gomoat::decrypt(key, &data) {
+            return Ok(match gomoat::map(name, &pt) {
+                Ok(c) => Loaded::Go(c),
+                Err(why) => Loaded::GoUnusable(unusable(why)),
+            });
+        }
+        // Neither ours nor the Go moat's under this key: ours damaged (or under another
+        // key), or the Go moat's under another key. Unreadable either way.
+        let msg = open(name, key, &data).err().unwrap_or_default();
+        if data.first().is_none_or(|b| *b == FORMAT) {
+            return Err(ours_err(msg));
+        }
+        Err(ours_err(format!(
+            "{msg}, nor does it decrypt as a Go moat credential with the current key \
+             (if the Go moat wrote it with another key, grant it again with `{}`; its file is kept)",
+            gomoat::regrant_command(name)
+        )))
+    }
+
+    /// Before `path` is replaced or removed: if it is not ours (the Go moat's), keep a
+    /// byte-for-byte copy under `go-moat/credentials/`. An error means: do not write.
+    fn keep_go_file(&self, name: &str, key: Option<&Key>) -> Result<()> {
+        let path = self.path(name);
+        let data = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => std::fs::read(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?,
+            _ => return Ok(()),
+        };
+        if is_ours(&data, key) {
+            return Ok(());
+        }
+        let dst = gomoat::preserve(&self.home, &path, &data).map_err(|e| {
+            e.context(format!(
+                "not replacing {}: it is not a moat credential (the Go moat's?) and no copy could be kept",
+                path.display()
+            ))
+        })?;
+        eprintln!(
+            "moat-grant: {} was not written by moat (the Go moat's file?); the original is kept at {}",
+            path.display(),
+            dst.display()
+        );
+        Ok(())
     }
 
     /// Encrypt and write one credential (replacing any with the same name).
     pub fn save(&self, cred: &Credential, key: &Key) -> Result<()> {
         let sealed = seal(&cred.name, key, &serde_json::to_vec(cred)?)?;
         let _lock = self.lock()?;
+        self.keep_go_file(&cred.name, Some(key))?;
         self.remove_stale_temps();
         fsutil::write_secret(&self.path(&cred.name), &sealed)
     }
@@ -187,15 +276,18 @@ impl Store {
         let mut cred = self.load(name, key)?;
         change(&mut cred)?;
         let sealed = seal(&cred.name, key, &serde_json::to_vec(&cred)?)?;
+        self.keep_go_file(name, Some(key))?;
         self.remove_stale_temps();
         fsutil::write_secret(&self.path(name), &sealed)?;
         Ok(cred)
     }
 
-    /// Remove one credential. Needs no key, so a damaged file can always be removed.
-    pub fn remove(&self, name: &str) -> Result<()> {
+    /// Remove one credential. Works without a key, so a damaged file can always be removed;
+    /// with one, a file that is ours is told apart from the Go moat's more surely.
+    pub fn remove(&self, name: &str, key: Option<&Key>) -> Result<()> {
         let _lock = self.lock()?;
         let path = self.path(name);
+        self.keep_go_file(name, key)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -166,3 +166,59 @@ fn without_a_keyring_the_key_goes_to_a_file_and_says_why() {
     )
     .exit(78);
 }
+
+/// The Go moat keeps its key in the same keyring entry as base64 text (REFERENCE §3.2, as
+/// go-keyring writes it: attributes service and username). A credential file in the Go
+/// format made with that key is read in place.
+#[test]
+fn the_go_moats_key_in_the_keyring_reads_its_credentials() {
+    use aes_gcm::aead::{Aead, KeyInit};
+    use aes_gcm::{Aes256Gcm, Nonce};
+    use base64::Engine;
+    let t = TestEnv::new();
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).unwrap();
+    let token = canary("ghp_");
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).unwrap();
+    nonce[0] |= 0x80;
+    let pt = format!(
+        r#"{{"provider":"github","token":"{token}","scopes":[],"expires_at":"0001-01-01T00:00:00Z","created_at":"2025-01-01T00:00:00Z","metadata":{{"token_source":"env"}}}}"#
+    );
+    let mut file = nonce.to_vec();
+    file.extend(
+        Aes256Gcm::new_from_slice(&key)
+            .unwrap()
+            .encrypt(&Nonce::from(nonce), pt.as_bytes())
+            .unwrap(),
+    );
+    let creds = t.moat_home.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("github.enc"), &file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for (p, m) in [(&t.moat_home, 0o700), (&creds, 0o700)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    std::fs::set_permissions(
+        creds.join("github.enc"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    let r = in_keyring_session(
+        &t,
+        &format!(
+            "printf %s '{b64}' | secret-tool store --label='moat encryption key' service moat username encryption-key \
+             && moat-grant rules github"
+        ),
+    );
+    r.success()
+        .stdout_has(&format!("Bearer {token}"))
+        .stderr_has("found the Go moat's files");
+    assert!(!key_file(&t).exists(), "a key file was made");
+    assert_eq!(
+        std::fs::read(creds.join("github.enc")).unwrap(),
+        file,
+        "the Go file changed"
+    );
+}

@@ -476,28 +476,54 @@ pub fn runs(home: &MoatHome) -> Vec<String> {
             out.push(name.clone());
         }
     }
+    let mut go_runs: BTreeSet<&str> = BTreeSet::new();
     for id in &ids {
-        if !named.contains(id.as_str())
-            && let Some(n) = name_from_metadata(&home.run_dir(id))
-        {
-            out.push(n);
+        if named.contains(id.as_str()) {
+            continue;
+        }
+        match name_from_metadata(&home.run_dir(id)) {
+            Meta::Ours(Some(n)) => out.push(n),
+            Meta::Ours(None) => {}
+            Meta::GoMoat => {
+                go_runs.insert(id);
+            }
         }
     }
-    out.extend(ids.iter().cloned());
+    out.extend(
+        ids.iter()
+            .filter(|i| !go_runs.contains(i.as_str()))
+            .cloned(),
+    );
     out
 }
 
-fn name_from_metadata(dir: &Path) -> Option<String> {
+enum Meta {
+    Ours(Option<String>),
+    /// A run the Go moat made (its metadata has no `v`): no moat command takes it.
+    GoMoat,
+}
+
+fn name_from_metadata(dir: &Path) -> Meta {
     use std::io::Read;
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        name: String,
-    }
-    let f = std::fs::File::open(dir.join("metadata.json")).ok()?;
+    let Ok(f) = std::fs::File::open(dir.join("metadata.json")) else {
+        return Meta::Ours(None);
+    };
     let mut b = Vec::new();
-    f.take(1 << 20).read_to_end(&mut b).ok()?;
-    let m: Meta = serde_json::from_slice(&b).ok()?;
-    run_names::is_run_name(&m.name).then_some(m.name)
+    if f.take(1 << 20).read_to_end(&mut b).is_err() {
+        return Meta::Ours(None);
+    }
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(&b) else {
+        return Meta::Ours(None);
+    };
+    if !m.contains_key("v") && m.contains_key("state") {
+        return Meta::GoMoat;
+    }
+    Meta::Ours(
+        m.get("name")
+            .and_then(serde_json::Value::as_str)
+            .filter(|n| run_names::is_run_name(n))
+            .map(String::from),
+    )
 }
 
 /// Credential names from the store's file names (`NAME.enc`, %-encoded); no file is opened.

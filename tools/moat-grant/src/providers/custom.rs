@@ -249,7 +249,7 @@ pub fn check_role_arn(arn: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_region(r: &str) -> Result<()> {
+pub fn check_region(r: &str) -> Result<()> {
     let parts: Vec<&str> = r.split('-').collect();
     let ok = parts.len() >= 3
         && parts.iter().all(|p| {

@@ -222,3 +222,21 @@ fn completions_needs_a_known_shell() {
     let r = env.run("moat", &["__complete", "1", "moat", "lo"]);
     assert_eq!(r.stdout(), "words\nlogs\n");
 }
+
+#[test]
+fn the_go_moats_runs_are_not_offered() {
+    let (_d, h) = fake_home();
+    let go = h.run_dir("run_a1b2c3d4e5f6");
+    std::fs::create_dir(&go).unwrap();
+    std::fs::write(
+        go.join("metadata.json"),
+        r#"{"name":"go-run","workspace":"/src","grants":[],"agent":"claude","state":"stopped","created_at":"2025-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let c = at(Some(&h), "moat destroy ").1;
+    assert!(c.contains(&"gamma".to_string()), "{c:?}");
+    assert!(
+        !c.iter().any(|x| x == "go-run" || x == "run_a1b2c3d4e5f6"),
+        "{c:?}"
+    );
+}
