@@ -662,9 +662,10 @@ if timeout 3 getent hosts example.com >/dev/null 2>&1; then echo DNS-OPEN; else 
 "#,
         targets
             .iter()
-            .map(|t| format!("probe {t}"))
+            .map(|t| format!("probe {t} &"))
             .collect::<Vec<_>>()
             .join("\n")
+            + "\nwait"
     );
     let out = docker_out(&["exec", &sidecar, "bash", "-c", &probe]);
     assert_eq!(out.matches("CLOSED ").count(), targets.len(), "{out}");

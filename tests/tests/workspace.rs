@@ -5,6 +5,11 @@ use moat_e2e::{Moat, docker_ready};
 use std::path::Path;
 use std::process::Command;
 
+fn docker_out(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
 fn git(dir: &Path, args: &[&str]) -> String {
     let o = Command::new("git")
         .arg("-C")
@@ -426,16 +431,26 @@ fn system_lists_exactly_the_images_and_containers_of_this_home() {
     let c = m.launch(&["system", "containers", "--json"]);
     assert_eq!(c.code(), 0, "{}", c.stderr());
     let rows = jsonl(&c.stdout());
-    // The run's container and the guard whose network namespace it joins.
+    // The run's container and the guard whose network namespace it joins (its own, or a
+    // spare guard made before the run and claimed by it).
     assert_eq!(rows.len(), 2, "{}", c.stdout());
-    let mut names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [format!("moat-{id}"), format!("moat-{id}-guard")],
-        "{}",
-        c.stdout()
-    );
+    let joined = docker_out(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NetworkMode}}",
+        &format!("moat-{id}"),
+    ]);
+    let guard = joined
+        .trim()
+        .strip_prefix("container:")
+        .unwrap()
+        .to_string();
+    let mut ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let run_c = docker_out(&["inspect", "--format", "{{.Id}}", &format!("moat-{id}")]);
+    let mut want = vec![run_c.trim(), guard.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "{}", c.stdout());
     for r in &rows {
         assert_eq!(r["run"], id.as_str());
         assert_eq!(r["state"], "running");

@@ -104,12 +104,55 @@ pub async fn containers(
         filters: Some(docker::label_filter([LABEL_RUN])),
         ..Default::default()
     };
-    let list = d
+    let mut list = d
         .list_containers(Some(opts))
         .await
         .map_err(|e| docker::err("listing containers", e))?;
     let home = store.home.root().display().to_string();
     let mut out = vec![];
+    // A run that claimed a spare guard (guard.rs) joins a container made before the run,
+    // without its labels: it is the run's all the same.
+    let spares = d
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            size,
+            filters: Some(docker::label_filter([format!(
+                "{}=spare",
+                crate::guard::LABEL_GUARD
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| docker::err("listing containers", e))?;
+    let joined: Vec<(String, String, Option<String>)> = list
+        .iter()
+        .filter_map(|c| {
+            let target = c
+                .host_config
+                .as_ref()?
+                .network_mode
+                .as_deref()?
+                .strip_prefix("container:")?
+                .to_string();
+            let labels = c.labels.as_ref()?;
+            Some((
+                target,
+                labels.get(LABEL_RUN)?.clone(),
+                labels.get(LABEL_HOME).cloned(),
+            ))
+        })
+        .collect();
+    for mut c in spares {
+        let Some(cid) = c.id.clone() else { continue };
+        if let Some((_, run, h)) = joined.iter().find(|(t, _, _)| *t == cid) {
+            let labels = c.labels.get_or_insert_with(Default::default);
+            labels.insert(LABEL_RUN.to_string(), run.clone());
+            if let Some(h) = h {
+                labels.insert(LABEL_HOME.to_string(), h.clone());
+            }
+            list.push(c);
+        }
+    }
     for c in list {
         let labels = c.labels.unwrap_or_default();
         let run = labels.get(LABEL_RUN).cloned().unwrap_or_default();
