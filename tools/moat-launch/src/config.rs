@@ -51,6 +51,8 @@ pub struct Config {
     /// `workspace: rw | ro` (checked in `refuse_unbuilt`). Not a privileged field: `ro`
     /// only narrows what the run can do, so a file setting it needs no approval (trust.rs).
     pub workspace: Option<String>,
+    /// `tracing:` (exectrace.rs). Not a privileged field: it widens nothing a run can do.
+    pub tracing: Option<Tracing>,
 }
 
 /// `aws: {mode: sign | session-credentials}`: how an `aws` grant reaches the run. `sign`
@@ -306,6 +308,29 @@ pub struct RunSpec {
     /// `workspace: ro` or `--read-only-workspace`: /workspace is a read-only bind.
     #[serde(default)]
     pub readonly_workspace: bool,
+    /// Exec tracing (exectrace.rs).
+    #[serde(default)]
+    pub exec_trace: ExecTrace,
+}
+
+/// `tracing:` as a run takes it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecTrace {
+    /// No `tracing:`: traced; an image the tracer cannot run in runs untraced, with a warning.
+    #[default]
+    On,
+    /// `tracing.disable_exec: false` (or `tracing:` without it): traced, or the run fails.
+    Required,
+    /// `tracing.disable_exec: true`: no exec trace.
+    Off,
+}
+
+/// `tracing:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Tracing {
+    pub disable_exec: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -823,9 +848,9 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
 
 /// Fields of the reference that this version has not built: each is refused (exit 78) with
 /// what is missing and what to do instead, so nothing in a file is accepted and dropped.
-/// Values that are exactly true of moat are accepted: `tracing.disable_exec: true` (moat
-/// records no exec trace) and `snapshots.triggers.disable_git_commits|disable_builds|
-/// disable_idle: true` (moat's only automatic snapshot is the pre-run one).
+/// Values that are exactly true of moat are accepted: `snapshots.triggers.disable_git_commits|
+/// disable_builds|disable_idle: true` (moat's only automatic snapshot is the pre-run one).
+/// `tracing.disable_exec` is built (exectrace.rs); only its type is checked here.
 fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> Result<()> {
     let refuse = |path: &str, msg: &str| {
         let at = lines.get(path).map(|l| format!(":{l}")).unwrap_or_default();
@@ -865,22 +890,18 @@ fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> 
         );
     }
     if let Some(t) = at("/tracing") {
-        match t.get("disable_exec") {
-            Some(Value::Bool(true)) => {}
-            Some(_) => {
-                return refuse(
-                    "tracing.disable_exec",
-                    "exec tracing is not built yet (a run records no exec trace); set \
-                     `disable_exec: true` or remove tracing:",
-                );
-            }
-            None => {
-                return refuse(
-                    "tracing",
-                    "exec tracing (on unless disable_exec: true) is not built yet; set \
-                     `tracing: {disable_exec: true}` or remove tracing:",
-                );
-            }
+        match t {
+            Value::Null => {}
+            Value::Object(o) => match o.get("disable_exec") {
+                None | Some(Value::Bool(_)) => {}
+                Some(_) => {
+                    return refuse(
+                        "tracing.disable_exec",
+                        "must be true (no exec trace) or false (exec trace required)",
+                    );
+                }
+            },
+            _ => return refuse("tracing", "must be a mapping (disable_exec: true|false)"),
         }
     }
     for (k, what) in [
@@ -1324,6 +1345,13 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         on_decoy,
         budget: crate::budget::resolve(&args.budget, &c.budget, &config_name(loaded))?,
         readonly_workspace: args.read_only_workspace || c.workspace.as_deref() == Some("ro"),
+        exec_trace: match &c.tracing {
+            None => ExecTrace::On,
+            Some(Tracing {
+                disable_exec: Some(true),
+            }) => ExecTrace::Off,
+            Some(_) => ExecTrace::Required,
+        },
     })
 }
 
@@ -1480,11 +1508,11 @@ mod tests {
                 "network.keep_policy",
             ),
             (
-                "tracing:\n  disable_exec: false\n",
+                "tracing:\n  disable_exec: \"no\"\n",
                 2,
-                "tracing.disable_exec",
+                "tracing.disable_exec: must be true",
             ),
-            ("name: a\ntracing: {}\n", 2, "tracing: exec tracing"),
+            ("name: a\ntracing: on\n", 2, "tracing: must be a mapping"),
             (
                 "snapshots:\n  triggers:\n    disable_git_commits: false\n",
                 3,
@@ -1528,6 +1556,8 @@ mod tests {
         }
         for ok in [
             "tracing:\n  disable_exec: true\n",
+            "tracing:\n  disable_exec: false\n",
+            "tracing: {}\n",
             "snapshots:\n  triggers:\n    disable_pre_run: false\n    disable_git_commits: true\n    disable_builds: true\n    disable_idle: true\n",
             "workspace: rw\n",
             "workspace: ro\n",
@@ -1563,6 +1593,16 @@ mod tests {
         assert!(spec_of("workspace: rw\n", true).readonly_workspace);
         assert!(!spec_of("workspace: rw\n", false).readonly_workspace);
         assert!(!spec_of("name: x\n", false).readonly_workspace);
+        // Exec tracing: on by default, required when asked for, off when disabled.
+        for (text, want) in [
+            ("name: x\n", ExecTrace::On),
+            ("tracing:\n", ExecTrace::On),
+            ("tracing:\n  disable_exec: false\n", ExecTrace::Required),
+            ("tracing: {}\n", ExecTrace::Required),
+            ("tracing:\n  disable_exec: true\n", ExecTrace::Off),
+        ] {
+            assert_eq!(spec_of(text, false).exec_trace, want, "{text}");
+        }
     }
 
     /// Errors point at the offending key from the parser's locations, not at the first

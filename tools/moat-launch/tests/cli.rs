@@ -98,9 +98,9 @@ fn unbuilt_config_fields_are_refused_at_their_line() {
     run("hooks:\n  pre_run: x\nnetwork:\n  host: [8080]\n")
         .exit(78)
         .stderr_has("moat.yaml:4: network.host: reaching ports on the host");
-    run("tracing:\n  disable_exec: false\n")
+    run("tracing:\n  disable_exec: 1\n")
         .exit(78)
-        .stderr_has("moat.yaml:2: tracing.disable_exec: exec tracing is not built yet");
+        .stderr_has("moat.yaml:2: tracing.disable_exec: must be true");
     run("snapshots:\n  triggers:\n    disable_idle: false\n")
         .exit(78)
         .stderr_has("moat.yaml:3: snapshots.triggers.disable_idle");
