@@ -44,7 +44,7 @@ moat-launch run --no-sandbox -- true >/dev/null 2>&1 # warm up (builds the run i
 on=$(per_exec)
 on_start=$(startup)
 printf 'tracing:\n  disable_exec: true\n' >moat.yaml
-moat-launch trust --yes . >/dev/null
+moat-launch trust --yes . >/dev/null 2>&1
 moat-launch run --no-sandbox -- true >/dev/null 2>&1
 off=$(per_exec)
 off_start=$(startup)
