@@ -25,7 +25,7 @@
 //! linked against the host's C library, so moat-init first runs it with `--check` and an image
 //! it cannot load in is refused (when tracing is asked for) or runs untraced with a warning.
 //!
-//! Limits (man/moat-launch.1): processes started by `moat exec` (docker exec) and the
+//! Limits (man/moat-launch.1): processes started by `docker exec` (moat has no exec) and the
 //! pre_run hook are not descendants of the tracer and are not traced; a program that is traced
 //! already cannot be traced by a debugger in the run (strace, gdb); a process created with
 //! clone(CLONE_UNTRACED) escapes tracing, so the trace records what programs ran, it does not
