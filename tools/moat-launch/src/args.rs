@@ -94,6 +94,7 @@ Other options:
     -f, --follow             logs: keep printing until the run ends
     --network                trace: show network requests (the default)
     --usage                  trace: model token usage and spend, per model and request
+    --exec                   trace: the commands the run executed (TIME PID EXIT COMMAND)
     -v, --verbose            trace: show grant, policy and errors
     --json                   list, trace, status, snapshot, system, volumes, deps: JSON lines
     --promoted               list: the promoted runs
@@ -197,6 +198,8 @@ pub enum Command {
         json: bool,
         /// `--usage`: model usage and spend instead of requests.
         usage: bool,
+        /// `--exec`: the commands the run executed instead of requests.
+        exec: bool,
     },
     Report {
         run: Option<String>,
@@ -524,11 +527,12 @@ fn parse_logs(p: &mut lexopt::Parser) -> Result<Command> {
 }
 
 fn parse_trace(p: &mut lexopt::Parser) -> Result<Command> {
-    let (mut run, mut verbose, mut json, mut usage_) = (None, false, false, false);
+    let (mut run, mut verbose, mut json, mut usage_, mut exec) = (None, false, false, false, false);
     while let Some(a) = p.next().map_err(lex)? {
         match a {
             Long("network") => {}
             Long("usage") => usage_ = true,
+            Long("exec") => exec = true,
             Short('v') | Long("verbose") => verbose = true,
             Long("json") => json = true,
             Value(v) if run.is_none() => run = Some(string(v, "run")?),
@@ -536,11 +540,17 @@ fn parse_trace(p: &mut lexopt::Parser) -> Result<Command> {
             _ => return Err(usage(a.unexpected().to_string())),
         }
     }
+    if usage_ && exec {
+        return Err(usage(
+            "trace: --usage and --exec are two different traces; give one",
+        ));
+    }
     Ok(Command::Trace {
         run,
         verbose,
         json,
         usage: usage_,
+        exec,
     })
 }
 

@@ -51,6 +51,8 @@ pub struct Config {
     /// `workspace: rw | ro` (checked in `refuse_unbuilt`). Not a privileged field: `ro`
     /// only narrows what the run can do, so a file setting it needs no approval (trust.rs).
     pub workspace: Option<String>,
+    /// `tracing:` (exectrace.rs). Not a privileged field: it widens nothing a run can do.
+    pub tracing: Option<Tracing>,
 }
 
 /// `aws: {mode: sign | session-credentials}`: how an `aws` grant reaches the run. `sign`
@@ -320,6 +322,29 @@ pub struct RunSpec {
     /// `workspace: ro` or `--read-only-workspace`: /workspace is a read-only bind.
     #[serde(default)]
     pub readonly_workspace: bool,
+    /// Exec tracing (exectrace.rs).
+    #[serde(default)]
+    pub exec_trace: ExecTrace,
+}
+
+/// `tracing:` as a run takes it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecTrace {
+    /// No `tracing:`: traced; an image the tracer cannot run in runs untraced, with a warning.
+    #[default]
+    On,
+    /// `tracing.disable_exec: false` (or `tracing:` without it): traced, or the run fails.
+    Required,
+    /// `tracing.disable_exec: true`: no exec trace.
+    Off,
+}
+
+/// `tracing:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Tracing {
+    pub disable_exec: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -848,9 +873,9 @@ fn validate(c: &Config, text: &str, file: &str) -> Result<()> {
 
 /// Fields of the reference that this version has not built: each is refused (exit 78) with
 /// what is missing and what to do instead, so nothing in a file is accepted and dropped.
-/// Values that are exactly true of moat are accepted: `tracing.disable_exec: true` (moat
-/// records no exec trace) and `snapshots.triggers.disable_builds: true` (build snapshots need
-/// that trace).
+/// `tracing.disable_exec` is built (exectrace.rs) and so are the snapshot triggers
+/// (triggers.rs); only their types, and that build snapshots have a trace to follow, are
+/// checked here.
 fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> Result<()> {
     let refuse = |path: &str, msg: &str| {
         let at = lines.get(path).map(|l| format!(":{l}")).unwrap_or_default();
@@ -890,35 +915,29 @@ fn refuse_unbuilt(raw: &Value, lines: &crate::yaml_lines::Lines, file: &str) -> 
         );
     }
     if let Some(t) = at("/tracing") {
-        match t.get("disable_exec") {
-            Some(Value::Bool(true)) => {}
-            Some(_) => {
-                return refuse(
-                    "tracing.disable_exec",
-                    "exec tracing is not built yet (a run records no exec trace); set \
-                     `disable_exec: true` or remove tracing:",
-                );
-            }
-            None => {
-                return refuse(
-                    "tracing",
-                    "exec tracing (on unless disable_exec: true) is not built yet; set \
-                     `tracing: {disable_exec: true}` or remove tracing:",
-                );
-            }
+        match t {
+            Value::Null => {}
+            Value::Object(o) => match o.get("disable_exec") {
+                None | Some(Value::Bool(_)) => {}
+                Some(_) => {
+                    return refuse(
+                        "tracing.disable_exec",
+                        "must be true (no exec trace) or false (exec trace required)",
+                    );
+                }
+            },
+            _ => return refuse("tracing", "must be a mapping (disable_exec: true|false)"),
         }
     }
-    // Build snapshots follow the run's exec trace (triggers.rs), and this version records
-    // none: asking for them outright is refused rather than accepted and left idle. Left
-    // unset, the trigger is on and watches for an exec.jsonl that never appears.
-    if let Some(v) = at("/snapshots/triggers/disable_builds")
-        && v != &Value::Bool(true)
-        && v.is_boolean()
+    // Build snapshots follow the run's exec trace (triggers.rs): asking for them while
+    // switching the trace off is refused rather than accepted and left idle.
+    if at("/snapshots/triggers/disable_builds") == Some(&Value::Bool(false))
+        && at("/tracing/disable_exec") == Some(&Value::Bool(true))
     {
         return refuse(
             "snapshots.triggers.disable_builds",
-            "build snapshots come from the run's exec trace, and exec tracing is not built \
-             yet, so no build would ever be seen; set it to true or remove it",
+            "build snapshots come from the run's exec trace, which tracing.disable_exec: true \
+             switches off, so no build would ever be seen; set one of them the other way",
         );
     }
     match at("/workspace") {
@@ -1346,6 +1365,13 @@ pub fn resolve(args: &RunArgs, loaded: &Loaded, workspace: &Path) -> Result<RunS
         on_decoy,
         budget: crate::budget::resolve(&args.budget, &c.budget, &config_name(loaded))?,
         readonly_workspace: args.read_only_workspace || c.workspace.as_deref() == Some("ro"),
+        exec_trace: match &c.tracing {
+            None => ExecTrace::On,
+            Some(Tracing {
+                disable_exec: Some(true),
+            }) => ExecTrace::Off,
+            Some(_) => ExecTrace::Required,
+        },
     })
 }
 
@@ -1502,14 +1528,14 @@ mod tests {
                 "network.keep_policy",
             ),
             (
-                "tracing:\n  disable_exec: false\n",
+                "tracing:\n  disable_exec: \"no\"\n",
                 2,
-                "tracing.disable_exec",
+                "tracing.disable_exec: must be true",
             ),
-            ("name: a\ntracing: {}\n", 2, "tracing: exec tracing"),
+            ("name: a\ntracing: on\n", 2, "tracing: must be a mapping"),
             (
-                "snapshots:\n  triggers:\n    disable_builds: false\n",
-                3,
+                "tracing:\n  disable_exec: true\nsnapshots:\n  triggers:\n    disable_builds: false\n",
+                5,
                 "snapshots.triggers.disable_builds: build snapshots come from the run's exec trace",
             ),
             ("workspace: volume\n", 1, "not built"),
@@ -1540,7 +1566,10 @@ mod tests {
         }
         for ok in [
             "tracing:\n  disable_exec: true\n",
+            "tracing:\n  disable_exec: false\n",
+            "tracing: {}\n",
             "snapshots:\n  triggers:\n    disable_pre_run: false\n    disable_git_commits: true\n    disable_builds: true\n    disable_idle: true\n",
+            "snapshots:\n  triggers:\n    disable_builds: false\n",
             "snapshots:\n  triggers:\n    disable_git_commits: false\n    disable_idle: false\n    idle_threshold_seconds: 30\n",
             "workspace: rw\n",
             "workspace: ro\n",
@@ -1650,6 +1679,16 @@ mod tests {
         assert!(spec_of("workspace: rw\n", true).readonly_workspace);
         assert!(!spec_of("workspace: rw\n", false).readonly_workspace);
         assert!(!spec_of("name: x\n", false).readonly_workspace);
+        // Exec tracing: on by default, required when asked for, off when disabled.
+        for (text, want) in [
+            ("name: x\n", ExecTrace::On),
+            ("tracing:\n", ExecTrace::On),
+            ("tracing:\n  disable_exec: false\n", ExecTrace::Required),
+            ("tracing: {}\n", ExecTrace::Required),
+            ("tracing:\n  disable_exec: true\n", ExecTrace::Off),
+        ] {
+            assert_eq!(spec_of(text, false).exec_trace, want, "{text}");
+        }
     }
 
     /// Errors point at the offending key from the parser's locations, not at the first
@@ -1741,9 +1780,9 @@ mod tests {
         assert_eq!(n, 61, "the extractor found {n} examples");
         assert!(accepted >= 40, "{accepted} accepted, {refused} refused");
         // The complete example (with exec tracing and the git/build/idle triggers on) is
-        // one example, and it is refused.
+        // accepted now that both are built.
         assert!(
-            refused_at
+            !refused_at
                 .iter()
                 .any(|a| a == "docs-agent-yaml-reference.txt:10"),
             "{refused_at:?}"

@@ -15,6 +15,7 @@ mod config;
 mod decoys;
 mod deps;
 mod docker;
+mod exectrace;
 mod guard;
 mod image;
 mod local_mcp;
@@ -98,6 +99,12 @@ fn real_main() -> Result<()> {
             usage: true,
             ..
         } => budget::trace_usage(run.as_deref(), json),
+        Command::Trace {
+            run,
+            json,
+            exec: true,
+            ..
+        } => exectrace::command(run.as_deref(), json),
         Command::Trace {
             run, verbose, json, ..
         } => commands::trace(run.as_deref(), verbose, json),

@@ -35,6 +35,10 @@ if [ -n "${MOAT_DOCKER_GID:-}" ]; then
 	usermod -aG "$g" moatuser || die "cannot give moatuser the Docker socket's group"
 fi
 unset MOAT_PROXY_ADDR MOAT_TTY_SIZE MOAT_SERVICE_ADDRS MOAT_DOCKER_GID
+# Exec tracing's one-time token: for the tracer only (not the pre_run hook), kept unexported.
+exec_token=${MOAT_EXEC_TOKEN:-}
+exec_required=${MOAT_EXEC_REQUIRED:-}
+unset MOAT_EXEC_TOKEN MOAT_EXEC_REQUIRED
 export HOME=/home/moatuser USER=moatuser LOGNAME=moatuser
 
 uid=$(id -u moatuser) && gid=$(id -g moatuser) || die "the image has no moatuser"
@@ -110,5 +114,20 @@ unset MOAT_PRE_RUN
 
 [ $# -gt 0 ] || set -- /bin/bash
 cd /workspace 2>/dev/null || cd /
-exec setpriv --reuid="$uid" --regid="$gid" --init-groups \
+set -- setpriv --reuid="$uid" --regid="$gid" --init-groups \
 	--inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"
+# Exec tracing (moat-launch's exectrace.rs): the host's moat-exectrace, mounted read-only,
+# stays root without capabilities and traces the command and all it starts. It is linked
+# against the host's C library: an image it cannot run in is refused when tracing is
+# required (tracing.disable_exec: false), else the run goes on untraced, and says so.
+if [ -n "$exec_token" ]; then
+	if /run/moat/moat-exectrace --check >/dev/null 2>&1; then
+		export MOAT_EXEC_TOKEN="$exec_token" MOAT_EXEC_REQUIRED="$exec_required"
+		exec /run/moat/moat-exectrace --agent-uid "$uid" -- "$@"
+	fi
+	why="moat-exectrace does not run in this image (it needs a C library like the host's)"
+	[ "$exec_required" != 1 ] || die "exec tracing cannot start: $why; set tracing.disable_exec: true to run untraced"
+	echo "moat: WARNING: exec tracing cannot start: $why; this run records no exec trace" >&2
+fi
+unset exec_token exec_required
+exec "$@"

@@ -907,7 +907,7 @@ mod tests {
         )
         .unwrap();
         assert!(!w.iter().any(|w| w.contains("claude")), "{w:?}");
-        // `tracing: {disable_exec: true}` is exactly what a run does: no warning.
+        // `tracing: {disable_exec: true}` is a field moat acts on: no warning.
         assert!(w.is_empty(), "{w:?}");
         let unused = crate::config::unused_agent_sections;
         assert_eq!(unused(&c, None), ["claude", "codex"]);

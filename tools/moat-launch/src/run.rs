@@ -8,7 +8,7 @@
 //! stdin pipe; this process holds them only in memory and never logs them.
 
 use crate::audit_writer::Audit;
-use crate::config::{self, Bind, RunSpec};
+use crate::config::{self, Bind, ExecTrace, RunSpec};
 use crate::docker::{self, LABEL_RUN};
 use crate::image;
 use crate::store::{AuditRecord, Metadata, State, Store};
@@ -273,6 +273,8 @@ struct Resources {
     aws_renew: Option<tokio::task::JoinHandle<()>>,
     /// The `secrets:` endpoint (secrets_socket.rs).
     secrets: Option<tokio::task::JoinHandle<()>>,
+    /// The exec trace's listener (exectrace.rs).
+    exec: Option<crate::exectrace::Listening>,
     audit: Option<Audit>,
     /// The hostname route registered for this run: (name, run id).
     route: Option<(String, String)>,
@@ -310,6 +312,7 @@ pub async fn supervise(id: &str) -> Result<()> {
         aws: None,
         aws_renew: None,
         secrets: None,
+        exec: None,
         audit: None,
         route: None,
         guard_image: None,
@@ -416,6 +419,9 @@ async fn stop_proxy(r: &mut Resources) {
     if let Some(t) = r.secrets.take() {
         t.abort();
         let _ = t.await;
+    }
+    if let Some(l) = r.exec.take() {
+        l.finish().await;
     }
     if let Some(t) = r.refresher.take() {
         t.abort();
@@ -769,6 +775,40 @@ async fn lifecycle(
         res.secrets = Some(task);
         Some((dir, t))
     };
+    // Exec tracing (exectrace.rs): the tracer's socket, and what its records mask: the
+    // `secrets:` values (kept in this process's memory for that) and the run's tokens.
+    let exec_trace = match spec.exec_trace {
+        ExecTrace::Off => None,
+        mode => match crate::exectrace::tracer_binary() {
+            Err(e) if mode == ExecTrace::On => {
+                eprintln!("moat: WARNING: {}; this run records no exec trace", e.msg);
+                None
+            }
+            Err(e) => return Err(e),
+            Ok(bin) => {
+                let sockets = home.root().join("sockets").join(id);
+                moat_core::fsutil::create_private_dir(&sockets)?;
+                let t = moat_core::hex(&moat_core::random_bytes::<32>());
+                let mut known: Vec<String> = secrets
+                    .iter()
+                    .map(|(_, v)| v.expose().to_string())
+                    .collect();
+                known.push(token.clone());
+                known.push(t.clone());
+                if let Some((_, st)) = &secrets_dir {
+                    known.push(st.clone());
+                }
+                let (dir, listening) = crate::exectrace::start(
+                    &sockets,
+                    &t,
+                    &store.dir(id).join("exec.jsonl"),
+                    crate::exectrace::Masker::new(known),
+                )?;
+                res.exec = Some(listening);
+                Some((dir, bin, t, mode == ExecTrace::Required))
+            }
+        },
+    };
     drop(secrets);
     phase("secrets");
 
@@ -1115,6 +1155,12 @@ async fn lifecycle(
     if let Some((_, t)) = &secrets_dir {
         env.push(format!("{}={t}", crate::secrets_socket::TOKEN_VAR));
     }
+    if let Some((_, _, t, required)) = &exec_trace {
+        env.push(format!("{}={t}", crate::exectrace::TOKEN_VAR));
+        if *required {
+            env.push(format!("{}=1", crate::exectrace::REQUIRED_VAR));
+        }
+    }
     if let Some(role) = &rules.aws {
         env.extend(crate::aws::container_env(role));
         env.push(format!("MOAT_AWS_CREDENTIAL_TOKEN={token}"));
@@ -1209,6 +1255,14 @@ async fn lifecycle(
             "{}:{}:ro",
             d.display(),
             crate::secrets_socket::MOUNT
+        ));
+    }
+    if let Some((d, bin, _, _)) = &exec_trace {
+        binds.push(format!("{}:{}:ro", d.display(), crate::exectrace::MOUNT));
+        binds.push(format!(
+            "{}:{}:ro",
+            bin.display(),
+            crate::exectrace::BIN_MOUNT
         ));
     }
     if let Some(c) = &ssh_client {

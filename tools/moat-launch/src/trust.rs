@@ -166,6 +166,15 @@ pub fn requests(c: &Config, workspace: &Path, home: &MoatHome) -> Vec<Request> {
             json!(["on_decoy", o]),
         );
     }
+    // The exec trace is part of the run's record: the file may not switch it off for the
+    // next run without the user's word (promise 10), as for on_decoy.
+    if c.tracing.as_ref().and_then(|t| t.disable_exec) == Some(true) {
+        add(
+            "tracing.disable_exec".into(),
+            "turns off the run's exec trace (the record of the commands it executes)".into(),
+            json!(["tracing", "disable_exec"]),
+        );
+    }
     for (k, r) in &c.secrets {
         add(
             format!("secrets.{k}"),
@@ -758,10 +767,15 @@ mod tests {
     #[test]
     fn privileged_fields_are_requests_and_the_rest_are_not() {
         let ws = Path::new("/nonexistent/ws");
-        let plain = "name: x\nenv:\n  A: b\ncommand: [sh]\nhooks:\n  pre_run: make\ndependencies: [node@20]\nmounts: [\"./data:/data\"]\nnetwork:\n  policy: strict\n  allow: [api.example.com]\nports:\n  web: 3000\nworkspace: ro\n";
+        let plain = "name: x\nenv:\n  A: b\ncommand: [sh]\nhooks:\n  pre_run: make\ndependencies: [node@20]\nmounts: [\"./data:/data\"]\nnetwork:\n  policy: strict\n  allow: [api.example.com]\nports:\n  web: 3000\nworkspace: ro\ntracing:\n  disable_exec: false\n";
         assert_eq!(reqs(plain, ws), vec![], "plain config asks nothing");
         for (yaml, field, word) in [
             ("grants: [github]\n", "grants", "github"),
+            (
+                "tracing:\n  disable_exec: true\n",
+                "tracing.disable_exec",
+                "exec trace",
+            ),
             ("secrets:\n  DB: op://v/i/f\n", "secrets.DB", "op://v/i/f"),
             ("mounts: [\"../..:/up\"]\n", "mounts", "mounts / (outside"),
             (

@@ -98,12 +98,12 @@ fn unbuilt_config_fields_are_refused_at_their_line() {
     run("hooks:\n  pre_run: x\nnetwork:\n  host: [8080]\n")
         .exit(78)
         .stderr_has("moat.yaml:4: network.host: reaching ports on the host");
-    run("tracing:\n  disable_exec: false\n")
+    run("tracing:\n  disable_exec: 1\n")
         .exit(78)
-        .stderr_has("moat.yaml:2: tracing.disable_exec: exec tracing is not built yet");
-    run("snapshots:\n  triggers:\n    disable_builds: false\n")
+        .stderr_has("moat.yaml:2: tracing.disable_exec: must be true");
+    run("tracing:\n  disable_exec: true\nsnapshots:\n  triggers:\n    disable_builds: false\n")
         .exit(78)
-        .stderr_has("moat.yaml:3: snapshots.triggers.disable_builds: build snapshots");
+        .stderr_has("moat.yaml:5: snapshots.triggers.disable_builds: build snapshots");
     run("snapshots:\n  triggers:\n    idle_threshold_seconds: 0\n")
         .exit(78)
         .stderr_has("moat.yaml:3: snapshots.triggers.idle_threshold_seconds: must be 1-86400");

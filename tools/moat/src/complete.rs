@@ -86,7 +86,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("list", "--json --promoted"),
     ("status", "--json"),
     ("logs", "-n/--lines= -f/--follow"),
-    ("trace", "--network -v/--verbose --json --usage"),
+    ("trace", "--network -v/--verbose --json --usage --exec"),
     ("stop", ""),
     ("destroy", ""),
     ("clean", "-f/--force"),
