@@ -3,7 +3,8 @@
 //! is rate-limited and retention holds, and the switches turn the triggers off.
 //!
 //! The commits are made from the host side while the run sleeps (the base image has no
-//! git); the trigger watches the workspace's `.git` either way.
+//! git); the trigger watches the workspace's `.git` either way. A build is seen in the
+//! run's real exec trace.
 
 use moat_e2e::{Moat, docker_ready};
 use serde_json::Value;
@@ -244,12 +245,15 @@ fn switched_off_triggers_take_nothing() {
     assert!(snapshots(&m, &id).is_empty(), "--no-snapshots took one");
     assert!(audit_snapshots(&m, &id).is_empty());
 
-    m.write_config("name: quiet\nsnapshots:\n  triggers:\n    disable_builds: false\n");
+    // Build snapshots with the exec trace switched off could never see a build.
+    m.write_config(
+        "name: quiet\ntracing:\n  disable_exec: true\nsnapshots:\n  triggers:\n    disable_builds: false\n",
+    );
     let r = m.launch_sh(&[], "true");
     assert_eq!(r.code(), 78, "{}", r.stderr());
     assert!(
         r.stderr().contains("snapshots.triggers.disable_builds")
-            && r.stderr().contains("exec tracing is not built"),
+            && r.stderr().contains("disable_exec: true switches off"),
         "{}",
         r.stderr()
     );
@@ -287,4 +291,43 @@ fn commits_inside_a_worktree_run_are_snapshotted() {
     assert_eq!(kinds(&s), ["pre-run", "git", "git"], "{s:?}");
     assert_eq!(s[1]["label"], format!("commit {}", &one[..12]), "{s:?}");
     assert_eq!(s[2]["label"], format!("commit {}", &two[..12]), "{s:?}");
+}
+
+/// A finished build seen in the run's real exec trace (the tracer in the container, not a
+/// written exec.jsonl): a `make` that exits 0 gives one `build` snapshot labelled `make`; a
+/// failed `gmake` gives none.
+#[test]
+fn a_finished_build_in_the_exec_trace_is_snapshotted() {
+    if !docker_ready() {
+        return;
+    }
+    let m = Moat::new();
+    m.write_config(
+        "name: builder\nsnapshots:\n  triggers:\n    disable_git_commits: true\n    disable_idle: true\n",
+    );
+    let id = m.detached(&[
+        "--",
+        "sh",
+        "-c",
+        "ln -s /bin/false /tmp/gmake; /tmp/gmake; ln -s /bin/true /tmp/make; /tmp/make -j2 all; sleep 120",
+    ]);
+    wait_kind(&m, &id, "build", 30);
+    stop(&m, &id);
+    let s = snapshots(&m, &id);
+    assert_eq!(kinds(&s), ["pre-run", "build"], "{s:?}");
+    assert_eq!(s[1]["label"], "make", "{s:?}");
+    // The trace the trigger followed holds both, with their exit codes.
+    let t = m.launch(&["trace", "--exec", &id, "--json"]);
+    assert_eq!(t.code(), 0, "{}", t.stderr());
+    assert!(
+        t.stdout().contains("/tmp/gmake") && t.stdout().contains("/tmp/make"),
+        "{}",
+        t.stdout()
+    );
+    let ev = audit_snapshots(&m, &id);
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "build" && e["label"] == "make"),
+        "{ev:?}"
+    );
 }
