@@ -178,7 +178,7 @@ fn a_real_runs_report_shows_requests_denials_logs_and_the_audit_verdict() {
         "-c",
         "echo report-line-one; curl -s https://api.github.com/user; echo; \
          curl -s -o /dev/null -w 'denied-status:%{http_code}\\n' https://denied.example.org/forbidden-path; \
-         echo report-line-two",
+         /bin/false || echo report-false-failed; echo report-line-two",
     ]);
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     assert!(r.stdout().contains("report-line-two"), "{}", r.stdout());
@@ -241,6 +241,18 @@ fn a_real_runs_report_shows_requests_denials_logs_and_the_audit_verdict() {
     ] {
         assert!(html.contains(want), "the report lacks {want:?}");
     }
+    // The exec trace's panel: the programs the run executed, and the one that failed.
+    assert!(html.contains("<section id=\"exec\""), "no exec trace panel");
+    assert!(
+        html.contains(
+            "<tr><th scope=\"row\">curl</th><td class=\"n\">2</td><td class=\"n\">0</td></tr>"
+        ),
+        "no row for curl's two runs"
+    );
+    assert!(
+        html.contains("<td><code>/bin/false</code></td><td>exit 1</td>"),
+        "the failed command is not listed"
+    );
     // The granted request's row: its host, status and grant, server-side.
     let status = granted["status"].as_i64().unwrap().to_string();
     assert!(
@@ -274,7 +286,12 @@ fn a_real_runs_report_shows_requests_denials_logs_and_the_audit_verdict() {
     let dom = dump_dom(&out);
     assert!(dom.contains("data-ready=\""), "the script did not finish");
     assert!(dom.contains("<svg"), "no timeline drawn");
-    for want in ["denied.example.org", "report-line-two", &rule] {
+    for want in [
+        "denied.example.org",
+        "report-line-two",
+        &rule,
+        "Commands run",
+    ] {
         assert!(dom.contains(want), "the DOM lacks {want:?}");
     }
     let desk = screenshot(&out, &m.env.path().join("desk.png"), "1280,900");
@@ -488,7 +505,13 @@ fn hostile_records_are_text_not_markup() {
         + &serde_json::json!({"v": 1, "type": "usage", "ts": "2026-12-01T10:00:07.000Z", "input_tokens": 5, "cost_usd": 0.5}).to_string()
         + "\n";
     let id = "run_00000000beef";
-    synthetic_run(&env, id, &net, &logs, &other);
+    let dir = synthetic_run(&env, id, &net, &logs, &other);
+    // The exec trace's argv is the run's to choose: a program named after the payload.
+    let exec = serde_json::json!({"v": 1, "type": "exec", "event": "exec", "ts": "2026-12-01T10:00:08.000Z", "pid": 7, "ppid": 1, "argv": [format!("/tmp/{evil}"), evil]}).to_string()
+        + "\n"
+        + &serde_json::json!({"v": 1, "type": "exec", "event": "exit", "ts": "2026-12-01T10:00:09.000Z", "pid": 7, "argv": [format!("/tmp/{evil}"), evil], "exit_code": 3, "signal": null}).to_string()
+        + "\n";
+    std::fs::write(dir.join("exec.jsonl"), exec).unwrap();
     let out = env.path().join("hostile.html");
     let r = env.run("moat-launch", &["report", id, "-o", out.to_str().unwrap()]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
@@ -502,6 +525,10 @@ fn hostile_records_are_text_not_markup() {
     assert!(
         html.contains("decoy_tripped"),
         "an unknown event type is not shown"
+    );
+    assert!(
+        html.contains("<section id=\"exec\"") && html.contains("<td>exit 3</td>"),
+        "the hostile command is not in the exec panel"
     );
     // Usage records are summed by member, without JavaScript.
     assert!(html.contains("<tr><th scope=\"row\">input_tokens</th><td class=\"n\">15</td></tr>"));

@@ -34,6 +34,10 @@ const MAX_FILE: u64 = 256 << 20;
 const MAX_REQUESTS: usize = 12_000;
 const MAX_LOGS: usize = 3_000;
 const MAX_EVENTS: usize = 3_000;
+/// Commands of the exec trace on the timeline, failed commands listed, programs tabled.
+const MAX_EXECS: usize = 3_000;
+const MAX_FAILED: usize = 100;
+const MAX_PROGRAMS: usize = 50;
 /// Characters kept of one string in a row (paths, log lines, event details).
 const MAX_TEXT: usize = 160;
 /// Rows rendered server-side (the first page).
@@ -260,6 +264,11 @@ pub struct Data {
     pub usage: BTreeMap<String, f64>,
     pub requests: u64,
     pub logs: u64,
+    /// The exec trace (exec.jsonl): program name -> (started, ended with a failure).
+    pub programs: BTreeMap<String, (u64, u64)>,
+    pub execs: u64,
+    /// The first failed commands: (time, command, exit code or signal).
+    pub failed: Vec<(i64, String, String)>,
     pub left_out: Vec<String>,
     pub start: Option<i64>,
     pub end: Option<i64>,
@@ -516,6 +525,58 @@ impl Data {
                 });
             });
         }
+        // The exec trace: every command started (already masked by the supervisor that
+        // wrote it), and those that failed.
+        let mut nexec = 0usize;
+        each_record(&dir.join("exec.jsonl"), &mut left_out, |v| {
+            let argv: Vec<String> = v["argv"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().unwrap_or("?").to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let prog = argv
+                .first()
+                .map(|a| clip(a.rsplit('/').next().unwrap_or(a), 40))
+                .unwrap_or_default();
+            let cmd = clip(&argv.join(" "), MAX_TEXT);
+            match s(&v, "event").as_str() {
+                "exec" => {
+                    d.execs += 1;
+                    d.programs.entry(prog).or_default().0 += 1;
+                    nexec += 1;
+                    if nexec <= MAX_EXECS {
+                        d.rows.push(Row {
+                            t: ms(&s(&v, "ts")).unwrap_or(0),
+                            kind: "exec".into(),
+                            method: clip(&s(&v, "pid"), 10),
+                            text: cmd,
+                            ..Row::default()
+                        });
+                    }
+                }
+                "exit" => {
+                    let how = match (v["exit_code"].as_i64(), v["signal"].as_i64()) {
+                        (Some(0), _) => return,
+                        (Some(c), _) => format!("exit {c}"),
+                        (None, Some(sig)) => format!("signal {sig}"),
+                        (None, None) => return,
+                    };
+                    d.programs.entry(prog).or_default().1 += 1;
+                    if d.failed.len() < MAX_FAILED {
+                        d.failed.push((ms(&s(&v, "ts")).unwrap_or(0), cmd, how));
+                    }
+                }
+                _ => {}
+            }
+        });
+        if nexec > MAX_EXECS {
+            left_out.push(format!(
+                "exec.jsonl: the timeline holds the first {MAX_EXECS} of {nexec} commands (`moat trace --exec` lists them all)"
+            ));
+        }
         // Snapshots.
         if let Ok(rd) = std::fs::read_dir(dir.join("snapshots")) {
             let mut snaps: Vec<PathBuf> = rd
@@ -717,7 +778,7 @@ pub fn render(d: &Data, m: &Metadata, a: &Audit, recordable: bool) -> String {
         d.logs,
         d.kinds.values().sum::<u64>()
     );
-    o.push_str("<nav aria-label=\"Sections\"><ul><li><a href=\"#audit\">Audit</a></li><li><a href=\"#timeline\">Timeline</a></li><li><a href=\"#hosts\">Hosts</a></li><li><a href=\"#denied\">Denied</a></li><li><a href=\"#grants\">Grants</a></li><li><a href=\"#events\">Events</a></li><li><a href=\"#rows\">Rows</a></li><li><a href=\"#run\">Run</a></li></ul></nav>\n<main>\n");
+    o.push_str(&"<nav aria-label=\"Sections\"><ul><li><a href=\"#audit\">Audit</a></li><li><a href=\"#timeline\">Timeline</a></li><li><a href=\"#hosts\">Hosts</a></li><li><a href=\"#denied\">Denied</a></li><li><a href=\"#grants\">Grants</a></li>{EXEC}<li><a href=\"#events\">Events</a></li><li><a href=\"#rows\">Rows</a></li><li><a href=\"#run\">Run</a></li></ul></nav>\n<main>\n".replace("{EXEC}", if d.execs > 0 { "<li><a href=\"#exec\">Commands</a></li>" } else { "" }));
 
     let kv = |o: &mut String, k: &str, v: &str| {
         let _ = writeln!(
@@ -852,6 +913,43 @@ pub fn render(d: &Data, m: &Metadata, a: &Audit, recordable: bool) -> String {
             );
         }
         o.push_str("</tbody></table></div></section>\n");
+    }
+    if d.execs > 0 {
+        let _ = writeln!(
+            o,
+            "<section id=\"exec\" aria-labelledby=\"exec-h\"><h2 id=\"exec-h\">Commands run</h2>\n<p>{} commands in the exec trace; {} failed.</p>",
+            d.execs,
+            d.programs.values().map(|p| p.1).sum::<u64>()
+        );
+        let mut progs: Vec<(&String, &(u64, u64))> = d.programs.iter().collect();
+        progs.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+        let _ = writeln!(
+            o,
+            "<div class=\"scroll\"><table id=\"exec-table\"><caption>Programs executed (the {} most frequent)</caption><thead><tr><th scope=\"col\">Program</th><th scope=\"col\">Runs</th><th scope=\"col\">Failed</th></tr></thead><tbody>",
+            progs.len().min(MAX_PROGRAMS)
+        );
+        for (p, (n, f)) in progs.iter().take(MAX_PROGRAMS) {
+            let _ = writeln!(
+                o,
+                "<tr><th scope=\"row\">{}</th><td class=\"n\">{n}</td><td class=\"n\">{f}</td></tr>",
+                esc(p)
+            );
+        }
+        o.push_str("</tbody></table></div>\n");
+        if !d.failed.is_empty() {
+            o.push_str("<div class=\"scroll\"><table id=\"failed-table\"><caption>Commands that failed</caption><thead><tr><th scope=\"col\">Time</th><th scope=\"col\">Command</th><th scope=\"col\">Result</th></tr></thead><tbody>\n");
+            for (t, cmd, how) in &d.failed {
+                let _ = writeln!(
+                    o,
+                    "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                    clock(*t),
+                    esc(cmd),
+                    esc(how)
+                );
+            }
+            o.push_str("</tbody></table></div>\n");
+        }
+        o.push_str("</section>\n");
     }
     // Other events by type (credential uses, snapshots, the run's start and end, and types
     // this version does not know, such as usage or decoy records).
