@@ -333,3 +333,38 @@ pub fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::Ato
 
 pub mod agents;
 pub mod github;
+
+/// `docker ARGS`' standard output (empty when it fails).
+pub fn docker_out(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A stand-in for the 1Password CLI: `op read op://Dev/NAME/field` prints the value given
+/// for NAME (kept outside MOAT_HOME, under `root`) and a newline, as op does; anything else
+/// fails as op does. Returns the directory to put first on PATH.
+pub fn stand_in_op(root: &Path, values: &[(&str, &str)]) -> PathBuf {
+    let bin = root.join("opbin");
+    let dir = root.join("opvalues");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, value) in values {
+        std::fs::write(dir.join(name), value).unwrap();
+    }
+    let op = bin.join("op");
+    std::fs::write(
+        &op,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$1\" = read ]; then case \"$2\" in op://Dev/*/field)\n\
+             n=${{2#op://Dev/}}; n=${{n%/field}}\n\
+             if [ -f '{v}'/\"$n\" ]; then cat '{v}'/\"$n\"; printf '\\n'; exit 0; fi ;; esac; fi\n\
+             echo \"[ERROR] could not read secret '$2'\" >&2; exit 1\n",
+            v = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&op, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}

@@ -4,32 +4,6 @@
 
 use moat_e2e::{Moat, docker_ready};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-/// A stand-in for the 1Password CLI: `op read op://Dev/NAME/field` prints values/NAME.
-fn stand_in_op(root: &Path, name: &str, value: &str) -> PathBuf {
-    let bin = root.join("opbin");
-    let values = root.join("opvalues");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&values).unwrap();
-    std::fs::write(values.join(name), value).unwrap();
-    let op = bin.join("op");
-    std::fs::write(
-        &op,
-        format!(
-            "#!/bin/sh\n\
-             if [ \"$1\" = read ]; then case \"$2\" in op://Dev/*/field)\n\
-             n=${{2#op://Dev/}}; n=${{n%/field}}\n\
-             if [ -f '{v}'/\"$n\" ]; then cat '{v}'/\"$n\"; printf '\\n'; exit 0; fi ;; esac; fi\n\
-             echo \"[ERROR] could not read secret '$2'\" >&2; exit 1\n",
-            v = values.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&op, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
 
 fn records(m: &Moat, id: &str) -> Vec<Value> {
     let r = m.launch(&["trace", "--exec", id, "--json"]);
@@ -71,7 +45,7 @@ fn a_runs_commands_are_traced_with_exit_codes_and_secrets_masked() {
     }
     let mut m = Moat::new();
     let secret = moat_e2e::agents::canary("exec_");
-    let bin = stand_in_op(m.env.path(), "tok", &secret);
+    let bin = moat_e2e::stand_in_op(m.env.path(), &[("tok", &secret)]);
     m.env.env(
         "PATH",
         format!(

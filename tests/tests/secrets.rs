@@ -9,7 +9,7 @@
 //! and the endpoint that served them must refuse a second fetch.
 
 use moat_e2e::{Moat, docker_ready};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// A plain value, and one that breaks naive shell handling in every way a value can.
@@ -48,33 +48,6 @@ fn forms() -> Vec<String> {
     f
 }
 
-/// A stand-in for the 1Password CLI: `op read op://Dev/NAME/field` prints the file
-/// values/NAME (outside MOAT_HOME) and a newline, as op does.
-fn stand_in_op(root: &Path) -> PathBuf {
-    let bin = root.join("opbin");
-    let values = root.join("opvalues");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&values).unwrap();
-    std::fs::write(values.join("simple"), SIMPLE).unwrap();
-    std::fs::write(values.join("tricky"), TRICKY).unwrap();
-    let op = bin.join("op");
-    std::fs::write(
-        &op,
-        format!(
-            "#!/bin/sh\n\
-             if [ \"$1\" = read ]; then case \"$2\" in op://Dev/*/field)\n\
-             n=${{2#op://Dev/}}; n=${{n%/field}}\n\
-             if [ -f '{v}'/\"$n\" ]; then cat '{v}'/\"$n\"; printf '\\n'; exit 0; fi ;; esac; fi\n\
-             echo \"[ERROR] could not read secret '$2'\" >&2; exit 1\n",
-            v = values.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&op, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
 fn docker(args: &[&str]) -> (bool, String) {
     let o = Command::new("docker").args(args).output().unwrap();
     (
@@ -109,7 +82,7 @@ fn secrets_reach_the_command_and_hook_but_no_engine_state_holds_them() {
         return;
     }
     let mut m = Moat::new();
-    let bin = stand_in_op(m.env.path());
+    let bin = moat_e2e::stand_in_op(m.env.path(), &[("simple", SIMPLE), ("tricky", TRICKY)]);
     m.env.env(
         "PATH",
         format!(

@@ -4,7 +4,7 @@
 //! `services.redis.image`; the main image gets the real `redis-cli` from the registry's
 //! `redis-cli` tool entry.
 
-use moat_e2e::{Moat, docker_ready, host_service};
+use moat_e2e::{Moat, docker_out, docker_ready, host_service};
 use std::process::{Command, Stdio};
 
 /// Redis from bookworm; the entrypoint also starts a second, password-less Redis on port
@@ -525,11 +525,6 @@ fn docker_host_gives_the_run_the_hosts_engine_and_says_so() {
         "{}",
         r.stderr()
     );
-}
-
-fn docker_out(args: &[&str]) -> String {
-    let o = Command::new("docker").args(args).output().unwrap();
-    String::from_utf8_lossy(&o.stdout).to_string()
 }
 
 /// THREATS L5 (and E2 for sidecars): the postgres sidecar as a pivot. The run's account is

@@ -1,14 +1,9 @@
 //! Workspaces and run artifacts with a real Docker engine: worktree runs, snapshots, volumes,
 //! promote, and `system images|containers`; plus the errors for bad input.
 
-use moat_e2e::{Moat, docker_ready};
+use moat_e2e::{Moat, docker_out, docker_ready};
 use std::path::Path;
 use std::process::Command;
-
-fn docker_out(args: &[&str]) -> String {
-    let o = Command::new("docker").args(args).output().unwrap();
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let o = Command::new("git")
