@@ -333,3 +333,4 @@ pub fn host_service(canary: &str) -> (u16, std::sync::Arc<std::sync::atomic::Ato
 
 pub mod agents;
 pub mod github;
+pub mod tmux;
