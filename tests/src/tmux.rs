@@ -44,12 +44,6 @@ impl Tmux {
         t
     }
 
-    /// Another window in the same server, running `cmd` (the environment is the server's).
-    pub fn new_window(&self, m: &Moat, cmd: &str) {
-        let ws = m.ws.to_string_lossy().into_owned();
-        self.tmux(&["new-window", "-c", &ws, cmd]);
-    }
-
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
         c.arg("-S").arg(&self.socket).stdin(Stdio::null());

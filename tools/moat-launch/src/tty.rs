@@ -115,11 +115,13 @@ pub fn attach(store: &Store, id: &str, gate: bool) -> Result<i32> {
                 // Joining a CLI that is already running: one column less, then the real
                 // size. The window change makes a full-screen CLI draw itself again, here.
                 let o = bollard::query_parameters::ResizeContainerTTYOptions {
-                    h,
+                    h: (h - 1).max(1),
                     w: (w - 1).max(1),
                 };
                 let _ = d2.resize_container_tty(&c2, o).await;
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                // Long enough for a CLI that handles window changes at a slower pace to
+                // draw at the smaller size, so the real size is a change again.
+                tokio::time::sleep(Duration::from_millis(700)).await;
             }
             loop {
                 let size = term_size();
