@@ -111,3 +111,45 @@ pub fn leaves_no_trace(r: &Run, m: &Moat, secret: &str) {
     r.leaks_nothing(secret);
     no_artifact_holds(m, secret);
 }
+
+/// The container `name` holds `placeholder` (so `docker exec` worked and the CLI was given
+/// the placeholder) and none of `secrets`: not in its processes' environments and command
+/// lines, nor in the CLIs' credential files, nor anywhere in its files (one `docker export`,
+/// searched for every secret at once).
+pub fn container_holds_none(name: &str, placeholder: &str, secrets: &[&str]) {
+    use std::process::Command;
+    let procs = Command::new("docker")
+        .args([
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cd /home/moatuser && cat .claude/.credentials.json .codex/auth.json .gemini/oauth_creds.json 2>/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&procs.stdout);
+    assert!(
+        out.contains("HTTPS_PROXY=") && out.contains(placeholder),
+        "docker exec worked and the placeholder {placeholder} is there: {out}{}",
+        String::from_utf8_lossy(&procs.stderr)
+    );
+    for s in secrets {
+        assert!(!out.contains(s), "token in the container's processes");
+    }
+    let pats: Vec<String> = secrets.iter().map(|s| format!("-e '{s}'")).collect();
+    let export = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker export {name} > /dev/null && docker export {name} | grep -a -c -F {} || true",
+            pats.join(" ")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&export.stdout).trim(),
+        "0",
+        "token in the container's files {}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+}

@@ -368,3 +368,5 @@ pub fn stand_in_op(root: &Path, values: &[(&str, &str)]) -> PathBuf {
     std::fs::set_permissions(&op, std::fs::Permissions::from_mode(0o755)).unwrap();
     bin
 }
+
+pub mod tmux;

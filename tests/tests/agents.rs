@@ -31,43 +31,9 @@ fn grant_claude_subscription(m: &Moat, access: &str, refresh: &str, expires_in_s
     );
 }
 
-/// The container's environment, command lines and files hold none of `secrets` (one
-/// `docker export`, searched for every secret at once).
+/// The container holds the subscription's placeholder and none of `secrets`.
 fn container_holds_none(name: &str, secrets: &[&str]) {
-    let procs = Command::new("docker")
-        .args([
-            "exec",
-            name,
-            "sh",
-            "-c",
-            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; cat /home/moatuser/.claude/.credentials.json 2>/dev/null",
-        ])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&procs.stdout);
-    assert!(
-        out.contains("HTTPS_PROXY=") && out.contains("sk-ant-oat01-moatProxyInjected"),
-        "docker exec worked and the placeholder is there: {out}{}",
-        String::from_utf8_lossy(&procs.stderr)
-    );
-    for s in secrets {
-        assert!(!out.contains(s), "token in the container's processes");
-    }
-    let pats: Vec<String> = secrets.iter().map(|s| format!("-e '{s}'")).collect();
-    let export = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "docker export {name} > /dev/null && docker export {name} | grep -a -c -F {} || true",
-            pats.join(" ")
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&export.stdout).trim(),
-        "0",
-        "token in the container's files {}",
-        String::from_utf8_lossy(&export.stderr)
-    );
+    moat_e2e::agents::container_holds_none(name, "sk-ant-oat01-moatProxyInjected", secrets);
 }
 
 fn messages_with(st: &Standin, token: &str) -> usize {

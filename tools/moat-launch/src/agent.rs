@@ -413,11 +413,22 @@ pub fn home_files(
     let mut env = vec![];
     match a.cli.as_str() {
         "claude" => {
+            // First-run questions answered here (kept or not with --keep-prompts as the man
+            // page says): onboarding and theme; the API key in ANTHROPIC_API_KEY approved (Claude
+            // Code keeps the last 20 characters of the keys its user accepted; unanswered, it
+            // asks, "No" preselected, and starts signed out); the offer to make auto mode the
+            // default permission mode seen (declining keeps the mode moat set, so saying
+            // nothing widens nothing); the folder trust unless --keep-prompts.
             let mut cj = json!({
                 "hasCompletedOnboarding": true,
                 "theme": "dark",
+                "hasSeenAutoDefaultNudge": true,
                 "projects": {ws: {"hasTrustDialogAccepted": !a.keep_prompts, "hasCompletedProjectOnboarding": true}},
             });
+            if let Some(k) = si.env.iter().find(|p| p.name == "ANTHROPIC_API_KEY") {
+                cj["customApiKeyResponses"] =
+                    json!({"approved": [claude_key_tail(&k.value)], "rejected": []});
+            }
             if !mcp.is_empty() {
                 cj["mcpServers"] = mcp_servers("claude");
             }
@@ -547,6 +558,13 @@ pub fn home_files(
     Ok((files, env))
 }
 
+/// How Claude Code remembers an API key its user approved: the key's last 20 characters.
+fn claude_key_tail(key: &str) -> String {
+    let k = key.trim();
+    let n = k.chars().count();
+    k.chars().skip(n.saturating_sub(20)).collect()
+}
+
 fn moat_grant_claude_placeholder() -> &'static str {
     // The same value moat-grant's rules name as the placeholder for a Claude subscription.
     "sk-ant-oat01-moatProxyInjectedPlaceholder00000000000000000000000000000000000000000000000000000000000000000AA"
@@ -641,6 +659,40 @@ mod tests {
         assert!(!text.contains("REAL"));
         assert!(text.contains("sk-ant-oat01-moatProxyInjected"));
         assert!(env.contains(&("IS_SANDBOX".into(), "1".into())));
+    }
+
+    #[test]
+    fn claude_code_finds_its_api_key_approved_and_the_auto_mode_offer_seen() {
+        let key = "sk-ant-api03-moatProxyInjectedPlaceholder0000000000000000000000AA";
+        let si = SignIn {
+            env: vec![moat_core::rules::EnvPlaceholder {
+                grant: "anthropic".into(),
+                name: "ANTHROPIC_API_KEY".into(),
+                value: key.into(),
+            }],
+            ..Default::default()
+        };
+        for keep in [false, true] {
+            let mut a = spec("claude");
+            a.keep_prompts = keep;
+            let (files, _) = home_files(&a, &si, &[]).unwrap();
+            let cj: Value =
+                serde_json::from_slice(&files.iter().find(|(p, _)| p == ".claude.json").unwrap().1)
+                    .unwrap();
+            assert_eq!(
+                cj["customApiKeyResponses"]["approved"],
+                json!([&key[key.len() - 20..]])
+            );
+            assert_eq!(cj["hasSeenAutoDefaultNudge"], true);
+            assert_eq!(
+                cj["projects"]["/workspace"]["hasTrustDialogAccepted"],
+                !keep
+            );
+        }
+        // A subscription has no key to approve.
+        let (files, _) = home_files(&spec("claude"), &SignIn::default(), &[]).unwrap();
+        let cj: Value = serde_json::from_slice(&files[0].1).unwrap();
+        assert!(cj.get("customApiKeyResponses").is_none());
     }
 
     #[test]

@@ -34,7 +34,8 @@ Commands:
     claude|codex|gemini [PATH] [-- ARGS...]
                              run Claude Code, Codex or the Gemini CLI in PATH
     claude|codex|gemini sessions  list the runs whose session logs were kept
-    attach [-i[=false]] [RUN]  follow a run (Ctrl+C detaches, twice stops; -i: its TTY)
+    attach [-i[=false]] [RUN]  follow a run (Ctrl+C detaches, twice stops); an interactive
+                             run's TTY when stdin is a terminal (Ctrl-/ d detaches)
     list                     list runs (--promoted: the promoted copies)
     status                   show runs, images, Docker and CA health
     logs [RUN]               print a run's output
@@ -62,7 +63,8 @@ Run options:
     -e, --env KEY=VALUE      set an environment variable (repeatable)
     -m, --mount SRC:DST[:ro] bind-mount a host path (repeatable)
     -n, --name NAME          name the run
-    -d, --detach             start the run and return
+    -d, --detach             start the run and return (with -i, or an agent's CLI
+                             without -p, it keeps its TTY for `attach`)
     -i, --interactive        a TTY on this terminal (Ctrl-/ d detaches, Ctrl-/ k stops)
     --rebuild                rebuild the image even if it is current
     --no-sandbox             do not use gVisor
@@ -375,8 +377,9 @@ fn parse_agent(p: &mut lexopt::Parser, cli: &str) -> Result<Command> {
     if r.interactive && r.prompt.is_some() {
         return Err(usage("-p answers one prompt without a terminal; drop -i"));
     }
-    if r.prompt.is_none() && !r.detach {
-        // Without a prompt the CLI is interactive: it needs this terminal.
+    if r.prompt.is_none() {
+        // Without a prompt the CLI is interactive: it gets a TTY, on this terminal or, with
+        // -d, for a later `moat attach`.
         r.interactive = true;
     }
     Ok(Command::Run(Box::new(r)))
@@ -839,6 +842,16 @@ mod tests {
         assert_eq!(r.path, Some(PathBuf::from("ws")));
         assert!(r.detach);
         assert_eq!(r.command.unwrap(), ["curl", "-s", "x"]);
+    }
+
+    #[test]
+    fn a_detached_agent_without_a_prompt_keeps_its_tty() {
+        let r = run(&["claude", "-d"]);
+        assert!(r.detach && r.interactive);
+        let r = run(&["codex", "-d", "-p", "hi"]);
+        assert!(r.detach && !r.interactive);
+        let r = run(&["gemini"]);
+        assert!(!r.detach && r.interactive);
     }
 
     #[test]

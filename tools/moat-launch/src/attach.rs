@@ -200,10 +200,17 @@ pub fn wait_started(store: &Store, id: &str) -> Result<i32> {
                 return end_code(store, id);
             }
             moat_core::cli::write_stdout(format!("{id}\n").as_bytes())?;
-            eprintln!(
-                "moat: run {} ({id}) started in the background; `moat attach {id}` follows it",
-                m.name
-            );
+            if m.interactive {
+                eprintln!(
+                    "moat: run {} ({id}) started in the background with a TTY; `moat attach {id}` takes it (Ctrl-/ d detaches again)",
+                    m.name
+                );
+            } else {
+                eprintln!(
+                    "moat: run {} ({id}) started in the background; `moat attach {id}` follows it",
+                    m.name
+                );
+            }
             return Ok(0);
         }
         if let Some(pid) = m.supervisor_pid

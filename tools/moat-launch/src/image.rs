@@ -183,6 +183,13 @@ pub fn dockerfile(plan: &Plan, uid: u32, gid: u32, spec: &RunSpec, ca: bool) -> 
             }
         }
     }
+    // Interactive Codex records its background app server with ps(1), and without it the
+    // first message ends the session.
+    if spec.agent_cli.as_ref().is_some_and(|a| a.cli == "codex")
+        && !pk.iter().any(|x| x == "procps")
+    {
+        pk.push("procps".into());
+    }
     line(&format!(
         "RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends {} >/dev/null && rm -rf /var/lib/apt/lists/*",
         pk.join(" ")

@@ -85,8 +85,20 @@ fn real_main() -> Result<()> {
                     m.id
                 )));
             }
-            if m.interactive && interactive != Some(false) {
+            // An interactive run's TTY takes this terminal; without one on stdin (a pipe,
+            // a script) the output is followed as for any run, unless -i insists.
+            let take_tty = match interactive {
+                Some(i) => i,
+                None => cli::stdin_is_terminal(),
+            };
+            if m.interactive && take_tty {
                 exit_with(tty::attach(&store, &m.id, false)?)
+            }
+            if m.interactive && interactive.is_none() {
+                eprintln!(
+                    "moat: {} has a TTY, and stdin is not a terminal: following its output (`moat attach -i {}` takes the TTY)",
+                    m.name, m.id
+                );
             }
             exit_with(attach::follow(&store, &m.id, false)?)
         }

@@ -94,7 +94,9 @@ pub fn attach(store: &Store, id: &str, gate: bool) -> Result<i32> {
             stdin: true,
             stdout: true,
             stderr: true,
-            logs: !gate,
+            // What it printed before is in `moat logs`; a replay of a full-screen CLI's
+            // history would only scramble the screen it redraws (below).
+            logs: false,
             ..Default::default()
         };
         let mut att = d
@@ -109,6 +111,18 @@ pub fn attach(store: &Store, id: &str, gate: bool) -> Result<i32> {
         let c2 = container.clone();
         let resize = async move {
             let mut last = None;
+            if !gate && let Some((h, w)) = term_size() {
+                // Joining a CLI that is already running: one column less, then the real
+                // size. The window change makes a full-screen CLI draw itself again, here.
+                let o = bollard::query_parameters::ResizeContainerTTYOptions {
+                    h: (h - 1).max(1),
+                    w: (w - 1).max(1),
+                };
+                let _ = d2.resize_container_tty(&c2, o).await;
+                // Long enough for a CLI that handles window changes at a slower pace to
+                // draw at the smaller size, so the real size is a change again.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
             loop {
                 let size = term_size();
                 if size.is_some() && size != last {
