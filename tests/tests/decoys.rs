@@ -150,9 +150,12 @@ echo survived
     assert_eq!(meta["exit_code"], 77, "{meta}");
     let a = m.run_timeout("moat", &["audit", &id], None, 60);
     assert_eq!(a.code(), 0, "{}{}", a.stdout(), a.stderr());
-    // The value is in no record of the run (the credential store is encrypted).
+    // The value is in no record of the run (the credential store is encrypted); the exec
+    // trace has the command that carried it, with the value read as [decoy].
     let hits = moat_testkit::files_containing(&m.moat_home().join("runs"), key_id.as_bytes());
     assert!(hits.is_empty(), "{hits:?}");
+    let exec = std::fs::read_to_string(m.run_dir(&id).join("exec.jsonl")).unwrap();
+    assert!(exec.contains("collect?id=[decoy]"), "{exec}");
     // A decoy is revoked like any credential.
     let rv = m.run_timeout("moat", &["revoke", "bait"], None, 60);
     assert_eq!(rv.code(), 0, "{}", rv.stderr());

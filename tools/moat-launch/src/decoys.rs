@@ -44,6 +44,26 @@ pub struct RunDecoys {
     pub summary: Value,
 }
 
+impl RunDecoys {
+    /// Every decoy value given to the run (from its records for the proxy).
+    pub fn values(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .filter_map(|r| serde_json::from_str::<Value>(r).ok())
+            .flat_map(|r| {
+                r["values"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
 /// Which common providers the run holds a real grant for, from its grant rules.
 pub fn granted(
     inject: &[String],

@@ -82,26 +82,42 @@ pub fn tracer_binary() -> Result<PathBuf> {
 /// Masks what the run knows to be secret.
 #[derive(Default, Clone)]
 pub struct Masker {
-    secrets: Vec<String>,
+    /// Each value with what it reads as.
+    secrets: Vec<(String, &'static str)>,
 }
 
+/// What a decoy value given to the run reads as (as in the network trace).
+pub const DECOY_MASK: &str = "[decoy]";
+
 impl Masker {
+    #[cfg(test)]
     pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut secrets: Vec<String> = values
+        Self::with_decoys(values, [])
+    }
+
+    /// `values` read as [`MASK`], the run's decoy values as [`DECOY_MASK`]: a command that
+    /// carries one is recorded, the value is not.
+    pub fn with_decoys(
+        values: impl IntoIterator<Item = String>,
+        decoys: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut secrets: Vec<(String, &'static str)> = values
             .into_iter()
-            .filter(|v| v.len() >= MIN_SECRET_LEN)
+            .map(|v| (v, MASK))
+            .chain(decoys.into_iter().map(|v| (v, DECOY_MASK)))
+            .filter(|(v, _)| v.len() >= MIN_SECRET_LEN)
             .collect();
         // The longest first, so a secret that contains another is masked whole.
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-        secrets.dedup();
+        secrets.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.cmp(b)));
+        secrets.dedup_by(|a, b| a.0 == b.0);
         Masker { secrets }
     }
 
     fn mask(&self, arg: &str) -> String {
         let mut a = arg.to_string();
-        for s in &self.secrets {
+        for (s, m) in &self.secrets {
             if a.contains(s.as_str()) {
-                a = a.replace(s.as_str(), MASK);
+                a = a.replace(s.as_str(), m);
             }
         }
         a
@@ -483,6 +499,21 @@ mod tests {
 
         let small = v(&["ls", "-l"]);
         assert_eq!(cap(small.clone()), small);
+    }
+
+    #[test]
+    fn decoys_read_as_decoy_and_secrets_as_masked() {
+        let m = Masker::with_decoys(
+            ["hunter22".to_string()],
+            ["AKIADECOYDECOYDECOY1".to_string()],
+        );
+        assert_eq!(
+            m.argv(&[
+                "curl".into(),
+                "https://x/?id=AKIADECOYDECOYDECOY1&p=hunter22".into()
+            ]),
+            ["curl", "https://x/?id=[decoy]&p=[masked]"]
+        );
     }
 
     #[test]

@@ -776,7 +776,8 @@ async fn lifecycle(
         Some((dir, t))
     };
     // Exec tracing (exectrace.rs): the tracer's socket, and what its records mask: the
-    // `secrets:` values (kept in this process's memory for that) and the run's tokens.
+    // `secrets:` values (kept in this process's memory for that), the run's tokens and its
+    // decoys (recorded as `[decoy]`).
     let exec_trace = match spec.exec_trace {
         ExecTrace::Off => None,
         mode => match crate::exectrace::tracer_binary() {
@@ -802,7 +803,10 @@ async fn lifecycle(
                     &sockets,
                     &t,
                     &store.dir(id).join("exec.jsonl"),
-                    crate::exectrace::Masker::new(known),
+                    crate::exectrace::Masker::with_decoys(
+                        known,
+                        decoys.iter().flat_map(|d| d.values()),
+                    ),
                 )?;
                 res.exec = Some(listening);
                 Some((dir, bin, t, mode == ExecTrace::Required))
