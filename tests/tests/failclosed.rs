@@ -68,12 +68,15 @@ fn the_only_way_out_is_the_runs_own_proxy() {
 
     let mut script = String::from(PROBE);
     script.push_str("probe $gw $pport\n");
+    // The host's addresses at once (a host with many bridges has a hundred of them, each
+    // probe waits up to 3 s).
     for ip in ["172.17.0.1".to_string()]
         .into_iter()
         .chain(host_addresses())
     {
-        script.push_str(&format!("probe {ip} {port}\n"));
+        script.push_str(&format!("probe {ip} {port} &\n"));
     }
+    script.push_str("wait\n");
     script.push_str(&format!("probe $gw {port}\n"));
     script.push_str(&format!("probe {oip} {oport}\n"));
     script.push_str("probe 1.1.1.1 443\nprobe 8.8.8.8 53\n");
