@@ -409,8 +409,8 @@ fn a_build_hook_that_replaces_iptables_leaves_the_run_closed() {
         "gw=${{HTTP_PROXY##*@}}; gw=${{gw%:*}}; echo gateway=$gw\n\
          command -v iptables-restore >/dev/null && cat \"$(command -v iptables-restore)\" | head -c 40 | tr '\\n' ' '; echo\n\
          for ip in {ips}; do \
-           if got=$(timeout 3 bash -c \"exec 3<>/dev/tcp/$ip/{port}; head -c 64 <&3\" 2>/dev/null); then echo \"OPEN $ip $got\"; else echo \"CLOSED $ip\"; fi; \
-         done\n\
+           ( if got=$(timeout 3 bash -c \"exec 3<>/dev/tcp/$ip/{port}; head -c 64 <&3\" 2>/dev/null); then echo \"OPEN $ip $got\"; else echo \"CLOSED $ip\"; fi ) & \
+         done; wait\n\
          for n in example.com moat-$MOAT_RUN_ID moat-$MOAT_RUN_ID-guard; do \
            if timeout 3 getent hosts $n >/dev/null 2>&1; then echo \"DNS-OPEN $n\"; else echo \"DNS-CLOSED $n\"; fi; \
          done\n\
